@@ -1,0 +1,1 @@
+"""scalenet_jax: JAX/Flax ScaleNet (grow + search)."""

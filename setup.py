@@ -1,0 +1,39 @@
+"""scalenet_jax: ScaleNet-grow and ScaleNet-search in JAX/Flax."""
+import setuptools
+
+# Pinned to the versions this project is tested with (CPU, Python 3.11).
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "ml-collections==1.1.0",
+    "tensorflow-datasets==4.9.10",
+    "grain==0.2.18",
+    "absl-py==2.5.1",
+    "numpy==2.4.6",
+    "scipy==1.17.1",
+    "tensorboardX==2.6.5",
+    "rich==15.0.0",
+    "tqdm==4.70.1",
+    "matplotlib==3.11.2",
+    "safetensors==0.8.0",
+    "pillow==13.0.0",
+]
+# torch/timm are only needed to convert weights against timm and for the parity tests/benchmarks.
+# torch 2.14.1 + torchvision 0.29.1 are the pair that installs (and imports) together here.
+TORCH = ["torch==2.14.1", "torchvision==0.29.1", "timm==1.0.31"]
+
+setuptools.setup(
+    name="scalenet_jax",
+    version="0.1.0",
+    description="ScaleNet (grow pretrained ViTs with shared weights; one-shot NAS for scaling) in JAX/Flax",
+    packages=setuptools.find_packages(include=["scalenet_jax", "scalenet_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        "torch": TORCH,
+        "test": TORCH + ["pytest==9.2.0", "pytest-xdist==3.8.0"],
+    },
+)
