@@ -1,0 +1,349 @@
+"""The transformer block stack shared by every model in this package.
+
+A stack of L' transformer blocks is described by a :class:`StackLayout`:
+
+* ``num_core`` *core* layers own the big weights (qkv, proj, fc1, fc2 and, for window
+  attention, the relative-position-bias table). They live **once**, stacked along a leading
+  axis of size ``num_core`` under the ``core`` param collection.
+* ``mapping[l]`` says which core layer block ``l`` runs. A plain (unexpanded) model is the
+  identity mapping; ScaleNet's interpolate/stack expansions are other mappings. Weight sharing
+  is therefore structural: every block that maps to core layer ``c`` gathers the same arrays,
+  and the gradient of ``core[c]`` is the sum over those blocks (the transpose of a gather).
+* Every block owns its two LayerNorms and its adjustment module (``adjust[l]``: ``none``,
+  ``adapter`` or ``lora``). Consecutive blocks with the same adjustment kind form a *segment*
+  (``seg0``, ``seg1`` ...), each one ``nn.scan`` over its blocks, so compile time does not
+  grow with depth and per-block params are stacked along a leading axis.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ADJUST_KINDS = ("none", "adapter", "lora")
+Dtype = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class StackLayout:
+  """Which core layer and which adjustment each block of a stack uses."""
+  num_core: int
+  mapping: tuple[int, ...]
+  adjust: tuple[str, ...]
+
+  def __post_init__(self):
+    if self.num_core < 1:
+      raise ValueError(f"StackLayout needs num_core >= 1, got {self.num_core}")
+    if len(self.mapping) != len(self.adjust):
+      raise ValueError(
+          f"StackLayout mapping has {len(self.mapping)} entries but adjust has {len(self.adjust)}")
+    bad = [m for m in self.mapping if not 0 <= m < self.num_core]
+    if bad:
+      raise ValueError(f"StackLayout mapping index {bad[0]} out of range [0, {self.num_core})")
+    for a in self.adjust:
+      if a not in ADJUST_KINDS:
+        raise ValueError(f"unknown adjustment {a!r}; choose one of {ADJUST_KINDS}")
+
+  @classmethod
+  def identity(cls, depth: int) -> "StackLayout":
+    return cls(depth, tuple(range(depth)), ("none",) * depth)
+
+  @property
+  def depth(self) -> int:
+    return len(self.mapping)
+
+  def segments(self) -> list[tuple[int, int, str]]:
+    """Maximal runs of blocks with equal adjustment kind, as (start, stop, kind)."""
+    out, start = [], 0
+    for kind, group in itertools.groupby(self.adjust):
+      n = len(list(group))
+      out.append((start, start + n, kind))
+      start += n
+    return out
+
+  def locate(self, layer: int) -> tuple[int, int]:
+    """(segment index, position inside the segment) of block ``layer``."""
+    for i, (start, stop, _) in enumerate(self.segments()):
+      if start <= layer < stop:
+        return i, layer - start
+    raise IndexError(f"layer {layer} out of range for a stack of depth {self.depth}")
+
+
+def trunc_normal(std=0.02):
+  return nn.initializers.truncated_normal(std)
+
+
+class StackedDense(nn.Module):
+  """``n`` independent Linear layers, kernels stacked as (n, d_in, d_out)."""
+  n: int
+  d_in: int
+  d_out: int
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self):
+    kernel = self.param("kernel", trunc_normal(), (self.n, self.d_in, self.d_out))
+    bias = self.param("bias", nn.initializers.zeros, (self.n, self.d_out)) if self.use_bias else None
+    return {"kernel": kernel, "bias": bias}
+
+
+class CoreStack(nn.Module):
+  """The shared (possibly frozen) weights of ``n`` transformer layers, stacked once."""
+  n: int
+  dim: int
+  hidden: int
+  num_heads: int
+  rel_pos_size: int = 0  # (2w-1)^2 entries of the Swin relative-position-bias table, 0 = none
+  qkv_bias: bool = True
+
+  @nn.compact
+  def __call__(self):
+    core = {
+        "qkv": StackedDense(self.n, self.dim, 3 * self.dim, self.qkv_bias, name="qkv")(),
+        "proj": StackedDense(self.n, self.dim, self.dim, name="proj")(),
+        "fc1": StackedDense(self.n, self.dim, self.hidden, name="fc1")(),
+        "fc2": StackedDense(self.n, self.hidden, self.dim, name="fc2")(),
+    }
+    if self.rel_pos_size:
+      core["rel_pos"] = self.param("rel_pos_bias_table", trunc_normal(),
+                                   (self.n, self.rel_pos_size, self.num_heads))
+    return core
+
+
+class Adjust(nn.Module):
+  """Per-block adjustment added to a shared linear: parallel adapter or LoRA.
+
+  adapter: y = θx + B σ(A x)   (A: d_in→r, B: r→d_out, no biases, B zero-init)
+  lora:    y = (θ + B A) x      (A Gaussian, B zero-init). θ is shared, so LoRA cannot be merged.
+  Both start as the identity adjustment, so an expanded model starts from the pretrained function.
+  """
+  kind: str
+  d_out: int
+  rank: int
+  act: str = "gelu"
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    if self.rank <= 0:
+      raise ValueError(f"adjustment rank must be > 0, got {self.rank}")
+    if self.kind == "adapter":
+      h = nn.Dense(self.rank, use_bias=False, dtype=self.dtype, name="A")(x)
+      h = activation(self.act)(h)
+    elif self.kind == "lora":
+      h = nn.Dense(self.rank, use_bias=False, dtype=self.dtype, name="A",
+                   kernel_init=nn.initializers.normal(1.0 / self.rank))(x)
+    else:
+      raise ValueError(f"unknown adjustment {self.kind!r}")
+    return nn.Dense(self.d_out, use_bias=False, dtype=self.dtype, name="B",
+                    kernel_init=nn.initializers.zeros)(h)
+
+
+def activation(name: str):
+  acts = {"gelu": lambda x: nn.gelu(x, approximate=False), "relu": nn.relu}
+  if name not in acts:
+    raise ValueError(f"unknown activation {name!r}; choose one of {sorted(acts)}")
+  return acts[name]
+
+
+def linear(x, w, dtype):
+  y = jnp.dot(x.astype(dtype), w["kernel"].astype(dtype))
+  return y if w["bias"] is None else y + w["bias"].astype(dtype)
+
+
+def drop_path(x, rate, rng, train: bool):
+  """Stochastic depth with a traced per-block rate (so it can be scanned)."""
+  if not train:
+    return x
+  keep = 1.0 - rate
+  mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return jnp.where(mask, x / keep, 0.0).astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention flavours. Both take tokens and return tokens; window attention needs the spatial grid.
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class WindowSpec:
+  """Static geometry of Swin window attention for one stage (timm's conventions)."""
+  resolution: tuple[int, int]
+  window: int
+  shift: int  # shift used by odd blocks; 0 when the stage fits in one window
+
+  @classmethod
+  def for_stage(cls, resolution, window):
+    # timm: when the stage fits in one window, the window shrinks to it and nothing shifts.
+    if min(resolution) <= window:
+      return cls(tuple(resolution), min(resolution), 0)
+    if any(r % window for r in resolution):
+      raise ValueError(f"stage resolution {tuple(resolution)} is not a multiple of window size {window}")
+    return cls(tuple(resolution), window, window // 2)
+
+  @property
+  def area(self):
+    return self.window * self.window
+
+  def rel_pos_index(self) -> np.ndarray:
+    w = self.window
+    coords = np.stack(np.meshgrid(np.arange(w), np.arange(w), indexing="ij")).reshape(2, -1)
+    rel = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0) + (w - 1)
+    return rel[..., 0] * (2 * w - 1) + rel[..., 1]
+
+  def shift_mask(self) -> np.ndarray:
+    """(num_windows, area, area) additive mask of shifted-window attention (-100 across regions)."""
+    h, w = self.resolution
+    img = np.zeros((h, w), np.float32)
+    cuts = (slice(0, -self.window), slice(-self.window, -self.shift), slice(-self.shift, None))
+    for cnt, (hs, ws) in enumerate(itertools.product(cuts, cuts)):
+      img[hs, ws] = cnt
+    win = window_partition(img[None, :, :, None], self.window).reshape(-1, self.area)
+    diff = win[:, None, :] - win[:, :, None]
+    return np.where(diff != 0, -100.0, 0.0).astype(np.float32)
+
+
+def window_partition(x, w):
+  b, h, wd, c = x.shape
+  x = x.reshape(b, h // w, w, wd // w, w, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(-1, w * w, c)
+
+
+def window_reverse(x, w, b, h, wd):
+  c = x.shape[-1]
+  x = x.reshape(b, h // w, wd // w, w, w, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h, wd, c)
+
+
+def multihead_attention(x, core, num_heads, dtype, bias=None, adjust=None):
+  """x: (B, N, C). ``bias`` is added to the logits, broadcast as (B?, heads, N, N)."""
+  b, n, c = x.shape
+  qkv = linear(x, core["qkv"], dtype)
+  if adjust is not None:
+    qkv = qkv + adjust("qkv", x, 3 * c)
+  q, k, v = jnp.moveaxis(qkv.reshape(b, n, 3, num_heads, c // num_heads), 2, 0)
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (c // num_heads) ** -0.5
+  if bias is not None:
+    logits = logits + bias
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
+  out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, n, c)
+  y = linear(out, core["proj"], dtype)
+  if adjust is not None:
+    y = y + adjust("proj", out, c)
+  return y
+
+
+def window_attention(x, core, num_heads, spec: WindowSpec, shifted, dtype, adjust=None):
+  """Swin (shifted) window attention on a (B, H*W, C) token grid.
+
+  ``shifted`` is a traced 0/1 flag so one scanned block serves both W-MSA and SW-MSA blocks.
+  """
+  b, _, c = x.shape
+  h, w = spec.resolution
+  grid = x.reshape(b, h, w, c)
+  s = spec.shift
+  if s:
+    grid = jnp.where(shifted, jnp.roll(grid, (-s, -s), axis=(1, 2)), grid)
+  windows = window_partition(grid, spec.window)  # (B*nW, area, C)
+  table = core["rel_pos"]  # ((2w-1)^2, heads)
+  bias = table[spec.rel_pos_index().reshape(-1)].reshape(spec.area, spec.area, num_heads)
+  bias = jnp.transpose(bias, (2, 0, 1))[None]  # (1, heads, area, area)
+  if s:
+    mask = jnp.asarray(spec.shift_mask()) * shifted  # (nW, area, area)
+    nw = mask.shape[0]
+    bias = (bias + mask[:, None]).astype(jnp.float32)  # (nW, heads, area, area)
+    bias = jnp.tile(bias, (b, 1, 1, 1))  # windows are ordered batch-major
+  out = multihead_attention(windows, core, num_heads, dtype, bias=bias, adjust=adjust)
+  grid = window_reverse(out, spec.window, b, h, w)
+  if s:
+    grid = jnp.where(shifted, jnp.roll(grid, (s, s), axis=(1, 2)), grid)
+  return grid.reshape(b, h * w, c)
+
+
+class Block(nn.Module):
+  """One pre-norm transformer block running gathered core weights plus its own LNs/adjustments."""
+  dim: int
+  num_heads: int
+  hidden: int
+  adjust: str = "none"
+  rank: int = 16
+  adapter_act: str = "gelu"
+  norm_eps: float = 1e-6
+  window: Optional[WindowSpec] = None
+  dtype: Dtype = jnp.float32
+  train: bool = False
+
+  def _adjust(self, name, x, d_out):
+    return Adjust(self.adjust, d_out, self.rank, self.adapter_act, self.dtype,
+                  name=f"{self.adjust}_{name}")(x)
+
+  @nn.compact
+  def __call__(self, x, step_inputs, core_stack):
+    idx, dpr, shifted = step_inputs
+    core = jax.tree.map(lambda a: jnp.asarray(a)[idx], core_stack)
+    # Adapters sit on fc1/fc2 only; LoRA (ablation) on all four linears.
+    attn_adjust = self._adjust if self.adjust == "lora" else None
+    mlp_adjust = self._adjust if self.adjust != "none" else None
+    rngs = jax.random.split(self.make_rng("dropout"), 2) if self.train else (None, None)
+
+    y = nn.LayerNorm(self.norm_eps, dtype=self.dtype, name="norm1")(x)
+    if self.window is None:
+      y = multihead_attention(y, core, self.num_heads, self.dtype, adjust=attn_adjust)
+    else:
+      y = window_attention(y, core, self.num_heads, self.window, shifted, self.dtype,
+                           adjust=attn_adjust)
+    x = x + drop_path(y, dpr, rngs[0], self.train)
+
+    y = nn.LayerNorm(self.norm_eps, dtype=self.dtype, name="norm2")(x)
+    h = linear(y, core["fc1"], self.dtype)
+    if mlp_adjust is not None:
+      h = h + mlp_adjust("fc1", y, self.hidden)
+    h = nn.gelu(h, approximate=False)
+    out = linear(h, core["fc2"], self.dtype)
+    if mlp_adjust is not None:
+      out = out + mlp_adjust("fc2", h, self.dim)
+    x = x + drop_path(out, dpr, rngs[1], self.train)
+    return x, None
+
+
+class BlockStack(nn.Module):
+  """``layout.depth`` blocks over ``layout.num_core`` shared core layers (see module doc)."""
+  layout: StackLayout
+  dim: int
+  num_heads: int
+  mlp_ratio: float = 4.0
+  drop_path: Sequence[float] = ()  # per block; empty = no drop path
+  rank: int = 16
+  adapter_act: str = "gelu"
+  norm_eps: float = 1e-6
+  window: Optional[WindowSpec] = None
+  qkv_bias: bool = True
+  dtype: Dtype = jnp.float32
+  remat: bool = False
+  unroll: bool = False  # unrolled scan: only for cost analysis (XLA does not multiply loop bodies)
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    layout = self.layout
+    hidden = int(self.dim * self.mlp_ratio)
+    rel = (2 * self.window.window - 1) ** 2 if self.window is not None else 0
+    core = CoreStack(layout.num_core, self.dim, hidden, self.num_heads, rel, self.qkv_bias,
+                     name="core")()
+    dpr = np.asarray(self.drop_path if len(self.drop_path) else [0.0] * layout.depth, np.float32)
+    if len(dpr) != layout.depth:
+      raise ValueError(f"drop_path has {len(dpr)} rates for a stack of depth {layout.depth}")
+    # Block i of a stage shifts its windows when i is odd (position in the *scaled* stage).
+    shifted = np.arange(layout.depth) % 2
+    mapping = np.asarray(layout.mapping, np.int32)
+    block = nn.remat(Block) if self.remat else Block
+    for i, (start, stop, kind) in enumerate(layout.segments()):
+      scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                        in_axes=(0, nn.broadcast), length=stop - start,
+                        unroll=(stop - start) if self.unroll else 1)
+      x, _ = scanned(self.dim, self.num_heads, hidden, kind, self.rank, self.adapter_act, self.norm_eps,
+                     self.window, self.dtype, train, name=f"seg{i}")(
+                         x, (mapping[start:stop], dpr[start:stop], shifted[start:stop]), core)
+    return x
