@@ -1,0 +1,194 @@
+"""Depth expansion as pure functions on param trees: ScaleNet and the baselines of the paper.
+
+``expand(pretrained_params, model, spec) -> (expanded_model, params)``
+
+* ``scalenet``: the expanded model has the same core stacks (each pretrained tensor held once);
+  its blocks gather them through the layout's mapping. New blocks' LayerNorms are copies of their
+  source layer's; adjustment modules start at identity (B = 0). So at init the expanded model
+  computes exactly the pretrained layers run in the mapped order.
+* baselines (``random``/``stack``/``interpolate``/``swa``) add ``k`` *independent* layers, where
+  ``k`` is ``spec.num_new_layers`` or, when 0, the count that brings the parameter count closest to
+  the ScaleNet model's (at least one layer). ``scratch`` is an R-times deeper model, randomly initialised.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from scalenet_jax import convert, counting
+from scalenet_jax.grow.spec import ExpansionSpec, model_layouts
+from scalenet_jax.models import stack as stack_lib
+from scalenet_jax.models import swin, vit
+
+
+def family(model) -> str:
+  if isinstance(model, vit.ViT):
+    return "vit"
+  if isinstance(model, swin.Swin):
+    return "swin"
+  raise TypeError(f"cannot expand a {type(model).__name__}")
+
+
+def depths(model) -> tuple[int, ...]:
+  return tuple(l.depth for l in model.stack_layouts)
+
+
+def stack_names(model) -> list[str]:
+  return ["blocks"] if family(model) == "vit" else [f"stage{i}" for i in range(len(model.stack_layouts))]
+
+
+def with_depths(model, new_depths):
+  """The same (plain) architecture with other stack depths."""
+  cfg = model.config
+  cfg = (dataclasses.replace(cfg, depth=new_depths[0]) if family(model) == "vit"
+         else dataclasses.replace(cfg, depths=tuple(new_depths)))
+  return model.clone(config=cfg, **_layouts_kw(model, None))
+
+
+def _layouts_kw(model, layouts):
+  return {"layout": layouts[0] if layouts else None} if family(model) == "vit" else {"layouts": layouts}
+
+
+def init_params(model, seed: int):
+  cfg = model.config
+  x = np.zeros((1, cfg.img_size, cfg.img_size, cfg.in_chans), np.float32)
+  params = jax.jit(model.init)(jax.random.key(seed), x)["params"]
+  return jax.tree.map(np.asarray, params)
+
+
+def _stack_np(trees):
+  return jax.tree.map(lambda *xs: np.stack(xs), *trees)
+
+
+def _take(tree, i):
+  return jax.tree.map(lambda a: np.asarray(a)[i], tree)
+
+
+def _check_plain(model):
+  for l in model.stack_layouts:
+    if l != stack_lib.StackLayout.identity(l.depth):
+      raise ValueError("expand() takes a plain (unexpanded) pretrained model")
+
+
+def expand(pretrained_params, model, spec: ExpansionSpec):
+  """Expand a plain pretrained ``model`` with ``pretrained_params`` according to ``spec``."""
+  _check_plain(model)
+  if spec.kind == "scalenet":
+    return _expand_scalenet(pretrained_params, model, spec)
+  return _expand_baseline(pretrained_params, model, spec)
+
+
+def scalenet_model(model, spec: ExpansionSpec):
+  layouts = model_layouts(family(model), depths(model), spec)
+  return model.clone(rank=spec.rank, adapter_act=spec.act, **_layouts_kw(model, layouts))
+
+
+def _expand_scalenet(pre, model, spec):
+  new = scalenet_model(model, spec)
+  fresh = init_params(new, spec.seed)
+  params = {k: v for k, v in jax.tree.map(np.asarray, dict(pre)).items()}
+  for name, layout in zip(stack_names(model), new.stack_layouts):
+    old = pre[name]
+    stack = {"core": jax.tree.map(np.asarray, old["core"])}  # shared: held once, unchanged
+    for k, (start, stop, _) in enumerate(layout.segments()):
+      seg = dict(fresh[name][f"seg{k}"])  # adjustment modules: fresh (B = 0)
+      src = np.asarray(layout.mapping[start:stop])
+      for ln in ("norm1", "norm2"):  # each block owns a copy of its source layer's LNs
+        seg[ln] = _take(old["seg0"][ln], src)
+      stack[f"seg{k}"] = seg
+    params[name] = stack
+  return new, params
+
+
+# ----------------------------------------------------------------------------------------------
+# Baselines: new independent layers
+# ----------------------------------------------------------------------------------------------
+def _layer(stack, i):
+  return {"core": _take(stack["core"], i), "block": _take(stack["seg0"], i)}
+
+
+def _assemble(layers):
+  s = _stack_np(layers)
+  return {"core": s["core"], "seg0": s["block"]}
+
+
+def _new_layer_plan(kind, num_layers, k, rng):
+  """Sequence of ('old', i) / ('new', source) entries of the grown stack."""
+  if kind == "interpolate":
+    sources = set(int(s) for s in np.floor((np.arange(k) + 0.5) * num_layers / k)) if k <= num_layers else None
+    if sources is None:
+      raise ValueError(f"interpolate baseline supports at most {num_layers} new layers, got {k}")
+    plan = []
+    for l in range(num_layers):
+      plan.append(("old", l))
+      if l in sources:
+        plan.append(("copy", l))
+    return plan
+  plan = [("old", l) for l in range(num_layers)]
+  if kind == "stack":
+    return plan + [("copy", j % num_layers) for j in range(k)]
+  if kind == "random":
+    return plan + [("random", j) for j in range(k)]
+  if kind == "swa":
+    size = max(2, num_layers // 2)
+    return plan + [("avg", tuple(sorted(rng.choice(num_layers, size, replace=False)))) for _ in range(k)]
+  raise ValueError(f"unknown baseline {kind!r}")
+
+
+def _grown(pre, model, spec, k):
+  fam = family(model)
+  grow = set(range(len(depths(model)))) if fam == "vit" else set(
+      spec.subset if spec.subset is not None else (len(depths(model)) - 1,))
+  new_depths = [d + (k if i in grow else 0) for i, d in enumerate(depths(model))]
+  new = with_depths(model, new_depths)
+  fresh = init_params(new, spec.seed)
+  params = {k_: v for k_, v in jax.tree.map(np.asarray, dict(pre)).items()}
+  rng = np.random.RandomState(spec.seed)
+  for i, name in enumerate(stack_names(model)):
+    if i not in grow:
+      continue
+    old, layers, rand = pre[name], [], 0
+    for what, src in _new_layer_plan(spec.kind, depths(model)[i], k, rng):
+      if what in ("old", "copy"):
+        layers.append(_layer(old, src))
+      elif what == "random":
+        layers.append(_layer(fresh[name], depths(model)[i] + rand))
+        rand += 1
+      else:  # average of randomly sampled pretrained layers
+        layers.append(jax.tree.map(lambda *xs: np.mean(xs, axis=0), *[_layer(old, s) for s in src]))
+    params[name] = _assemble(layers)
+  return new, params
+
+
+def param_count(model) -> int:
+  return counting.count_params(convert.abstract_params(model))
+
+
+def matched_new_layers(model, spec: ExpansionSpec) -> int:
+  """Layers a baseline adds so its parameter count is closest to the ScaleNet model's (>= 1)."""
+  target = param_count(scalenet_model(model, spec))
+  base = param_count(model)
+  fam = family(model)
+  stages = (0,) if fam == "vit" else tuple(spec.subset if spec.subset is not None else (len(depths(model)) - 1,))
+  one = [d + (1 if i in stages else 0) for i, d in enumerate(depths(model))]
+  per_layer = param_count(with_depths(model, one)) - base
+  return max(1, int(round((target - base) / per_layer)))
+
+
+def _expand_baseline(pre, model, spec):
+  if spec.kind == "scratch":
+    grow = model_layouts(family(model), depths(model), spec)
+    new = with_depths(model, [l.depth for l in grow])
+    return new, init_params(new, spec.seed)
+  k = spec.num_new_layers or matched_new_layers(model, spec)
+  return _grown(pre, model, spec, k)
+
+
+def trainable_patterns(spec: ExpansionSpec) -> tuple[str, ...]:
+  """Param-path regexes of the trainable set (``all`` -> everything)."""
+  if spec.trainable == "all":
+    return (".*",)
+  # Adjustment modules, every LayerNorm, and the classifier head; shared core weights stay frozen.
+  return (r"(^|/)(norm|norm1|norm2|patch_norm)/", r"/(adapter|lora)_", r"^head/")

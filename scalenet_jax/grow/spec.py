@@ -1,0 +1,108 @@
+"""ExpansionSpec: what a ScaleNet-grow (or baseline) depth expansion does, and the layouts it implies.
+
+Mappings (0-based; L = layers of the reused stack, R = reuse times, S = reused subset):
+* interpolate: every reused layer is followed by its R-1 copies: 0,0,1,1,2,2,...
+* stack:       the R-1 extra rounds of S follow the last layer of S (for S = all: 0..L-1,0..L-1).
+* explicit:    a list of core indices, one per scaled layer.
+Every instance of a reused layer gets an adjustment module; layers outside S get none.
+For Swin, S is a set of *stages* (default: the last one) and each chosen stage is expanded as a whole.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence, Union
+
+from scalenet_jax.models.stack import ADJUST_KINDS, StackLayout
+
+KINDS = ("scalenet", "random", "stack", "interpolate", "swa", "scratch")
+MAPPINGS = ("interpolate", "stack")
+TRAINABLE = ("all", "adjust_ln_head")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpansionSpec:
+  kind: str = "scalenet"
+  reuse: int = 2  # R
+  mapping: Union[str, tuple[int, ...]] = "interpolate"
+  subset: Optional[tuple[int, ...]] = None  # ViT: layer indices (default all); Swin: stages (default last)
+  adjust: str = "adapter"
+  rank: int = 16
+  act: str = "gelu"
+  trainable: str = "all"
+  num_new_layers: int = 0  # baselines: 0 = parameter-matched to the ScaleNet model
+  seed: int = 0  # init of adjustment modules / random and SWA layers
+
+  def __post_init__(self):
+    if self.kind not in KINDS:
+      raise ValueError(f"unknown expansion kind {self.kind!r}; choose one of {KINDS}")
+    if int(self.reuse) < 1:
+      raise ValueError(f"reuse times R must be >= 1, got {self.reuse}")
+    if isinstance(self.mapping, str) and self.mapping not in MAPPINGS:
+      raise ValueError(f"unknown mapping {self.mapping!r}; choose one of {MAPPINGS} or give a list of layer indices")
+    if self.adjust not in ADJUST_KINDS:
+      raise ValueError(f"unknown adjustment {self.adjust!r}; choose one of {ADJUST_KINDS}")
+    if self.adjust != "none" and self.rank <= 0:
+      raise ValueError(f"adjustment rank must be > 0, got {self.rank}")
+    if self.trainable not in TRAINABLE:
+      raise ValueError(f"unknown trainable set {self.trainable!r}; choose one of {TRAINABLE}")
+    if self.num_new_layers < 0:
+      raise ValueError(f"num_new_layers must be >= 0, got {self.num_new_layers}")
+
+  @classmethod
+  def from_config(cls, cfg) -> "ExpansionSpec":
+    d = dict(cfg)
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+      raise ValueError(f"unknown expansion field {unknown[0]!r}")
+    for key in ("mapping", "subset"):
+      if isinstance(d.get(key), (list, tuple)):
+        d[key] = tuple(int(v) for v in d[key])
+    if d.get("subset") == ():
+      d["subset"] = None
+    return cls(**d)
+
+
+def stack_layout(num_layers: int, spec: ExpansionSpec, subset: Optional[Sequence[int]] = None) -> StackLayout:
+  """ScaleNet layout of one stack of ``num_layers`` pretrained layers."""
+  subset = sorted(set(range(num_layers) if subset is None else subset))
+  bad = [s for s in subset if not 0 <= s < num_layers]
+  if bad:
+    raise ValueError(f"reused layer index {bad[0]} out of range: the stack has {num_layers} layers")
+  if not subset:
+    raise ValueError("the reused subset is empty")
+  r = int(spec.reuse)
+  if isinstance(spec.mapping, tuple):
+    mapping = list(spec.mapping)
+    want = num_layers + (r - 1) * len(subset)
+    if len(mapping) != want:
+      raise ValueError(f"explicit mapping has {len(mapping)} entries; expected L' = {want} "
+                       f"(L={num_layers}, R={r}, |subset|={len(subset)})")
+    bad = [m for m in mapping if not 0 <= m < num_layers]
+    if bad:
+      raise ValueError(f"explicit mapping index {bad[0]} out of range [0, {num_layers})")
+  elif spec.mapping == "interpolate":
+    mapping = [l for l in range(num_layers) for _ in range(r if l in subset else 1)]
+  else:  # stack
+    last = subset[-1]
+    mapping = list(range(last + 1)) + subset * (r - 1) + list(range(last + 1, num_layers))
+  reused = set(subset)
+  adjust = tuple(spec.adjust if m in reused else "none" for m in mapping)
+  return StackLayout(num_layers, tuple(mapping), adjust)
+
+
+def model_layouts(family: str, depths: Sequence[int], spec: ExpansionSpec) -> tuple[StackLayout, ...]:
+  """Layouts of every stack of a model (ViT: one stack; Swin: one per stage)."""
+  if family == "vit":
+    return (stack_layout(depths[0], spec, spec.subset),)
+  stages = spec.subset if spec.subset is not None else (len(depths) - 1,)
+  bad = [s for s in stages if not 0 <= s < len(depths)]
+  if bad:
+    raise ValueError(f"Swin stage {bad[0]} out of range: the model has stages 0..{len(depths) - 1}")
+  return tuple(stack_layout(d, spec) if i in stages else StackLayout.identity(d) for i, d in enumerate(depths))
+
+
+def expanded_stages(family: str, num_stacks: int, spec: ExpansionSpec) -> tuple[int, ...]:
+  """Indices of the stacks that grow (the ViT's single stack, or the chosen Swin stages)."""
+  if family == "vit":
+    return (0,)
+  return tuple(spec.subset) if spec.subset is not None else (num_stacks - 1,)
