@@ -137,12 +137,31 @@ def _new_layer_plan(kind, num_layers, k, rng):
   raise ValueError(f"unknown baseline {kind!r}")
 
 
+def _grown_stacks(model, spec) -> tuple[int, ...]:
+  """Stacks a baseline grows: the ViT's one stack, or the chosen Swin stages (default: the last)."""
+  if family(model) == "vit":
+    return (0,)
+  return tuple(spec.subset) if spec.subset is not None else (len(depths(model)) - 1,)
+
+
+def _grown_model(model, spec, k):
+  grow = _grown_stacks(model, spec)
+  return with_depths(model, [d + (k if i in grow else 0) for i, d in enumerate(depths(model))])
+
+
+def expanded_model(model, spec: ExpansionSpec):
+  """The structure ``expand`` produces, without building any params (cheap: for summaries)."""
+  _check_plain(model)
+  if spec.kind == "scalenet":
+    return scalenet_model(model, spec)
+  if spec.kind == "scratch":
+    return with_depths(model, [l.depth for l in model_layouts(family(model), depths(model), spec)])
+  return _grown_model(model, spec, spec.num_new_layers or matched_new_layers(model, spec))
+
+
 def _grown(pre, model, spec, k):
-  fam = family(model)
-  grow = set(range(len(depths(model)))) if fam == "vit" else set(
-      spec.subset if spec.subset is not None else (len(depths(model)) - 1,))
-  new_depths = [d + (k if i in grow else 0) for i, d in enumerate(depths(model))]
-  new = with_depths(model, new_depths)
+  grow = set(_grown_stacks(model, spec))
+  new = _grown_model(model, spec, k)
   fresh = init_params(new, spec.seed)
   params = {k_: v for k_, v in jax.tree.map(np.asarray, dict(pre)).items()}
   rng = np.random.RandomState(spec.seed)
@@ -170,17 +189,13 @@ def matched_new_layers(model, spec: ExpansionSpec) -> int:
   """Layers a baseline adds so its parameter count is closest to the ScaleNet model's (>= 1)."""
   target = param_count(scalenet_model(model, spec))
   base = param_count(model)
-  fam = family(model)
-  stages = (0,) if fam == "vit" else tuple(spec.subset if spec.subset is not None else (len(depths(model)) - 1,))
-  one = [d + (1 if i in stages else 0) for i, d in enumerate(depths(model))]
-  per_layer = param_count(with_depths(model, one)) - base
+  per_layer = param_count(_grown_model(model, spec, 1)) - base
   return max(1, int(round((target - base) / per_layer)))
 
 
 def _expand_baseline(pre, model, spec):
   if spec.kind == "scratch":
-    grow = model_layouts(family(model), depths(model), spec)
-    new = with_depths(model, [l.depth for l in grow])
+    new = expanded_model(model, spec)
     return new, init_params(new, spec.seed)
   k = spec.num_new_layers or matched_new_layers(model, spec)
   return _grown(pre, model, spec, k)

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Set up everything (idempotent) and run the demo or the test suite.
+#   bash run.sh demo [demo flags]   # Fashion-MNIST: pretrain -> expand 2x (ScaleNet + baselines) -> report
+#   bash run.sh test [pytest args]  # the test suite (what CI runs)
+set -euo pipefail
+cd "$(dirname "$0")"
+what="${1:-demo}"; shift || true
+VENV="${SCALENET_VENV:-.venv}"
+PY="${PYTHON:-python3}"
+
+need_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# 1. Fashion-MNIST from Debian (IDX files under /usr/share/datasets/fashion-mnist).
+if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && \
+   [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte ]; then
+  echo "[setup] installing Debian package dataset-fashion-mnist"
+  need_root apt-get update -qq
+  need_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
+fi
+
+# 2. Virtual environment with the package (tests add torch/timm for the parity checks).
+extras=""; [ "$what" = test ] && extras="[test]"
+stamp="$VENV/.installed$(echo "$extras" | tr -d '[]')-$(sha1sum setup.py | cut -c1-12)"
+if [ ! -e "$stamp" ]; then
+  echo "[setup] creating $VENV and installing scalenet_jax$extras (first run only; a few minutes)"
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -e ".$extras"
+  touch "$stamp"
+fi
+
+export PYTHONUNBUFFERED=1
+case "$what" in
+  demo) exec "$VENV/bin/python" -m scalenet_jax.demo "$@" ;;
+  test) exec "$VENV/bin/python" -m pytest -q tests "$@" ;;
+  *) echo "usage: bash run.sh demo|test [args]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,158 @@
+"""Path samplers for super-supernet training: hierarchical (HSS) and uniform.
+
+# Samplers
+
+* **HSS** (hierarchical scaling sampling): draw a scaling stage j ~ Categorical(η), then d, w, r
+  uniformly from stage j's candidates, and a base model α uniformly (each stage depth uniform over its
+  choices, each layer kernel uniform). `eta='width'` uses η_j ∝ number of width candidates of stage j
+  (what the official code does: 1/17, 4/17, 5/17, 7/17 on ImageNet); `eta='uniform'` uses 1/(M+1)
+  (the paper's description).
+* **uniform** (baseline): α as above, d, w and r each uniform over the union of all stages' candidates
+  (independently), so the FLOPs histogram is one bell.
+
+Randomness is a numpy `Generator` seeded by `(seed, step)`: `sample_path(space, 'hss', seed, step)`
+always returns the same (α, S), so a resumed run draws the same paths as an uninterrupted one.
+
+```python
+alpha, S = sample_path(space, method='hss', seed=0, step=step)   # method: 'hss' | 'hss_uniform' | 'uniform'
+arch = apply_scaling(alpha, S, space); path = path_arrays(arch, space); images at S.r
+```
+
+# CLI
+
+`python -m scalenet_jax.nas.sampling --space fmnist|imagenet --n 5000 --out DIR` writes
+`DIR/flops_hist_<space>.png` (HSS vs uniform MACs histograms) and `DIR/flops_<space>.json`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Sequence
+
+import numpy as np
+
+from scalenet_jax.nas.space import Alpha, Scaling, SearchSpace, get_space, path_macs
+
+METHODS = ("hss", "hss_uniform", "uniform")
+
+
+def step_rng(seed: int, step: int) -> np.random.Generator:
+  """The generator for one training step: a pure function of (seed, step)."""
+  return np.random.default_rng([int(seed), int(step)])
+
+
+def sample_alpha(space: SearchSpace, rng: np.random.Generator) -> Alpha:
+  """Uniform base model: depth uniform over each stage's choices, each kernel uniform."""
+  depths = tuple(int(rng.choice(st.depth_choices)) for st in space.stages)
+  kernels = tuple(tuple(int(rng.choice(space.kernels)) for _ in range(n)) for n in depths)
+  return Alpha(depths, kernels)
+
+
+def stage_probs(space: SearchSpace, eta: str | Sequence[float] = "width") -> np.ndarray:
+  """η over scaling stages: 'width' (∝ number of width candidates), 'uniform', or explicit weights."""
+  if isinstance(eta, str):
+    if eta == "width":
+      p = np.asarray(space.width_counts(), np.float64)
+    elif eta == "uniform":
+      p = np.ones(space.num_scaling_stages)
+    else:
+      raise ValueError(f"unknown eta {eta!r}; use 'width', 'uniform' or a list of weights")
+  else:
+    p = np.asarray(eta, np.float64)
+    if p.shape != (space.num_scaling_stages,) or (p < 0).any() or p.sum() <= 0:
+      raise ValueError(f"eta must be {space.num_scaling_stages} non-negative weights, got {eta}")
+  return p / p.sum()
+
+
+def sample_scaling_hss(space: SearchSpace, rng: np.random.Generator, eta="width") -> tuple[int, Scaling]:
+  """(j, S): stage j ~ η, then d, w, r uniform inside stage j."""
+  j = int(rng.choice(space.num_scaling_stages, p=stage_probs(space, eta)))
+  m = space.mult_candidates[j]
+  S = Scaling(float(rng.choice(m)), float(rng.choice(m)), int(rng.choice(space.res_candidates[j])))
+  return j, S
+
+
+def sample_scaling_uniform(space: SearchSpace, rng: np.random.Generator) -> Scaling:
+  """Each of d, w, r uniform over the union of all stages' candidates."""
+  mults = sorted({m for ms in space.mult_candidates for m in ms})
+  res = sorted({r for rs in space.res_candidates for r in rs})
+  return Scaling(float(rng.choice(mults)), float(rng.choice(mults)), int(rng.choice(res)))
+
+
+def sample_path(space: SearchSpace, method: str = "hss", seed: int = 0, step: int = 0,
+                eta="width") -> tuple[Alpha, Scaling]:
+  """(α, S) for training step `step`. method: 'hss' (η given by `eta`, default ∝ width counts),
+  'hss_uniform' (η uniform), 'uniform' (baseline)."""
+  rng = step_rng(seed, step)
+  alpha = sample_alpha(space, rng)
+  if method == "hss":
+    _, S = sample_scaling_hss(space, rng, eta)
+  elif method == "hss_uniform":
+    _, S = sample_scaling_hss(space, rng, "uniform")
+  elif method == "uniform":
+    S = sample_scaling_uniform(space, rng)
+  else:
+    raise ValueError(f"unknown sampling method {method!r}; known: {METHODS}")
+  return alpha, S
+
+
+def sample_macs(space: SearchSpace, method: str, n: int, seed: int = 0) -> np.ndarray:
+  """MACs of n sampled paths (steps 0..n-1)."""
+  return np.asarray([path_macs(*sample_path(space, method, seed, i), space) for i in range(n)], np.float64)
+
+
+def count_modes(values: np.ndarray, bins: int = 60, smooth: float = 2.0, min_prominence: float = 0.05) -> int:
+  """Number of local maxima of a Gaussian-smoothed histogram of log(values) whose height exceeds
+  `min_prominence` × the global max and that are separated from the next maximum by a dip."""
+  x = np.log(np.asarray(values, np.float64))
+  h, _ = np.histogram(x, bins=bins)
+  k = np.arange(-4 * smooth, 4 * smooth + 1)
+  g = np.exp(-0.5 * (k / smooth) ** 2)
+  hs = np.convolve(h, g / g.sum(), mode="same")
+  peaks = [i for i in range(1, bins - 1) if hs[i] > hs[i - 1] and hs[i] >= hs[i + 1]
+           and hs[i] >= min_prominence * hs.max()]
+  return len(peaks)
+
+
+def plot_histograms(space: SearchSpace, macs: dict, path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(7, 4))
+  allv = np.concatenate(list(macs.values())) / 1e6
+  bins = np.geomspace(allv.min(), allv.max(), 70)
+  for name, v in macs.items():
+    ax.hist(v / 1e6, bins=bins, histtype="step", lw=1.8, label=f"{name} ({count_modes(v)} modes)")
+  ax.set_xscale("log")
+  ax.set_xlabel("MMACs")
+  ax.set_ylabel("paths")
+  ax.set_title(f"Sampled path MACs, space '{space.name}' (n={len(allv) // len(macs)})")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main(argv=None) -> None:
+  ap = argparse.ArgumentParser(description="Plot FLOPs histograms of HSS vs uniform path sampling.")
+  ap.add_argument("--space", default="fmnist", choices=["fmnist", "imagenet", "tiny"])
+  ap.add_argument("--n", type=int, default=5000)
+  ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--out", required=True)
+  args = ap.parse_args(argv)
+  space = get_space(args.space)
+  os.makedirs(args.out, exist_ok=True)
+  macs = {m: sample_macs(space, m, args.n, args.seed) for m in METHODS}
+  png = os.path.join(args.out, f"flops_hist_{space.name}.png")
+  plot_histograms(space, macs, png)
+  summary = {m: {"modes": count_modes(v), "median_macs": float(np.median(v)),
+                 "p5": float(np.percentile(v, 5)), "p95": float(np.percentile(v, 95))} for m, v in macs.items()}
+  with open(os.path.join(args.out, f"flops_{space.name}.json"), "w") as f:
+    json.dump(summary, f, indent=1)
+  print(json.dumps(summary, indent=1))
+  print(f"wrote {png}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,409 @@
+"""Search spaces, architecture encoding, scaling and MACs/params counting for ScaleNet-search.
+
+# Search space
+
+A chain of inverted-residual (IR) blocks with squeeze-excite (SE), MobileNetV2/EfficientNet style:
+stem conv k×k (stride `stem_stride`) + BN + h-swish → stages of IR+SE blocks → head conv 1×1 + BN +
+h-swish → global average pool → linear classifier.
+
+* `SearchSpace.stages[s]` is a `StageSpec(c_out, stride, t, depth_choices)`. A stage with a single depth
+  choice is *fixed*: it is never depth-scaled (the official code only scales stages whose depth is
+  searched). The first layer of a stage carries the stride and the channel change; the others are
+  stride-1 residual blocks.
+* Per layer the kernel is one of `space.kernels` (3, 5, 7).
+* Scaling stage j = 0..M has candidate lists `mult_candidates[j]` (shared by depth and width) and
+  `res_candidates[j]` (pixels). S_0 = (1, 1, base resolution).
+* Budgets (MACs): base `|F(α) − base_target| ≤ base_tol`; stage j `|F(S_j(α)) − 2^j F(α)| ≤ 2^j·stage_tol`.
+
+Registered spaces (`get_space(name)`): `'imagenet'` (the paper's space, 224 px), `'fmnist'` (same
+structure, 32×32 inputs, 4 stages, MFLOPs budgets; `in_channels` 1 or 3 via `get_space('fmnist',
+in_channels=3)`) and `'tiny'` (16×16 inputs, 3 stages; for unit tests).
+
+# Encoding
+
+* `Alpha(depths, kernels)`: `depths[s]` is the base depth of stage s, `kernels[s]` the kernel size of
+  each of its `depths[s]` base layers.
+* `Scaling(d, w, r)`: global depth/width multipliers and the input resolution.
+* `apply_scaling(alpha, S, space) -> Arch`: the concrete network (per stage n = ceil(n_base·d) for
+  searchable stages, extra layers copy the kernel of the last base layer; channels ceil(C·w); hidden
+  ceil(round(C_in_base·t)·w); SE squeeze = hidden // 4; head channels not scaled; resolution r).
+
+All three are frozen dataclasses of ints/floats/tuples; `to_dict()` / `from_dict()` give JSON.
+
+# Counting
+
+`count_macs(arch)` counts multiply-accumulates of every conv and linear (SE 1×1 convs included; BN,
+activations, pooling and biases ignored). Convolutions are counted over all output positions × full
+k×k window (zero padding included, the usual convention), with symmetric padding k//2 so the output
+size is ceil(H / stride); `count_macs(arch, include_padding=False)` counts only in-image taps (what
+XLA's cost analysis counts; the test checks both against XLA). `count_params(arch)` counts conv/linear weights and biases plus BN scale/bias.
+`path_macs(alpha, S, space)` is a cached shortcut.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Sequence
+
+KERNELS = (3, 5, 7)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Space definitions
+# ----------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+  """One stage of IR+SE blocks. `t` is the expansion ratio (1 ⇒ no expand conv)."""
+  c_out: int
+  stride: int
+  t: int
+  depth_choices: tuple[int, ...]
+
+  @property
+  def searchable(self) -> bool:
+    """Only stages with several depth choices are depth-searched and depth-scaled."""
+    return len(self.depth_choices) > 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+  """A ScaleNet search space (see module docstring)."""
+  name: str
+  in_channels: int
+  num_classes: int
+  stem_channels: int
+  stem_kernel: int
+  stem_stride: int
+  head_channels: int
+  stages: tuple[StageSpec, ...]
+  mult_candidates: tuple[tuple[float, ...], ...]
+  res_candidates: tuple[tuple[int, ...], ...]
+  base_target: float
+  base_tol: float
+  stage_tol: float
+  kernels: tuple[int, ...] = KERNELS
+  se_reduction: int = 4
+
+  def __post_init__(self):
+    if len(self.mult_candidates) != len(self.res_candidates):
+      raise ValueError(f"space {self.name!r}: mult_candidates and res_candidates differ in length")
+    if self.mult_candidates[0] != (1.0,):
+      raise ValueError(f"space {self.name!r}: scaling stage 0 must have the single multiplier 1.0")
+
+  @property
+  def num_scaling_stages(self) -> int:
+    """M + 1 (stages j = 0..M)."""
+    return len(self.mult_candidates)
+
+  @property
+  def max_mult(self) -> float:
+    return max(max(c) for c in self.mult_candidates)
+
+  @property
+  def base_resolution(self) -> int:
+    return self.res_candidates[0][0]
+
+  def max_layers(self, s: int) -> int:
+    """Layer slots the supernet allocates for stage s."""
+    st = self.stages[s]
+    if not st.searchable:
+      return st.depth_choices[0]
+    return math.ceil(max(st.depth_choices) * self.max_mult)
+
+  def stage_budget(self, j: int, base_macs: float) -> tuple[float, float]:
+    """(target, tolerance) MACs of scaling stage j for a base model of `base_macs`."""
+    return (2 ** j) * base_macs, (2 ** j) * self.stage_tol
+
+  def width_counts(self) -> tuple[int, ...]:
+    return tuple(len(c) for c in self.mult_candidates)
+
+  def scalings(self, j: int) -> list["Scaling"]:
+    """Every S of scaling stage j (grid of d × w × r)."""
+    m, rs = self.mult_candidates[j], self.res_candidates[j]
+    return [Scaling(d, w, r) for d in m for w in m for r in rs]
+
+
+def _imagenet_space() -> SearchSpace:
+  def st(c, s, t, deps):
+    return StageSpec(c, s, t, tuple(deps))
+  four = (1, 2, 3, 4)
+  return SearchSpace(
+      name="imagenet", in_channels=3, num_classes=1000, stem_channels=32, stem_kernel=3,
+      stem_stride=2, head_channels=1280,
+      stages=(st(16, 1, 1, (1,)), st(32, 2, 6, four), st(40, 2, 6, four), st(80, 2, 6, four),
+              st(96, 1, 6, four), st(192, 2, 6, four), st(320, 1, 6, (1,))),
+      mult_candidates=((1.0,), (1.04, 1.08, 1.12, 1.16), (1.20, 1.24, 1.28, 1.32, 1.36),
+                       (1.40, 1.44, 1.48, 1.52, 1.56, 1.60, 1.64)),
+      res_candidates=((224,), (224, 240, 256), (272, 288, 304), (320, 336, 354)),
+      base_target=306e6, base_tol=25e6, stage_tol=50e6)
+
+
+def _fmnist_space(in_channels: int = 1) -> SearchSpace:
+  """Small space for 32×32 Fashion-MNIST (28 padded to 32). The budget is centred on the median base
+  model (≈9.1 MMACs at 32 px; range 5.3–13.9M) so that a good share of random α are feasible; the
+  stage-1/2 grids span ≈1.2–2.7× and ≈3–7× the base MACs so that 2× and 4× sit inside them."""
+  def st(c, s, t, deps):
+    return StageSpec(c, s, t, tuple(deps))
+  return SearchSpace(
+      name="fmnist", in_channels=in_channels, num_classes=10, stem_channels=16, stem_kernel=3,
+      stem_stride=1, head_channels=256,
+      stages=(st(16, 1, 1, (1,)), st(24, 2, 4, (1, 2, 3)), st(40, 2, 4, (1, 2, 3)),
+              st(64, 1, 4, (1,))),
+      mult_candidates=((1.0,), (1.05, 1.1, 1.15, 1.2), (1.25, 1.3, 1.35, 1.4, 1.45)),
+      res_candidates=((32,), (32, 36, 40), (40, 44, 48)),
+      base_target=9.0e6, base_tol=1.5e6, stage_tol=2.0e6)
+
+
+def _tiny_space(in_channels: int = 1) -> SearchSpace:
+  """Same structure, a few thousand MACs-scale layers: for unit tests and one-step trainer tests."""
+  def st(c, s, t, deps):
+    return StageSpec(c, s, t, tuple(deps))
+  return SearchSpace(
+      name="tiny", in_channels=in_channels, num_classes=10, stem_channels=8, stem_kernel=3,
+      stem_stride=2, head_channels=32,
+      stages=(st(8, 1, 1, (1,)), st(16, 2, 3, (1, 2)), st(24, 2, 3, (1, 2))),
+      mult_candidates=((1.0,), (1.25, 1.5)),
+      res_candidates=((16,), (16, 20)),
+      base_target=110e3, base_tol=45e3, stage_tol=60e3)
+
+
+_SPACES = {"imagenet": _imagenet_space, "fmnist": _fmnist_space, "tiny": _tiny_space}
+
+
+def get_space(name: str, **kwargs) -> SearchSpace:
+  """Returns a registered search space by name ('imagenet' | 'fmnist')."""
+  if name not in _SPACES:
+    raise ValueError(f"unknown search space {name!r}; known: {sorted(_SPACES)}")
+  return _SPACES[name](**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Encoding
+# ----------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Alpha:
+  """Base architecture: per-stage base depth and per-layer kernel sizes (len(kernels[s]) == depths[s])."""
+  depths: tuple[int, ...]
+  kernels: tuple[tuple[int, ...], ...]
+
+  def to_dict(self) -> dict:
+    return {"depths": list(self.depths), "kernels": [list(k) for k in self.kernels]}
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "Alpha":
+    return cls(tuple(int(x) for x in d["depths"]), tuple(tuple(int(k) for k in ks) for ks in d["kernels"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Scaling:
+  """Scaling strategy S = (d, w, r): depth and width multipliers, input resolution in pixels."""
+  d: float
+  w: float
+  r: int
+
+  def to_dict(self) -> dict:
+    return {"d": self.d, "w": self.w, "r": self.r}
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "Scaling":
+    return cls(float(d["d"]), float(d["w"]), int(d["r"]))
+
+
+def validate_alpha(alpha: Alpha, space: SearchSpace) -> None:
+  """Raises ValueError naming the first inconsistency between `alpha` and `space`."""
+  if len(alpha.depths) != len(space.stages) or len(alpha.kernels) != len(space.stages):
+    raise ValueError(f"alpha has {len(alpha.depths)} stages, space {space.name!r} has {len(space.stages)}")
+  for s, (n, ks, st) in enumerate(zip(alpha.depths, alpha.kernels, space.stages)):
+    if n not in st.depth_choices:
+      raise ValueError(f"alpha stage {s}: depth {n} not in {st.depth_choices}")
+    if len(ks) != n:
+      raise ValueError(f"alpha stage {s}: {len(ks)} kernels for depth {n}")
+    for k in ks:
+      if k not in space.kernels:
+        raise ValueError(f"alpha stage {s}: kernel {k} not in {space.kernels}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Concrete architecture
+# ----------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class LayerArch:
+  c_in: int
+  c_out: int
+  hidden: int
+  se: int
+  kernel: int
+  stride: int
+  expand: bool    # t > 1: has the 1×1 expand conv
+  residual: bool  # stride 1 and same base channels
+
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+  """A concrete network: exactly the shapes a stand-alone model is built with."""
+  in_channels: int
+  num_classes: int
+  resolution: int
+  stem_channels: int
+  stem_kernel: int
+  stem_stride: int
+  head_channels: int
+  stages: tuple[tuple[LayerArch, ...], ...]
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "Arch":
+    d = dict(d)
+    d["stages"] = tuple(tuple(LayerArch(**l) for l in st) for st in d["stages"])
+    return cls(**d)
+
+
+def scaled_depth(n_base: int, d: float, stage: StageSpec) -> int:
+  return math.ceil(n_base * d - 1e-9) if stage.searchable else n_base
+
+
+def scaled_channels(c: int, w: float) -> int:
+  # The -1e-9 guards against float products such as 40 * 1.2 = 48.000000000000004.
+  return math.ceil(c * w - 1e-9)
+
+
+def apply_scaling(alpha: Alpha, S: Scaling, space: SearchSpace) -> Arch:
+  """Concrete architecture of base model `alpha` scaled by `S` (see module docstring)."""
+  validate_alpha(alpha, space)
+  stem = scaled_channels(space.stem_channels, S.w)
+  c_in_base, c_in = space.stem_channels, stem
+  stages = []
+  for s, st in enumerate(space.stages):
+    n_base = alpha.depths[s]
+    n = scaled_depth(n_base, S.d, st)
+    kernels = tuple(alpha.kernels[s]) + (alpha.kernels[s][-1],) * (n - n_base)
+    c_out = scaled_channels(st.c_out, S.w)
+    layers = []
+    for l in range(n):
+      if st.t == 1:
+        hidden = c_in  # depthwise acts on the input directly
+      else:
+        hidden = scaled_channels(int(round(c_in_base * st.t)), S.w)
+      stride = st.stride if l == 0 else 1
+      layers.append(LayerArch(
+          c_in=c_in, c_out=c_out, hidden=hidden, se=hidden // space.se_reduction, kernel=kernels[l],
+          stride=stride, expand=st.t != 1, residual=(stride == 1 and c_in_base == st.c_out)))
+      c_in_base, c_in = st.c_out, c_out
+    stages.append(tuple(layers))
+  return Arch(in_channels=space.in_channels, num_classes=space.num_classes, resolution=int(S.r),
+              stem_channels=stem, stem_kernel=space.stem_kernel, stem_stride=space.stem_stride,
+              head_channels=space.head_channels, stages=tuple(stages))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Counting
+# ----------------------------------------------------------------------------------------------------
+def _out(h: int, stride: int) -> int:
+  return -(-h // stride)
+
+
+def _taps(h: int, k: int, stride: int, include_padding: bool) -> int:
+  """Σ over output positions of the kernel taps that are multiplied (2-D, square), padding k//2."""
+  n = _out(h, stride)
+  if include_padding:
+    return n * n * k * k
+  p = k // 2
+  t1 = sum(min(i * stride - p + k, h) - max(i * stride - p, 0) for i in range(n))
+  return t1 * t1
+
+
+def count_macs(arch: Arch, include_padding: bool = True) -> int:
+  """Multiply-accumulates of all convs and linears of `arch` at `arch.resolution` (one image).
+
+  `include_padding=False` counts only the taps that fall inside the image (what XLA's cost analysis
+  counts); the default counts the full k×k window at every output position (the usual convention)."""
+  ip = include_padding
+  h = arch.resolution
+  macs = _taps(h, arch.stem_kernel, arch.stem_stride, ip) * arch.in_channels * arch.stem_channels
+  h = _out(h, arch.stem_stride)
+  for st in arch.stages:
+    for l in st:
+      if l.expand:
+        macs += h * h * l.c_in * l.hidden
+      macs += _taps(h, l.kernel, l.stride, ip) * l.hidden   # depthwise
+      h = _out(h, l.stride)
+      macs += 2 * l.hidden * l.se                 # SE squeeze + excite on the pooled vector
+      macs += h * h * l.hidden * l.c_out          # project
+  c_last = arch.stages[-1][-1].c_out
+  macs += h * h * c_last * arch.head_channels
+  macs += arch.head_channels * arch.num_classes
+  return int(macs)
+
+
+def count_params(arch: Arch) -> int:
+  """Trainable parameters: conv/linear weights, SE and classifier biases, BN scale+bias."""
+  p = arch.stem_kernel ** 2 * arch.in_channels * arch.stem_channels + 2 * arch.stem_channels
+  for st in arch.stages:
+    for l in st:
+      if l.expand:
+        p += l.c_in * l.hidden + 2 * l.hidden
+      p += l.kernel ** 2 * l.hidden + 2 * l.hidden
+      p += (l.hidden * l.se + l.se) + (l.se * l.hidden + l.hidden)
+      p += l.hidden * l.c_out + 2 * l.c_out
+  c_last = arch.stages[-1][-1].c_out
+  p += c_last * arch.head_channels + 2 * arch.head_channels
+  p += arch.head_channels * arch.num_classes + arch.num_classes
+  return int(p)
+
+
+@functools.lru_cache(maxsize=200_000)
+def _path_macs_cached(alpha: Alpha, S: Scaling, space: SearchSpace) -> int:
+  return count_macs(apply_scaling(alpha, S, space))
+
+
+def path_macs(alpha: Alpha, S: Scaling, space: SearchSpace) -> int:
+  """count_macs(apply_scaling(alpha, S, space)), memoised (all three arguments are hashable)."""
+  return _path_macs_cached(alpha, S, space)
+
+
+def base_macs(alpha: Alpha, space: SearchSpace) -> int:
+  return path_macs(alpha, Scaling(1.0, 1.0, space.base_resolution), space)
+
+
+def base_feasible(alpha: Alpha, space: SearchSpace) -> bool:
+  return abs(base_macs(alpha, space) - space.base_target) <= space.base_tol
+
+
+def stage_feasible(alpha: Alpha, S: Scaling, j: int, space: SearchSpace) -> bool:
+  target, tol = space.stage_budget(j, base_macs(alpha, space))
+  return abs(path_macs(alpha, S, space) - target) <= tol
+
+
+def scaling_stage_of(S: Scaling, space: SearchSpace) -> int:
+  """The scaling stage j whose candidate grid contains S (ValueError if none)."""
+  for j in range(space.num_scaling_stages):
+    if S.d in space.mult_candidates[j] and S.w in space.mult_candidates[j] and S.r in space.res_candidates[j]:
+      return j
+  raise ValueError(f"scaling {S} is in no scaling stage of space {space.name!r}")
+
+
+def to_jsonable(obj: Any) -> Any:
+  """Alpha/Scaling/Arch (or sequences of them) → plain JSON data."""
+  if hasattr(obj, "to_dict"):
+    return obj.to_dict()
+  if isinstance(obj, (list, tuple)):
+    return [to_jsonable(o) for o in obj]
+  return obj
+
+
+def largest_alpha(space: SearchSpace, kernel: int = 7) -> Alpha:
+  """Every stage at its largest base depth with one kernel (handy for tests and bounds)."""
+  deps = tuple(max(st.depth_choices) for st in space.stages)
+  return Alpha(deps, tuple((kernel,) * n for n in deps))
+
+
+def smallest_alpha(space: SearchSpace, kernel: int = 3) -> Alpha:
+  deps = tuple(min(st.depth_choices) for st in space.stages)
+  return Alpha(deps, tuple((kernel,) * n for n in deps))
+
+
+def all_resolutions(space: SearchSpace) -> Sequence[int]:
+  return sorted({r for rs in space.res_candidates for r in rs})
