@@ -129,10 +129,15 @@ class _Search:
       self.cache.update(zip(todo, (float(v) for v in vals)))
     return [self.cache[p] for p in pairs]
 
-  def random_feasible_alpha(self, rng) -> Alpha:
-    for _ in range(self.cfg.max_tries):
+  def random_feasible_alpha(self, rng, scalings: Sequence[Scaling] | None = None) -> Alpha:
+    """Random α meeting the base budget and, if `scalings` are given, preferably every stage budget
+    with them (falls back to base-feasible after max_tries // 10 tries)."""
+    strict = scalings is not None
+    for i in range(self.cfg.max_tries):
+      if strict and i == self.cfg.max_tries // 10:
+        strict = False
       a = decode(_random_genome(self.sizes, rng), self.space)
-      if base_feasible(a, self.space):
+      if self.feasible(a, scalings) if strict else base_feasible(a, self.space):
         return a
     raise RuntimeError(f"no base-feasible α found in {self.cfg.max_tries} tries; check the base budget")
 
@@ -172,7 +177,7 @@ class _Search:
     cfg = self.cfg
     pop = [] if start is None else [encode(start, self.space)]
     while len(pop) < cfg.population:
-      pop.append(encode(self.random_feasible_alpha(rng), self.space))
+      pop.append(encode(self.random_feasible_alpha(rng, scalings), self.space))
     for g in range(cfg.generations):
       fit = self.fitness([decode(x, self.space) for x in pop], scalings)
       order = np.argsort(-fit, kind="stable")
@@ -190,6 +195,8 @@ class _Search:
       pop = children
     best = decode(pop[int(order[0])], self.space)
     finite = fit[np.isfinite(fit)]
+    if not len(finite):
+      raise RuntimeError("MCEA: no feasible α in the final population; widen the budgets or max_tries")
     return best, float(fit[order[0]]), float(finite.mean()), float(finite.std())
 
   def search_scalings(self, alpha: Alpha):

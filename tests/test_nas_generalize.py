@@ -1,0 +1,45 @@
+"""Fits of the scaling curves and budget-meeting extrapolation."""
+import numpy as np
+import pytest
+
+from scalenet_jax.nas import generalize as gen
+from scalenet_jax.nas.export import S0_ALPHA
+from scalenet_jax.nas.space import Scaling, base_macs, get_space, path_macs
+
+
+def test_recovers_exponential_parameters_from_exact_data():
+  js = np.arange(4.0)
+  for a0, a1 in [(0.3, 1.6), (1.2, 1.1), (0.05, 2.5)]:
+    got = gen.fit_exponential(js, gen.exp_curve(js, a0, a1))
+    np.testing.assert_allclose(got, (a0, a1), rtol=1e-6)
+
+
+def test_linear_and_quadratic_fits_exact():
+  js = np.arange(4.0)
+  assert gen.fit_linear(js, 1 + 0.2 * js)[0] == pytest.approx(0.2)
+  np.testing.assert_allclose(gen.fit_quadratic(js, 1 + 0.1 * js + 0.03 * js ** 2), (0.1, 0.03), atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["exp", "linear", "quadratic"])
+def test_extrapolation_meets_budget_from_released_s0_s3(kind):
+  space = get_space("imagenet")
+  released = [Scaling(1, 1, 224), Scaling(1.04, 1.04, 255), Scaling(1.36, 1.2, 304), Scaling(1.4, 1.4, 354)]
+  f0 = base_macs(S0_ALPHA, space)
+  out = gen.extrapolate(S0_ALPHA, released, space, stages=[4, 5], kind=kind)
+  for j, S in zip((4, 5), out):
+    target, tol = space.stage_budget(j, f0)
+    assert abs(path_macs(S0_ALPHA, S, space) - target) <= tol
+    assert S.d >= 1 and S.w >= 1 and S.r > 354
+  # The point lies on the fitted direction: its three relative offsets are proportional to the fit's.
+  x = gen.predict(gen.fit_all(released, space, kind), 4, kind)
+  t = (out[0].d - 1) / (x["d"] - 1)
+  assert (out[0].w - 1) == pytest.approx(t * (x["w"] - 1), abs=2e-3)
+
+
+def test_plot_writes_png(tmp_path):
+  space = get_space("fmnist")
+  ss = [Scaling(1, 1, 32), Scaling(1.1, 1.15, 36), Scaling(1.3, 1.35, 44)]
+  gen.plot_fits(ss, space, str(tmp_path / "fit.png"), released=ss)
+  assert (tmp_path / "fit.png").stat().st_size > 1000
+  with pytest.raises(ValueError, match="unknown fit kind"):
+    gen.fit_all(ss, space, "cubic")
