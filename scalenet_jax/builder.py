@@ -4,7 +4,9 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from scalenet_jax import convert
 from scalenet_jax.grow import expand as grow_lib
@@ -59,6 +61,26 @@ def trainable_patterns(config) -> tuple[str, ...]:
   return (".*",) if spec is None else grow_lib.trainable_patterns(spec)
 
 
+def trainable_mask(config, abstract_params):
+  """Bool pytree (True = trainable); stacked core leaves of baselines get per-row bool arrays."""
+  from scalenet_jax.train import optim
+  patterns = trainable_patterns(config)
+  mask = optim.trainable_mask(abstract_params, "all" if patterns == (".*",) else list(patterns))
+  spec = expansion_spec(config)
+  rows = {} if spec is None else grow_lib.trainable_rows(base_model(config), spec)
+  for name, r in rows.items():
+    mask[name]["core"] = jax.tree.map(lambda _: r, mask[name]["core"])
+  return mask
+
+
+def count_trainable(abstract_params, mask) -> int:
+  """Trainable scalars under ``mask`` (row masks count their true rows)."""
+  def one(a, m):
+    size = int(np.prod(a.shape))
+    return size * int(m) if isinstance(m, (bool, np.bool_)) else size // len(m) * int(np.sum(m))
+  return int(sum(jax.tree.leaves(jax.tree.map(one, abstract_params, mask))))
+
+
 def load_pretrained(config, model):
   """Params of the plain ``model`` from ``config.init_from`` (timm file or exported params dir)."""
   path = config.init_from
@@ -69,16 +91,19 @@ def load_pretrained(config, model):
   return convert.timm_to_flax(convert.load_state_dict(path), model, ignore=skip)
 
 
-def initial_params(config, seed: int):
-  """(model, params) a run starts from: fresh init, or pretrained weights, then expansion."""
+def initial_params(config, seed: int, fresh=None):
+  """(model, params) a run starts from: fresh init, or pretrained weights, then expansion.
+
+  ``fresh``: already-initialised params of the target model to draw new params from (saves an init).
+  """
   model = base_model(config)
   spec = expansion_spec(config)
   if not config.init_from:
     if spec is not None and spec.kind != "scratch":
       raise ValueError("expansion needs pretrained weights: set --config.init_from")
     target = model if spec is None else grow_lib.expanded_model(model, spec)
-    return target, grow_lib.init_params(target, seed)
+    return target, (grow_lib.init_params(target, seed) if fresh is None else fresh)
   pre = load_pretrained(config, model)
   if spec is None:
     return model, pre
-  return grow_lib.expand(pre, model, spec)
+  return grow_lib.expand(pre, model, spec, fresh=fresh)

@@ -57,6 +57,7 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
       cutmix=0.0,
       mixup_switch_prob=0.5,
       num_threads=2,
+      synthetic_examples=512,  # name=synthetic only: train-split size (images shaped like the model's input)
   )), overrides)
 
 
@@ -77,6 +78,7 @@ def base_config(model: str = "vit_micro_patch4_28") -> ml_collections.ConfigDict
   c.ema_decay = 0.0
   c.log_every = 50
   c.eval_every = 0  # 0 = at the end only
+  c.eval_at_init = False  # also evaluate the starting params (saved in <workdir>/init_eval.json)
   c.ckpt_every = 200
   c.keep_checkpoints = 2
   c.mesh_data = -1

@@ -21,14 +21,13 @@ def _instance_params(model, abstract) -> int:
 def summarize(config, xla_check: bool = True) -> dict:
   model = builder.build_model(config)
   abstract = convert.abstract_params(model)
-  trainable = counting.matches_any(builder.trainable_patterns(config))
   out = {
       "model": config.model.name,
       "expansion": config.expansion.kind or "none",
       "depths": [l.depth for l in model.stack_layouts],
       "params": _instance_params(model, abstract),
       "unique_params": counting.count_params(abstract),
-      "trainable_params": counting.count_params(abstract, trainable),
+      "trainable_params": builder.count_trainable(abstract, builder.trainable_mask(config, abstract)),
       "macs": counting.model_flops(model, abstract),
   }
   out["gflops"] = out["macs"] / 1e9

@@ -72,12 +72,20 @@ def _check_plain(model):
       raise ValueError("expand() takes a plain (unexpanded) pretrained model")
 
 
-def expand(pretrained_params, model, spec: ExpansionSpec):
-  """Expand a plain pretrained ``model`` with ``pretrained_params`` according to ``spec``."""
+def expand(pretrained_params, model, spec: ExpansionSpec, fresh=None):
+  """Expand a plain pretrained ``model`` with ``pretrained_params`` according to ``spec``.
+
+  New params (adjustment modules, random layers) come from ``fresh``, params of the expanded
+  structure (e.g. a train state's init, saving a second init compile), or from an init with spec.seed.
+  """
   _check_plain(model)
+  new = expanded_model(model, spec)
+  fresh = init_params(new, spec.seed) if fresh is None else jax.tree.map(np.asarray, fresh)
   if spec.kind == "scalenet":
-    return _expand_scalenet(pretrained_params, model, spec)
-  return _expand_baseline(pretrained_params, model, spec)
+    return new, _expand_scalenet(pretrained_params, new, fresh)
+  if spec.kind == "scratch":
+    return new, fresh
+  return new, _grown(pretrained_params, model, spec, new, fresh)
 
 
 def scalenet_model(model, spec: ExpansionSpec):
@@ -85,11 +93,9 @@ def scalenet_model(model, spec: ExpansionSpec):
   return model.clone(rank=spec.rank, adapter_act=spec.act, **_layouts_kw(model, layouts))
 
 
-def _expand_scalenet(pre, model, spec):
-  new = scalenet_model(model, spec)
-  fresh = init_params(new, spec.seed)
+def _expand_scalenet(pre, new, fresh):
   params = {k: v for k, v in jax.tree.map(np.asarray, dict(pre)).items()}
-  for name, layout in zip(stack_names(model), new.stack_layouts):
+  for name, layout in zip(stack_names(new), new.stack_layouts):
     old = pre[name]
     stack = {"core": jax.tree.map(np.asarray, old["core"])}  # shared: held once, unchanged
     for k, (start, stop, _) in enumerate(layout.segments()):
@@ -99,7 +105,7 @@ def _expand_scalenet(pre, model, spec):
         seg[ln] = _take(old["seg0"][ln], src)
       stack[f"seg{k}"] = seg
     params[name] = stack
-  return new, params
+  return params
 
 
 # ----------------------------------------------------------------------------------------------
@@ -159,10 +165,9 @@ def expanded_model(model, spec: ExpansionSpec):
   return _grown_model(model, spec, spec.num_new_layers or matched_new_layers(model, spec))
 
 
-def _grown(pre, model, spec, k):
+def _grown(pre, model, spec, new, fresh):
   grow = set(_grown_stacks(model, spec))
-  new = _grown_model(model, spec, k)
-  fresh = init_params(new, spec.seed)
+  k = max(a - b for a, b in zip(depths(new), depths(model)))
   params = {k_: v for k_, v in jax.tree.map(np.asarray, dict(pre)).items()}
   rng = np.random.RandomState(spec.seed)
   for i, name in enumerate(stack_names(model)):
@@ -178,7 +183,7 @@ def _grown(pre, model, spec, k):
       else:  # average of randomly sampled pretrained layers
         layers.append(jax.tree.map(lambda *xs: np.mean(xs, axis=0), *[_layer(old, s) for s in src]))
     params[name] = _assemble(layers)
-  return new, params
+  return params
 
 
 def param_count(model) -> int:
@@ -193,17 +198,33 @@ def matched_new_layers(model, spec: ExpansionSpec) -> int:
   return max(1, int(round((target - base) / per_layer)))
 
 
-def _expand_baseline(pre, model, spec):
-  if spec.kind == "scratch":
-    new = expanded_model(model, spec)
-    return new, init_params(new, spec.seed)
-  k = spec.num_new_layers or matched_new_layers(model, spec)
-  return _grown(pre, model, spec, k)
-
-
 def trainable_patterns(spec: ExpansionSpec) -> tuple[str, ...]:
   """Param-path regexes of the trainable set (``all`` -> everything)."""
   if spec.trainable == "all":
     return (".*",)
   # Adjustment modules, every LayerNorm, and the classifier head; shared core weights stay frozen.
-  return (r"(^|/)(norm|norm1|norm2|patch_norm)/", r"/(adapter|lora)_", r"^head/")
+  patterns = (r"(^|/)(norm|norm1|norm2|patch_norm)/", r"^head/")
+  if spec.kind == "scalenet" and spec.adjust != "none":
+    patterns += (r"/(adapter|lora)_",)
+  if spec.kind in ("random", "stack", "interpolate", "swa"):
+    patterns += (r"/core/",)  # only the new layers' rows: see trainable_rows
+  return patterns
+
+
+def trainable_rows(model, spec: ExpansionSpec) -> dict[str, np.ndarray]:
+  """Baselines under ``adjust_ln_head``: which rows of each stacked core leaf are new (trainable).
+
+  Keys are stack names ('blocks', 'stage3'); pretrained layers stay frozen like ScaleNet's shared ones.
+  """
+  if spec.trainable == "all" or spec.kind not in ("random", "stack", "interpolate", "swa"):
+    return {}
+  grow = _grown_stacks(model, spec)
+  k = spec.num_new_layers or matched_new_layers(model, spec)
+  rows = {}
+  for i, (name, d) in enumerate(zip(stack_names(model), depths(model))):
+    if i in grow:
+      plan = _new_layer_plan(spec.kind, d, k, np.random.RandomState(spec.seed))
+      rows[name] = np.array([what != "old" for what, _ in plan])
+    else:
+      rows[name] = np.zeros(d, bool)
+  return rows

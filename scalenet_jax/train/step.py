@@ -24,6 +24,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh
 
@@ -129,6 +130,15 @@ def _jit_per_batch_structure(fn, state_shardings, mesh, out_shardings, donate_ar
 
 
 # ---------------------------------------------------------------------------------------------- Train
+def _select(trainable, a, b):
+    """`a` where trainable else `b`. `trainable` is a Python bool (whole leaf) or a bool array over the
+    leading axis of a stacked leaf (e.g. only the new layers of a stacked core are trainable)."""
+    if isinstance(trainable, (bool, np.bool_)):
+        return a if trainable else b
+    t = jnp.asarray(trainable)
+    return jnp.where(t.reshape(t.shape + (1,) * (a.ndim - t.ndim)), a, b)
+
+
 def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, mesh: Mesh, state_shardings, *,
                     trainable_mask=None, lr_fn: Callable | None = None, grad_accum_steps: int = 1,
                     label_smoothing: float = 0.0, ema_decay: float | None = None,
@@ -136,7 +146,8 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, mesh: 
                     rng_names: Sequence[str] = ("dropout",)):
     """Jitted `step(state, batch) -> (state, metrics)`; `state` is donated.
 
-    trainable_mask: bool pytree like params (`optim.trainable_mask`); frozen leaves get stop_gradient (no
+    trainable_mask: bool pytree like params (`optim.trainable_mask`); a leaf may also be a bool array over
+      its leading (stacked) axis to train only some rows. Frozen leaves/rows get stop_gradient (no
       weight-gradient compute) and are passed through untouched (bit-identical). None = all trainable.
     lr_fn: learning rate as a function of `state.step` for the metrics (`optim.make_train_lr_fn(config)`).
     grad_accum_steps: must equal the optimizer's; EMA is updated only on steps that update the params.
@@ -159,20 +170,21 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, mesh: 
                         else trainable_mask)
 
         def loss_fn(params):
-            params = jax.tree_util.tree_map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, is_trainable)
+            params = jax.tree_util.tree_map(lambda p, t: _select(t, p, jax.lax.stop_gradient(p)), params,
+                                            is_trainable)
             logits, new_ms = _forward(apply_fn, params, state.model_state, batch, True, rngs, compute_dtype)
             return cross_entropy(logits, batch["labels"], label_smoothing).mean(), (logits, new_ms)
 
         (loss, (logits, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         grad_norm = optax.tree.norm(grads)  # frozen grads are exact zeros
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = jax.tree_util.tree_map(lambda p, u, t: p + u.astype(p.dtype) if t else p,
+        params = jax.tree_util.tree_map(lambda p, u, t: _select(t, p + u.astype(p.dtype), p),
                                         state.params, updates, is_trainable)
         ema = state.ema_params
         if ema_decay is not None:
             updated = (state.step + 1) % grad_accum_steps == 0
             ema = jax.tree_util.tree_map(
-                lambda e, p, t: jnp.where(updated, ema_decay * e + (1.0 - ema_decay) * p, e) if t else e,
+                lambda e, p, t: _select(t, jnp.where(updated, ema_decay * e + (1.0 - ema_decay) * p, e), e),
                 ema, params, is_trainable)
         labels = batch["labels"]
         hard = labels if labels.ndim == 1 else jnp.argmax(labels, -1)  # soft targets: their argmax

@@ -48,6 +48,10 @@ def preprocess_of(config, model) -> data_lib.Preprocess:
 def source_of(config, split):
   d = config.data
   kw = {"root": d.root} if d.root and d.name == "fashion_mnist" else {}
+  if d.name == "synthetic":  # smoke tests: images shaped like the model's input, its number of classes
+    cfg = builder.base_model(config).config
+    kw = dict(num_examples=d.synthetic_examples, num_classes=cfg.num_classes,
+              image_shape=(cfg.img_size, cfg.img_size, cfg.in_chans))
   return data_lib.get_source(d.name, split, minival_per_class=d.minival_per_class, **kw)
 
 
@@ -75,8 +79,8 @@ def batch_transform_of(config, num_classes):
 # ----------------------------------------------------------------------------------------------
 # Evaluation
 # ----------------------------------------------------------------------------------------------
-def evaluate(eval_step, state, config, model, mesh, split: Optional[str] = None) -> dict:
-  source = source_of(config, split or config.data.eval_split)
+def evaluate(eval_step, state, config, model, mesh, split: Optional[str] = None, source=None) -> dict:
+  source = source or source_of(config, split or config.data.eval_split)
   sums = None
   for b in data_lib.eval_batches(source, config.eval_batch_size, preprocess=preprocess_of(config, model),
                                  process_index=jax.process_index(), process_count=jax.process_count(),
@@ -131,6 +135,10 @@ def run(config, workdir: str, mode: str = "train") -> dict:
     if config[name] % data_size:
       raise ValueError(f"{name}={config[name]} is not divisible by the {data_size} devices of the mesh's data axis")
 
+  # ---- Data sources, opened before the (slow) model init so a missing/broken dataset fails fast
+  eval_source = source_of(config, config.data.eval_split) if mode in ("train", "eval") else None
+  train_source = source_of(config, config.data.train_split) if mode == "train" else None
+
   # ---- Model & optimizer
   model = builder.build_model(config)
   abstract_params = convert.abstract_params(model)
@@ -140,7 +148,7 @@ def run(config, workdir: str, mode: str = "train") -> dict:
     optim_cfg["total_steps"] = max(config.steps // optim_cfg["grad_accum_steps"], optim_cfg["warmup_steps"] + 1)
   optim_cfg["trainable"] = list(patterns) if patterns != (".*",) else "all"
   tx = optim.make_optimizer(optim_cfg, abstract_params)
-  mask = optim.trainable_mask(abstract_params, optim_cfg["trainable"])
+  mask = builder.trainable_mask(config, abstract_params)
   cfg = model.config
   dummy = jnp.zeros((1, cfg.img_size, cfg.img_size, cfg.in_chans), jnp.float32)
   use_ema = config.ema_decay > 0
@@ -148,7 +156,7 @@ def run(config, workdir: str, mode: str = "train") -> dict:
       lambda r: model.init(r, dummy), tx, mesh, jax.random.key(config.seed), mode=config.sharding,
       use_ema=use_ema)
   fingerprint = ckpt_lib.fingerprint(abstract_params)
-  info = {"params": counting.count_params(abstract_params), "trainable_params": optim.count(abstract_params, mask)}
+  info = {"params": counting.count_params(abstract_params), "trainable_params": builder.count_trainable(abstract_params, mask)}
 
   # ---- Restore: own checkpoint, else pretrained/expanded init
   ckpt = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
@@ -160,7 +168,7 @@ def run(config, workdir: str, mode: str = "train") -> dict:
   else:
     start = 0
     if config.init_from or builder.expansion_spec(config) is not None:
-      built, params = builder.initial_params(config, config.seed)
+      built, params = builder.initial_params(config, config.seed, fresh=jax.device_get(state.params))
       if ckpt_lib.fingerprint(convert.abstract_params(built)) != fingerprint:
         raise ValueError("initial params do not match the model built from the config")
       params = jax.device_put(params, shardings.params)
@@ -171,11 +179,24 @@ def run(config, workdir: str, mode: str = "train") -> dict:
                                       use_ema=use_ema)
   result = {"workdir": workdir, **info}
   if mode == "eval":
-    result.update(evaluate(eval_step, state, config, model, mesh))
+    result.update(evaluate(eval_step, state, config, model, mesh, source=eval_source))
     _log(json.dumps(result))
     return result
   if mode == "export":
     return {**result, **export(workdir, model, state.params)}
+
+  if config.eval_at_init:  # e.g. the accuracy of an expanded model before fine-tuning (doc §6)
+    path = os.path.join(workdir, "init_eval.json")
+    if start == 0 or not os.path.exists(path):
+      if start != 0:
+        raise ValueError(f"eval_at_init: {path} is missing but the run resumes at step {start}")
+      init_eval = evaluate(eval_step, state, config, model, mesh, source=eval_source)
+      if jax.process_index() == 0:
+        with open(path, "w") as f:
+          json.dump(init_eval, f)
+    with open(path) as f:
+      result["init_eval"] = json.load(f)
+    _log(f"  eval at init: top1 {result['init_eval']['top1']:.4f}")
 
   # ---- Update step
   train_step = step_lib.make_train_step(
@@ -185,9 +206,8 @@ def run(config, workdir: str, mode: str = "train") -> dict:
       batch_transform=batch_transform_of(config, cfg.num_classes), compute_dtype=compute_dtype)
 
   # ---- Loop
-  source = source_of(config, config.data.train_split)
   batches = data_lib.train_batches(
-      source, config.batch_size, config.seed, start_step=start, process_index=jax.process_index(),
+      train_source, config.batch_size, config.seed, start_step=start, process_index=jax.process_index(),
       process_count=jax.process_count(), preprocess=preprocess_of(config, model),
       num_steps=max(config.steps - start, 0), num_threads=config.data.num_threads)
   writer = Writer(workdir)
@@ -226,7 +246,7 @@ def run(config, workdir: str, mode: str = "train") -> dict:
         ckpt.save(done, state, {"fingerprint": fingerprint, "model": config.model.name}, force=True)
         last_good = done
       if config.eval_every and done % config.eval_every == 0 and done != config.steps:
-        ev = evaluate(eval_step, state, config, model, mesh)
+        ev = evaluate(eval_step, state, config, model, mesh, source=eval_source)
         writer.write(done, ev)
         _log(f"  eval @ {done}: top1 {ev['top1']:.4f} top5 {ev['top5']:.4f}")
     if config.steps > start:
@@ -239,7 +259,7 @@ def run(config, workdir: str, mode: str = "train") -> dict:
   finally:
     ckpt.wait()
     ckpt.close()
-  ev = evaluate(eval_step, state, config, model, mesh)
+  ev = evaluate(eval_step, state, config, model, mesh, source=eval_source)
   writer.write(config.steps, ev)
   writer.close()
   result.update(ev)

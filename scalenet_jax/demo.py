@@ -1,0 +1,160 @@
+r"""The embedded demo: ScaleNet-grow vs the baselines on real Fashion-MNIST, on a CPU.
+
+  python -m scalenet_jax.demo [--workdir DIR] [--quick]
+
+1. pretrain a 6-layer micro ViT (patch 4, 28x28 grey images);
+2. expand it to 12 layers with ScaleNet (shared weights + adapters + own LNs, interpolate mapping)
+   and with the baselines: Random / Stack / Interpolate / SWA (independent new layers, parameter-
+   matched) and From-scratch (12 independent layers, random init); as a control, the pretrained
+   6-layer model also gets the same extra training budget;
+3. fine-tune every model with the same budget and write a Table-I-style report (report.md).
+Every run lives in its own sub-directory and resumes from its checkpoints if interrupted.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+
+from scalenet_jax import config_lib, summary
+from scalenet_jax.train import trainer
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", "demo_workdir", "Where runs, checkpoints and report.md go.")
+flags.DEFINE_bool("quick", False, "Tiny budget (about 3 minutes): a smoke run of the whole pipeline.")
+flags.DEFINE_integer("pretrain_steps", None, "Override the pretraining steps.")
+flags.DEFINE_integer("finetune_steps", None, "Override the fine-tuning steps of every variant.")
+flags.DEFINE_integer("seed", 0, "Seed of every run.")
+
+MODEL = "vit_micro_patch4_28"
+# (row label, expansion kind); kind '' = the pretrained model itself, trained further (control).
+VARIANTS = [
+    ("ScaleNet (shared + adapters)", "scalenet"),
+    ("Random (new layers)", "random"),
+    ("Stack (new layers)", "stack"),
+    ("Interpolate (new layers)", "interpolate"),
+    ("SWA (new layers)", "swa"),
+    ("From scratch (12 layers)", "scratch"),
+    ("Pretrained, trained further", ""),
+]
+BUDGETS = {  # steps at global batch 128
+    False: dict(pretrain=1500, finetune=600, eval_split="test"),
+    True: dict(pretrain=60, finetune=25, eval_split="minival"),
+}
+
+
+def base(steps: int, lr: float, eval_split: str, seed: int):
+  c = config_lib.base_config(MODEL)
+  c.seed = seed
+  c.steps = steps
+  c.batch_size = 128
+  c.eval_batch_size = 500
+  c.data.train_split = "train_minus_minival"  # the 1000-image minival stays held out
+  c.data.eval_split = eval_split
+  c.data.crop_padding = 2
+  c.data.hflip = True
+  c.data.mean = (0.286,)
+  c.data.std = (0.353,)
+  c.optim.lr = lr
+  c.optim.min_lr = lr * 0.01
+  c.optim.warmup_steps = max(1, steps // 20)
+  c.optim.weight_decay = 0.05
+  c.optim.clip_grad_norm = 1.0
+  c.log_every = max(1, steps // 10)
+  c.ckpt_every = max(1, steps // 3)
+  return c
+
+
+def variant_config(kind: str, pretrained: str, steps: int, eval_split: str, seed: int):
+  c = base(steps, 5e-4, eval_split, seed)
+  c.init_from = pretrained
+  c.eval_at_init = True
+  c.expansion.kind = kind
+  c.expansion.seed = seed
+  c.expansion.trainable = "all"  # doc §2: small models train all params
+  if kind == "scratch":  # random init: nothing to load, and it needs a higher learning rate
+    c.init_from = ""
+    c.optim.lr = 1e-3
+  return c
+
+
+def _stats(config):
+  s = summary.summarize(config, xla_check=False)
+  return {k: s[k] for k in ("depths", "params", "unique_params", "trainable_params", "gflops")}
+
+
+def run_demo(workdir: str, quick: bool, pretrain_steps=None, finetune_steps=None, seed: int = 0) -> str:
+  budget = BUDGETS[quick]
+  pre_steps = pretrain_steps or budget["pretrain"]
+  ft_steps = finetune_steps or budget["finetune"]
+  os.makedirs(workdir, exist_ok=True)
+  t_start = time.time()
+  print(f"== 1/2 pretraining {MODEL} for {pre_steps} steps", flush=True)
+  pre_cfg = base(pre_steps, 1e-3, budget["eval_split"], seed)
+  pre = trainer.run(pre_cfg, os.path.join(workdir, "pretrain"))
+  pretrained = os.path.join(pre["export"], "params")
+
+  rows = []
+  for label, kind in VARIANTS:
+    cfg = variant_config(kind, pretrained, ft_steps, budget["eval_split"], seed)
+    name = kind or "pretrained_more"
+    print(f"== 2/2 {label}: accuracy at init, then fine-tuning for {ft_steps} steps", flush=True)
+    after = trainer.run(cfg, os.path.join(workdir, name))
+    rows.append(dict(label=label, kind=kind or "none", **_stats(cfg), top1_init=after["init_eval"]["top1"],
+                     top1=after["top1"], top5=after["top5"], sec_per_step=after.get("sec_per_step")))
+  report = render(rows, pre, pre_steps, ft_steps, budget["eval_split"], time.time() - t_start, quick)
+  with open(os.path.join(workdir, "report.md"), "w") as f:
+    f.write(report)
+  with open(os.path.join(workdir, "report.json"), "w") as f:
+    json.dump({"pretrain": {k: pre[k] for k in ("top1", "top5", "params")}, "rows": rows}, f, indent=1)
+  return report
+
+
+def render(rows, pre, pre_steps, ft_steps, eval_split, seconds, quick) -> str:
+  split = "Fashion-MNIST test (10,000 images)" if eval_split == "test" else "a 1,000-image held-out minival split"
+  out = [
+      f"# ScaleNet-grow demo: {MODEL} on Fashion-MNIST{' (--quick smoke run)' if quick else ''}",
+      "",
+      f"Pretrained 6-layer model: top-1 {pre['top1'] * 100:.2f}% after {pre_steps} steps "
+      f"({pre['params']:,} params). Every row below then trains {ft_steps} steps at batch 128 "
+      f"(AdamW, cosine); accuracy on {split}.",
+      "",
+      "| method | layers | params (per instance) | unique params | trainable | MFLOPs/img | top-1 at init |"
+      " top-1 after | top-5 after | ms/step |",
+      "|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  for r in rows:
+    ms = f"{r['sec_per_step'] * 1e3:.0f}" if r["sec_per_step"] else "n/a"
+    out.append(f"| {r['label']} | {sum(r['depths'])} | {r['params']:,} | {r['unique_params']:,} | "
+               f"{r['trainable_params']:,} | {r['gflops'] * 1e3:.2f} | {r['top1_init'] * 100:.2f}% | "
+               f"{r['top1'] * 100:.2f}% | {r['top5'] * 100:.2f}% | {ms} |")
+  best = max(rows, key=lambda r: r["top1"])
+  sn = next(r for r in rows if r["kind"] == "scalenet")
+  out += [
+      "",
+      f"Measured ranking: best top-1 is **{best['label']}** ({best['top1'] * 100:.2f}%); ScaleNet reaches "
+      f"{sn['top1'] * 100:.2f}% ({(sn['top1'] - best['top1']) * 100:+.2f} points vs the best).",
+      "These are single-seed numbers from a tiny model and a short budget; differences of a few tenths "
+      "of a point are within run-to-run noise. The paper's ImageNet gains are not claimed here.",
+      "",
+      f"Total wall time: {seconds / 60:.1f} min.",
+  ]
+  return "\n".join(out) + "\n"
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  try:
+    report = run_demo(FLAGS.workdir, FLAGS.quick, FLAGS.pretrain_steps, FLAGS.finetune_steps, FLAGS.seed)
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(report)
+
+
+if __name__ == "__main__":
+  app.run(main)
