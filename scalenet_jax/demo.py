@@ -86,6 +86,25 @@ def _stats(config):
   return {k: s[k] for k in ("depths", "params", "unique_params", "trainable_params", "gflops")}
 
 
+def pretrain(workdir: str, steps: int, eval_split: str, seed: int) -> dict:
+  """Train (or resume) the plain micro ViT; returns the trainer's result (export dir included)."""
+  return trainer.run(base(steps, 1e-3, eval_split, seed), os.path.join(workdir, "pretrain"))
+
+
+def finetune(workdir: str, name: str, kind: str, pretrained: str, steps: int, eval_split: str, seed: int,
+             **expansion) -> dict:
+  """Expand the pretrained model (``kind``; '' = as it is), fine-tune it, return one report row."""
+  cfg = variant_config(kind, pretrained, steps, eval_split, seed)
+  for k, v in expansion.items():
+    if k == "drop_path_rate":
+      cfg.model.drop_path_rate = v
+    else:
+      cfg.expansion[k] = v
+  after = trainer.run(cfg, os.path.join(workdir, name))
+  return dict(kind=kind or "none", **_stats(cfg), top1_init=after["init_eval"]["top1"], top1=after["top1"],
+              top5=after["top5"], sec_per_step=after.get("sec_per_step"))
+
+
 def run_demo(workdir: str, quick: bool, pretrain_steps=None, finetune_steps=None, seed: int = 0) -> str:
   budget = BUDGETS[quick]
   pre_steps = pretrain_steps or budget["pretrain"]
@@ -93,18 +112,13 @@ def run_demo(workdir: str, quick: bool, pretrain_steps=None, finetune_steps=None
   os.makedirs(workdir, exist_ok=True)
   t_start = time.time()
   print(f"== 1/2 pretraining {MODEL} for {pre_steps} steps", flush=True)
-  pre_cfg = base(pre_steps, 1e-3, budget["eval_split"], seed)
-  pre = trainer.run(pre_cfg, os.path.join(workdir, "pretrain"))
+  pre = pretrain(workdir, pre_steps, budget["eval_split"], seed)
   pretrained = os.path.join(pre["export"], "params")
-
   rows = []
   for label, kind in VARIANTS:
-    cfg = variant_config(kind, pretrained, ft_steps, budget["eval_split"], seed)
-    name = kind or "pretrained_more"
     print(f"== 2/2 {label}: accuracy at init, then fine-tuning for {ft_steps} steps", flush=True)
-    after = trainer.run(cfg, os.path.join(workdir, name))
-    rows.append(dict(label=label, kind=kind or "none", **_stats(cfg), top1_init=after["init_eval"]["top1"],
-                     top1=after["top1"], top5=after["top5"], sec_per_step=after.get("sec_per_step")))
+    rows.append(dict(label=label, **finetune(workdir, kind or "pretrained_more", kind, pretrained, ft_steps,
+                                             budget["eval_split"], seed)))
   report = render(rows, pre, pre_steps, ft_steps, budget["eval_split"], time.time() - t_start, quick)
   with open(os.path.join(workdir, "report.md"), "w") as f:
     f.write(report)
