@@ -23,11 +23,6 @@ from scalenet_jax import config_lib, summary
 from scalenet_jax.train import trainer
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", "demo_workdir", "Where runs, checkpoints and report.md go.")
-flags.DEFINE_bool("quick", False, "Tiny budget (about 3 minutes): a smoke run of the whole pipeline.")
-flags.DEFINE_integer("pretrain_steps", None, "Override the pretraining steps.")
-flags.DEFINE_integer("finetune_steps", None, "Override the fine-tuning steps of every variant.")
-flags.DEFINE_integer("seed", 0, "Seed of every run.")
 
 MODEL = "vit_micro_patch4_28"
 # (row label, expansion kind); kind '' = the pretrained model itself, trained further (control).
@@ -170,5 +165,15 @@ def main(argv):
   print(report)
 
 
+def define_flags():
+  """Flags of this CLI (defined on demand: other modules import this one)."""
+  flags.DEFINE_string("workdir", "demo_workdir", "Where runs, checkpoints and report.md go.")
+  flags.DEFINE_bool("quick", False, "Tiny budget (about 3 minutes): a smoke run of the whole pipeline.")
+  flags.DEFINE_integer("pretrain_steps", None, "Override the pretraining steps.")
+  flags.DEFINE_integer("finetune_steps", None, "Override the fine-tuning steps of every variant.")
+  flags.DEFINE_integer("seed", 0, "Seed of every run.")
+
+
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

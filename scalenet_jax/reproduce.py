@@ -20,11 +20,6 @@ from absl import app, flags, logging
 from scalenet_jax import config_lib, demo, summary
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", "repro_workdir", "Where the runs go.")
-flags.DEFINE_string("out", "docs/reproduction.md", "The generated report.")
-flags.DEFINE_enum("budget", "small", ["tiny", "small", "full"], "Steps per run (tiny = smoke test).")
-flags.DEFINE_integer("seeds", 2, "Seeds of the Table-I comparison.")
-flags.DEFINE_string("nas_workdir", "", "A finished NAS pipeline workdir to include (report.md there).")
 
 BUDGETS = {"tiny": (60, 25, "minival"), "small": (600, 200, "test"), "full": (1500, 600, "test")}
 ABLATIONS = [  # (family, label, expansion overrides)
@@ -180,5 +175,15 @@ def main(argv):
   print(report)
 
 
+def define_flags():
+  """Flags of this CLI (defined on demand: other modules import this one)."""
+  flags.DEFINE_string("workdir", "repro_workdir", "Where the runs go.")
+  flags.DEFINE_string("out", "docs/reproduction.md", "The generated report.")
+  flags.DEFINE_enum("budget", "small", ["tiny", "small", "full"], "Steps per run (tiny = smoke test).")
+  flags.DEFINE_integer("seeds", 2, "Seeds of the Table-I comparison.")
+  flags.DEFINE_string("nas_workdir", "", "A finished NAS pipeline workdir to include (report.md there).")
+
+
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
