@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from typing import Any, Optional
 
 import jax
@@ -54,7 +55,8 @@ def _norm(tk, path, index=None):
           Entry(f"{tk}.bias", path + ("bias",), index, "same")]
 
 
-def _stack_entries(prefix: str, root: tuple[str, ...], layout: stack_lib.StackLayout, window: bool):
+def _stack_entries(prefix: str, root: tuple[str, ...], layout: stack_lib.StackLayout, window: bool,
+                   qkv_bias: bool = True):
   """timm keys of the blocks of one stack (``prefix`` = 'blocks' or 'layers.i.blocks')."""
   out = []
   core = root + ("core",)
@@ -63,7 +65,8 @@ def _stack_entries(prefix: str, root: tuple[str, ...], layout: stack_lib.StackLa
     segp = root + (f"seg{seg}",)
     b = f"{prefix}.{l}"
     out += _norm(f"{b}.norm1", segp + ("norm1",), pos) + _norm(f"{b}.norm2", segp + ("norm2",), pos)
-    out += _linear(f"{b}.attn.qkv", core + ("qkv",), c) + _linear(f"{b}.attn.proj", core + ("proj",), c)
+    out += _linear(f"{b}.attn.qkv", core + ("qkv",), c, bias=qkv_bias)
+    out += _linear(f"{b}.attn.proj", core + ("proj",), c)
     out += _linear(f"{b}.mlp.fc1", core + ("fc1",), c) + _linear(f"{b}.mlp.fc2", core + ("fc2",), c)
     if window:
       out.append(Entry(f"{b}.attn.relative_position_bias_table", core + ("rel_pos_bias_table",), c, "same"))
@@ -83,7 +86,8 @@ def key_table(model) -> list[Entry]:
   t[0] = dataclasses.replace(t[0], kind="conv")
   if isinstance(model, vit.ViT):
     t += [Entry("cls_token", ("cls_token",), None, "same"), Entry("pos_embed", ("pos_embed",), None, "same")]
-    t += _stack_entries("blocks", ("blocks",), model.stack_layouts[0], window=False)
+    t += _stack_entries("blocks", ("blocks",), model.stack_layouts[0], window=False,
+                        qkv_bias=model.config.qkv_bias)
     head = "head"
   elif isinstance(model, swin.Swin):
     t += _norm("patch_embed.norm", ("patch_norm",))
@@ -91,7 +95,8 @@ def key_table(model) -> list[Entry]:
       if i > 0:
         t += _norm(f"layers.{i}.downsample.norm", (f"merge{i}", "norm"))
         t += _linear(f"layers.{i}.downsample.reduction", (f"merge{i}", "reduction"), bias=False)
-      t += _stack_entries(f"layers.{i}.blocks", (f"stage{i}",), layout, window=True)
+      t += _stack_entries(f"layers.{i}.blocks", (f"stage{i}",), layout, window=True,
+                          qkv_bias=model.config.qkv_bias)
     head = "head.fc"
   else:
     raise TypeError(f"no timm key table for {type(model).__name__}")
@@ -179,7 +184,9 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
 
     import torch  # optional dependency: pip install -e .[torch]
     try:
-      sd = torch.load(path, map_location="cpu", weights_only=True)
+      with warnings.catch_warnings():  # e.g. pickle-protocol notices: the error below is the message
+        warnings.simplefilter("ignore")
+        sd = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
       raise ValueError(f"refusing to load {path}: it is not a weights-only checkpoint "
                        f"(unpickling would run arbitrary code): {str(e).splitlines()[0]}") from None

@@ -30,10 +30,15 @@ def _run(argv):
   trainer.run(config, FLAGS.workdir, FLAGS.mode)
 
 
+def _diverged():
+  from scalenet_jax.train.trainer import TrainingDiverged
+  return TrainingDiverged
+
+
 def main(argv):
   try:
     _run(argv)
-  except (ValueError, KeyError, FileNotFoundError, TypeError) as e:
+  except (ValueError, KeyError, FileNotFoundError, TypeError, _diverged()) as e:
     # Bad input: one clear line, no traceback, nonzero exit.
     print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
     sys.exit(2)

@@ -78,6 +78,15 @@ def trunc_normal(std=0.02):
   return nn.initializers.truncated_normal(std)
 
 
+def patch_embed(images, cfg, dtype):
+  """Input check, then the patchify conv (timm's ``patch_embed.proj``). Call inside a compact method."""
+  if images.shape[1:] != (cfg.img_size, cfg.img_size, cfg.in_chans):
+    raise ValueError(f"expected images of shape (B, {cfg.img_size}, {cfg.img_size}, {cfg.in_chans}),"
+                     f" got {images.shape}")
+  p = cfg.patch_size
+  return nn.Conv(cfg.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=dtype, name="patch_embed")(images)
+
+
 class StackedDense(nn.Module):
   """``n`` independent Linear layers, kernels stacked as (n, d_in, d_out)."""
   n: int
@@ -306,6 +315,8 @@ class Block(nn.Module):
     if mlp_adjust is not None:
       out = out + mlp_adjust("fc2", h, self.dim)
     x = x + drop_path(out, dpr, rngs[1], self.train)
+    # For analysis (apply(..., mutable=['intermediates'])); a no-op unless that collection is mutable.
+    self.sow("intermediates", "block_out", x)
     return x, None
 
 
@@ -340,7 +351,9 @@ class BlockStack(nn.Module):
     mapping = np.asarray(layout.mapping, np.int32)
     block = nn.remat(Block) if self.remat else Block
     for i, (start, stop, kind) in enumerate(layout.segments()):
-      scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+      # 'intermediates': 0 stacks the sown block outputs of a segment along a leading layer axis.
+      scanned = nn.scan(block, variable_axes={"params": 0, "intermediates": 0},
+                        split_rngs={"params": True, "dropout": True},
                         in_axes=(0, nn.broadcast), length=stop - start,
                         unroll=(stop - start) if self.unroll else 1)
       x, _ = scanned(self.dim, self.num_heads, hidden, kind, self.rank, self.adapter_act, self.norm_eps,

@@ -68,12 +68,7 @@ class Swin(nn.Module):
   @nn.compact
   def __call__(self, images, train: bool = False):
     cfg = self.config
-    if images.shape[1:] != (cfg.img_size, cfg.img_size, cfg.in_chans):
-      raise ValueError(f"expected images of shape (B, {cfg.img_size}, {cfg.img_size}, {cfg.in_chans}),"
-                       f" got {images.shape}")
-    p = cfg.patch_size
-    x = nn.Conv(cfg.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                name="patch_embed")(images)
+    x = stack_lib.patch_embed(images, cfg, self.dtype)
     x = nn.LayerNorm(cfg.norm_eps, dtype=self.dtype, name="patch_norm")(x)
     layouts = self.stack_layouts
     # Stochastic depth grows linearly over the *scaled* depth of the whole network.

@@ -47,12 +47,7 @@ class ViT(nn.Module):
   @nn.compact
   def __call__(self, images, train: bool = False):
     cfg = self.config
-    if images.shape[1:] != (cfg.img_size, cfg.img_size, cfg.in_chans):
-      raise ValueError(f"expected images of shape (B, {cfg.img_size}, {cfg.img_size}, {cfg.in_chans}),"
-                       f" got {images.shape}")
-    p = cfg.patch_size
-    x = nn.Conv(cfg.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                name="patch_embed")(images)
+    x = stack_lib.patch_embed(images, cfg, self.dtype)
     x = x.reshape(x.shape[0], -1, cfg.embed_dim)
     cls = self.param("cls_token", stack_lib.trunc_normal(1e-6), (1, 1, cfg.embed_dim))
     pos = self.param("pos_embed", stack_lib.trunc_normal(), (1, cfg.num_patches + 1, cfg.embed_dim))

@@ -256,12 +256,12 @@ def run(config, workdir: str, mode: str = "train") -> dict:
       result["compile_sec"] = t_compile
       if last_good != config.steps:
         ckpt.save(config.steps, state, {"fingerprint": fingerprint, "model": config.model.name}, force=True)
+    ev = evaluate(eval_step, state, config, model, mesh, source=eval_source)
+    writer.write(config.steps, ev)
   finally:
     ckpt.wait()
     ckpt.close()
-  ev = evaluate(eval_step, state, config, model, mesh, source=eval_source)
-  writer.write(config.steps, ev)
-  writer.close()
+    writer.close()
   result.update(ev)
   result.update(export(workdir, model, state.params))
   _log(f"done: top1 {ev['top1']:.4f} top5 {ev['top5']:.4f} ({workdir})")

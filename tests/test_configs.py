@@ -1,0 +1,188 @@
+"""Every config file imports and builds; summaries follow the parameter arithmetic of scalenet_grow.md §2.
+
+Summaries run without the XLA cross-check (tracing only, nothing is compiled), so even DeiT-B/Swin-B
+configs are cheap. Counts are checked against closed-form arithmetic, not against the code under test:
+unique params = base + 10*r*d per adapter instance (16*r*d for LoRA on qkv/proj/fc1/fc2) + 4*d per new layer.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+from pathlib import Path
+
+import ml_collections
+import pytest
+
+from scalenet_jax import summary
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+IMAGENET_CLASSES = 1000
+
+# (file, get_config args): every documented argument form (module docstrings) and the default.
+TRAINER_CONFIGS = [
+    ("vit_micro_fmnist.py", None),
+    *[(f"{m}_2x.py", a) for m in ("deit_tiny", "deit_small", "deit_base", "swin_tiny", "swin_small", "swin_base")
+      for a in (None, "stack", "random", "interpolate", "swa", "scratch")],
+    ("ablation_grow.py", None),
+    ("ablation_grow.py", "adjust=lora,rank=8"),
+    ("ablation_grow.py", "adjust=none"),
+    ("ablation_grow.py", "subset=3-5"),
+    ("ablation_grow.py", "reuse=3"),
+    ("ablation_grow.py", "mapping=stack"),
+    ("ablation_grow.py", "share=0"),
+    ("ablation_grow.py", "model=swin_tiny,subset=2"),
+]
+
+
+def load_module(name: str):
+  spec = importlib.util.spec_from_file_location(f"_cfg_{Path(name).stem}", CONFIGS / name)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def get_config(name: str, arg=None) -> ml_collections.ConfigDict:
+  module = load_module(name)
+  return module.get_config() if arg is None else module.get_config(arg)
+
+
+def summarize(name: str, arg=None, **overrides) -> dict:
+  config = get_config(name, arg)
+  with config.unlocked():
+    for key, value in overrides.items():
+      target = config
+      *parents, leaf = key.split(".")
+      for p in parents:
+        target = target[p]
+      target[leaf] = value
+  return summary.summarize(config, xla_check=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Every file in configs/ imports and returns a ConfigDict
+# ----------------------------------------------------------------------------------------------
+def test_every_config_file_is_covered():
+  """A new config file must be added to the lists above (or be a NAS helper config)."""
+  covered = {name for name, _ in TRAINER_CONFIGS}
+  files = {p.name for p in CONFIGS.glob("*.py") if p.name != "__init__.py"}
+  assert files - covered == {p for p in files if p.startswith("nas_")}, files - covered
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.py") if p.name != "__init__.py"))
+def test_config_file_imports_and_builds(name):
+  """get_config() with its default argument returns a ConfigDict (NAS helper configs included)."""
+  module = load_module(name)
+  assert module.__doc__, f"{name} has no docstring with its launch command"
+  assert isinstance(module.get_config(), ml_collections.ConfigDict)
+
+
+@pytest.mark.parametrize("name,arg", TRAINER_CONFIGS, ids=[f"{n}:{a}" for n, a in TRAINER_CONFIGS])
+def test_trainer_config_args(name, arg):
+  config = get_config(name, arg)
+  assert isinstance(config, ml_collections.ConfigDict)
+  assert config.model.name and config.steps > 0 and config.batch_size > 0
+
+
+@pytest.mark.parametrize("name,arg", [("ablation_grow.py", "adjsut=lora"), ("ablation_grow.py", "model=vgg"),
+                                      ("ablation_grow.py", "rank"), ("deit_base_2x.py", "bogus")])
+def test_bad_config_args_are_rejected(name, arg):
+  with pytest.raises(ValueError):
+    summary.summarize(get_config(name, arg), xla_check=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Summary numbers follow the paper's parameter arithmetic
+# ----------------------------------------------------------------------------------------------
+def test_micro_summary():
+  s = summarize("vit_micro_fmnist.py")
+  assert s["params"] == s["unique_params"] == s["trainable_params"] == 305034
+  assert s["depths"] == [6] and s["expansion"] == "none" and s["gflops"] > 0
+
+
+@functools.lru_cache(maxsize=None)
+def _base(name):
+  """Unique params of the plain pretrained model of a trainer config."""
+  return summarize(name, **{"expansion.kind": ""})["unique_params"]
+
+
+def _vit_width(model):
+  return {"deit_tiny": 192, "deit_small": 384, "deit_base": 768}[model]
+
+
+@pytest.mark.parametrize("model", ["deit_tiny", "deit_small", "deit_base"])
+def test_deit_2x_scalenet_param_arithmetic(model):
+  d, r, L = _vit_width(model), 16, 12
+  base = _base(f"{model}_2x.py")
+  s = summarize(f"{model}_2x.py")
+  assert s["depths"] == [2 * L]
+  # 2L adapter instances (every instance of every reused layer), L new layers each owning two LNs.
+  assert s["unique_params"] == base + 2 * L * 10 * r * d + L * 4 * d
+  # Shared tensors counted per instance: an unshared 24-layer model minus its adapters.
+  assert s["params"] > s["unique_params"]
+  assert s["gflops"] > 1.9 * summarize(f"{model}_2x.py", **{"expansion.kind": ""})["gflops"]
+  if model == "deit_base":  # paper: adjust + LN + head trainable for DeiT-B
+    ln = 2 * L * 4 * d + 2 * d  # every block's norm1/norm2 and the final norm
+    head = d * IMAGENET_CLASSES + IMAGENET_CLASSES
+    assert s["trainable_params"] == 2 * L * 10 * r * d + ln + head
+  else:
+    assert s["trainable_params"] == s["unique_params"]
+
+
+@pytest.mark.parametrize("model,dim,depths", [("swin_tiny", 96, (2, 2, 6, 2)), ("swin_small", 96, (2, 2, 18, 2)),
+                                              ("swin_base", 128, (2, 2, 18, 2))])
+def test_swin_2x_scalenet_param_arithmetic(model, dim, depths):
+  r = 16
+  dims = [dim * 2 ** i for i in range(4)]
+  d, L = dims[-1], depths[-1]  # default: only the last stage grows (stack mapping)
+  base = _base(f"{model}_2x.py")
+  s = summarize(f"{model}_2x.py")
+  assert s["depths"] == [*depths[:-1], 2 * L]
+  assert s["unique_params"] == base + 2 * L * 10 * r * d + L * 4 * d
+  # Trainable: adapters + every LayerNorm (blocks, patch norm, patch-merging norms, final) + head.
+  blocks_ln = sum(4 * c * n for c, n in zip(dims, [*depths[:-1], 2 * L]))
+  merge_ln = sum(2 * 4 * dims[i - 1] for i in range(1, 4))
+  ln = blocks_ln + 2 * dims[0] + merge_ln + 2 * d
+  head = d * IMAGENET_CLASSES + IMAGENET_CLASSES
+  assert s["trainable_params"] == 2 * L * 10 * r * d + ln + head
+
+
+@pytest.mark.parametrize("arg,instances,new_layers,per_instance", [
+    ("", 24, 12, 10 * 16),             # default: adapters r=16, all 12 layers, R=2
+    ("adjust=lora,rank=8", 24, 12, 16 * 8),  # LoRA on qkv (d->3d), proj, fc1, fc2: r*(4+2+5+5)*d
+    ("adjust=none", 24, 12, 0),        # sharing only (WSPT)
+    ("subset=3-5", 6, 3, 10 * 16),     # layers 3,4,5 reused twice
+    ("reuse=3", 36, 24, 10 * 16),      # R=3
+    ("mapping=stack", 24, 12, 10 * 16),
+    ("rank=8", 24, 12, 10 * 8),
+])
+def test_ablation_param_arithmetic(arg, instances, new_layers, per_instance):
+  d = 768
+  base = _base("ablation_grow.py")
+  s = summarize("ablation_grow.py", arg)
+  assert s["unique_params"] == base + instances * per_instance * d + new_layers * 4 * d
+  assert s["depths"] == [12 + new_layers]
+
+
+def test_ablation_no_sharing_is_parameter_matched_baseline():
+  """share=0: independent new layers (interpolate baseline), as many as match the ScaleNet increment."""
+  d, r = 768, 16
+  base = _base("ablation_grow.py")
+  s = summarize("ablation_grow.py", "share=0")
+  block = 12 * d * d + 13 * d  # qkv, proj, fc1, fc2 weights and biases + two LNs
+  increment = 24 * 10 * r * d + 12 * 4 * d
+  k = max(1, round(increment / block))
+  assert s["expansion"] == "interpolate"
+  assert s["unique_params"] == s["params"] == base + k * block
+  assert s["depths"] == [12 + k]
+
+
+@pytest.mark.parametrize("kind", ["random", "stack", "interpolate", "swa", "scratch"])
+def test_deit_tiny_baselines_add_independent_layers(kind):
+  """Baselines hold every new layer's weights (no sharing); scratch is a plain 2L-layer model."""
+  d = 192
+  block = 12 * d * d + 13 * d
+  base = _base("deit_tiny_2x.py")
+  s = summarize("deit_tiny_2x.py", kind)
+  k = s["depths"][0] - 12
+  assert k == (12 if kind == "scratch" else max(1, round((24 * 10 * 16 * d + 12 * 4 * d) / block)))
+  assert s["unique_params"] == s["params"] == base + k * block
