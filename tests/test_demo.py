@@ -29,7 +29,7 @@ def test_quick_demo_writes_table_i_report(tmp_path):
   assert "| 12 | 727,818 | 429,450 |" in by_label["ScaleNet (shared + adapters)"]
   # The pretrained model learned something (chance is 10%).
   pre = float(re.search(r"top-1 ([\d.]+)% after", report).group(1))
-  assert pre > 30
+  assert pre > 20  # twice chance after a 60-step pretraining
 
 
 def _row(top1, depths=(12,)):

@@ -17,7 +17,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from scalenet_jax import convert, counting
+from scalenet_jax import convert, counting, jax_utils
 from scalenet_jax.grow.spec import ExpansionSpec, model_layouts
 from scalenet_jax.models import stack as stack_lib
 from scalenet_jax.models import swin, vit
@@ -54,7 +54,7 @@ def _layouts_kw(model, layouts):
 def init_params(model, seed: int):
   cfg = model.config
   x = np.zeros((1, cfg.img_size, cfg.img_size, cfg.in_chans), np.float32)
-  params = jax.jit(model.init)(jax.random.key(seed), x)["params"]
+  params = jax_utils.run_once(model.init, jax.random.key(seed), x)["params"]
   return jax.tree.map(np.asarray, params)
 
 

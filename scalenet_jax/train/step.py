@@ -28,6 +28,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from scalenet_jax import jax_utils
 from scalenet_jax.train import sharding as sh
 
 
@@ -80,7 +81,7 @@ def create_train_state(init_fn: Callable, tx: optax.GradientTransformation, mesh
     abstract = jax.eval_shape(init, rng)
     shardings = sh.param_shardings(abstract, mesh, mode, fsdp_min_size)
     # Small leaves (step, rng, norm params, optimizer counters) fall under min_size and stay replicated.
-    state = jax.jit(init, in_shardings=sh.replicated(mesh), out_shardings=shardings)(rng)
+    state = jax_utils.run_once(init, rng, in_shardings=sh.replicated(mesh), out_shardings=shardings)
     return state, shardings
 
 
