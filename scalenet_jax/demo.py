@@ -59,6 +59,7 @@ def base(steps: int, lr: float, eval_split: str, seed: int):
   c.optim.warmup_steps = max(1, steps // 20)
   c.optim.weight_decay = 0.05
   c.optim.clip_grad_norm = 1.0
+  c.xla_opt_level = 1  # short CPU runs: compile time dominates (see config_lib)
   c.log_every = max(1, steps // 10)
   c.ckpt_every = max(1, steps // 3)
   return c

@@ -47,7 +47,8 @@ def histogram_figure(path, hists: Sequence[dict]) -> str:
     edges = np.asarray(h["edges"])
     for label, density in h["series"].items():
       ax.stairs(density, edges, label=label, linewidth=1.4)
-    ax.set(title=h["title"], xlabel="activation", ylabel="density", yscale="log")
+    ax.set_title(h["title"], fontsize=9)
+    ax.set(xlabel="activation", ylabel="density", yscale="log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
   return _save(fig, path)
@@ -67,14 +68,16 @@ def cka_figure(path, panels: Sequence[dict], unbiased: bool) -> str:
 
 
 def accuracy_figure(path, acc: Mapping[str, float], examples: int, chance: Optional[float] = None) -> str:
-  fig, ax = plt.subplots(figsize=(1.4 * len(acc) + 2, 3.8))
+  """Bar chart of top-1 per model label (``pretrained`` grey, ``... fine-tuned`` green, step-0 models blue)."""
+  fig, ax = plt.subplots(figsize=(max(7.0, 1.4 * len(acc) + 2), 3.8))
   labels = list(acc)
   vals = [100 * acc[k] for k in labels]
-  bars = ax.bar(range(len(labels)), vals, color="tab:blue")
+  colors = ["tab:green" if "fine-tuned" in k else "tab:gray" if k == "pretrained" else "tab:blue" for k in labels]
+  bars = ax.bar(range(len(labels)), vals, color=colors)
   ax.bar_label(bars, fmt="%.1f", fontsize=8)
   if chance is not None:
     ax.axhline(100 * chance, color="gray", linestyle="--", linewidth=1, label="chance")
     ax.legend(fontsize=8)
   ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
-  ax.set(ylabel="top-1 (%)", ylim=(0, 100), title=f"accuracy before fine-tuning ({examples} examples)")
+  ax.set(ylabel="top-1 (%)", ylim=(0, 100), title=f"top-1 of expanded models at step 0 (blue) vs fine-tuned (green), {examples} examples")
   return _save(fig, path)

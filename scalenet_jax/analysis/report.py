@@ -23,7 +23,7 @@ from typing import Optional
 import jax
 import numpy as np
 
-from scalenet_jax import counting
+from scalenet_jax import convert, counting
 from scalenet_jax import data as data_lib
 from scalenet_jax.analysis import cka as cka_lib
 from scalenet_jax.analysis import plots, probes
@@ -87,13 +87,14 @@ def load_params_like(path: str, like):
   """Exported params at ``path``, required to have exactly the arrays (paths, shapes, dtypes) of ``like``."""
   from scalenet_jax.train import checkpoint  # orbax: imported only when reading a checkpoint
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype, sharding=device), like)
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), like)
   return jax.device_get(checkpoint.load_params(path, abstract))
 
 
 def pretrained_params(cfg: AnalysisConfig, model):
-  fresh = grow_lib.init_params(model, cfg.seed)
-  return fresh if cfg.pretrained == "init" else load_params_like(cfg.pretrained, fresh)
+  if cfg.pretrained == "init":
+    return grow_lib.init_params(model, cfg.seed)
+  return load_params_like(cfg.pretrained, convert.abstract_params(model))
 
 
 def _batches(cfg: AnalysisConfig, model, count: int):
@@ -175,6 +176,38 @@ def _finite_or_none(x):
   return x
 
 
+def _representations(cfg, variants, fns, batches, pairs, layers):
+  """Activation histograms of the selected blocks and CKA matrices, streamed over the analysis batches."""
+  labels = list(variants)  # pretrained, scaled @init[, scaled fine-tuned]
+  cka_pairs = [("pretrained", "pretrained")] + [(s, "pretrained") for s in labels[1:]]
+  if len(labels) == 3:
+    cka_pairs.append((labels[2], labels[1]))
+  accs = {pair: cka_lib.CKAAccumulator(cfg.unbiased_cka) for pair in cka_pairs}
+  rng = np.random.RandomState(cfg.seed)
+  per_batch = max(1, MAX_HIST_VALUES // len(batches))
+  samples = {label: {j: [] for j in layers} for label in labels}
+  for b in batches:
+    outs = {label: [np.asarray(o) for o in fns[label](p, b["image"])[1]] for label, (_, p) in variants.items()}
+    for label in labels:
+      for j in layers:
+        samples[label][j].append(_subsample(outs[label][pairs[j] if label == "pretrained" else j], per_batch, rng))
+    for (a, c), acc in accs.items():
+      acc.update(outs[a], None if a == c else outs[c])
+
+  tables = {label: probes.block_table(m) for label, (m, _) in variants.items()}
+  titles = [f"{labels[1]} {tables[labels[1]][j].label} | pretrained {tables['pretrained'][pairs[j]].label}"
+            for j in layers]
+  cka = {"unbiased": cfg.unbiased_cka, "examples": sum(len(b["label"]) for b in batches),
+         "features": "block outputs, tokens x channels flattened", "pairs": []}
+  panels = []
+  for (a, c), acc in accs.items():
+    m = acc.result()
+    cka["pairs"].append({"rows": a, "cols": c, "matrix": m.tolist(), "row_blocks": [t.label for t in tables[a]],
+                         "col_blocks": [t.label for t in tables[c]]})
+    panels.append({"title": f"{a} vs {c}", "matrix": m, "ylabel": f"{a} block", "xlabel": f"{c} block"})
+  return _histograms(samples, layers, pairs, cfg.bins, titles), cka, panels
+
+
 def run(cfg: AnalysisConfig) -> dict:
   """Runs every analysis, writes ``FIGURES`` and ``results.json`` into ``cfg.out``, returns the results."""
   os.makedirs(cfg.out, exist_ok=True)
@@ -200,7 +233,10 @@ def run(cfg: AnalysisConfig) -> dict:
                                 "layouts": [dataclasses.asdict(l) for l in m.stack_layouts]}
 
   # ---- Data (analysis batches are the first ``num_batches * batch`` examples of the split)
-  batches = list(_batches(cfg, model, cfg.num_batches * cfg.batch))
+  # Unbiased HSIC needs 4 examples: a short last batch (tiny dataset) is dropped.
+  batches = [b for b in _batches(cfg, model, cfg.num_batches * cfg.batch) if len(b["label"]) >= 4]
+  if not batches:
+    raise ValueError(f"{cfg.data}/{cfg.split} has fewer than 4 examples: nothing to analyse")
   first = batches[0]
 
   # ---- Gradient norms on one batch
@@ -212,39 +248,10 @@ def run(cfg: AnalysisConfig) -> dict:
                                                        per_instance=probes.is_shared(scaled_model))
   results["grad_norms"] = grads
 
-  # ---- Block outputs: activation histograms + CKA (+ accuracy from the same forward passes)
+  # ---- Block outputs: activation histograms + CKA
   fns = {label: probes.make_block_outputs_fn(m) for label, (m, _) in variants.items()}
-  rng = np.random.RandomState(cfg.seed)
-  per_batch = max(1, MAX_HIST_VALUES // len(batches))
-  samples = {label: {j: [] for j in layers} for label in variants}
-  labels = list(variants)
-  scaled_labels = labels[1:]
-  accs = {(a, b): cka_lib.CKAAccumulator(cfg.unbiased_cka)
-          for a, b in [("pretrained", "pretrained")] + [(s, "pretrained") for s in scaled_labels]
-          + ([(scaled_labels[1], scaled_labels[0])] if after is not None else [])}
-  for b in batches:
-    outs = {label: fns[label](p, b["image"])[1] for label, (_, p) in variants.items()}
-    outs = {label: [np.asarray(o) for o in v] for label, v in outs.items()}
-    for label in labels:
-      for j in layers:
-        block = pairs[j] if label == "pretrained" else j
-        samples[label][j].append(_subsample(outs[label][block], per_batch, rng))
-    for (a, c), acc in accs.items():
-      acc.update(outs[a], None if a == c else outs[c])
-  tables = {label: probes.block_table(m) for label, (m, _) in variants.items()}
-  titles = [f"{labels[1]} {tables[labels[1]][j].label} | pretrained {tables['pretrained'][pairs[j]].label}"
-            for j in layers]
-  hists = _histograms(samples, layers, pairs, cfg.bins, titles)
+  hists, results["cka"], panels = _representations(cfg, variants, fns, batches, pairs, layers)
   results["activations"] = hists
-  results["cka"] = {"unbiased": cfg.unbiased_cka, "examples": sum(len(b["label"]) for b in batches),
-                    "features": "block outputs, tokens x channels flattened", "pairs": []}
-  panels = []
-  for (a, c), acc in accs.items():
-    m = acc.result()
-    results["cka"]["pairs"].append({"rows": a, "cols": c, "matrix": m.tolist(),
-                                    "row_blocks": [t.label for t in tables[a]],
-                                    "col_blocks": [t.label for t in tables[c]]})
-    panels.append({"title": f"{a} vs {c}", "matrix": m, "ylabel": f"{a} block", "xlabel": f"{c} block"})
 
   # ---- Accuracy before fine-tuning (and after, when given)
   eval_batches = list(_batches(cfg, model, cfg.eval_examples))

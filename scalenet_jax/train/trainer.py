@@ -175,8 +175,9 @@ def run(config, workdir: str, mode: str = "train") -> dict:
       state = state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params) if use_ema else None)
 
   compute_dtype = builder.DTYPES[config.model.dtype]
+  xla = {"xla_backend_optimization_level": config.xla_opt_level} if config.xla_opt_level >= 0 else None
   eval_step = step_lib.make_eval_step(step_lib.flax_apply_fn(model), mesh, shardings, compute_dtype=compute_dtype,
-                                      use_ema=use_ema)
+                                      use_ema=use_ema, compiler_options=xla)
   result = {"workdir": workdir, **info}
   if mode == "eval":
     result.update(evaluate(eval_step, state, config, model, mesh, source=eval_source))
@@ -203,7 +204,8 @@ def run(config, workdir: str, mode: str = "train") -> dict:
       step_lib.flax_apply_fn(model), tx, mesh, shardings, trainable_mask=mask,
       lr_fn=optim.make_train_lr_fn(optim_cfg), grad_accum_steps=optim_cfg["grad_accum_steps"],
       label_smoothing=config.label_smoothing, ema_decay=config.ema_decay if use_ema else None,
-      batch_transform=batch_transform_of(config, cfg.num_classes), compute_dtype=compute_dtype)
+      batch_transform=batch_transform_of(config, cfg.num_classes), compute_dtype=compute_dtype,
+      compiler_options=xla)
 
   # ---- Loop
   batches = data_lib.train_batches(
