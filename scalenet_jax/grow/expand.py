@@ -138,7 +138,7 @@ def _new_layer_plan(kind, num_layers, k, rng):
   if kind == "random":
     return plan + [("random", j) for j in range(k)]
   if kind == "swa":
-    size = max(2, num_layers // 2)
+    size = min(num_layers, max(2, num_layers // 2))  # a one-layer stack averages just that layer
     return plan + [("avg", tuple(sorted(rng.choice(num_layers, size, replace=False)))) for _ in range(k)]
   raise ValueError(f"unknown baseline {kind!r}")
 
