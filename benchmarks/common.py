@@ -1,0 +1,307 @@
+"""Shared helpers of the benchmark scripts: flags, machine info, timing, matmul peak, memory, a JAX train step.
+
+Timing protocol (every script): compile and warm up first, then time each call separately (blocking on
+its outputs) and report the **median**; the machine may be shared, so medians are far more stable than
+means, and `interleaved` alternates the contenders call by call so a burst of foreign load hits both.
+
+Each script accepts `--json PATH` and writes its numbers there; `run_all.py` collects those files.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+# Make `python benchmarks/<name>.py` work from a checkout without installing the package.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+  sys.path.insert(0, _ROOT)
+
+
+# ----------------------------------------------------------------------------------------------
+# Flags, machine info, output
+# ----------------------------------------------------------------------------------------------
+def base_parser(doc: str) -> argparse.ArgumentParser:
+  """Parser with the flags every benchmark shares (`--quick`, `--steps`, `--warmup`, `--batch`, `--json`).
+
+  Scripts set their own defaults with `parser.set_defaults` and apply `--quick` through `apply_quick`.
+  """
+  p = argparse.ArgumentParser(description=doc.strip().splitlines()[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
+  p.add_argument("--quick", action="store_true", help="short run (fewer timed steps, smaller batch)")
+  p.add_argument("--steps", type=int, default=None, help="timed iterations (median is reported)")
+  p.add_argument("--warmup", type=int, default=None, help="untimed iterations after compilation")
+  p.add_argument("--batch", type=int, default=None, help="images per train step")
+  p.add_argument("--json", default=None, help="also write the results to this JSON file")
+  return p
+
+
+def apply_quick(args: argparse.Namespace, full: Mapping[str, Any], quick: Mapping[str, Any]) -> argparse.Namespace:
+  """Fill every flag the user left at None from the `quick` or `full` defaults."""
+  defaults = quick if args.quick else full
+  for key, value in defaults.items():
+    if getattr(args, key, None) is None:
+      setattr(args, key, value)
+  for key in ("steps", "batch"):
+    if getattr(args, key) < 1:
+      raise ValueError(f"--{key} must be >= 1, got {getattr(args, key)}")
+  if args.warmup < 0:
+    raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
+  return args
+
+
+def load_average() -> tuple[float, float, float]:
+  """1/5/15-minute load averages (zeros where the OS does not report them)."""
+  try:
+    return os.getloadavg()
+  except OSError:
+    return (0.0, 0.0, 0.0)
+
+
+def cpu_model() -> str:
+  """CPU model name from /proc/cpuinfo (falls back to `platform.processor()`)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "unknown"
+
+
+def num_cores() -> int:
+  """Cores this process may run on (the affinity mask, not the host's total)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:
+    return os.cpu_count() or 1
+
+
+def machine_info() -> dict:
+  """What a reader needs to compare numbers across machines."""
+  import jax
+  info = dict(cpu=cpu_model(), cores=num_cores(), python=platform.python_version(), jax=jax.__version__,
+              backend=jax.default_backend(), devices=len(jax.devices()),
+              date=datetime.datetime.now().isoformat(timespec="seconds"),
+              loadavg=" ".join(f"{x:.2f}" for x in load_average()))
+  try:
+    import torch
+    info["torch"] = torch.__version__
+  except ImportError:
+    info["torch"] = None
+  return info
+
+
+def print_header(title: str, args: argparse.Namespace) -> dict:
+  """Print the title, flags and machine line (load average included: the numbers are only as good as it)."""
+  info = machine_info()
+  flags = {k: v for k, v in vars(args).items() if k != "json"}
+  print(f"== {title}")
+  print(f"machine: {info['cpu']} x{info['cores']} cores, jax {info['jax']} ({info['backend']}), "
+        f"torch {info['torch']}, load average {info['loadavg']}")
+  print(f"flags: {flags}")
+  return info
+
+
+def write_json(path: str | None, results: dict) -> None:
+  """Write `results` to `path` (no-op when None)."""
+  if path:
+    with open(path, "w") as f:
+      json.dump(results, f, indent=2, default=float)
+
+
+# ----------------------------------------------------------------------------------------------
+# Timing
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Timing:
+  """Per-call wall times in seconds."""
+  samples: list[float]
+
+  @property
+  def median(self) -> float:
+    return statistics.median(self.samples)
+
+  @property
+  def min(self) -> float:
+    return min(self.samples)
+
+  def summary(self) -> str:
+    s = sorted(self.samples)
+    return f"median {self.median * 1e3:.1f} ms (min {s[0] * 1e3:.1f}, max {s[-1] * 1e3:.1f}, n={len(s)})"
+
+
+def time_calls(fn: Callable[[], Any], *, warmup: int, iters: int) -> Timing:
+  """Run `fn` (which must block until its work is done) `warmup` times untimed, then time `iters` calls."""
+  return interleaved({"_": fn}, warmup=warmup, iters=iters)["_"]
+
+
+def interleaved(fns: Mapping[str, Callable[[], Any]], *, warmup: int, iters: int, block: int = 1
+                ) -> dict[str, Timing]:
+  """Time several blocking callables in turn, `block` consecutive calls each (A B A B ... for block=1), so
+  load bursts hit all of them. A block > 1 keeps one runtime's idle spinning threads (OpenMP, Eigen) from
+  taxing only the other's first call; with the median, that call then does not count."""
+  if iters < 1 or block < 1:
+    raise ValueError(f"iters and block must be >= 1, got iters={iters}, block={block}")
+  for _ in range(warmup):
+    for fn in fns.values():
+      fn()
+  samples = {name: [] for name in fns}
+  while any(len(s) < iters for s in samples.values()):
+    for name, fn in fns.items():
+      for _ in range(min(block, iters - len(samples[name]))):
+        t = time.perf_counter()
+        fn()
+        samples[name].append(time.perf_counter() - t)
+  return {name: Timing(s) for name, s in samples.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Matmul peak (the MFU denominator)
+# ----------------------------------------------------------------------------------------------
+def matmul_peak_jax(n: int = 2048, iters: int = 5) -> float:
+  """Achieved fp32 FLOP/s of a jitted n x n x n `jnp.dot` (2 n^3 FLOPs per product), median of `iters`."""
+  import jax
+  import jax.numpy as jnp
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  dot = jax.jit(jnp.dot)
+  t = time_calls(lambda: dot(a, b).block_until_ready(), warmup=1, iters=iters)
+  return 2.0 * n ** 3 / t.median
+
+
+def matmul_peak_numpy(n: int = 2048, iters: int = 5) -> float:
+  """Achieved fp32 FLOP/s of `numpy.dot` (whatever BLAS numpy links), median of `iters`."""
+  rng = np.random.default_rng(0)
+  a = rng.standard_normal((n, n), dtype=np.float32)
+  b = rng.standard_normal((n, n), dtype=np.float32)
+  t = time_calls(lambda: np.dot(a, b), warmup=1, iters=iters)
+  return 2.0 * n ** 3 / t.median
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory
+# ----------------------------------------------------------------------------------------------
+def peak_rss_bytes() -> int:
+  """This process's peak resident set size (VmHWM), in bytes."""
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("VmHWM:"):
+        return int(line.split()[1]) * 1024
+  raise RuntimeError("VmHWM not found in /proc/self/status")
+
+
+def compiled_memory(jitted, *args) -> dict[str, int]:
+  """XLA's memory analysis of `jitted(*args)` in bytes: temp, argument, output, alias and their peak.
+
+  peak = argument + output - alias + temp: the live buffers of one call (donated inputs alias outputs).
+  """
+  ma = jitted.lower(*args).compile().memory_analysis()
+  if ma is None:
+    raise RuntimeError("this backend gives no compiled memory analysis")
+  out = dict(temp=ma.temp_size_in_bytes, argument=ma.argument_size_in_bytes, output=ma.output_size_in_bytes,
+             alias=ma.alias_size_in_bytes)
+  out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
+  return out
+
+
+def mib(n: float) -> str:
+  return f"{n / 2 ** 20:.0f} MiB"
+
+
+# ----------------------------------------------------------------------------------------------
+# The scalenet_jax train step, ready to time
+# ----------------------------------------------------------------------------------------------
+class JaxTrainStep:
+  """One model's sharded train state + jitted step (`step.make_train_step`) on a 1-device mesh.
+
+  `trainable` (param-path regexes) freezes everything else, as the expansion recipes do; `params`
+  replaces the fresh init (e.g. expanded weights). The batch is random and device-resident unless a
+  different one is passed to `run`.
+  """
+
+  def __init__(self, model, batch_size: int, *, trainable: Sequence[str] | None = None, params=None,
+               seed: int = 0):
+    import jax
+    import jax.numpy as jnp
+    from scalenet_jax import convert
+    from scalenet_jax.train import optim
+    from scalenet_jax.train import sharding as sh
+    from scalenet_jax.train import step as step_lib
+
+    self.model, self.batch_size = model, batch_size
+    self.mesh = sh.make_mesh(devices=jax.devices()[:1])
+    abstract = convert.abstract_params(model)
+    patterns = "all" if trainable is None else list(trainable)
+    tx = optim.make_optimizer(dict(name="adamw", total_steps=10_000, warmup_steps=10, trainable=patterns), abstract)
+    self.mask = None if trainable is None else optim.trainable_mask(abstract, patterns)
+    cfg = model.config
+    dummy = jnp.zeros((1, cfg.img_size, cfg.img_size, cfg.in_chans), jnp.float32)
+    self.state, self.shardings = step_lib.create_train_state(
+        lambda r: model.init(r, dummy), tx, self.mesh, jax.random.key(seed))
+    if params is not None:
+      self.load_params(params)
+    self.step = step_lib.make_train_step(step_lib.flax_apply_fn(model), tx, self.mesh, self.shardings,
+                                         trainable_mask=self.mask)
+    rng = np.random.default_rng(seed)
+    host = {"images": rng.standard_normal((batch_size, cfg.img_size, cfg.img_size, cfg.in_chans), np.float32),
+            "labels": rng.integers(0, cfg.num_classes, batch_size).astype(np.int32)}
+    self.batch = sh.make_global_batch(host, self.mesh)
+
+  def load_params(self, params) -> None:
+    """Replace the params (e.g. by expanded weights); the fresh Adam moments stay valid (zeros)."""
+    import jax
+    self.state = self.state.replace(params=jax.device_put(params, self.shardings.params))
+
+  def run(self, batch=None) -> None:
+    """One train step on `batch` (default: the resident one), blocking until it is done."""
+    import jax
+    self.state, metrics = self.step(self.state, self.batch if batch is None else batch)
+    jax.block_until_ready((self.state, metrics))
+
+  def compile_seconds(self) -> float:
+    """Run the first step (compiling it) and return its wall time."""
+    t = time.perf_counter()
+    self.run()
+    return time.perf_counter() - t
+
+  def _jitted(self):
+    """The jax.jit object behind the step (make_train_step builds it on the first call)."""
+    if not self.step.jitted:
+      raise RuntimeError("run the step once (compile_seconds) before analysing its program")
+    return next(iter(self.step.jitted.values()))
+
+  def memory(self) -> dict[str, int]:
+    """Compiled memory analysis of the step (call after the first step, which builds the jitted program)."""
+    return compiled_memory(self._jitted(), self.state, self.batch)
+
+  def step_macs(self) -> int:
+    """Multiply-adds one train step's program asks for (`counting.jaxpr_macs` of the step's jaxpr: forward,
+    backward and optimizer, scan bodies times their length; frozen weights get no weight-gradient
+    products). Load-independent, so it shows what a time ratio should approach."""
+    import jax
+    from scalenet_jax import counting
+    return counting.jaxpr_macs(jax.make_jaxpr(self._jitted())(self.state, self.batch).jaxpr)
+
+  def num_params(self, trainable_only: bool = False) -> int:
+    import jax
+    leaves = jax.tree.leaves(self.state.params)
+    if not trainable_only or self.mask is None:
+      return int(sum(x.size for x in leaves))
+    return int(sum(x.size for x, m in zip(leaves, jax.tree.leaves(self.mask)) if m))
+
+
+def forward_macs(model) -> int:
+  """Forward multiply-adds per image (`counting.model_flops`: 1 MAC counted as 1 FLOP)."""
+  from scalenet_jax import convert, counting
+  return counting.model_flops(model, convert.abstract_params(model))

@@ -1,0 +1,108 @@
+"""The benchmark scripts still run (tiny shapes, one timed step) and their numbers obey their conventions.
+
+Each script runs as a subprocess exactly as a user would (`python benchmarks/<name>.py ... --json`). They
+share a persistent XLA compilation cache in a temp dir, so the identical micro train step of train_step and
+vs_timm compiles once.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "benchmarks")
+MICRO = "vit_micro_patch4_28"
+TINY = ["--batch", "2", "--steps", "1", "--warmup", "0"]
+ARGS = {
+    "train_step": ["--model", MICRO, "--peak-n", "128", "--peak-iters", "1", "--recipe", "simple",
+                   "--loader-threads", "1"],
+    "vs_timm": ["--models", MICRO],
+    "scalenet_step": ["--model", MICRO],
+}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """`run(name) -> results dict` of the script's tiny mode (each script runs at most once per module)."""
+  tmp = tmp_path_factory.mktemp("bench")
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp / "xla_cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  env.pop("XLA_FLAGS", None)  # one CPU device, as a user's run has
+
+  @functools.lru_cache(maxsize=None)
+  def go(name):
+    out = tmp / f"{name}.json"
+    cmd = [sys.executable, os.path.join(BENCH, f"{name}.py"), *ARGS[name], *TINY, "--json", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, f"{name} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    with open(out) as f:
+      return json.load(f)
+  return go
+
+
+def _has_torch_timm() -> bool:
+  try:
+    import timm  # noqa: F401
+    import torch  # noqa: F401
+  except ImportError:
+    return False
+  return True
+
+
+def test_train_step_reports_mfu_with_stated_convention(run):
+  d = run("train_step")
+  assert d["model"] == MICRO and d["batch"] == 2 and d["img_size"] == 28
+  assert d["images_per_s"] > 0 and d["peak_jax_flops"] > 0 and d["peak_numpy_flops"] > 0
+  assert d["images_per_s"] == pytest.approx(d["batch"] / d["step_s"])
+  # 3 x forward MACs x 2 FLOP/MAC per image, over the measured jnp.dot peak.
+  assert d["model_flops_per_s"] == pytest.approx(6 * d["fwd_macs"] * d["images_per_s"])
+  assert d["mfu"] == pytest.approx(d["model_flops_per_s"] / d["peak_jax_flops"])
+  assert d["loader_slowdown_pct"] == pytest.approx(100 * (d["loader_step_s"] / d["resident_step_s"] - 1))
+  assert d["machine"]["cores"] >= 1 and len(d["machine"]["loadavg"].split()) == 3
+
+
+@pytest.mark.skipif(not _has_torch_timm(), reason="needs torch and timm")
+def test_vs_timm_compares_the_same_model(run):
+  (r,) = run("vs_timm")["results"]
+  assert r["model"] == MICRO and r["batch"] == 2
+  assert r["jax_images_per_s"] > 0 and r["torch_images_per_s"] > 0
+  assert r["ratio"] == pytest.approx(r["jax_images_per_s"] / r["torch_images_per_s"])
+
+
+def test_scalenet_step_freezes_the_core_at_equal_depth(run):
+  d = run("scalenet_step")
+  s, f = d["scalenet"], d["full"]
+  assert s["depth"] == f["depth"] == 2 * 6  # vit_micro has 6 layers; R = 2
+  assert s["trainable_params"] < s["params"] < f["params"] == f["trainable_params"]
+  for v in (s, f):
+    m = v["memory"]
+    assert m["peak"] == m["argument"] + m["output"] - m["alias"] + m["temp"] > 0
+  assert d["time_ratio"] == pytest.approx(s["step_s"] / f["step_s"])
+  # The frozen core holds no Adam moments, so the ScaleNet state (the step's arguments) is smaller.
+  assert s["memory"]["argument"] < f["memory"]["argument"]
+
+
+def test_run_all_renders_every_result(run):
+  sys.path.insert(0, BENCH)
+  try:
+    import run_all
+  finally:
+    sys.path.remove(BENCH)
+  assert {"train_step", "vs_timm", "scalenet_step"} <= set(run_all.discover())
+  assert not {"common", "run_all"} & set(run_all.discover())
+  names = ["train_step", "scalenet_step"] + (["vs_timm"] if _has_torch_timm() else [])
+  runs = [dict(name=n, cmd=f"{n}.py --quick", status="ok", runtime_s=1.0, output="printed", data=run(n))
+          for n in names]
+  runs.append(dict(name="broken", cmd="broken.py", status="failed (exit 1)", runtime_s=0.5, output="Trace",
+                   data=None))
+  md = run_all.render(runs, run("train_step")["machine"], quick=True)
+  assert f"{100 * run('train_step')['mfu']:.1f}%" in md
+  assert f"**{run('scalenet_step')['time_ratio']:.2f}**" in md
+  assert "| broken | failed (exit 1) |" in md and "## broken" in md
+  assert not math.isnan(run("train_step")["loader_slowdown_pct"])
