@@ -32,6 +32,6 @@ fi
 export PYTHONUNBUFFERED=1
 case "$what" in
   demo) exec "$VENV/bin/python" -m scalenet_jax.demo "$@" ;;
-  test) exec "$VENV/bin/python" -m pytest -q tests "$@" ;;
+  test) exec "$VENV/bin/python" -m pytest -q -n 2 -p no:cacheprovider tests "$@" ;;
   *) echo "usage: bash run.sh demo|test [args]" >&2; exit 2 ;;
 esac
