@@ -359,3 +359,13 @@ def test_sigkill_during_async_save_restores_last_complete_step(tmp_path, capsys)
     assert f"unfinished save left {unfinished[0]}" in err, err
     assert f"removed unfinished save {directory / unfinished[0]}" in err, err
     assert not list(directory.glob("*.orbax-checkpoint-tmp*"))
+
+
+def test_relative_workdir_is_resolved_against_the_cwd(tmp_path, monkeypatch):
+    # The README demo passes a relative --workdir; Orbax itself rejects relative paths.
+    monkeypatch.chdir(tmp_path)
+    save_steps("rel_workdir", [1, 2], async_save=True)
+    assert (tmp_path / "rel_workdir" / "checkpoints" / "2").is_dir()
+    step, state = restore("rel_workdir")
+    assert step == 2
+    assert_bit_identical(state, make_state(2))

@@ -77,7 +77,8 @@ class Checkpointer:
 
     def __init__(self, workdir, *, max_to_keep: int | None = 3, save_interval_steps: int = 1,
                  async_save: bool = True):
-        self.directory = epath.Path(workdir) / "checkpoints"
+        # Orbax wants absolute paths; a relative --workdir (the README demo's) is relative to the cwd.
+        self.directory = (epath.Path(workdir) / "checkpoints").absolute()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             save_interval_steps=save_interval_steps,
