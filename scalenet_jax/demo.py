@@ -37,7 +37,7 @@ VARIANTS = [
 ]
 BATCH = 64
 BUDGETS = {  # steps at global batch BATCH, sized for <= 20 min (default) / ~3 min (quick) on 2 CPU cores
-    False: dict(pretrain=1000, finetune=250, eval_split="test"),
+    False: dict(pretrain=800, finetune=200, eval_split="test"),
     True: dict(pretrain=60, finetune=20, eval_split="minival"),
 }
 
