@@ -20,6 +20,12 @@ def _run(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   config = FLAGS.config
+  if config.get("pipeline"):  # NAS search / supernet / retrain configs have their own driver
+    if not FLAGS.workdir:
+      raise app.UsageError("--workdir is required")
+    from scalenet_jax.nas import pipeline
+    pipeline.run(config, FLAGS.workdir, FLAGS.mode)
+    return
   if FLAGS.mode == "summary":
     from scalenet_jax import summary
     print(summary.render(summary.summarize(config, xla_check=FLAGS.xla_check)))

@@ -1,0 +1,277 @@
+r"""ScaleNet-search end to end: supernet training → MCEA → generalisation → export → report.
+
+Entry point of `python -m scalenet_jax.main` for configs with a top-level `pipeline` field:
+
+* `'nas_search'` (`configs/nas_fmnist_search.py`): `run_search(config, workdir)`:
+  1. MACs histograms of HSS vs uniform path sampling (`flops_hist.png`);
+  2. `train_supernet.train_supernet` on `train_minus_minival` (`workdir/supernet`, resumable);
+  3. MCEA (`mcea.run_mcea`, state in `workdir/mcea.json`, resumable) with the vmap `PathEvaluator` on the
+     `minival` split (N images per class held out of train), preprocessed at every resolution of the space;
+  4. exponential fits of S_0..S_M and extrapolated S_{M+1}, S_{M+2} (`generalize`, `fits.png`);
+  5. `archs/s{j}.json` for S_0..S_{M+2} (`export.save_arch`; each is re-loaded and built);
+  6. optional rank correlation supernet vs stand-alone accuracy (`rank_corr.num_paths > 0`; with
+     `rank_corr.compare_uniform` a second supernet is trained with uniform sampling);
+  7. `report.md` and `results.json`.
+  `--config.quick=True` merges `config.quick_overrides` (a few minutes on a CPU).
+* `'nas_supernet'`: only `train_supernet` (`configs/nas_imagenet_supernet.py`, `configs/nas_fmnist_supernet.py`).
+* `'nas_retrain'` (`configs/nas_retrain.py:<arch.json | s0..s5>`): trains the exported architecture
+  stand-alone (`PathNet`, BN running averages) and writes `result.json` and `export/params`.
+
+Only mode 'train' is supported for these configs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from scalenet_jax import data as data_lib
+from scalenet_jax.nas import export, generalize, mcea, rank_corr, sampling
+from scalenet_jax.nas import train_supernet as ts
+from scalenet_jax.nas.evaluate import PathEvaluator
+from scalenet_jax.nas.space import (Arch, all_resolutions, apply_scaling, count_macs, count_params,
+                                    path_macs)
+from scalenet_jax.nas.supernet import SuperNet
+from scalenet_jax.train import checkpoint as ckpt_lib
+
+PIPELINES = ("nas_search", "nas_supernet", "nas_retrain")
+
+
+def run(config, workdir: str, mode: str = "train") -> dict:
+  """Runs the pipeline named by `config.pipeline` (see module docstring)."""
+  if config.pipeline not in PIPELINES:
+    raise ValueError(f"unknown pipeline {config.pipeline!r}; known: {PIPELINES}")
+  if mode != "train":
+    raise ValueError(f"pipeline {config.pipeline!r} supports only --mode=train, got {mode!r}")
+  config = with_quick(config)
+  if config.pipeline == "nas_supernet":
+    ts.train_supernet(config, workdir)
+    return {"workdir": workdir}
+  if config.pipeline == "nas_retrain":
+    return retrain(config, workdir)
+  return run_search(config, workdir)
+
+
+def with_quick(config) -> ml_collections.ConfigDict:
+  """`config` with `config.quick_overrides` merged in when `config.quick` (a new, unlocked copy)."""
+  c = ml_collections.ConfigDict(config.to_dict())
+  if not c.get("quick") or "quick_overrides" not in c:
+    return c
+
+  def merge(dst, src, prefix):
+    for k, v in src.items():
+      if k not in dst:
+        raise KeyError(f"quick_overrides: unknown config field {prefix}{k}")
+      if isinstance(v, (dict, ml_collections.ConfigDict)) and isinstance(dst[k], ml_collections.ConfigDict):
+        merge(dst[k], v, f"{prefix}{k}.")
+      else:
+        dst[k] = v
+  merge(c, c.quick_overrides.to_dict(), "")
+  return c
+
+
+# ----------------------------------------------------------------------------------------------------
+# Stand-alone retraining of an exported architecture
+# ----------------------------------------------------------------------------------------------------
+def resolve_arch(spec: str) -> Arch:
+  """An arch JSON written by `export.save_arch`, or a released ImageNet model 's0'..'s5'."""
+  if spec in export.RELEASED:
+    from scalenet_jax.nas.space import get_space  # pylint: disable=g-import-not-at-top
+    alpha, S = export.RELEASED[spec]
+    return apply_scaling(alpha, S, get_space("imagenet"))
+  return export.load_arch(spec)
+
+
+def retrain(config, workdir: str) -> dict:
+  arch = resolve_arch(config.arch)
+  info = ts.train_standalone(config, workdir, arch)
+  variables = info.pop("variables")
+  if jax.process_index() == 0:
+    ckpt_lib.export_params(os.path.join(workdir, "export", "params"), jax.device_get(variables), overwrite=True)
+  info.update(arch=config.arch, macs=count_macs(arch), params=count_params(arch), resolution=arch.resolution)
+  _write_json(os.path.join(workdir, "result.json"), info)
+  print(f"done: {config.arch} top1 {info['top1']:.4f} on {info['eval_split']} ({workdir})", flush=True)
+  return info
+
+
+# ----------------------------------------------------------------------------------------------------
+# Search
+# ----------------------------------------------------------------------------------------------------
+def minival_batches(sn_cfg, space, batch_size: int) -> dict:
+  """{resolution: [(images, labels), ...]}: the mini-val split preprocessed (no augmentation) at every
+  resolution of the space, the way training preprocesses it."""
+  source = ts.open_source(sn_cfg.data, sn_cfg.data.eval_split)
+  idx = np.arange(len(source))
+  labels = source.labels.astype(np.int32)
+  out = {}
+  for r in all_resolutions(space):
+    prep = data_lib.Preprocessor(source, ts.preprocess_at(sn_cfg.data, r, space.in_channels), train=False)
+    x = prep(idx)
+    out[r] = [(x[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(idx), batch_size)]
+  return out
+
+
+def flops_histograms(space, n: int, seed: int, path: str) -> dict:
+  macs = {m: sampling.sample_macs(space, m, n, seed) for m in ("hss", "uniform")}
+  sampling.plot_histograms(space, macs, path)
+  return {m: {"modes": sampling.count_modes(v), "median_mmacs": float(np.median(v) / 1e6)} for m, v in macs.items()}
+
+
+def _standalone_accs(sn_cfg, pairs, space, rc, workdir) -> list[float]:
+  """Brief stand-alone training of each (α, S) pair; top-1 on the mini-val split."""
+  accs = []
+  for i, (alpha, S) in enumerate(pairs):
+    c = ml_collections.ConfigDict(sn_cfg.to_dict())
+    c.steps, c.batch_size, c.log_every, c.ckpt_every = rc.steps, rc.batch_size, rc.steps, 0
+    c.optim.warmup_steps, c.optim.total_steps = min(c.optim.warmup_steps, rc.steps // 4), None
+    info = ts.train_standalone(c, os.path.join(workdir, f"path{i}"), apply_scaling(alpha, S, space))
+    accs.append(info["top1"])
+  return accs
+
+
+def rank_correlation(config, space, evaluators: dict, workdir: str) -> dict:
+  """Samples `num_paths` paths, trains each stand-alone briefly and correlates with every supernet's
+  one-shot accuracy (`evaluators`: {sampling method: PathEvaluator})."""
+  rc = config.rank_corr
+  pairs = [sampling.sample_path(space, "hss", rc.seed, i) for i in range(rc.num_paths)]
+  alone = _standalone_accs(config.supernet, pairs, space, rc, os.path.join(workdir, "rank_corr"))
+  out = {"standalone_accs": alone, "paths": [{"alpha": a.to_dict(), "scaling": S.to_dict(),
+                                               "macs": path_macs(a, S, space)} for a, S in pairs]}
+  for name, ev in evaluators.items():
+    out[name] = rank_corr.path_rank_correlation(pairs, ev, alone)
+  return out
+
+
+def run_search(config, workdir: str) -> dict:
+  t_start = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  sn = config.supernet
+  space = ts.space_of(sn)
+  timings, results = {}, {"space": space.name, "quick": bool(config.quick)}
+
+  # ---- 1. Sampling histograms
+  t = time.time()
+  results["flops_hist"] = flops_histograms(space, config.hist_samples, sn.seed, os.path.join(workdir, "flops_hist.png"))
+  timings["histograms"] = time.time() - t
+
+  # ---- 2. Supernet
+  t = time.time()
+  params = ts.train_supernet(sn, os.path.join(workdir, "supernet"))
+  timings["supernet"] = time.time() - t
+
+  # ---- 3. MCEA on the mini-val split
+  t = time.time()
+  s = config.search
+  minival = minival_batches(sn, space, s.eval_batch_size)
+  evaluator = PathEvaluator(SuperNet(space), params, space, minival, vmap_size=s.vmap_size)
+  n_evals = [0]
+
+  def evaluate(pairs):
+    n_evals[0] += len(pairs)
+    return evaluator(pairs)
+  mcfg = mcea.MCEAConfig(iterations=s.iterations, n_base=s.n_base, population=s.population,
+                         generations=s.generations, parents=s.parents, mutation_prob=s.mutation_prob,
+                         seed=s.seed)
+  res = mcea.run_mcea(space, evaluate, mcfg, state_path=os.path.join(workdir, "mcea.json"))
+  alpha, scalings = res["alpha"], list(res["scalings"])
+  timings["mcea"] = time.time() - t
+  results.update(alpha=alpha.to_dict(), objective=res["objective"], history=res["history"],
+                 paths_evaluated=n_evals[0])
+
+  # ---- 4. Generalisation to larger stages
+  t = time.time()
+  M = len(scalings) - 1
+  extra = generalize.extrapolate(alpha, scalings, space, stages=list(range(M + 1, M + 1 + config.extra_stages)))
+  generalize.plot_fits(scalings, space, os.path.join(workdir, "fits.png"), extra_stages=config.extra_stages)
+  results["fits"] = {k: list(v) for k, v in generalize.fit_all(scalings, space).items()}
+  timings["generalize"] = time.time() - t
+
+  # ---- 5. Export (every file is re-loaded and built as a stand-alone model)
+  rows = []
+  for j, S in enumerate(scalings + extra):
+    path = os.path.join(workdir, "archs", f"s{j}.json")
+    rec = export.save_arch(path, alpha, S, space)
+    arch = export.load_arch(path)
+    model = export.build_model(arch)
+    x = jax.ShapeDtypeStruct((1, arch.resolution, arch.resolution, arch.in_channels), np.float32)
+    jax.eval_shape(lambda k: model.init(k, x), jax.random.key(0))
+    rows.append({"stage": j, "searched": j <= M, **S.to_dict(), "macs": rec["macs"], "params": rec["params"],
+                 "file": os.path.relpath(path, workdir),
+                 "minival_acc": evaluator([(alpha, S)])[0] if j <= M else None})
+  results["archs"] = rows
+
+  # ---- 6. Rank correlation (optional)
+  if config.rank_corr.num_paths > 0:
+    t = time.time()
+    evaluators = {sn.sampling: evaluator}
+    if config.rank_corr.compare_uniform and sn.sampling != "uniform":
+      c = ml_collections.ConfigDict(sn.to_dict())
+      c.sampling = "uniform"
+      p_u = ts.train_supernet(c, os.path.join(workdir, "supernet_uniform"))
+      evaluators["uniform"] = PathEvaluator(SuperNet(space), p_u, space, minival, vmap_size=s.vmap_size)
+    results["rank_corr"] = rank_correlation(config, space, evaluators, workdir)
+    timings["rank_corr"] = time.time() - t
+
+  timings["total"] = time.time() - t_start
+  results["timings_sec"] = timings
+  _write_json(os.path.join(workdir, "results.json"), results)
+  with open(os.path.join(workdir, "report.md"), "w") as f:
+    f.write(render_report(config, space, results))
+  print(f"done: report in {os.path.join(workdir, 'report.md')} ({timings['total']:.0f}s)", flush=True)
+  return results
+
+
+# ----------------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------------
+def _write_json(path, obj):
+  if jax.process_index() == 0:
+    with open(path, "w") as f:
+      json.dump(obj, f, indent=1, default=float)
+
+
+def render_report(config, space, r: dict) -> str:
+  sn = config.supernet
+  L = [f"# ScaleNet-search on {sn.data.name}, space '{space.name}'{' (quick smoke run)' if r['quick'] else ''}", "",
+       f"Supernet: {sn.steps} steps, batch {sn.batch_size}, sampling `{sn.sampling}`; MCEA: "
+       f"{config.search.iterations} iterations, population {config.search.population}, "
+       f"{config.search.generations} generations, {r['paths_evaluated']} paths evaluated on the mini-val split "
+       f"({sn.data.minival_per_class} images per class held out of train).", "",
+       "## Sampling: MACs histograms", "", "![HSS vs uniform](flops_hist.png)", "",
+       "| sampler | modes | median MMACs |", "|---|---|---|"]
+  L += [f"| {m} | {v['modes']} | {v['median_mmacs']:.2f} |" for m, v in r["flops_hist"].items()]
+  L += ["", "## Searched and extrapolated architectures", "",
+        f"Base model α: depths {r['alpha']['depths']}, kernels {r['alpha']['kernels']}; objective "
+        f"{r['objective']:.4f}.", "",
+        "| stage | kind | d | w | r | MMACs | MACs / S0 | params (M) | mini-val acc | file |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
+  m0 = r["archs"][0]["macs"]
+  for a in r["archs"]:
+    acc = "" if a["minival_acc"] is None else f"{a['minival_acc']:.4f}"
+    L.append(f"| S{a['stage']} | {'searched' if a['searched'] else 'extrapolated'} | {a['d']:.3f} | {a['w']:.3f} | "
+             f"{a['r']} | {a['macs'] / 1e6:.2f} | {a['macs'] / m0:.2f} | {a['params'] / 1e6:.3f} | {acc} | "
+             f"`{a['file']}` |")
+  L += ["", "## MCEA: per-iteration accuracy of the final α population", "",
+        "| iteration | objective | population mean | population std |", "|---|---|---|---|"]
+  L += [f"| {h['iteration']} | {h['objective']:.4f} | {h['pop_mean']:.4f} | {h['pop_std']:.4f} |"
+        for h in r["history"] if h["phase"] == "alpha"]
+  L += ["", "## Generalisation: x_j = a0 (a1^j - 1) + 1", "", "![fits](fits.png)", "",
+        "| dim | a0 | a1 |", "|---|---|---|"]
+  L += [f"| {k} | {v[0]:.4f} | {v[1]:.4f} |" for k, v in r["fits"].items()]
+  if "rank_corr" in r:
+    L += ["", "## Rank correlation: supernet vs stand-alone (mini-val top-1)", "",
+          f"{len(r['rank_corr']['standalone_accs'])} HSS-sampled paths, each trained stand-alone for "
+          f"{config.rank_corr.steps} steps.", "", "| supernet | Pearson | Spearman | Kendall |", "|---|---|---|---|"]
+    for name, v in r["rank_corr"].items():
+      if isinstance(v, dict) and "pearson" in v:
+        L.append(f"| {name} | {v['pearson']:.3f} | {v['spearman']:.3f} | {v['kendall']:.3f} |")
+  L += ["", "## Time (seconds)", "", "| phase | sec |", "|---|---|"]
+  L += [f"| {k} | {v:.0f} |" for k, v in r["timings_sec"].items()]
+  L += ["", "Exported architectures build stand-alone models with `scalenet_jax.nas.export.build_model("
+        "export.load_arch(path))` and retrain with `python -m scalenet_jax.main --config "
+        "configs/nas_retrain.py:<workdir>/archs/s0.json --workdir DIR`.", ""]
+  return "\n".join(L)

@@ -1,0 +1,166 @@
+"""Supernet training through the shared train step, exact resume, and the quick end-to-end search.
+
+Uses the 'tiny' space (16/20 px) on real Fashion-MNIST; compiled programs are shared through the
+persistent compilation cache set up in conftest.py.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from scalenet_jax.nas import export, pipeline
+from scalenet_jax.nas import train_supernet as ts
+from scalenet_jax.nas.sampling import sample_path
+from scalenet_jax.nas.space import apply_scaling, get_space
+from scalenet_jax.nas.supernet import (SuperNet, _conv, depthwise_conv, init_pathnet, init_supernet,
+                                       path_arrays)
+from scalenet_jax.train import optim
+from scalenet_jax.train import sharding as sh
+from scalenet_jax.train import step as step_lib
+
+REPO = Path(__file__).resolve().parents[1]
+SPACE = get_space("tiny")
+pytestmark = pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist")
+                                and not os.environ.get("SCALENET_FASHION_MNIST_DIR"),
+                                reason="Fashion-MNIST files not installed")
+
+
+def tiny_config(**kw):
+  c = ts.supernet_config("tiny", batch_size=8, log_every=2, ckpt_every=2, **kw)
+  c.data.minival_per_class = 5
+  c.optim.warmup_steps = 0  # lr > 0 from step 0
+  c.optim.total_steps = 4  # fixed, so that a 2-step run and a 4-step run share the schedule
+  return c
+
+
+@pytest.mark.parametrize("k,stride,h", [(3, 1, 8), (5, 2, 9), (7, 2, 8)])
+def test_depthwise_conv_matches_grouped_conv(k, stride, h):
+  rng = np.random.default_rng(k)
+  x = jnp.asarray(rng.normal(size=(2, h, h, 6)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(k, k, 1, 6)), jnp.float32)
+  ref = lambda x, w: _conv(x, w, stride, groups=6)
+  new = lambda x, w: depthwise_conv(x, w, stride)
+  np.testing.assert_allclose(new(x, w), ref(x, w), atol=1e-4, rtol=1e-5)
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+  for a, b in zip(jax.grad(loss(new), (0, 1))(x, w), jax.grad(loss(ref), (0, 1))(x, w)):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_supernet_train_step_with_path_in_model_kwargs():
+  model = SuperNet(SPACE)
+  params = jax.device_get(init_supernet(model, seed=0))  # host copies: the step donates its state
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
+  cfg = tiny_config()
+  tx = optim.make_optimizer(ts.optim_config(cfg), abstract)
+  mesh = sh.make_mesh()
+  zeros = lambda _: {"params": jax.tree.map(jnp.zeros_like, abstract)}
+  step = step_lib.make_train_step(step_lib.flax_apply_fn(model), tx, mesh,
+                                  step_lib.create_train_state(zeros, tx, mesh, jax.random.key(0))[1],
+                                  label_smoothing=0.1)
+  alpha, S = sample_path(SPACE, "hss", 0, 3)
+  rng = np.random.default_rng(0)
+  batch = {"images": rng.normal(size=(8, S.r, S.r, 1)).astype(np.float32),
+           "labels": rng.integers(0, 10, size=8).astype(np.int32),
+           "model_kwargs": {"path": path_arrays(apply_scaling(alpha, S, SPACE), SPACE)}}
+
+  def one_step():
+    state, shardings = step_lib.create_train_state(zeros, tx, mesh, jax.random.key(0))
+    state = state.replace(params=jax.device_put(params, shardings.params))
+    new, metrics = step(state, batch)
+    return jax.device_get(new.params), jax.device_get(metrics)
+
+  p1, m1 = one_step()
+  p2, m2 = one_step()
+  assert np.isfinite(m1["loss"]) and m1["loss"] == m2["loss"]
+  jax.tree.map(np.testing.assert_array_equal, p1, p2)  # deterministic
+  changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(params))]
+  assert sum(changed) > len(changed) // 2
+  # The sampled path's first block moved; the masks made the step path-specific (an unused kernel
+  # candidate of an active layer only gets weight decay, i.e. an exact multiple of itself).
+  blk = "stage1_layer0"
+  k = alpha.kernels[1][0]
+  assert not np.allclose(p1["net"][blk][f"dw{k}"], params["net"][blk][f"dw{k}"], rtol=1e-3)
+  for other in {3, 5, 7} - {k}:
+    np.testing.assert_allclose(p1["net"][blk][f"dw{other}"], params["net"][blk][f"dw{other}"], rtol=1e-3)
+
+
+def test_supernet_resume_is_bit_identical(tmp_path):
+  full = ts.train_supernet(tiny_config(steps=4), str(tmp_path / "full"))
+  ts.train_supernet(tiny_config(steps=2), str(tmp_path / "split"))  # "killed" after the step-2 checkpoint
+  resumed = ts.train_supernet(tiny_config(steps=4), str(tmp_path / "split"))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(full), jax.device_get(resumed))
+  lines = [json.loads(l) for l in open(tmp_path / "split" / "metrics.jsonl")]
+  assert [l["step"] for l in lines] == [2, 4]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+  wd = tmp_path_factory.mktemp("nas_quick")
+  spec = __import__("importlib.util").util.spec_from_file_location("cfg", REPO / "configs" / "nas_fmnist_search.py")
+  mod = __import__("importlib.util").util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config()
+  c.quick = True
+  c.supernet.space = ml_collections.ConfigDict({"name": "tiny", "kwargs": {"in_channels": 1}})
+  c.supernet.data.minival_per_class = 5
+  c.quick_overrides.supernet.steps = 6
+  c.quick_overrides.supernet.ckpt_every = 3
+  c.quick_overrides.supernet.log_every = 3
+  c.quick_overrides.search = dict(iterations=1, n_base=2, population=3, generations=2, parents=2)
+  c.quick_overrides.rank_corr = dict(num_paths=3, steps=2, batch_size=8)
+  return wd, pipeline.run(c, str(wd))
+
+
+def test_quick_search_writes_report_and_archs(quick_run):
+  wd, res = quick_run
+  report = (wd / "report.md").read_text()
+  for section in ("MACs histograms", "Searched and extrapolated", "per-iteration accuracy", "Generalisation",
+                  "Rank correlation"):
+    assert section in report
+  for png in ("flops_hist.png", "fits.png"):
+    assert (wd / png).stat().st_size > 1000
+  M = SPACE.num_scaling_stages - 1
+  assert [a["stage"] for a in res["archs"]] == list(range(M + 3))
+  assert res["history"] and res["paths_evaluated"] > 0
+  base = res["archs"][0]["macs"]
+  assert all(a["macs"] > base for a in res["archs"][1:])
+  assert set(res["rank_corr"]) >= {"hss", "standalone_accs"}
+
+
+def test_exported_archs_load_and_run(quick_run):
+  wd, res = quick_run
+  archs = [export.load_arch(str(wd / a["file"])) for a in res["archs"]]  # all load (and were built)
+  for arch in (archs[0], archs[-1]):  # the base and the largest extrapolated model run a forward pass
+    model = export.build_model(arch)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, arch.resolution, arch.resolution, 1)), jnp.float32)
+    y = jax.jit(lambda v, x: model.apply(v, x))(init_pathnet(arch, seed=0), x)
+    assert y.shape == (2, 10) and np.all(np.isfinite(np.asarray(y)))
+
+
+def test_retrain_exported_arch(quick_run, tmp_path):
+  wd, _ = quick_run
+  spec = __import__("importlib.util").util.spec_from_file_location("r", REPO / "configs" / "nas_retrain.py")
+  mod = __import__("importlib.util").util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config(str(wd / "archs" / "s0.json"))
+  c.steps, c.batch_size, c.log_every, c.ckpt_every, c.eval_batch_size = 2, 8, 1, 0, 50
+  c.data.eval_split, c.data.minival_per_class, c.optim.warmup_steps = "minival", 5, 1
+  out = pipeline.run(c, str(tmp_path))
+  assert out["eval_examples"] == 50 and 0.0 <= out["top1"] <= 1.0
+  assert json.loads((tmp_path / "result.json").read_text())["arch"].endswith("s0.json")
+
+
+def test_main_routes_pipeline_configs():
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
+  out = subprocess.run([sys.executable, "-m", "scalenet_jax.main", "--config", "configs/nas_fmnist_search.py",
+                        "--workdir", "/tmp/unused_nas", "--mode", "eval"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines()[-1].startswith("error: ValueError: pipeline 'nas_search' supports only")
