@@ -83,8 +83,26 @@ def patch_embed(images, cfg, dtype):
   if images.shape[1:] != (cfg.img_size, cfg.img_size, cfg.in_chans):
     raise ValueError(f"expected images of shape (B, {cfg.img_size}, {cfg.img_size}, {cfg.in_chans}),"
                      f" got {images.shape}")
-  p = cfg.patch_size
-  return nn.Conv(cfg.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=dtype, name="patch_embed")(images)
+  return PatchEmbed(cfg.patch_size, cfg.embed_dim, dtype, name="patch_embed")(images)
+
+
+class PatchEmbed(nn.Module):
+  """A p×p, stride-p conv with nn.Conv's params (HWIO kernel, bias; same init), computed as a matmul
+  on non-overlapping patches. Why: XLA's CPU backend runs this conv's weight gradient ~2.8x slower than
+  the equivalent dot (DeiT-S at 224 px: 554 vs 198 ms at batch 64)."""
+  patch: int
+  dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images):
+    b, h, w, c = images.shape
+    p = self.patch
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (p, p, c, self.dim))
+    bias = self.param("bias", nn.initializers.zeros, (self.dim,))
+    patches = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    patches = patches.reshape(b, h // p, w // p, p * p * c)
+    return linear(patches, {"kernel": kernel.reshape(p * p * c, self.dim), "bias": bias}, self.dtype)
 
 
 class StackedDense(nn.Module):
@@ -153,8 +171,16 @@ class Adjust(nn.Module):
                     kernel_init=nn.initializers.zeros)(h)
 
 
+def gelu(x):
+  """Exact (erf) GELU in PyTorch's form, x/2 · (1 + erf(x/√2)).
+
+  Not `nn.gelu(approximate=False)`: that goes through erfc, which XLA's CPU backend runs slowly; this
+  form made the micro ViT's MLP forward+backward ~1.9x faster on CPU (values agree to ~1e-6)."""
+  return 0.5 * x * (1 + jax.lax.erf(x * np.asarray(1 / np.sqrt(2), x.dtype)))
+
+
 def activation(name: str):
-  acts = {"gelu": lambda x: nn.gelu(x, approximate=False), "relu": nn.relu}
+  acts = {"gelu": gelu, "relu": nn.relu}
   if name not in acts:
     raise ValueError(f"unknown activation {name!r}; choose one of {sorted(acts)}")
   return acts[name]
@@ -310,7 +336,7 @@ class Block(nn.Module):
     h = linear(y, core["fc1"], self.dtype)
     if mlp_adjust is not None:
       h = h + mlp_adjust("fc1", y, self.hidden)
-    h = nn.gelu(h, approximate=False)
+    h = gelu(h)
     out = linear(h, core["fc2"], self.dtype)
     if mlp_adjust is not None:
       out = out + mlp_adjust("fc2", h, self.dim)
