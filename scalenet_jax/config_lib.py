@@ -79,6 +79,7 @@ def base_config(model: str = "vit_micro_patch4_28") -> ml_collections.ConfigDict
   c.log_every = 50
   c.eval_every = 0  # 0 = at the end only
   c.eval_at_init = False  # also evaluate the starting params (saved in <workdir>/init_eval.json)
+  c.init_eval_split = ""  # the split eval_at_init uses ('' = data.eval_split)
   c.ckpt_every = 200
   c.keep_checkpoints = 2
   c.mesh_data = -1

@@ -20,30 +20,20 @@ import jax
 import numpy as np
 import pytest
 
-from scalenet_jax import config_lib
 from scalenet_jax.train import checkpoint as ckpt_lib
 from scalenet_jax.train import trainer
+
+import tiny_runs
 
 REPO = Path(__file__).resolve().parents[1]
 MICRO = str(REPO / "configs" / "vit_micro_fmnist.py")
 STEPS, CKPT_EVERY = 16, 4
-TINY = {
-    "data.name": "synthetic", "data.synthetic_examples": 128, "data.eval_split": "minival",
-    "data.minival_per_class": 3, "data.num_threads": 1, "batch_size": 16, "eval_batch_size": 32,
-    "steps": STEPS, "log_every": 1, "ckpt_every": CKPT_EVERY, "keep_checkpoints": 10, "optim.lr": 1e-3,
-    "optim.warmup_steps": 2,
-}
+TINY = {**tiny_runs.TINY, "steps": STEPS, "ckpt_every": CKPT_EVERY, "keep_checkpoints": 10,
+        "optim.warmup_steps": 2}
 
 
 def tiny_config(**overrides):
-  c = config_lib.base_config("vit_micro_patch4_28")
-  for key, value in {**TINY, **overrides}.items():
-    *parents, leaf = key.split(".")
-    target = c
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  return c
+  return tiny_runs.micro_config({**TINY, **overrides})
 
 
 def cli(workdir, devices=1, **overrides):
@@ -60,20 +50,12 @@ def cli(workdir, devices=1, **overrides):
 
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache(tmp_path_factory):
-  """One persistent XLA cache for this module's in-process runs and its subprocesses (restored after)."""
-  from jax.experimental.compilation_cache import compilation_cache as cc
+  """One persistent XLA cache for this module's in-process runs and its subprocesses."""
   cache = str(tmp_path_factory.getbasetemp() / "jax_cache_inproc")
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-  old = {n: getattr(jax.config, n) for n in names}
-  jax.config.update("jax_compilation_cache_dir", cache)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  cc.reset_cache()
   os.environ["_TEST_JAX_CACHE"] = cache
-  yield
+  with tiny_runs.persistent_compile_cache(cache):
+    yield
   os.environ.pop("_TEST_JAX_CACHE", None)
-  for n, v in old.items():
-    jax.config.update(n, v)
-  cc.reset_cache()
 
 
 @pytest.fixture(scope="module")

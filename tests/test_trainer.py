@@ -13,45 +13,27 @@ import jax
 import numpy as np
 import pytest
 
-from scalenet_jax import builder, config_lib, convert
+from scalenet_jax import builder, convert
 from scalenet_jax.train import checkpoint as ckpt_lib
 from scalenet_jax.train import trainer
 
-# The tiny setting every run here starts from (dotted config keys, also usable as CLI overrides).
-TINY = {
-    "data.name": "synthetic", "data.synthetic_examples": 128, "data.eval_split": "minival",
-    "data.minival_per_class": 3, "data.num_threads": 1, "batch_size": 16, "eval_batch_size": 32, "steps": 6,
-    "log_every": 1, "ckpt_every": 3, "optim.lr": 1e-3, "optim.warmup_steps": 0,
-}
+import tiny_runs
+
+TINY = {**tiny_runs.TINY, "steps": 6, "ckpt_every": 3, "optim.warmup_steps": 0}
 MICRO_PARAMS = 305034
 D = 64  # micro ViT width
 
 
 def tiny_config(**overrides):
   """vit_micro_patch4_28 with TINY and `overrides` (dotted keys given with '__', e.g. optim__lr)."""
-  c = config_lib.base_config("vit_micro_patch4_28")
-  for key, value in {**TINY, **{k.replace("__", "."): v for k, v in overrides.items()}}.items():
-    *parents, leaf = key.split(".")
-    target = c
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  return c
+  return tiny_runs.micro_config({**TINY, **{k.replace("__", "."): v for k, v in overrides.items()}})
 
 
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache(tmp_path_factory):
-  """Persistent XLA cache for this module's runs (restored afterwards: other tests see no change)."""
-  from jax.experimental.compilation_cache import compilation_cache as cc
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-  old = {n: getattr(jax.config, n) for n in names}
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.getbasetemp() / "jax_cache_inproc"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  cc.reset_cache()
-  yield
-  for n, v in old.items():
-    jax.config.update(n, v)
-  cc.reset_cache()
+  """Persistent XLA cache for this module's runs."""
+  with tiny_runs.persistent_compile_cache(str(tmp_path_factory.getbasetemp() / "jax_cache_inproc")):
+    yield
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +125,18 @@ def test_expansion_starts_from_the_pretrained_tensors(pretrained, tmp_path):
         assert not np.any(module["B"]["kernel"]), f"seg{k}/{name}/B must start at zero (identity adapter)"
         assert np.any(module["A"]["kernel"])
   assert adapters >= 2
+
+
+def test_eval_at_init_uses_its_own_split(pretrained, tmp_path):
+  """The demo scores the expanded models at init on minival and after fine-tuning on test."""
+  config = expanded_config(pretrained, steps=0, eval_at_init=True, init_eval_split="train")
+  result = trainer.run(config, str(tmp_path / "run"))
+  init = json.loads((tmp_path / "run" / "init_eval.json").read_text())
+  assert init["split"] == "train" and result["init_eval"] == init
+  # The same (expanded, untrained) params scored on 'train' by eval mode.
+  on_train = trainer.run(expanded_config(pretrained, data__eval_split="train"), str(tmp_path / "eval"), mode="eval")
+  assert init["eval_examples"] == on_train["eval_examples"] != result["eval_examples"]
+  assert (init["top1"], init["eval_loss"]) == (on_train["top1"], on_train["eval_loss"])
 
 
 def test_frozen_shared_weights_stay_bit_identical(pretrained, tmp_path):

@@ -189,8 +189,7 @@ def _fit(config, workdir: str, model, host_variables: Callable[[], dict], abstra
   state, shardings = step_lib.create_train_state(zeros, tx, mesh, jax.random.key(config.seed), mode=config.sharding)
   fingerprint = hashlib.sha256((ckpt_lib.fingerprint(abstract_variables) + tag).encode()).hexdigest()[:16]
   ckpt = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
-  abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings)
-  restored = ckpt.restore_latest(abstract_state, fingerprint)
+  restored = ckpt.restore_into(state, shardings, fingerprint)
   if restored is not None:
     start, state = restored
     _log(f"resumed {workdir} at step {start}")

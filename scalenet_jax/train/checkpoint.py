@@ -153,6 +153,12 @@ class Checkpointer:
             self._discard(skipped)
         return None if step is None else (step, restored)
 
+    def restore_into(self, state, shardings, expected_fingerprint: str):
+        """`restore_latest` for a concrete `state` laid out by `shardings` (as `create_train_state`
+        returns them): the checkpoint's arrays are read straight into those shardings."""
+        abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings)
+        return self.restore_latest(abstract, expected_fingerprint)
+
     def read_meta(self, step: int) -> dict:
         """The JSON meta saved with `step`."""
         return dict(self._manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META])

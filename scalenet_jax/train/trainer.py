@@ -138,6 +138,9 @@ def run(config, workdir: str, mode: str = "train") -> dict:
   # ---- Data sources, opened before the (slow) model init so a missing/broken dataset fails fast
   eval_source = source_of(config, config.data.eval_split) if mode in ("train", "eval") else None
   train_source = source_of(config, config.data.train_split) if mode == "train" else None
+  init_eval_source = eval_source
+  if mode == "train" and config.eval_at_init and config.init_eval_split:
+    init_eval_source = source_of(config, config.init_eval_split)
 
   # ---- Model & optimizer
   model = builder.build_model(config)
@@ -160,8 +163,7 @@ def run(config, workdir: str, mode: str = "train") -> dict:
 
   # ---- Restore: own checkpoint, else pretrained/expanded init
   ckpt = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
-  abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings)
-  restored = ckpt.restore_latest(abstract_state, fingerprint)
+  restored = ckpt.restore_into(state, shardings, fingerprint)
   if restored is not None:
     start, state = restored
     _log(f"resumed from {workdir} at step {start}")
@@ -191,7 +193,8 @@ def run(config, workdir: str, mode: str = "train") -> dict:
     if start == 0 or not os.path.exists(path):
       if start != 0:
         raise ValueError(f"eval_at_init: {path} is missing but the run resumes at step {start}")
-      init_eval = evaluate(eval_step, state, config, model, mesh, source=eval_source)
+      init_eval = evaluate(eval_step, state, config, model, mesh, source=init_eval_source)
+      init_eval["split"] = config.init_eval_split or config.data.eval_split
       if jax.process_index() == 0:
         with open(path, "w") as f:
           json.dump(init_eval, f)
