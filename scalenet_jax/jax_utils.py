@@ -9,3 +9,9 @@ def run_once(fn, *args, **jit_kwargs):
   """
   options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
   return jax.jit(fn, **jit_kwargs).lower(*args).compile(compiler_options=options)(*args)
+
+
+def print0(msg: str) -> None:
+  """A progress line on stdout, from the first process only (multi-host runs print once)."""
+  if jax.process_index() == 0:
+    print(msg, flush=True)

@@ -9,9 +9,24 @@ from scalenet_jax.nas.space import Scaling, base_macs, get_space, path_macs
 
 def test_recovers_exponential_parameters_from_exact_data():
   js = np.arange(4.0)
-  for a0, a1 in [(0.3, 1.6), (1.2, 1.1), (0.05, 2.5)]:
+  for a0, a1 in [(0.3, 1.6), (1.2, 1.1), (0.05, 1.95), (-0.267, 0.25)]:
     got = gen.fit_exponential(js, gen.exp_curve(js, a0, a1))
     np.testing.assert_allclose(got, (a0, a1), rtol=1e-6)
+
+
+def test_exponential_fit_of_searched_fmnist_strategies_stays_bounded():
+  """Series from a real Fashion-MNIST search (S_0..S_2): the fits and the extrapolated stage stay sane."""
+  js = np.arange(3.0)
+  a0, a1 = gen.fit_exponential(js, [1.0, 1.2, 1.25])  # concave: exactly a1 = 0.25 (x_j -> 1.267)
+  np.testing.assert_allclose((a0, a1), (-0.8 / 3, 0.25), rtol=1e-6)
+  a0, a1 = gen.fit_exponential(js, [1.0, 1.0, 1.25])  # no exact fit: the rate stops at the cap
+  assert a1 == pytest.approx(gen.A1_MAX) and a0 == pytest.approx(0.075)
+  space = get_space("fmnist")
+  from scalenet_jax.nas.space import Alpha
+  alpha = Alpha(depths=(1, 1, 2, 1), kernels=((5,), (7,), (3, 5), (7,)))
+  searched = [Scaling(1.0, 1.0, 32), Scaling(1.05, 1.2, 32), Scaling(1.25, 1.25, 40)]
+  (S3,) = gen.extrapolate(alpha, searched, space, stages=[3])
+  assert S3.d > 1.25 and S3.w > 1.2 and S3.r > 40  # every dimension keeps growing
 
 
 def test_linear_and_quadratic_fits_exact():

@@ -31,15 +31,29 @@ def exp_curve(j, a0, a1):
   return a0 * (np.power(a1, j) - 1.0) + 1.0
 
 
+# No dimension can grow faster than the budget, which doubles per stage (MACs are linear in d and
+# quadratic in w and r), so the growth rate a1 is capped at 2. Without the cap a series such as
+# r = (1, 1, 1.25) (flat, then a jump) is "fitted" by a1 -> inf, a0 -> 0, and the extrapolated stage
+# scales resolution alone.
+A1_MAX = 2.0
+
+
 def fit_exponential(js: Sequence[float], xs: Sequence[float]) -> tuple[float, float]:
-  """Least-squares (a0, a1) of x_j = a0·(a1^j − 1) + 1 (a1 > 0)."""
+  """Least-squares (a0, a1) of x_j = a0·(a1^j − 1) + 1 with 0 < a1 <= A1_MAX.
+
+  Started from a concave, a linear-ish and a convex a1 (the best is kept): a single start near a1 = 1
+  can stall on the a1 -> 1, a0 -> inf ridge that imitates a straight line."""
   js, xs = np.asarray(js, np.float64), np.asarray(xs, np.float64)
   if len(js) < 2:
     raise ValueError("fit_exponential needs at least two points")
-  res = optimize.least_squares(lambda p: exp_curve(js, *p) - xs, x0=(0.5, 1.5),
-                               bounds=([-np.inf, 1e-6], [np.inf, np.inf]), xtol=1e-14, ftol=1e-14,
-                               gtol=1e-14, max_nfev=20000)
-  return float(res.x[0]), float(res.x[1])
+  best = None
+  for a1 in (0.5, 1.5, 1.9):
+    res = optimize.least_squares(lambda p: exp_curve(js, *p) - xs, x0=(0.5, a1),
+                                 bounds=([-np.inf, 1e-6], [np.inf, A1_MAX]), xtol=1e-14, ftol=1e-14,
+                                 gtol=1e-14, max_nfev=20000)
+    if best is None or res.cost < best.cost - 1e-15:
+      best = res
+  return float(best.x[0]), float(best.x[1])
 
 
 def fit_linear(js, xs) -> tuple[float]:

@@ -214,6 +214,9 @@ class _Search:
 # ----------------------------------------------------------------------------------------------------
 # Driver with a resumable state file
 # ----------------------------------------------------------------------------------------------------
+PHASE_NAMES = {"i": "K random bases", "a": "evolve α, iteration", "b": "search S_j, iteration"}
+
+
 def _save(path: str, state: dict) -> None:
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
@@ -222,9 +225,11 @@ def _save(path: str, state: dict) -> None:
 
 
 def run_mcea(space: SearchSpace, evaluate: Evaluate, config: MCEAConfig = MCEAConfig(),
-             state_path: str | None = None) -> dict:
+             state_path: str | None = None, progress: Callable[[str], None] | None = None) -> dict:
   """Runs (or resumes) MCEA; returns {'alpha', 'scalings' (S_0..S_M), 'objective', 'history',
-  'init_scores', 'phases_done'} with Alpha/Scaling objects for alpha/scalings."""
+  'init_scores', 'phases_done'} with Alpha/Scaling objects for alpha/scalings. `progress` receives a
+  line at the start and end of every phase (default: this module's logger at INFO)."""
+  say = progress or log.info
   s = _Search(space, evaluate, config)
   phases = ["init"] + [f"{p}{t}" for t in range(config.iterations) for p in ("a", "b")]
   state = {"space": space.name, "config": config.to_dict(), "phases_done": [], "alpha": None,
@@ -242,6 +247,7 @@ def run_mcea(space: SearchSpace, evaluate: Evaluate, config: MCEAConfig = MCEACo
     if phase in state["phases_done"]:
       continue
     rng = np.random.default_rng([config.seed, k])
+    say(f"MCEA phase {k + 1}/{len(phases)} ({PHASE_NAMES[phase[0]]}{'' if phase == 'init' else ' ' + phase[1:]})")
     if phase == "init":
       scalings, state["init_scores"] = s.init_scalings(rng)
     elif phase[0] == "a":
@@ -249,14 +255,14 @@ def run_mcea(space: SearchSpace, evaluate: Evaluate, config: MCEAConfig = MCEACo
       state["objective"] = obj
       state["history"].append({"iteration": int(phase[1:]), "phase": "alpha", "objective": obj,
                                "pop_mean": mean, "pop_std": std})
-      log.info("MCEA %s: objective %.4f, population mean %.4f std %.4f", phase, obj, mean, std)
+      say(f"MCEA {phase}: objective {obj:.4f}, population mean {mean:.4f} std {std:.4f}")
     else:
       scalings, stats = s.search_scalings(alpha)
       state["objective"] = float(s.fitness([alpha], scalings)[0])
       state["history"].append({"iteration": int(phase[1:]), "phase": "scaling",
                                "objective": state["objective"],
                                "grid_mean_std": [list(x) for x in stats]})
-      log.info("MCEA %s: objective %.4f, S=%s", phase, state["objective"], scalings)
+      say(f"MCEA {phase}: objective {state['objective']:.4f}, S={[S.to_dict() for S in scalings]}")
     state["alpha"] = alpha.to_dict() if alpha else None
     state["scalings"] = [S.to_dict() for S in scalings]
     state["phases_done"].append(phase)

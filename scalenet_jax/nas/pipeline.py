@@ -37,6 +37,7 @@ from scalenet_jax.nas.space import (Arch, all_resolutions, apply_scaling, count_
                                     path_macs)
 from scalenet_jax.nas.supernet import SuperNet
 from scalenet_jax.train import checkpoint as ckpt_lib
+from scalenet_jax.jax_utils import print0 as _log
 
 PIPELINES = ("nas_search", "nas_supernet", "nas_retrain")
 
@@ -94,7 +95,7 @@ def retrain(config, workdir: str) -> dict:
     ckpt_lib.export_params(os.path.join(workdir, "export", "params"), jax.device_get(variables), overwrite=True)
   info.update(arch=config.arch, macs=count_macs(arch), params=count_params(arch), resolution=arch.resolution)
   _write_json(os.path.join(workdir, "result.json"), info)
-  print(f"done: {config.arch} top1 {info['top1']:.4f} on {info['eval_split']} ({workdir})", flush=True)
+  _log(f"done: {config.arch} top1 {info['top1']:.4f} on {info['eval_split']} ({workdir})")
   return info
 
 
@@ -116,7 +117,8 @@ def minival_batches(sn_cfg, space, batch_size: int) -> dict:
 
 
 def flops_histograms(space, n: int, seed: int, path: str) -> dict:
-  macs = {m: sampling.sample_macs(space, m, n, seed) for m in ("hss", "uniform")}
+  # hss: η ∝ width candidates (the official code); hss_uniform: η uniform over stages.
+  macs = {m: sampling.sample_macs(space, m, n, seed) for m in ("hss", "hss_uniform", "uniform")}
   sampling.plot_histograms(space, macs, path)
   return {m: {"modes": sampling.count_modes(v), "median_mmacs": float(np.median(v) / 1e6)} for m, v in macs.items()}
 
@@ -154,16 +156,19 @@ def run_search(config, workdir: str) -> dict:
   timings, results = {}, {"space": space.name, "quick": bool(config.quick)}
 
   # ---- 1. Sampling histograms
+  _stage(1, f"MACs histograms of {config.hist_samples} HSS and uniform samples")
   t = time.time()
   results["flops_hist"] = flops_histograms(space, config.hist_samples, sn.seed, os.path.join(workdir, "flops_hist.png"))
   timings["histograms"] = time.time() - t
 
   # ---- 2. Supernet
+  _stage(2, f"super-supernet training, {sn.steps} steps")
   t = time.time()
   params = ts.train_supernet(sn, os.path.join(workdir, "supernet"))
   timings["supernet"] = time.time() - t
 
   # ---- 3. MCEA on the mini-val split
+  _stage(3, "MCEA on the mini-val split")
   t = time.time()
   s = config.search
   minival = minival_batches(sn, space, s.eval_batch_size)
@@ -173,16 +178,20 @@ def run_search(config, workdir: str) -> dict:
   def evaluate(pairs):
     n_evals[0] += len(pairs)
     return evaluator(pairs)
+
+  def progress(line):
+    _log(f"{line} [{n_evals[0]} paths evaluated, {time.time() - t:.0f}s]")
   mcfg = mcea.MCEAConfig(iterations=s.iterations, n_base=s.n_base, population=s.population,
                          generations=s.generations, parents=s.parents, mutation_prob=s.mutation_prob,
                          seed=s.seed)
-  res = mcea.run_mcea(space, evaluate, mcfg, state_path=os.path.join(workdir, "mcea.json"))
+  res = mcea.run_mcea(space, evaluate, mcfg, state_path=os.path.join(workdir, "mcea.json"), progress=progress)
   alpha, scalings = res["alpha"], list(res["scalings"])
   timings["mcea"] = time.time() - t
   results.update(alpha=alpha.to_dict(), objective=res["objective"], history=res["history"],
                  paths_evaluated=n_evals[0])
 
   # ---- 4. Generalisation to larger stages
+  _stage(4, f"fits of S_0..S_M, {config.extra_stages} extrapolated stages; export")
   t = time.time()
   M = len(scalings) - 1
   extra = generalize.extrapolate(alpha, scalings, space, stages=list(range(M + 1, M + 1 + config.extra_stages)))
@@ -206,6 +215,7 @@ def run_search(config, workdir: str) -> dict:
 
   # ---- 6. Rank correlation (optional)
   if config.rank_corr.num_paths > 0:
+    _stage(5, f"rank correlation over {config.rank_corr.num_paths} stand-alone trained paths")
     t = time.time()
     evaluators = {sn.sampling: evaluator}
     if config.rank_corr.compare_uniform and sn.sampling != "uniform":
@@ -221,13 +231,17 @@ def run_search(config, workdir: str) -> dict:
   _write_json(os.path.join(workdir, "results.json"), results)
   with open(os.path.join(workdir, "report.md"), "w") as f:
     f.write(render_report(config, space, results))
-  print(f"done: report in {os.path.join(workdir, 'report.md')} ({timings['total']:.0f}s)", flush=True)
+  _log(f"done: report in {os.path.join(workdir, 'report.md')} ({timings['total']:.0f}s)")
   return results
 
 
 # ----------------------------------------------------------------------------------------------------
 # Report
 # ----------------------------------------------------------------------------------------------------
+def _stage(k: int, what: str):
+  _log(f"== {k}/5 {what}")
+
+
 def _write_json(path, obj):
   if jax.process_index() == 0:
     with open(path, "w") as f:
@@ -269,7 +283,8 @@ def render_report(config, space, r: dict) -> str:
     for name, v in r["rank_corr"].items():
       if isinstance(v, dict) and "pearson" in v:
         L.append(f"| {name} | {v['pearson']:.3f} | {v['spearman']:.3f} | {v['kendall']:.3f} |")
-  L += ["", "## Time (seconds)", "", "| phase | sec |", "|---|---|"]
+  L += ["", "## Time (seconds, this invocation: stages resumed from the workdir take ~0)", "",
+        "| phase | sec |", "|---|---|"]
   L += [f"| {k} | {v:.0f} |" for k, v in r["timings_sec"].items()]
   L += ["", "Exported architectures build stand-alone models with `scalenet_jax.nas.export.build_model("
         "export.load_arch(path))` and retrain with `python -m scalenet_jax.main --config "

@@ -48,6 +48,7 @@ from scalenet_jax.train import optim
 from scalenet_jax.train import sharding as sh
 from scalenet_jax.train import step as step_lib
 from scalenet_jax.train.trainer import TrainingDiverged, Writer
+from scalenet_jax.jax_utils import print0 as _log
 
 # Weight decay of the official recipe: convolutions (SE 1×1 convs included) 2×, the classifier 1×,
 # BatchNorm and every bias 0.
@@ -166,11 +167,6 @@ def path_plan(space: SearchSpace, method: str, seed: int, eta="width"):
 # ----------------------------------------------------------------------------------------------------
 # The shared loop
 # ----------------------------------------------------------------------------------------------------
-def _log(msg):
-  if jax.process_index() == 0:
-    print(msg, flush=True)
-
-
 def _fit(config, workdir: str, model, host_variables: Callable[[], dict], abstract_variables: dict,
          batches_from: Callable[[int], object], tag: str):
   """Trains `model` for `config.steps` (resuming from `workdir`); returns (final state, info dict).

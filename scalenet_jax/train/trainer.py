@@ -21,15 +21,11 @@ from scalenet_jax.train import checkpoint as ckpt_lib
 from scalenet_jax.train import distributed, optim
 from scalenet_jax.train import sharding as sh
 from scalenet_jax.train import step as step_lib
+from scalenet_jax.jax_utils import print0 as _log
 
 
 class TrainingDiverged(RuntimeError):
   pass
-
-
-def _log(msg):
-  if jax.process_index() == 0:
-    print(msg, flush=True)
 
 
 # ----------------------------------------------------------------------------------------------
