@@ -24,7 +24,7 @@ FLAGS = flags.FLAGS
 # (pretrain steps, fine-tune steps, eval split). 'demo' is the default demo's budget, so a finished
 # `python -m scalenet_jax.demo --workdir D` can serve as seed 0: link it as <workdir>/seed0.
 BUDGETS = {"tiny": (60, 20, "minival"),
-           "demo": (demo.BUDGETS[False]["pretrain"], demo.BUDGETS[False]["finetune"], demo.BUDGETS[False]["eval_split"]),
+           "demo": tuple(demo.BUDGETS[False][k] for k in ("pretrain", "finetune", "eval_split")),
            "small": (1000, 250, "test"), "full": (3000, 1000, "test")}
 ABLATIONS = [  # (family, label, expansion overrides)
     ("adjustment", "adapter (r=16)", {}),

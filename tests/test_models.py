@@ -250,3 +250,23 @@ def test_shift_mask_brute_force(res, window):
         want[wi * nww + wj, p, q] = -100.0
   np.testing.assert_array_equal(spec.shift_mask(), want)
   assert (want != 0).any() and (want == 0).any()
+
+
+def test_patch_embed_is_the_strided_conv_it_replaces():
+  """Same param names, shapes and init as nn.Conv(kernel p, stride p), and the same outputs."""
+  import flax.linen as nn
+  x = jax.random.normal(jax.random.key(1), (2, 28, 28, 3))
+  conv = nn.Conv(16, (4, 4), strides=(4, 4), padding="VALID")
+  ours = stack_lib.PatchEmbed(4, 16)
+  p_conv = conv.init(jax.random.key(0), x)
+  p_ours = ours.init(jax.random.key(0), x)
+  assert jax.tree.all(jax.tree.map(np.array_equal, p_conv, p_ours))
+  p_conv["params"]["bias"] = jax.random.normal(jax.random.key(2), (16,))  # a non-zero bias too
+  np.testing.assert_allclose(ours.apply(p_conv, x), conv.apply(p_conv, x), atol=1e-5)
+
+
+def test_gelu_is_the_exact_gelu():
+  x = jnp.linspace(-8, 8, 10001)
+  np.testing.assert_allclose(stack_lib.gelu(x), jax.nn.gelu(x, approximate=False), atol=2e-6)
+  g = jax.vmap(jax.grad(stack_lib.gelu))(x)
+  np.testing.assert_allclose(g, jax.vmap(jax.grad(lambda v: jax.nn.gelu(v, approximate=False)))(x), atol=2e-6)
