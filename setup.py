@@ -1,4 +1,5 @@
 """scalenet_jax: ScaleNet-grow and ScaleNet-search in JAX/Flax."""
+
 import setuptools
 
 # Pinned to the versions this project is tested with (CPU, Python 3.11).
@@ -34,6 +35,6 @@ setuptools.setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "torch": TORCH,
-        "test": TORCH + ["pytest==9.2.0", "pytest-xdist==3.8.0"],
+        "test": TORCH + ["pytest==9.2.0", "pytest-xdist==3.8.0", "pyink==26.5.1"],
     },
 )

@@ -6,6 +6,7 @@ means, and `interleaved` alternates the contenders call by call so a burst of fo
 
 Each script accepts `--json PATH` and writes its numbers there; `run_all.py` collects those files.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,9 @@ def base_parser(doc: str) -> argparse.ArgumentParser:
 
   Scripts set their own defaults with `parser.set_defaults` and apply `--quick` through `apply_quick`.
   """
-  p = argparse.ArgumentParser(description=doc.strip().splitlines()[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
+  p = argparse.ArgumentParser(
+      description=doc.strip().splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc
+  )
   p.add_argument("--quick", action="store_true", help="short run (fewer timed steps, smaller batch)")
   p.add_argument("--steps", type=int, default=None, help="timed iterations (median is reported)")
   p.add_argument("--warmup", type=int, default=None, help="untimed iterations after compilation")
@@ -90,12 +92,20 @@ def num_cores() -> int:
 def machine_info() -> dict:
   """What a reader needs to compare numbers across machines."""
   import jax
-  info = dict(cpu=cpu_model(), cores=num_cores(), python=platform.python_version(), jax=jax.__version__,
-              backend=jax.default_backend(), devices=len(jax.devices()),
-              date=datetime.datetime.now().isoformat(timespec="seconds"),
-              loadavg=" ".join(f"{x:.2f}" for x in load_average()))
+
+  info = dict(
+      cpu=cpu_model(),
+      cores=num_cores(),
+      python=platform.python_version(),
+      jax=jax.__version__,
+      backend=jax.default_backend(),
+      devices=len(jax.devices()),
+      date=datetime.datetime.now().isoformat(timespec="seconds"),
+      loadavg=" ".join(f"{x:.2f}" for x in load_average()),
+  )
   try:
     import torch
+
     info["torch"] = torch.__version__
   except ImportError:
     info["torch"] = None
@@ -107,8 +117,10 @@ def print_header(title: str, args: argparse.Namespace) -> dict:
   info = machine_info()
   flags = {k: v for k, v in vars(args).items() if k != "json"}
   print(f"== {title}")
-  print(f"machine: {info['cpu']} x{info['cores']} cores, jax {info['jax']} ({info['backend']}), "
-        f"torch {info['torch']}, load average {info['loadavg']}")
+  print(
+      f"machine: {info['cpu']} x{info['cores']} cores, jax {info['jax']} ({info['backend']}), "
+      f"torch {info['torch']}, load average {info['loadavg']}"
+  )
   print(f"flags: {flags}")
   return info
 
@@ -126,6 +138,7 @@ def write_json(path: str | None, results: dict) -> None:
 @dataclasses.dataclass
 class Timing:
   """Per-call wall times in seconds."""
+
   samples: list[float]
 
   @property
@@ -146,8 +159,7 @@ def time_calls(fn: Callable[[], Any], *, warmup: int, iters: int) -> Timing:
   return interleaved({"_": fn}, warmup=warmup, iters=iters)["_"]
 
 
-def interleaved(fns: Mapping[str, Callable[[], Any]], *, warmup: int, iters: int, block: int = 1
-                ) -> dict[str, Timing]:
+def interleaved(fns: Mapping[str, Callable[[], Any]], *, warmup: int, iters: int, block: int = 1) -> dict[str, Timing]:
   """Time several blocking callables in turn, `block` consecutive calls each (A B A B ... for block=1), so
   load bursts hit all of them. A block > 1 keeps one runtime's idle spinning threads (OpenMP, Eigen) from
   taxing only the other's first call; with the median, that call then does not count."""
@@ -173,11 +185,12 @@ def matmul_peak_jax(n: int = 2048, iters: int = 5) -> float:
   """Achieved fp32 FLOP/s of a jitted n x n x n `jnp.dot` (2 n^3 FLOPs per product), median of `iters`."""
   import jax
   import jax.numpy as jnp
+
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
   dot = jax.jit(jnp.dot)
   t = time_calls(lambda: dot(a, b).block_until_ready(), warmup=1, iters=iters)
-  return 2.0 * n ** 3 / t.median
+  return 2.0 * n**3 / t.median
 
 
 def matmul_peak_numpy(n: int = 2048, iters: int = 5) -> float:
@@ -186,7 +199,7 @@ def matmul_peak_numpy(n: int = 2048, iters: int = 5) -> float:
   a = rng.standard_normal((n, n), dtype=np.float32)
   b = rng.standard_normal((n, n), dtype=np.float32)
   t = time_calls(lambda: np.dot(a, b), warmup=1, iters=iters)
-  return 2.0 * n ** 3 / t.median
+  return 2.0 * n**3 / t.median
 
 
 # ----------------------------------------------------------------------------------------------
@@ -209,8 +222,12 @@ def compiled_memory(jitted, *args) -> dict[str, int]:
   ma = jitted.lower(*args).compile().memory_analysis()
   if ma is None:
     raise RuntimeError("this backend gives no compiled memory analysis")
-  out = dict(temp=ma.temp_size_in_bytes, argument=ma.argument_size_in_bytes, output=ma.output_size_in_bytes,
-             alias=ma.alias_size_in_bytes)
+  out = dict(
+      temp=ma.temp_size_in_bytes,
+      argument=ma.argument_size_in_bytes,
+      output=ma.output_size_in_bytes,
+      alias=ma.alias_size_in_bytes,
+  )
   out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
   return out
 
@@ -230,8 +247,7 @@ class JaxTrainStep:
   different one is passed to `run`.
   """
 
-  def __init__(self, model, batch_size: int, *, trainable: Sequence[str] | None = None, params=None,
-               seed: int = 0):
+  def __init__(self, model, batch_size: int, *, trainable: Sequence[str] | None = None, params=None, seed: int = 0):
     import jax
     import jax.numpy as jnp
     from scalenet_jax import convert
@@ -248,24 +264,30 @@ class JaxTrainStep:
     cfg = model.config
     dummy = jnp.zeros((1, cfg.img_size, cfg.img_size, cfg.in_chans), jnp.float32)
     self.state, self.shardings = step_lib.create_train_state(
-        lambda r: model.init(r, dummy), tx, self.mesh, jax.random.key(seed))
+        lambda r: model.init(r, dummy), tx, self.mesh, jax.random.key(seed)
+    )
     if params is not None:
       self.load_params(params)
-    self.step = step_lib.make_train_step(step_lib.flax_apply_fn(model), tx, self.mesh, self.shardings,
-                                         trainable_mask=self.mask)
+    self.step = step_lib.make_train_step(
+        step_lib.flax_apply_fn(model), tx, self.mesh, self.shardings, trainable_mask=self.mask
+    )
     rng = np.random.default_rng(seed)
-    host = {"images": rng.standard_normal((batch_size, cfg.img_size, cfg.img_size, cfg.in_chans), np.float32),
-            "labels": rng.integers(0, cfg.num_classes, batch_size).astype(np.int32)}
+    host = {
+        "images": rng.standard_normal((batch_size, cfg.img_size, cfg.img_size, cfg.in_chans), np.float32),
+        "labels": rng.integers(0, cfg.num_classes, batch_size).astype(np.int32),
+    }
     self.batch = sh.make_global_batch(host, self.mesh)
 
   def load_params(self, params) -> None:
     """Replace the params (e.g. by expanded weights); the fresh Adam moments stay valid (zeros)."""
     import jax
+
     self.state = self.state.replace(params=jax.device_put(params, self.shardings.params))
 
   def run(self, batch=None) -> None:
     """One train step on `batch` (default: the resident one), blocking until it is done."""
     import jax
+
     self.state, metrics = self.step(self.state, self.batch if batch is None else batch)
     jax.block_until_ready((self.state, metrics))
 
@@ -291,10 +313,12 @@ class JaxTrainStep:
     products). Load-independent, so it shows what a time ratio should approach."""
     import jax
     from scalenet_jax import counting
+
     return counting.jaxpr_macs(jax.make_jaxpr(self._jitted())(self.state, self.batch).jaxpr)
 
   def num_params(self, trainable_only: bool = False) -> int:
     import jax
+
     leaves = jax.tree.leaves(self.state.params)
     if not trainable_only or self.mask is None:
       return int(sum(x.size for x in leaves))
@@ -304,4 +328,5 @@ class JaxTrainStep:
 def forward_macs(model) -> int:
   """Forward multiply-adds per image (`counting.model_flops`: 1 MAC counted as 1 FLOP)."""
   from scalenet_jax import convert, counting
+
   return counting.model_flops(model, convert.abstract_params(model))

@@ -3,12 +3,13 @@
     /work/main/.venv/bin/python benchmarks/compile_depth.py --depths 12,24,48 --repeats 2
 
 The model is a ViT of the micro width (28x28x1 images, patch 4, width 64, 4 heads, 10 classes) with
-``depth`` plain blocks; an extra row compiles ScaleNet 2x of the 12-layer model (24 blocks over 12 shared
+`depth` plain blocks; an extra row compiles ScaleNet 2x of the 12-layer model (24 blocks over 12 shared
 core layers, adapters r=16). Only shapes are used (no params are materialised); each timing is
-``jit(value_and_grad(loss)).lower(...).compile()`` after ``jax.clear_caches()``, best of ``--repeats``.
-With ``nn.scan`` the compiled program holds one block whatever the depth, so compile time should stay
+`jit(value_and_grad(loss)).lower(...).compile()` after `jax.clear_caches()`, best of `--repeats`.
+With `nn.scan` the compiled program holds one block whatever the depth, so compile time should stay
 about flat; unrolled, it grows with depth.
 """
+
 import argparse
 import time
 
@@ -25,7 +26,7 @@ MODEL = "vit_micro_patch4_28"
 
 
 def compile_seconds(model, batch, repeats):
-  """(lower seconds, compile seconds) of forward+backward of ``model``, best of ``repeats``."""
+  """(lower seconds, compile seconds) of forward+backward of `model`, best of `repeats`."""
   cfg = model.config
   params = convert.abstract_params(model)
   x = jax.ShapeDtypeStruct((batch, cfg.img_size, cfg.img_size, cfg.in_chans), jnp.float32)
@@ -58,8 +59,10 @@ def main():
   depths = [int(d) for d in args.depths.split(",")]
   unroll_depths = [int(d) for d in args.unroll_depths.split(",") if d]
 
-  print(f"device={jax.devices()[0].platform} jax={jax.__version__} model={MODEL} (width 64) batch={args.batch}"
-        f" repeats={args.repeats}")
+  print(
+      f"device={jax.devices()[0].platform} jax={jax.__version__} model={MODEL} (width 64) batch={args.batch}"
+      f" repeats={args.repeats}"
+  )
   print(f"{'variant':<34}{'depth':>6}{'lower s':>10}{'compile s':>11}{'total s':>10}")
   totals = {}
   for unroll in (False, True):
@@ -77,8 +80,10 @@ def main():
     ds = unroll_depths if unroll else depths
     if len(ds) > 1:
       name = "unrolled" if unroll else "scan"
-      print(f"{name}: total compile time depth {ds[-1]} / depth {ds[0]} = "
-            f"{totals[(unroll, ds[-1])] / totals[(unroll, ds[0])]:.2f}")
+      print(
+          f"{name}: total compile time depth {ds[-1]} / depth {ds[0]} = "
+          f"{totals[(unroll, ds[-1])] / totals[(unroll, ds[0])]:.2f}"
+      )
 
 
 if __name__ == "__main__":

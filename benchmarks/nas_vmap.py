@@ -5,6 +5,7 @@
 Both sides are jitted and warmed up first (compile time excluded); all paths share one resolution.
 Prints per-call times and the ratio loop / vmap.
 """
+
 import argparse
 import time
 
@@ -39,8 +40,12 @@ def main():
 
   single = jax.jit(fwd)
   batched = jax.jit(jax.vmap(fwd, in_axes=(None, None, 0)))
-  t = time.perf_counter(); single(params, x, paths[0]).block_until_ready(); c1 = time.perf_counter() - t
-  t = time.perf_counter(); batched(params, x, stacked).block_until_ready(); c2 = time.perf_counter() - t
+  t = time.perf_counter()
+  single(params, x, paths[0]).block_until_ready()
+  c1 = time.perf_counter() - t
+  t = time.perf_counter()
+  batched(params, x, stacked).block_until_ready()
+  c2 = time.perf_counter() - t
   ref = np.stack([np.asarray(single(params, x, p)) for p in paths])
   np.testing.assert_allclose(np.asarray(batched(params, x, stacked)), ref, atol=1e-4, rtol=1e-4)
 

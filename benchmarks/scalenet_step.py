@@ -13,6 +13,7 @@ Memory: XLA's compiled memory analysis of each step (peak = arguments + outputs 
 the state is donated, so outputs alias it). `--rss` also measures each variant's peak process RSS in its
 own subprocess (costs one more compilation per variant).
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,12 @@ def parse_args(argv=None):
   p.add_argument("--reuse", type=int, default=2, help="ScaleNet reuse times R")
   p.add_argument("--rank", type=int, default=16, help="adapter rank")
   p.add_argument("--rss", action="store_true", help="also measure peak RSS of each variant in a subprocess")
-  p.add_argument("--variant", choices=("both",) + VARIANTS, default="both",
-                 help="(internal, used by --rss) build and run only one variant")
+  p.add_argument(
+      "--variant",
+      choices=("both",) + VARIANTS,
+      default="both",
+      help="(internal, used by --rss) build and run only one variant",
+  )
   return common.apply_quick(p.parse_args(argv), FULL, QUICK)
 
 
@@ -64,9 +69,26 @@ def rss_of(variant: str, args) -> int:
   """Peak RSS (bytes) of a fresh process that builds `variant` and runs one step."""
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, "rss.json")
-    cmd = [sys.executable, os.path.abspath(__file__), "--variant", variant, "--batch", str(args.batch),
-           "--steps", "1", "--warmup", "0", "--model", args.model, "--reuse", str(args.reuse),
-           "--rank", str(args.rank), "--json", out]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--variant",
+        variant,
+        "--batch",
+        str(args.batch),
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--model",
+        args.model,
+        "--reuse",
+        str(args.reuse),
+        "--rank",
+        str(args.rank),
+        "--json",
+        out,
+    ]
     if args.img_size:
       cmd += ["--img-size", str(args.img_size)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -78,12 +100,15 @@ def describe(name: str, bench: common.JaxTrainStep, compile_s: float) -> dict:
   depth = sum(grow.depths(bench.model))
   total, trainable = bench.num_params(), bench.num_params(trainable_only=True)
   mem, macs = bench.memory(), bench.step_macs()
-  print(f"{name:9s} depth {depth}, params {total / 1e6:.1f}M ({trainable / 1e6:.2f}M trainable), "
-        f"step {macs / bench.batch_size / 1e9:.2f} GMACs/image, compile+first step {compile_s:.1f}s")
-  print(f"{'':9s} compiled memory: peak {common.mib(mem['peak'])} (temp {common.mib(mem['temp'])}, "
-        f"args {common.mib(mem['argument'])}, out {common.mib(mem['output'])}, alias {common.mib(mem['alias'])})")
-  return dict(depth=depth, params=total, trainable_params=trainable, compile_s=compile_s, memory=mem,
-              step_macs=macs)
+  print(
+      f"{name:9s} depth {depth}, params {total / 1e6:.1f}M ({trainable / 1e6:.2f}M trainable), "
+      f"step {macs / bench.batch_size / 1e9:.2f} GMACs/image, compile+first step {compile_s:.1f}s"
+  )
+  print(
+      f"{'':9s} compiled memory: peak {common.mib(mem['peak'])} (temp {common.mib(mem['temp'])}, "
+      f"args {common.mib(mem['argument'])}, out {common.mib(mem['output'])}, alias {common.mib(mem['alias'])})"
+  )
+  return dict(depth=depth, params=total, trainable_params=trainable, compile_s=compile_s, memory=mem, step_macs=macs)
 
 
 def main(argv=None) -> dict:
@@ -106,14 +131,18 @@ def main(argv=None) -> dict:
   out["time_ratio"] = t["scalenet"].median / t["full"].median
   out["memory_ratio"] = out["scalenet"]["memory"]["peak"] / out["full"]["memory"]["peak"]
   out["macs_ratio"] = out["scalenet"]["step_macs"] / out["full"]["step_macs"]
-  print(f"step time ratio scalenet/full: {out['time_ratio']:.2f} (goal <= 0.60); "
-        f"step MACs ratio (load-independent): {out['macs_ratio']:.2f}")
+  print(
+      f"step time ratio scalenet/full: {out['time_ratio']:.2f} (goal <= 0.60); "
+      f"step MACs ratio (load-independent): {out['macs_ratio']:.2f}"
+  )
   print(f"compiled peak memory ratio scalenet/full: {out['memory_ratio']:.2f}")
   if args.rss:
     for v in VARIANTS:
       out[v]["peak_rss"] = rss_of(v, args)
-    print(f"peak RSS (own process, one step): scalenet {common.mib(out['scalenet']['peak_rss'])}, "
-          f"full {common.mib(out['full']['peak_rss'])}")
+    print(
+        f"peak RSS (own process, one step): scalenet {common.mib(out['scalenet']['peak_rss'])}, "
+        f"full {common.mib(out['full']['peak_rss'])}"
+    )
   common.write_json(args.json, out)
   return out
 

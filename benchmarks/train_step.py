@@ -11,6 +11,7 @@ a jitted n x n x n `jnp.dot` on this machine (numpy's BLAS printed for reference
 Loader: the same step fed by `data.train_batches` (Swin/ImageNet recipe by default, on synthetic 224 px
 images or an ImageFolder) vs a device-resident batch; the slowdown is loader time / resident time - 1.
 """
+
 from __future__ import annotations
 
 import common  # noqa: I001  (puts the repo root on sys.path)
@@ -31,9 +32,13 @@ def parse_args(argv=None):
   p.add_argument("--img-size", type=int, default=None, help="override the model's input size")
   p.add_argument("--peak-n", type=int, default=None, help="matrix size of the matmul peak")
   p.add_argument("--peak-iters", type=int, default=None)
-  p.add_argument("--recipe", choices=("swin", "simple"), default="swin",
-                 help="loader preprocessing: swin = RandomResizedCrop+RandAugment+erasing (the ImageNet "
-                      "recipe), simple = resize + normalise")
+  p.add_argument(
+      "--recipe",
+      choices=("swin", "simple"),
+      default="swin",
+      help="loader preprocessing: swin = RandomResizedCrop+RandAugment+erasing (the ImageNet "
+      "recipe), simple = resize + normalise",
+  )
   p.add_argument("--data-dir", default=None, help="ImageFolder root (its 'train' split); default synthetic")
   p.add_argument("--loader-threads", type=int, default=2)
   p.add_argument("--no-loader", action="store_true", help="skip the loader comparison")
@@ -45,22 +50,29 @@ def loader_source(args, cfg):
     return ImageFolderSource(args.data_dir, "train")
   # Enough examples that the timed steps never wrap into a second epoch.
   n = args.batch * (args.warmup + args.steps + 2)
-  return SyntheticSource(num_examples=n, num_classes=cfg.num_classes, image_shape=(cfg.img_size, cfg.img_size,
-                                                                                   cfg.in_chans))
+  return SyntheticSource(
+      num_examples=n, num_classes=cfg.num_classes, image_shape=(cfg.img_size, cfg.img_size, cfg.in_chans)
+  )
 
 
 def preprocess(args, cfg) -> Preprocess:
   if args.recipe == "swin":
     return imagenet_swin_preprocess(cfg.img_size)
-  return Preprocess(img_size=cfg.img_size, mean=IMAGENET_MEAN[:cfg.in_chans], std=IMAGENET_STD[:cfg.in_chans])
+  return Preprocess(img_size=cfg.img_size, mean=IMAGENET_MEAN[: cfg.in_chans], std=IMAGENET_STD[: cfg.in_chans])
 
 
 def bench_loader(args, bench: common.JaxTrainStep) -> dict:
   """Resident / loader / resident blocks (the split resident block brackets load drift)."""
   cfg = bench.model.config
   n_steps = args.warmup + args.steps
-  batches = data_lib.train_batches(loader_source(args, cfg), args.batch, seed=0, preprocess=preprocess(args, cfg),
-                                   num_steps=n_steps, num_threads=args.loader_threads)
+  batches = data_lib.train_batches(
+      loader_source(args, cfg),
+      args.batch,
+      seed=0,
+      preprocess=preprocess(args, cfg),
+      num_steps=n_steps,
+      num_threads=args.loader_threads,
+  )
 
   def loader_step():
     b = next(batches)
@@ -75,8 +87,13 @@ def bench_loader(args, bench: common.JaxTrainStep) -> dict:
   print(f"resident batch:     {resident.summary()}")
   print(f"train_batches ({args.recipe}, {args.loader_threads} threads): {loader.summary()}")
   print(f"loader slowdown: {100 * slowdown:+.1f}% (goal <= +5%)")
-  return dict(loader_recipe=args.recipe, loader_source=args.data_dir or "synthetic",
-              resident_step_s=resident.median, loader_step_s=loader.median, loader_slowdown_pct=100 * slowdown)
+  return dict(
+      loader_recipe=args.recipe,
+      loader_source=args.data_dir or "synthetic",
+      resident_step_s=resident.median,
+      loader_step_s=loader.median,
+      loader_slowdown_pct=100 * slowdown,
+  )
 
 
 def main(argv=None) -> dict:
@@ -98,15 +115,31 @@ def main(argv=None) -> dict:
   flops_per_image = 3 * macs * 2
   step_ratio = bench.step_macs() / (args.batch * macs)  # what the program computes, vs the 3x convention
   achieved = flops_per_image * ips
-  print(f"model {args.model} @ {cfg.img_size}px, batch {args.batch}, params {bench.num_params() / 1e6:.1f}M, "
-        f"forward {macs / 1e9:.2f} GMACs/image (the step's jaxpr: {step_ratio:.2f} x forward); "
-        f"compile+first step {compile_s:.1f}s")
+  print(
+      f"model {args.model} @ {cfg.img_size}px, batch {args.batch}, params {bench.num_params() / 1e6:.1f}M, "
+      f"forward {macs / 1e9:.2f} GMACs/image (the step's jaxpr: {step_ratio:.2f} x forward); "
+      f"compile+first step {compile_s:.1f}s"
+  )
   print(f"step: {t.summary()} -> {ips:.2f} images/s")
-  print(f"model FLOPs/s (3 x fwd MACs x 2 per image): {achieved / 1e9:.1f} GFLOP/s; "
-        f"MFU vs jax matmul peak {100 * achieved / peak:.1f}%")
-  out = dict(machine=info, model=args.model, img_size=cfg.img_size, batch=args.batch, compile_s=compile_s,
-             step_s=t.median, images_per_s=ips, fwd_macs=macs, step_macs_over_fwd=step_ratio, model_flops_per_s=achieved,
-             peak_jax_flops=peak, peak_numpy_flops=peak_np, mfu=achieved / peak)
+  print(
+      f"model FLOPs/s (3 x fwd MACs x 2 per image): {achieved / 1e9:.1f} GFLOP/s; "
+      f"MFU vs jax matmul peak {100 * achieved / peak:.1f}%"
+  )
+  out = dict(
+      machine=info,
+      model=args.model,
+      img_size=cfg.img_size,
+      batch=args.batch,
+      compile_s=compile_s,
+      step_s=t.median,
+      images_per_s=ips,
+      fwd_macs=macs,
+      step_macs_over_fwd=step_ratio,
+      model_flops_per_s=achieved,
+      peak_jax_flops=peak,
+      peak_numpy_flops=peak_np,
+      mfu=achieved / peak,
+  )
   if not args.no_loader:
     out.update(bench_loader(args, bench))
   common.write_json(args.json, out)

@@ -9,6 +9,7 @@ thread pool uses every core. PyTorch: eager, `torch.set_num_threads(--threads)` 
 registry kwargs as the Flax one. Timing alternates blocks of calls (JAX, torch, JAX, torch) and reports
 medians; the ratio is torch step time / JAX step time (= JAX images/s over torch images/s; goal >= 1.3).
 """
+
 from __future__ import annotations
 
 import math
@@ -37,6 +38,7 @@ class TorchTrainStep:
   def __init__(self, name: str, batch_size: int, threads: int, seed: int = 0):
     import timm
     import torch
+
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     kwargs = registry.arch_kwargs(name)
@@ -62,20 +64,31 @@ def compare(name: str, args) -> dict:
   jx = common.JaxTrainStep(registry.create_model(name), args.batch)
   th = TorchTrainStep(name, args.batch, args.threads)
   if jx.num_params() != th.num_params():
-    raise ValueError(f"{name}: parameter counts differ (jax {jx.num_params()}, torch {th.num_params()}); "
-                     "the shapes are not the same model")
+    raise ValueError(
+        f"{name}: parameter counts differ (jax {jx.num_params()}, torch {th.num_params()}); "
+        "the shapes are not the same model"
+    )
   compile_s = jx.compile_seconds()
-  t = common.interleaved({"jax": jx.run, "torch": th.run}, warmup=args.warmup, iters=args.steps,
-                         block=max(1, math.ceil(args.steps / 2)))
+  t = common.interleaved(
+      {"jax": jx.run, "torch": th.run}, warmup=args.warmup, iters=args.steps, block=max(1, math.ceil(args.steps / 2))
+  )
   jax_ips, torch_ips = args.batch / t["jax"].median, args.batch / t["torch"].median
-  print(f"{name} (batch {args.batch}, {jx.num_params() / 1e6:.1f}M params; jax compile+first step "
-        f"{compile_s:.1f}s)")
+  print(
+      f"{name} (batch {args.batch}, {jx.num_params() / 1e6:.1f}M params; jax compile+first step " f"{compile_s:.1f}s)"
+  )
   print(f"  jax   {t['jax'].summary()} -> {jax_ips:.2f} images/s")
   print(f"  torch {t['torch'].summary()} -> {torch_ips:.2f} images/s")
   print(f"  ratio jax/torch: {jax_ips / torch_ips:.2f}x (goal >= 1.3x)")
-  return dict(model=name, batch=args.batch, compile_s=compile_s, jax_step_s=t["jax"].median,
-              torch_step_s=t["torch"].median, jax_images_per_s=jax_ips, torch_images_per_s=torch_ips,
-              ratio=jax_ips / torch_ips)
+  return dict(
+      model=name,
+      batch=args.batch,
+      compile_s=compile_s,
+      jax_step_s=t["jax"].median,
+      torch_step_s=t["torch"].median,
+      jax_images_per_s=jax_ips,
+      torch_images_per_s=torch_ips,
+      ratio=jax_ips / torch_ips,
+  )
 
 
 def main(argv=None) -> dict:

@@ -1,6 +1,6 @@
 r"""ScaleNet-grow ablations (doc §5), one parameterised config for every family.
 
-The argument is ``key=value,...`` over: model (deit_tiny|deit_small|deit_base|swin_tiny|...), adjust
+The argument is `key=value,...` over: model (deit_tiny|deit_small|deit_base|swin_tiny|...), adjust
 (adapter|lora|none), share (1 = ScaleNet sharing, 0 = no sharing: independent new layers, matched by
 the adjustment modules alone, i.e. the param-matched baseline), subset (e.g. 0-2, 3-5, 6-8, 9-11,
 all; Swin: stage index), reuse (R), mapping (interpolate|stack), rank, drop_path (-1 = paper's).
@@ -9,14 +9,16 @@ python -m scalenet_jax.main --config configs/ablation_grow.py:adjust=lora,rank=8
 python -m scalenet_jax.main --config configs/ablation_grow.py:subset=3-5 --workdir /tmp/abl_subset
 python -m scalenet_jax.main --config configs/ablation_grow.py:reuse=3 --workdir /tmp/abl_r3
 """
+
 from scalenet_jax import config_lib
 
 MODELS = {k.rsplit("_patch", 1)[0]: k for k in config_lib.GROW_PAPER}
 
 
 def get_config(arg=""):
-  a = config_lib.parse_arg(arg, model="deit_base", adjust="adapter", share=1, subset="all", reuse=2,
-                           mapping="", rank=16, drop_path=-1.0)
+  a = config_lib.parse_arg(
+      arg, model="deit_base", adjust="adapter", share=1, subset="all", reuse=2, mapping="", rank=16, drop_path=-1.0
+  )
   if a["model"] not in MODELS:
     raise ValueError(f"unknown model {a['model']!r}; choose one of {sorted(MODELS)}")
   c = config_lib.grow_paper_config(MODELS[a["model"]], "scalenet" if a["share"] else "interpolate")

@@ -4,6 +4,7 @@ Baselines of the same row: pass the kind as config argument (random|stack|interp
 python -m scalenet_jax.main --config configs/deit_base_2x.py --workdir /tmp/deit_base_2x
 python -m scalenet_jax.main --config configs/deit_base_2x.py:stack --workdir /tmp/deit_base_2x_stack
 """
+
 from scalenet_jax import config_lib
 
 

@@ -10,6 +10,7 @@ MACs/params, MCEA per-iteration accuracy mean/std, fitted curves) and <workdir>/
 the supernet-vs-stand-alone rank correlation (`--config.rank_corr.compare_uniform=True`: also a
 uniformly sampled supernet).
 """
+
 import ml_collections
 
 from scalenet_jax.nas.train_supernet import supernet_config
@@ -19,23 +20,40 @@ def get_config():
   c = ml_collections.ConfigDict()
   c.pipeline = "nas_search"
   c.quick = False
-  c.supernet = supernet_config("fmnist", steps=400, batch_size=32, log_every=50, ckpt_every=100,
-                               xla_opt_level=1)
+  c.supernet = supernet_config("fmnist", steps=400, batch_size=32, log_every=50, ckpt_every=100, xla_opt_level=1)
   c.supernet.optim.lr = 0.1
   c.supernet.optim.warmup_steps = 40
   c.supernet.data.minival_per_class = 10
   c.hist_samples = 5000
-  c.search = ml_collections.ConfigDict(dict(
-      iterations=2, n_base=3, population=8, generations=3, parents=4, mutation_prob=0.15, seed=0,
-      vmap_size=8, eval_batch_size=100))
+  c.search = ml_collections.ConfigDict(
+      dict(
+          iterations=2,
+          n_base=3,
+          population=8,
+          generations=3,
+          parents=4,
+          mutation_prob=0.15,
+          seed=0,
+          vmap_size=8,
+          eval_batch_size=100,
+      )
+  )
   c.extra_stages = 2
-  c.rank_corr = ml_collections.ConfigDict(dict(num_paths=0, steps=150, batch_size=32, seed=1234,
-                                               compare_uniform=False))
-  c.quick_overrides = ml_collections.ConfigDict(dict(
-      # The 'tiny' space (16/20 px, 2 resolutions): compiles dominate on CPU, the fmnist space has 5.
-      supernet=dict(space=dict(name="tiny", kwargs=dict(in_channels=1)), steps=200, batch_size=32,
-                    log_every=50, ckpt_every=100, optim=dict(warmup_steps=20)),
-      hist_samples=2000,
-      search=dict(iterations=2, n_base=3, population=8, generations=3, parents=4),
-      rank_corr=dict(num_paths=0, compare_uniform=False)))
+  c.rank_corr = ml_collections.ConfigDict(dict(num_paths=0, steps=150, batch_size=32, seed=1234, compare_uniform=False))
+  c.quick_overrides = ml_collections.ConfigDict(
+      dict(
+          # The 'tiny' space (16/20 px, 2 resolutions): compiles dominate on CPU, the fmnist space has 5.
+          supernet=dict(
+              space=dict(name="tiny", kwargs=dict(in_channels=1)),
+              steps=200,
+              batch_size=32,
+              log_every=50,
+              ckpt_every=100,
+              optim=dict(warmup_steps=20),
+          ),
+          hist_samples=2000,
+          search=dict(iterations=2, n_base=3, population=8, generations=3, parents=4),
+          rank_corr=dict(num_paths=0, compare_uniform=False),
+      )
+  )
   return c

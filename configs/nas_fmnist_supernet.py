@@ -6,6 +6,7 @@ SGD Nesterov, warmup + cosine, weight decay 4e-5 (convs 2x, BN/bias 0), label sm
 path per step; images produced at the path's resolution (32..48 px). `--config.sampling=uniform` trains
 the baseline supernet. Resumes from the workdir.
 """
+
 from scalenet_jax.nas.train_supernet import supernet_config
 
 

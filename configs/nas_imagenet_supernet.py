@@ -7,6 +7,7 @@ BN and biases 0), label smoothing 0.1, one path per step for the whole global ba
 candidates), RandomResizedCrop + flip at the path's resolution (224..354 px); 50 images per class held
 out as the MCEA mini-val split.
 """
+
 from scalenet_jax.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from scalenet_jax.nas.train_supernet import supernet_config
 

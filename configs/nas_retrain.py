@@ -7,6 +7,7 @@ The argument is an arch JSON written by the search (`scalenet_jax.nas.export.sav
 Fashion-MNIST train, evaluated on test) or a released ScaleNet ImageNet model s0..s5 (ImageNet recipe).
 Writes <workdir>/result.json (top-1, MACs, params) and <workdir>/export/params.
 """
+
 from scalenet_jax.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from scalenet_jax.nas import export
 from scalenet_jax.nas.train_supernet import supernet_config
@@ -22,8 +23,9 @@ def get_config(arg: str = "s0"):
     c.optim.warmup_steps = 5 * 1200
   else:
     rec = export.load_record(arg)  # fails early on a missing or foreign file
-    c = supernet_config(rec["space"], in_channels=rec["in_channels"], steps=2000, batch_size=64,
-                        log_every=100, ckpt_every=500)
+    c = supernet_config(
+        rec["space"], in_channels=rec["in_channels"], steps=2000, batch_size=64, log_every=100, ckpt_every=500
+    )
     c.data.train_split, c.data.eval_split = "train", "test"
     c.optim.lr = 0.05
   c.pipeline = "nas_retrain"

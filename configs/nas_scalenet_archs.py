@@ -5,6 +5,7 @@
     arch = apply_scaling(Alpha.from_dict(c.alpha), Scaling.from_dict(c.scaling), get_space(c.space))
     model = scalenet_jax.nas.export.build_model(arch)
 """
+
 import ml_collections
 
 from scalenet_jax.nas.export import RELEASED

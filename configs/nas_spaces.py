@@ -6,10 +6,15 @@ registered space of `scalenet_jax.nas.space` (trainer configs import this and ad
     from configs import nas_spaces; space_cfg = nas_spaces.get_config('fmnist')
     space = scalenet_jax.nas.space.get_space(space_cfg.name, **space_cfg.kwargs)
 """
+
 import ml_collections
 
-_SPACES = {"imagenet": ("imagenet", {}), "fmnist": ("fmnist", {"in_channels": 1}),
-           "fmnist3": ("fmnist", {"in_channels": 3}), "tiny": ("tiny", {"in_channels": 1})}
+_SPACES = {
+    "imagenet": ("imagenet", {}),
+    "fmnist": ("fmnist", {"in_channels": 1}),
+    "fmnist3": ("fmnist", {"in_channels": 3}),
+    "tiny": ("tiny", {"in_channels": 1}),
+}
 
 
 def get_config(arg: str = "fmnist") -> ml_collections.ConfigDict:

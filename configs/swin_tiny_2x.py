@@ -4,6 +4,7 @@ Baselines of the same row: pass the kind as config argument (random|stack|interp
 python -m scalenet_jax.main --config configs/swin_tiny_2x.py --workdir /tmp/swin_tiny_2x
 python -m scalenet_jax.main --config configs/swin_tiny_2x.py:swa --workdir /tmp/swin_tiny_2x_swa
 """
+
 from scalenet_jax import config_lib
 
 

@@ -1,8 +1,9 @@
 """Shared pieces of experiment configs (the files in configs/ compose and override these).
 
 Every field a run can take is declared here with its default, so configs are locked: a misspelled
-``--config.key=value`` override is rejected by ml_collections instead of being silently ignored.
+`--config.key=value` override is rejected by ml_collections instead of being silently ignored.
 """
+
 from __future__ import annotations
 
 import ml_collections
@@ -12,53 +13,68 @@ from scalenet_jax.train import optim
 
 
 def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
-  return _with(ml_collections.ConfigDict(dict(
-      name=name,
-      # Architecture overrides of the registry entry (None = the registry's value).
-      num_classes=config_dict.placeholder(int),
-      img_size=config_dict.placeholder(int),
-      in_chans=config_dict.placeholder(int),
-      drop_path_rate=0.0,
-      dtype="float32",  # compute dtype: 'float32' | 'bfloat16' (params stay float32)
-      remat=False,
-  )), overrides)
+  return _with(
+      ml_collections.ConfigDict(
+          dict(
+              name=name,
+              # Architecture overrides of the registry entry (None = the registry's value).
+              num_classes=config_dict.placeholder(int),
+              img_size=config_dict.placeholder(int),
+              in_chans=config_dict.placeholder(int),
+              drop_path_rate=0.0,
+              dtype="float32",  # compute dtype: 'float32' | 'bfloat16' (params stay float32)
+              remat=False,
+          )
+      ),
+      overrides,
+  )
 
 
 def expansion_config(**overrides) -> ml_collections.ConfigDict:
-  """ScaleNet-grow expansion; ``kind=''`` = no expansion (train the model as it is)."""
-  return _with(ml_collections.ConfigDict(dict(
-      kind="",  # '' | scalenet | random | stack | interpolate | swa | scratch
-      reuse=2,
-      mapping="interpolate",  # interpolate | stack | comma-separated explicit list "0,0,1,1,..."
-      subset="",  # comma-separated: ViT layer indices (default all) / Swin stages (default last)
-      adjust="adapter",  # adapter | lora | none
-      rank=16,
-      act="gelu",
-      trainable="all",  # all | adjust_ln_head
-      num_new_layers=0,  # baselines: 0 = parameter-matched
-      seed=0,
-  )), overrides)
+  """ScaleNet-grow expansion; `kind=''` = no expansion (train the model as it is)."""
+  return _with(
+      ml_collections.ConfigDict(
+          dict(
+              kind="",  # '' | scalenet | random | stack | interpolate | swa | scratch
+              reuse=2,
+              mapping="interpolate",  # interpolate | stack | comma-separated explicit list "0,0,1,1,..."
+              subset="",  # comma-separated: ViT layer indices (default all) / Swin stages (default last)
+              adjust="adapter",  # adapter | lora | none
+              rank=16,
+              act="gelu",
+              trainable="all",  # all | adjust_ln_head
+              num_new_layers=0,  # baselines: 0 = parameter-matched
+              seed=0,
+          )
+      ),
+      overrides,
+  )
 
 
 def data_config(**overrides) -> ml_collections.ConfigDict:
-  return _with(ml_collections.ConfigDict(dict(
-      name="fashion_mnist",  # fashion_mnist | imagefolder:<dir> | tfds:<name> | synthetic
-      root="",  # dataset directory override ('' = the source's default)
-      train_split="train",
-      eval_split="test",
-      recipe="simple",  # simple (crop+flip) | swin (RandAugment, RRC, erasing) | none
-      pad=0,
-      crop_padding=0,
-      hflip=False,
-      mean=(0.5,),
-      std=(0.5,),
-      minival_per_class=100,
-      mixup=0.0,
-      cutmix=0.0,
-      mixup_switch_prob=0.5,
-      num_threads=2,
-      synthetic_examples=512,  # name=synthetic only: train-split size (images shaped like the model's input)
-  )), overrides)
+  return _with(
+      ml_collections.ConfigDict(
+          dict(
+              name="fashion_mnist",  # fashion_mnist | imagefolder:<dir> | tfds:<name> | synthetic
+              root="",  # dataset directory override ('' = the source's default)
+              train_split="train",
+              eval_split="test",
+              recipe="simple",  # simple (crop+flip) | swin (RandAugment, RRC, erasing) | none
+              pad=0,
+              crop_padding=0,
+              hflip=False,
+              mean=(0.5,),
+              std=(0.5,),
+              minival_per_class=100,
+              mixup=0.0,
+              cutmix=0.0,
+              mixup_switch_prob=0.5,
+              num_threads=2,
+              synthetic_examples=512,  # name=synthetic only: train-split size (images shaped like the model's input)
+          )
+      ),
+      overrides,
+  )
 
 
 def base_config(model: str = "vit_micro_patch4_28") -> ml_collections.ConfigDict:
@@ -115,15 +131,22 @@ IMAGENET_TRAIN_IMAGES = 1_281_167
 
 
 def grow_paper_config(model: str, kind: str = "scalenet", epochs: int = 100) -> ml_collections.ConfigDict:
-  """The paper's 2x expansion recipe for ``model`` (kind: scalenet or a baseline name)."""
+  """The paper's 2x expansion recipe for `model` (kind: scalenet or a baseline name)."""
   p = GROW_PAPER[model]
   c = base_config(model)
   c.model.drop_path_rate = p["drop_path"]
   c.expansion = expansion_config(kind=kind, mapping=p["mapping"], trainable=p["trainable"])
   c.init_from = f"pretrained/{model}.safetensors"  # timm weights, converted at start
-  c.data = data_config(name="tfds:imagenet2012", eval_split="validation", recipe="swin", mixup=0.8,
-                       cutmix=1.0, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-                       minival_per_class=50)
+  c.data = data_config(
+      name="tfds:imagenet2012",
+      eval_split="validation",
+      recipe="swin",
+      mixup=0.8,
+      cutmix=1.0,
+      mean=(0.485, 0.456, 0.406),
+      std=(0.229, 0.224, 0.225),
+      minival_per_class=50,
+  )
   c.batch_size = 512
   c.steps = epochs * IMAGENET_TRAIN_IMAGES // c.batch_size
   c.label_smoothing = 0.1
@@ -139,7 +162,7 @@ def grow_paper_config(model: str, kind: str = "scalenet", epochs: int = 100) -> 
 
 
 def parse_arg(arg: str, **defaults) -> dict:
-  """big_vision-style config argument ``"k=v,k2=v2"`` -> dict, typed like ``defaults``."""
+  """big_vision-style config argument `"k=v,k2=v2"` -> dict, typed like `defaults`."""
   out = dict(defaults)
   for item in filter(None, (arg or "").split(",")):
     k, sep, v = item.partition("=")

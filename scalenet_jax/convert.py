@@ -1,15 +1,16 @@
 """timm (PyTorch) state dicts <-> Flax params, for every model of the registry.
 
-One table (:func:`key_table`) lists, for a model, every timm key with the Flax param it maps to
+One table (`key_table`) lists, for a model, every timm key with the Flax param it maps to
 (path, index along the stacked axis, layout transform). Import and export are both driven by it,
 so they cannot drift apart. Loading is strict: a missing, unexpected or mis-shaped key raises a
-``ValueError`` naming the key. ``.pth`` files are read with ``torch.load(weights_only=True)``,
+`ValueError` naming the key. `.pth` files are read with `torch.load(weights_only=True)`,
 which refuses pickles that would execute code.
 
-Expanded (ScaleNet) models export *unrolled*: block ``l`` is written with the weights of its core
-layer ``mapping[l]``; their adjustment modules are written under extra ``...adjust.*`` keys that
-plain timm ignores only if loaded with ``strict=False`` (they are not part of a timm model).
+Expanded (ScaleNet) models export *unrolled*: block `l` is written with the weights of its core
+layer `mapping[l]`; their adjustment modules are written under extra `...adjust.*` keys that
+plain timm ignores only if loaded with `strict=False` (they are not part of a timm model).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,13 +52,13 @@ def _linear(tk, path, index=None, bias=True):
 
 
 def _norm(tk, path, index=None):
-  return [Entry(f"{tk}.weight", path + ("scale",), index, "same"),
-          Entry(f"{tk}.bias", path + ("bias",), index, "same")]
+  return [Entry(f"{tk}.weight", path + ("scale",), index, "same"), Entry(f"{tk}.bias", path + ("bias",), index, "same")]
 
 
-def _stack_entries(prefix: str, root: tuple[str, ...], layout: stack_lib.StackLayout, window: bool,
-                   qkv_bias: bool = True):
-  """timm keys of the blocks of one stack (``prefix`` = 'blocks' or 'layers.i.blocks')."""
+def _stack_entries(
+    prefix: str, root: tuple[str, ...], layout: stack_lib.StackLayout, window: bool, qkv_bias: bool = True
+):
+  """timm keys of the blocks of one stack (`prefix` = 'blocks' or 'layers.i.blocks')."""
   out = []
   core = root + ("core",)
   for l, c in enumerate(layout.mapping):
@@ -80,14 +81,14 @@ def _stack_entries(prefix: str, root: tuple[str, ...], layout: stack_lib.StackLa
 
 
 def key_table(model) -> list[Entry]:
-  """Every (timm key -> Flax param) pair of ``model`` (a ViT or Swin module)."""
+  """Every (timm key -> Flax param) pair of `model` (a ViT or Swin module)."""
   from scalenet_jax.models import swin, vit  # local: avoid import cycles
+
   t = _linear("patch_embed.proj", ("patch_embed",))
   t[0] = dataclasses.replace(t[0], kind="conv")
   if isinstance(model, vit.ViT):
     t += [Entry("cls_token", ("cls_token",), None, "same"), Entry("pos_embed", ("pos_embed",), None, "same")]
-    t += _stack_entries("blocks", ("blocks",), model.stack_layouts[0], window=False,
-                        qkv_bias=model.config.qkv_bias)
+    t += _stack_entries("blocks", ("blocks",), model.stack_layouts[0], window=False, qkv_bias=model.config.qkv_bias)
     head = "head"
   elif isinstance(model, swin.Swin):
     t += _norm("patch_embed.norm", ("patch_norm",))
@@ -95,8 +96,7 @@ def key_table(model) -> list[Entry]:
       if i > 0:
         t += _norm(f"layers.{i}.downsample.norm", (f"merge{i}", "norm"))
         t += _linear(f"layers.{i}.downsample.reduction", (f"merge{i}", "reduction"), bias=False)
-      t += _stack_entries(f"layers.{i}.blocks", (f"stage{i}",), layout, window=True,
-                          qkv_bias=model.config.qkv_bias)
+      t += _stack_entries(f"layers.{i}.blocks", (f"stage{i}",), layout, window=True, qkv_bias=model.config.qkv_bias)
     head = "head.fc"
   else:
     raise TypeError(f"no timm key table for {type(model).__name__}")
@@ -120,9 +120,9 @@ def _get(tree, path):
 
 
 def timm_to_flax(state_dict: dict[str, Any], model, ignore: tuple[str, ...] = ()) -> dict:
-  """Strictly convert a timm state dict to Flax params of ``model`` (a plain, unexpanded model).
+  """Strictly convert a timm state dict to Flax params of `model` (a plain, unexpanded model).
 
-  ``ignore``: timm keys that may be missing from ``state_dict`` (their Flax params keep a fresh
+  `ignore`: timm keys that may be missing from `state_dict` (their Flax params keep a fresh
   init of zeros; typically the classifier head when fine-tuning to a new number of classes).
   """
   if not _is_plain(model):
@@ -134,8 +134,10 @@ def timm_to_flax(state_dict: dict[str, Any], model, ignore: tuple[str, ...] = ()
   known = {e.timm_key for e in table}
   unexpected = sorted(k for k in sd if k not in known and not _non_persistent(k))
   if unexpected:
-    raise ValueError(f"unexpected key in checkpoint: {unexpected[0]!r} "
-                     f"({len(unexpected)} unexpected keys; is this the right model?)")
+    raise ValueError(
+        f"unexpected key in checkpoint: {unexpected[0]!r} "
+        f"({len(unexpected)} unexpected keys; is this the right model?)"
+    )
   for e in table:
     if e.timm_key not in sd:
       if e.timm_key in ignore:
@@ -146,14 +148,16 @@ def timm_to_flax(state_dict: dict[str, Any], model, ignore: tuple[str, ...] = ()
     target = leaf if e.index is None else leaf[e.index]
     if value.shape != target.shape:
       want = _TO_TIMM[e.kind](np.zeros(target.shape)).shape
-      raise ValueError(f"shape mismatch for key {e.timm_key!r}: checkpoint has {tuple(sd[e.timm_key].shape)},"
-                       f" model expects {tuple(want)}")
+      raise ValueError(
+          f"shape mismatch for key {e.timm_key!r}: checkpoint has {tuple(sd[e.timm_key].shape)},"
+          f" model expects {tuple(want)}"
+      )
     target[...] = value
   return params
 
 
 def flax_to_timm(params, model) -> dict[str, np.ndarray]:
-  """Flax params of ``model`` -> timm-named numpy state dict (expanded models export unrolled)."""
+  """Flax params of `model` -> timm-named numpy state dict (expanded models export unrolled)."""
   out = {}
   for e in key_table(model):
     leaf = np.asarray(_get(params, e.path))
@@ -173,23 +177,27 @@ def _to_numpy(v):
 
 
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
-  """Read a timm checkpoint: ``.safetensors``, or ``.pth``/``.pt``/``.bin`` (weights only, no code)."""
+  """Read a timm checkpoint: `.safetensors`, or `.pth`/`.pt`/`.bin` (weights only, no code)."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"checkpoint not found: {path}")
   if path.endswith(".safetensors"):
     from safetensors.numpy import load_file
+
     return load_file(path)
   if path.endswith((".pth", ".pt", ".bin")):
     import pickle
 
     import torch  # optional dependency: pip install -e .[torch]
+
     try:
       with warnings.catch_warnings():  # e.g. pickle-protocol notices: the error below is the message
         warnings.simplefilter("ignore")
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-      raise ValueError(f"refusing to load {path}: it is not a weights-only checkpoint "
-                       f"(unpickling would run arbitrary code): {str(e).splitlines()[0]}") from None
+      raise ValueError(
+          f"refusing to load {path}: it is not a weights-only checkpoint "
+          f"(unpickling would run arbitrary code): {str(e).splitlines()[0]}"
+      ) from None
     for wrapper in ("model", "state_dict", "model_ema"):
       if isinstance(sd, dict) and wrapper in sd and isinstance(sd[wrapper], dict):
         sd = sd[wrapper]
@@ -200,4 +208,5 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
 
 def save_safetensors(path: str, state_dict: dict[str, np.ndarray]):
   from safetensors.numpy import save_file
+
   save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, path)

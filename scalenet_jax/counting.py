@@ -4,9 +4,10 @@ FLOPs convention (as timm/fvcore report for these models): **one multiply-add = 
 for matrix products and convolutions only (attention's QK^T and AV included; norms, softmax,
 activations and additions excluded). The count is read off the model's own jaxpr (scan bodies
 multiplied by their length), so it follows whatever the model really computes: expanded depth,
-adapters, masked NAS paths. :func:`xla_flops` gives XLA's cost analysis of the compiled forward
+adapters, masked NAS paths. `xla_flops` gives XLA's cost analysis of the compiled forward
 for cross-checking (XLA counts a multiply-add as 2 and includes elementwise work).
 """
+
 from __future__ import annotations
 
 import re
@@ -17,7 +18,7 @@ import numpy as np
 
 
 def count_params(params, predicate: Callable[[str], bool] | None = None) -> int:
-  """Number of scalars in ``params`` (optionally only leaves whose '/'-joined path passes)."""
+  """Number of scalars in `params` (optionally only leaves whose '/'-joined path passes)."""
   total = 0
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
     if predicate is None or predicate(path_str(path)):
@@ -83,12 +84,12 @@ def jaxpr_macs(jaxpr) -> int:
 
 
 def macs(fn: Callable, *args: Any) -> int:
-  """Multiply-accumulates of ``fn(*args)`` (args may be ShapeDtypeStructs)."""
+  """Multiply-accumulates of `fn(*args)` (args may be ShapeDtypeStructs)."""
   return jaxpr_macs(jax.make_jaxpr(fn)(*args).jaxpr)
 
 
 def xla_flops(fn: Callable, *args: Any) -> float:
-  """XLA's cost-analysis FLOPs of the compiled ``fn(*args)`` (multiply-add = 2)."""
+  """XLA's cost-analysis FLOPs of the compiled `fn(*args)` (multiply-add = 2)."""
   cost = jax.jit(fn).lower(*args).compile().cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
@@ -96,7 +97,7 @@ def xla_flops(fn: Callable, *args: Any) -> float:
 
 
 def model_flops(model, params_or_abstract, batch: int = 1) -> int:
-  """MACs of one forward pass of ``model`` at its configured input size, per image."""
+  """MACs of one forward pass of `model` at its configured input size, per image."""
   cfg = model.config
   x = jax.ShapeDtypeStruct((batch, cfg.img_size, cfg.img_size, cfg.in_chans), np.float32)
   return macs(lambda p, x: model.apply({"params": p}, x), params_or_abstract, x) // batch
@@ -107,4 +108,3 @@ def human(n: float) -> str:
     if abs(n) >= div:
       return f"{n / div:.2f}{unit}"
   return str(int(n)) if float(n).is_integer() else f"{n:.3g}"
-

@@ -10,6 +10,7 @@ r"""The embedded demo: ScaleNet-grow vs the baselines on real Fashion-MNIST, on 
 3. fine-tune every model with the same budget and write a Table-I-style report (report.md).
 Every run lives in its own sub-directory and resumes from its checkpoints if interrupted.
 """
+
 from __future__ import annotations
 
 import json
@@ -89,9 +90,10 @@ def pretrain(workdir: str, steps: int, eval_split: str, seed: int) -> dict:
   return trainer.run(base(steps, 1e-3, eval_split, seed), os.path.join(workdir, "pretrain"))
 
 
-def finetune(workdir: str, name: str, kind: str, pretrained: str, steps: int, eval_split: str, seed: int,
-             **expansion) -> dict:
-  """Expand the pretrained model (``kind``; '' = as it is), fine-tune it, return one report row."""
+def finetune(
+    workdir: str, name: str, kind: str, pretrained: str, steps: int, eval_split: str, seed: int, **expansion
+) -> dict:
+  """Expand the pretrained model (`kind`; '' = as it is), fine-tune it, return one report row."""
   cfg = variant_config(kind, pretrained, steps, eval_split, seed)
   for k, v in expansion.items():
     if k == "drop_path_rate":
@@ -99,8 +101,14 @@ def finetune(workdir: str, name: str, kind: str, pretrained: str, steps: int, ev
     else:
       cfg.expansion[k] = v
   after = trainer.run(cfg, os.path.join(workdir, name))
-  return dict(kind=kind or "none", **_stats(cfg), top1_init=after["init_eval"]["top1"], top1=after["top1"],
-              top5=after["top5"], sec_per_step=after.get("sec_per_step"))
+  return dict(
+      kind=kind or "none",
+      **_stats(cfg),
+      top1_init=after["init_eval"]["top1"],
+      top1=after["top1"],
+      top5=after["top5"],
+      sec_per_step=after.get("sec_per_step"),
+  )
 
 
 def run_demo(workdir: str, quick: bool, pretrain_steps=None, finetune_steps=None, seed: int = 0) -> str:
@@ -115,8 +123,12 @@ def run_demo(workdir: str, quick: bool, pretrain_steps=None, finetune_steps=None
   rows = []
   for label, kind in VARIANTS:
     print(f"== 2/2 {label}: accuracy at init, then fine-tuning for {ft_steps} steps", flush=True)
-    rows.append(dict(label=label, **finetune(workdir, kind or "pretrained_more", kind, pretrained, ft_steps,
-                                             budget["eval_split"], seed)))
+    rows.append(
+        dict(
+            label=label,
+            **finetune(workdir, kind or "pretrained_more", kind, pretrained, ft_steps, budget["eval_split"], seed),
+        )
+    )
   report = render(rows, pre, pre_steps, ft_steps, budget["eval_split"], time.time() - t_start, quick)
   with open(os.path.join(workdir, "report.md"), "w") as f:
     f.write(report)
@@ -141,9 +153,11 @@ def render(rows, pre, pre_steps, ft_steps, eval_split, seconds, quick) -> str:
   ]
   for r in rows:
     ms = f"{r['sec_per_step'] * 1e3:.0f}" if r["sec_per_step"] else "n/a"
-    out.append(f"| {r['label']} | {sum(r['depths'])} | {r['params']:,} | {r['unique_params']:,} | "
-               f"{r['trainable_params']:,} | {r['gflops'] * 1e3:.2f} | {r['top1_init'] * 100:.2f}% | "
-               f"{r['top1'] * 100:.2f}% | {r['top5'] * 100:.2f}% | {ms} |")
+    out.append(
+        f"| {r['label']} | {sum(r['depths'])} | {r['params']:,} | {r['unique_params']:,} | "
+        f"{r['trainable_params']:,} | {r['gflops'] * 1e3:.2f} | {r['top1_init'] * 100:.2f}% | "
+        f"{r['top1'] * 100:.2f}% | {r['top5'] * 100:.2f}% | {ms} |"
+    )
   best = max(rows, key=lambda r: r["top1"])
   sn = next(r for r in rows if r["kind"] == "scalenet")
   out += [

@@ -1,9 +1,10 @@
 """Small JAX helpers shared across the package."""
+
 import jax
 
 
 def run_once(fn, *args, **jit_kwargs):
-  """``jax.jit(fn, **jit_kwargs)(*args)`` for code that runs once (inits), compiled cheaply.
+  """`jax.jit(fn, **jit_kwargs)(*args)` for code that runs once (inits), compiled cheaply.
 
   On CPU, XLA's backend optimisations cost ~5x more compile time than they save on a single run.
   """

@@ -1,9 +1,10 @@
-r"""Entry point: ``python -m scalenet_jax.main --config configs/deit_base_2x.py --workdir DIR``.
+r"""Entry point: `python -m scalenet_jax.main --config configs/deit_base_2x.py --workdir DIR`.
 
-Modes: ``train`` (default; resumes from the workdir), ``eval``, ``summary`` (params/FLOPs table and a
-final JSON line), ``export`` (final params as Orbax + timm-format safetensors).
-Config fields are overridden with ``--config.key=value``; unknown keys and bad types are rejected.
+Modes: `train` (default; resumes from the workdir), `eval`, `summary` (params/FLOPs table and a
+final JSON line), `export` (final params as Orbax + timm-format safetensors).
+Config fields are overridden with `--config.key=value`; unknown keys and bad types are rejected.
 """
+
 import sys
 
 from absl import app, flags, logging
@@ -24,20 +25,24 @@ def _run(argv):
     if not FLAGS.workdir:
       raise app.UsageError("--workdir is required")
     from scalenet_jax.nas import pipeline
+
     pipeline.run(config, FLAGS.workdir, FLAGS.mode)
     return
   if FLAGS.mode == "summary":
     from scalenet_jax import summary
+
     print(summary.render(summary.summarize(config, xla_check=FLAGS.xla_check)))
     return
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required for --mode=train/eval/export")
   from scalenet_jax.train import trainer
+
   trainer.run(config, FLAGS.workdir, FLAGS.mode)
 
 
 def _diverged():
   from scalenet_jax.train.trainer import TrainingDiverged
+
   return TrainingDiverged
 
 
@@ -58,8 +63,7 @@ def _parse_flags(argv):
       raise ValueError("--config is required (e.g. --config configs/deit_base_2x.py)")
     FLAGS.config.keys()  # the file is loaded lazily: fail here, not mid-run
   except (AttributeError, KeyError) as e:  # ml_collections' way of saying "no such field"
-    print(f"error: unknown config field {str(e).strip(chr(34))} (see the config file for the fields)",
-          file=sys.stderr)
+    print(f"error: unknown config field {str(e).strip(chr(34))} (see the config file for the fields)", file=sys.stderr)
     sys.exit(2)
   except (flags.Error, OSError, TypeError, ValueError) as e:
     msg = " ".join(str(e).split())

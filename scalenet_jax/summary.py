@@ -1,4 +1,5 @@
-"""``--mode=summary``: parameter counts and FLOPs of a config's model (human table + one JSON line)."""
+"""`--mode=summary`: parameter counts and FLOPs of a config's model (human table + one JSON line)."""
+
 from __future__ import annotations
 
 import json
@@ -43,10 +44,15 @@ def summarize(config, xla_check: bool = True) -> dict:
 
 
 def render(s: dict) -> str:
-  rows = [("model", s["model"]), ("expansion", s["expansion"]), ("blocks per stack", str(s["depths"])),
-          ("params (per instance)", f"{s['params']:,}"), ("unique params (stored)", f"{s['unique_params']:,}"),
-          ("trainable params", f"{s['trainable_params']:,}"),
-          ("GFLOPs / image (1 MAC = 1 FLOP)", f"{s['gflops']:.4f}")]
+  rows = [
+      ("model", s["model"]),
+      ("expansion", s["expansion"]),
+      ("blocks per stack", str(s["depths"])),
+      ("params (per instance)", f"{s['params']:,}"),
+      ("unique params (stored)", f"{s['unique_params']:,}"),
+      ("trainable params", f"{s['trainable_params']:,}"),
+      ("GFLOPs / image (1 MAC = 1 FLOP)", f"{s['gflops']:.4f}"),
+  ]
   if "xla_gflops" in s:
     rows.append(("XLA cost analysis / 2 (incl. elementwise)", f"{s['xla_gflops']:.4f} ({s['xla_ratio']:.3f}x)"))
   width = max(len(k) for k, _ in rows)

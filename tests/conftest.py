@@ -1,10 +1,11 @@
-"""Shared test fixtures: optional torch/timm, random param trees, and the ``slow`` marker.
+"""Shared test fixtures: optional torch/timm, random param trees, and the `slow` marker.
 
 Markers:
-  timm  tests that need torch + timm (added automatically to every test using the ``timm`` fixture);
-        deselect with ``-m "not timm"``.
+  timm  tests that need torch + timm (added automatically to every test using the `timm` fixture);
+        deselect with `-m "not timm"`.
   slow  long full-size checks; skipped unless SCALENET_FULL_PARITY=1.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,10 @@ FULL_PARITY = os.environ.get("SCALENET_FULL_PARITY") == "1"
 # subprocesses inherit both (tests that set their own XLA_FLAGS append to this one).
 if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=1").strip()
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
-    os.environ.get("TMPDIR", "/tmp"), f"scalenet_jax_test_cache_{os.getuid()}"))
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(os.environ.get("TMPDIR", "/tmp"), f"scalenet_jax_test_cache_{os.getuid()}"),
+)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 
 
@@ -52,11 +55,12 @@ def timm():
 @pytest.fixture(scope="session")
 def torch(timm):
   import torch
+
   return torch
 
 
 def random_params(abstract, seed: int = 0):
-  """Random numpy params shaped like ``abstract`` (a tree of ShapeDtypeStructs), without compiling.
+  """Random numpy params shaped like `abstract` (a tree of ShapeDtypeStructs), without compiling.
 
   Unlike a model's own init (zero biases, unit LayerNorms, zero adapter B), every leaf is random,
   so a swapped bias, a mis-copied LayerNorm or a wrongly indexed layer changes the output.

@@ -1,4 +1,5 @@
 """Tests of scalenet_jax.analysis: linear CKA, block outputs, gradient norms of shared layers, the CLI."""
+
 import json
 import os
 import subprocess
@@ -144,8 +145,9 @@ def test_block_outputs_follow_layout(three_segments, batch):
   x = jnp.concatenate([jnp.broadcast_to(params["cls_token"], (4, 1, 64)), x], 1) + params["pos_embed"]
   for l, core in enumerate(layout.mapping):
     seg, pos = layout.locate(l)
-    block = stack_lib.Block(cfg.embed_dim, cfg.num_heads, 4 * cfg.embed_dim, layout.adjust[l], model.rank,
-                            norm_eps=cfg.norm_eps)
+    block = stack_lib.Block(
+        cfg.embed_dim, cfg.num_heads, 4 * cfg.embed_dim, layout.adjust[l], model.rank, norm_eps=cfg.norm_eps
+    )
     own = jax.tree.map(lambda a: a[pos], stack[f"seg{seg}"])
     x, _ = block.apply({"params": own}, x, (core, 0.0, 0), stack["core"])
     np.testing.assert_allclose(outs[l], x, rtol=1e-4, atol=1e-4, err_msg=f"block {l}")
@@ -163,13 +165,15 @@ def test_layer_grad_norms_bookkeeping(three_segments):
   # core layer c gets value c+1 in every entry; block l's own params get value 10 + l.
   n_core = sum(int(np.prod(a.shape[1:])) for a in jax.tree.leaves(params["blocks"]["core"]))
   grads["blocks"]["core"] = jax.tree.map(
-      lambda a: np.broadcast_to(np.arange(1.0, 7.0).reshape(-1, *[1] * (a.ndim - 1)), a.shape), params["blocks"]["core"])
+      lambda a: np.broadcast_to(np.arange(1.0, 7.0).reshape(-1, *[1] * (a.ndim - 1)), a.shape), params["blocks"]["core"]
+  )
   sizes = []
   for k, (start, stop, _) in enumerate(model.stack_layouts[0].segments()):
     seg = params["blocks"][f"seg{k}"]
     sizes += [sum(int(np.prod(a.shape[1:])) for a in jax.tree.leaves(seg))] * (stop - start)
     grads["blocks"][f"seg{k}"] = jax.tree.map(
-        lambda a: np.broadcast_to(np.arange(10.0 + start, 10.0 + stop).reshape(-1, *[1] * (a.ndim - 1)), a.shape), seg)
+        lambda a: np.broadcast_to(np.arange(10.0 + start, 10.0 + stop).reshape(-1, *[1] * (a.ndim - 1)), a.shape), seg
+    )
   grads["head"]["bias"] = np.full_like(params["head"]["bias"], 2.0)
   out = probes.layer_grad_norms(model, grads)
   np.testing.assert_allclose(out["core"]["blocks"], np.arange(1.0, 7.0) * np.sqrt(n_core))
@@ -209,8 +213,9 @@ def test_shared_core_gradient_is_sum_over_instances(batch):
   for c in (0, 3, 4, 5):
     assert norms["core"]["blocks"][c] == pytest.approx(inst[list(mapping).index(c)], rel=1e-5)
   assert norms["core"]["blocks"][1] != pytest.approx(inst[1], rel=1e-3)
-  np.testing.assert_allclose(norms["block"]["blocks"],
-                             probes.layer_grad_norms(umodel, ug)["block"]["blocks"], rtol=1e-4)
+  np.testing.assert_allclose(
+      norms["block"]["blocks"], probes.layer_grad_norms(umodel, ug)["block"]["blocks"], rtol=1e-4
+  )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -220,15 +225,39 @@ def test_shared_core_gradient_is_sum_over_instances(batch):
 def test_cli_end_to_end(tmp_path):
   from scalenet_jax.analysis import __main__ as cli
   from scalenet_jax.analysis import report
+
   out = tmp_path / "analysis"
   # A subprocess, as a user runs it; XLA's cheapest CPU compile mode, since compiling the ~10 programs
   # (grads, block outputs, inits of every expansion) is nearly all the run time.
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
-                       " --xla_llvm_disable_expensive_passes=true").strip()}
-  cmd = [sys.executable, "-m", "scalenet_jax.analysis", "--model", MODEL, "--pretrained", "init", "--out", str(out),
-         "--batch", "8", "--num-batches", "2", "--eval-examples", "16", "--compare", "scalenet,random",
-         "--layers", "0,7,11"]
+  env = {
+      **os.environ,
+      "JAX_PLATFORMS": "cpu",
+      "XLA_FLAGS": (
+          os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+          " --xla_llvm_disable_expensive_passes=true"
+      ).strip(),
+  }
+  cmd = [
+      sys.executable,
+      "-m",
+      "scalenet_jax.analysis",
+      "--model",
+      MODEL,
+      "--pretrained",
+      "init",
+      "--out",
+      str(out),
+      "--batch",
+      "8",
+      "--num-batches",
+      "2",
+      "--eval-examples",
+      "16",
+      "--compare",
+      "scalenet,random",
+      "--layers",
+      "0,7,11",
+  ]
   proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "top-1 scalenet @init" in proc.stdout

@@ -4,6 +4,7 @@ Each script runs as a subprocess exactly as a user would (`python benchmarks/<na
 share a persistent XLA compilation cache in a temp dir, so the identical micro train step of train_step and
 vs_timm compiles once.
 """
+
 from __future__ import annotations
 
 import functools
@@ -20,8 +21,18 @@ BENCH = os.path.join(ROOT, "benchmarks")
 MICRO = "vit_micro_patch4_28"
 TINY = ["--batch", "2", "--steps", "1", "--warmup", "0"]
 ARGS = {
-    "train_step": ["--model", MICRO, "--peak-n", "128", "--peak-iters", "1", "--recipe", "simple",
-                   "--loader-threads", "1"],
+    "train_step": [
+        "--model",
+        MICRO,
+        "--peak-n",
+        "128",
+        "--peak-iters",
+        "1",
+        "--recipe",
+        "simple",
+        "--loader-threads",
+        "1",
+    ],
     "vs_timm": ["--models", MICRO],
     "scalenet_step": ["--model", MICRO],
 }
@@ -31,8 +42,12 @@ ARGS = {
 def run(tmp_path_factory):
   """`run(name) -> results dict` of the script's tiny mode (each script runs at most once per module)."""
   tmp = tmp_path_factory.mktemp("bench")
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp / "xla_cache"),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  env = dict(
+      os.environ,
+      JAX_COMPILATION_CACHE_DIR=str(tmp / "xla_cache"),
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+  )
   env.pop("XLA_FLAGS", None)  # one CPU device, as a user's run has
 
   @functools.lru_cache(maxsize=None)
@@ -43,6 +58,7 @@ def run(tmp_path_factory):
     assert r.returncode == 0, f"{name} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     with open(out) as f:
       return json.load(f)
+
   return go
 
 
@@ -97,10 +113,8 @@ def test_run_all_renders_every_result(run):
   assert {"train_step", "vs_timm", "scalenet_step"} <= set(run_all.discover())
   assert not {"common", "run_all"} & set(run_all.discover())
   names = ["train_step", "scalenet_step"] + (["vs_timm"] if _has_torch_timm() else [])
-  runs = [dict(name=n, cmd=f"{n}.py --quick", status="ok", runtime_s=1.0, output="printed", data=run(n))
-          for n in names]
-  runs.append(dict(name="broken", cmd="broken.py", status="failed (exit 1)", runtime_s=0.5, output="Trace",
-                   data=None))
+  runs = [dict(name=n, cmd=f"{n}.py --quick", status="ok", runtime_s=1.0, output="printed", data=run(n)) for n in names]
+  runs.append(dict(name="broken", cmd="broken.py", status="failed (exit 1)", runtime_s=0.5, output="Trace", data=None))
   md = run_all.render(runs, run("train_step")["machine"], quick=True)
   assert f"{100 * run('train_step')['mfu']:.1f}%" in md
   assert f"**{run('scalenet_step')['time_ratio']:.2f}**" in md

@@ -4,6 +4,7 @@ Summaries run without the XLA cross-check (tracing only, nothing is compiled), s
 configs are cheap. Counts are checked against closed-form arithmetic, not against the code under test:
 unique params = base + 10*r*d per adapter instance (16*r*d for LoRA on qkv/proj/fc1/fc2) + 4*d per new layer.
 """
+
 from __future__ import annotations
 
 import functools
@@ -21,8 +22,11 @@ IMAGENET_CLASSES = 1000
 # (file, get_config args): every documented argument form (module docstrings) and the default.
 TRAINER_CONFIGS = [
     ("vit_micro_fmnist.py", None),
-    *[(f"{m}_2x.py", a) for m in ("deit_tiny", "deit_small", "deit_base", "swin_tiny", "swin_small", "swin_base")
-      for a in (None, "stack", "random", "interpolate", "swa", "scratch")],
+    *[
+        (f"{m}_2x.py", a)
+        for m in ("deit_tiny", "deit_small", "deit_base", "swin_tiny", "swin_small", "swin_base")
+        for a in (None, "stack", "random", "interpolate", "swa", "scratch")
+    ],
     ("ablation_grow.py", None),
     ("ablation_grow.py", "adjust=lora,rank=8"),
     ("ablation_grow.py", "adjust=none"),
@@ -83,8 +87,15 @@ def test_trainer_config_args(name, arg):
   assert config.model.name and config.steps > 0 and config.batch_size > 0
 
 
-@pytest.mark.parametrize("name,arg", [("ablation_grow.py", "adjsut=lora"), ("ablation_grow.py", "model=vgg"),
-                                      ("ablation_grow.py", "rank"), ("deit_base_2x.py", "bogus")])
+@pytest.mark.parametrize(
+    "name,arg",
+    [
+        ("ablation_grow.py", "adjsut=lora"),
+        ("ablation_grow.py", "model=vgg"),
+        ("ablation_grow.py", "rank"),
+        ("deit_base_2x.py", "bogus"),
+    ],
+)
 def test_bad_config_args_are_rejected(name, arg):
   with pytest.raises(ValueError):
     summary.summarize(get_config(name, arg), xla_check=False)
@@ -128,11 +139,13 @@ def test_deit_2x_scalenet_param_arithmetic(model):
     assert s["trainable_params"] == s["unique_params"]
 
 
-@pytest.mark.parametrize("model,dim,depths", [("swin_tiny", 96, (2, 2, 6, 2)), ("swin_small", 96, (2, 2, 18, 2)),
-                                              ("swin_base", 128, (2, 2, 18, 2))])
+@pytest.mark.parametrize(
+    "model,dim,depths",
+    [("swin_tiny", 96, (2, 2, 6, 2)), ("swin_small", 96, (2, 2, 18, 2)), ("swin_base", 128, (2, 2, 18, 2))],
+)
 def test_swin_2x_scalenet_param_arithmetic(model, dim, depths):
   r = 16
-  dims = [dim * 2 ** i for i in range(4)]
+  dims = [dim * 2**i for i in range(4)]
   d, L = dims[-1], depths[-1]  # default: only the last stage grows (stack mapping)
   base = _base(f"{model}_2x.py")
   s = summarize(f"{model}_2x.py")
@@ -146,15 +159,18 @@ def test_swin_2x_scalenet_param_arithmetic(model, dim, depths):
   assert s["trainable_params"] == 2 * L * 10 * r * d + ln + head
 
 
-@pytest.mark.parametrize("arg,instances,new_layers,per_instance", [
-    ("", 24, 12, 10 * 16),             # default: adapters r=16, all 12 layers, R=2
-    ("adjust=lora,rank=8", 24, 12, 16 * 8),  # LoRA on qkv (d->3d), proj, fc1, fc2: r*(4+2+5+5)*d
-    ("adjust=none", 24, 12, 0),        # sharing only (WSPT)
-    ("subset=3-5", 6, 3, 10 * 16),     # layers 3,4,5 reused twice
-    ("reuse=3", 36, 24, 10 * 16),      # R=3
-    ("mapping=stack", 24, 12, 10 * 16),
-    ("rank=8", 24, 12, 10 * 8),
-])
+@pytest.mark.parametrize(
+    "arg,instances,new_layers,per_instance",
+    [
+        ("", 24, 12, 10 * 16),  # default: adapters r=16, all 12 layers, R=2
+        ("adjust=lora,rank=8", 24, 12, 16 * 8),  # LoRA on qkv (d->3d), proj, fc1, fc2: r*(4+2+5+5)*d
+        ("adjust=none", 24, 12, 0),  # sharing only (WSPT)
+        ("subset=3-5", 6, 3, 10 * 16),  # layers 3,4,5 reused twice
+        ("reuse=3", 36, 24, 10 * 16),  # R=3
+        ("mapping=stack", 24, 12, 10 * 16),
+        ("rank=8", 24, 12, 10 * 8),
+    ],
+)
 def test_ablation_param_arithmetic(arg, instances, new_layers, per_instance):
   d = 768
   base = _base("ablation_grow.py")

@@ -1,4 +1,5 @@
 """timm <-> Flax conversion: exact round trips, files (.safetensors / .pth), refusal of code pickles, errors."""
+
 from __future__ import annotations
 
 import os
@@ -76,8 +77,7 @@ def test_layout_transforms(vit_sd):
   # torch Linear is (out, in); Conv2d is (O, I, kh, kw)
   np.testing.assert_array_equal(sd["blocks.2.mlp.fc1.weight"], params["blocks"]["core"]["fc1"]["kernel"][2].T)
   assert sd["patch_embed.proj.weight"].shape == (64, 1, 4, 4)
-  np.testing.assert_array_equal(sd["patch_embed.proj.weight"][5, 0, 1, 3],
-                                params["patch_embed"]["kernel"][1, 3, 0, 5])
+  np.testing.assert_array_equal(sd["patch_embed.proj.weight"][5, 0, 1, 3], params["patch_embed"]["kernel"][1, 3, 0, 5])
   np.testing.assert_array_equal(sd["blocks.4.norm2.weight"], params["blocks"]["seg0"]["norm2"]["scale"][4])
 
 
@@ -187,8 +187,11 @@ def test_non_persistent_buffers_are_ignored():
 def test_shape_mismatch_names_key_and_shapes(vit_sd):
   model, _, sd = vit_sd
   sd = {**sd, "blocks.1.attn.qkv.weight": np.zeros((5, 64), np.float32)}
-  with pytest.raises(ValueError, match=r"shape mismatch for key 'blocks\.1\.attn\.qkv\.weight': "
-                                       r"checkpoint has \(5, 64\), model expects \(192, 64\)"):
+  with pytest.raises(
+      ValueError,
+      match=r"shape mismatch for key 'blocks\.1\.attn\.qkv\.weight': "
+      r"checkpoint has \(5, 64\), model expects \(192, 64\)",
+  ):
     convert.timm_to_flax(sd, model)
 
 

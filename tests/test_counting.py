@@ -1,4 +1,5 @@
 """Parameter and MAC counting: exact small cases, published DeiT/Swin numbers, XLA cross-check, scans."""
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -54,8 +55,10 @@ def test_macs_scan_multiplies_by_length_and_cond_takes_max():
   def f(w, x):
     def body(c, _):
       return w @ c, None
+
     x, _ = jax.lax.scan(body, x, None, length=7)
     return jax.lax.cond(x.sum() > 0, lambda v: w @ (w @ v), lambda v: v * 2.0, x)
+
   assert counting.macs(f, sds(4, 4), sds(4)) == 7 * 16 + 2 * 16
 
 
@@ -73,8 +76,7 @@ def test_deit_macs_exact(name, d):
   assert counting.model_flops(model, convert.abstract_params(model)) == deit_macs(d, 12)
 
 
-@pytest.mark.parametrize("name,published", [("deit_small_patch16_224", 4.6e9),
-                                            ("swin_tiny_patch4_window7_224", 4.5e9)])
+@pytest.mark.parametrize("name,published", [("deit_small_patch16_224", 4.6e9), ("swin_tiny_patch4_window7_224", 4.5e9)])
 def test_macs_match_published(name, published):
   """fvcore's numbers (multiply-add = 1 FLOP) as reported by the DeiT and Swin papers."""
   model = registry.create_model(name)

@@ -1,4 +1,5 @@
 """The README's demo in --quick form (real Fashion-MNIST), and the reproduction report's logic."""
+
 import os
 import re
 import subprocess
@@ -13,8 +14,12 @@ FMNIST = "/usr/share/datasets/fashion-mnist"
 
 @pytest.mark.skipif(not os.path.isdir(FMNIST), reason="Debian package dataset-fashion-mnist not installed")
 def test_quick_demo_writes_table_i_report(tmp_path):
-  out = subprocess.run([sys.executable, "-m", "scalenet_jax.demo", "--quick", "--workdir", str(tmp_path)],
-                       capture_output=True, text=True, timeout=1200)
+  out = subprocess.run(
+      [sys.executable, "-m", "scalenet_jax.demo", "--quick", "--workdir", str(tmp_path)],
+      capture_output=True,
+      text=True,
+      timeout=1200,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   report = (tmp_path / "report.md").read_text()
   assert report in out.stdout  # also printed
@@ -33,8 +38,17 @@ def test_quick_demo_writes_table_i_report(tmp_path):
 
 
 def _row(top1, depths=(12,)):
-  return dict(top1=top1, top1_init=0.1, top5=0.9, depths=list(depths), params=1, unique_params=1,
-              trainable_params=1, gflops=0.01, sec_per_step=0.1)
+  return dict(
+      top1=top1,
+      top1_init=0.1,
+      top5=0.9,
+      depths=list(depths),
+      params=1,
+      unique_params=1,
+      trainable_params=1,
+      gflops=0.01,
+      sec_per_step=0.1,
+  )
 
 
 def test_verdicts_follow_the_numbers():

@@ -4,6 +4,7 @@ gradients, Swin shift pattern, baselines and spec validation.
 References are built independently of grow/expand.py: a *plain* deeper model whose layer l' holds copies
 of pretrained layer g(l') (the mapping of doc §1, re-derived here), with params written by hand.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,12 +46,13 @@ def expanded(name, spec):
 
 def images(model, batch=2, seed=0):
   cfg = model.config
-  return np.random.default_rng(seed).standard_normal(
-      (batch, cfg.img_size, cfg.img_size, cfg.in_chans)).astype(np.float32)
+  return (
+      np.random.default_rng(seed).standard_normal((batch, cfg.img_size, cfg.img_size, cfg.in_chans)).astype(np.float32)
+  )
 
 
 def quick_jit(fn, *args):
-  """Compile ``fn`` for ``args`` with XLA's backend optimisations off: compiling, not running, is what
+  """Compile `fn` for `args` with XLA's backend optimisations off: compiling, not running, is what
   costs here (2x faster on CPU; the numerics stay fp32)."""
   return jax.jit(fn).lower(*args).compile(compiler_options={"xla_backend_optimization_level": 0})
 
@@ -74,7 +76,8 @@ def pretrained_logits(name):
 
 def leaves_equal(a, b):
   return jax.tree.structure(a) == jax.tree.structure(b) and all(
-      np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+      np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -95,7 +98,7 @@ def doc_mapping(num_layers, reuse, mapping, subset):
 
 
 def stacks_and_mappings(name, spec):
-  """{stack name: (pretrained depth, mapping)} of the stacks ``spec`` expands, from the doc's rules."""
+  """{stack name: (pretrained depth, mapping)} of the stacks `spec` expands, from the doc's rules."""
   if name == VIT:
     return {"blocks": (6, doc_mapping(6, spec.reuse, spec.mapping, spec.subset))}
   stages = spec.subset if spec.subset is not None else (2,)
@@ -114,8 +117,7 @@ def unrolled_reference(name, spec):
   params = dict(pre)
   for stack, (_, m) in maps.items():
     copy = lambda a: np.array(a)[np.asarray(m)]  # noqa: E731
-    params[stack] = {"core": jax.tree.map(copy, pre[stack]["core"]),
-                     "seg0": jax.tree.map(copy, pre[stack]["seg0"])}
+    params[stack] = {"core": jax.tree.map(copy, pre[stack]["core"]), "seg0": jax.tree.map(copy, pre[stack]["seg0"])}
   return ref, params
 
 
@@ -144,8 +146,7 @@ def widths_and_maps(name, spec):
 VIT_CASES = [
     ExpansionSpec(mapping="interpolate", reuse=2, adjust="adapter"),  # the DeiT default
     ExpansionSpec(mapping="stack", reuse=3, adjust="lora", rank=4, subset=(0, 1, 2)),  # 0,1,2,0,1,2,0,1,2,3,4,5
-    ExpansionSpec(mapping=(0, 1, 2, 3, 4, 5, 5, 4, 3), reuse=2, adjust="adapter", rank=8, act="relu",
-                  subset=(3, 4, 5)),
+    ExpansionSpec(mapping=(0, 1, 2, 3, 4, 5, 5, 4, 3), reuse=2, adjust="adapter", rank=8, act="relu", subset=(3, 4, 5)),
     ExpansionSpec(mapping="stack", reuse=2, adjust="none"),  # WSPT only
 ]
 SWIN_CASES = [
@@ -211,14 +212,17 @@ def test_shared_tensors_held_once_and_exact_param_count(case):
       assert leaves_equal(params[k], pre[k]), k
 
 
-@pytest.mark.parametrize("name,d,pretrained_depth,new_layers,instances", [
-    ("deit_tiny_patch16_224", 192, 12, 12, 24),
-    ("deit_small_patch16_224", 384, 12, 12, 24),
-    ("deit_base_patch16_224", 768, 12, 12, 24),
-    ("swin_tiny_patch4_window7_224", 768, 2, 2, 4),
-    ("swin_small_patch4_window7_224", 768, 2, 2, 4),
-    ("swin_base_patch4_window7_224", 1024, 2, 2, 4),
-])
+@pytest.mark.parametrize(
+    "name,d,pretrained_depth,new_layers,instances",
+    [
+        ("deit_tiny_patch16_224", 192, 12, 12, 24),
+        ("deit_small_patch16_224", 384, 12, 12, 24),
+        ("deit_base_patch16_224", 768, 12, 12, 24),
+        ("swin_tiny_patch4_window7_224", 768, 2, 2, 4),
+        ("swin_small_patch4_window7_224", 768, 2, 2, 4),
+        ("swin_base_patch4_window7_224", 1024, 2, 2, 4),
+    ],
+)
 def test_full_size_default_param_counts(name, d, pretrained_depth, new_layers, instances):
   """Defaults (DeiT: interpolate 2x; Swin: stack 2x on the last stage; adapters r=16), shapes only."""
   model = registry.create_model(name)
@@ -239,10 +243,19 @@ def test_trainable_set_adjust_ln_head():
   d = 768
   # adapters of 24 instances, 2 LNs of 24 blocks + the final LN, the head
   assert counting.count_params(abstract, pred) == 24 * 10 * 16 * d + 24 * 4 * d + 2 * d + d * 1000 + 1000
-  for path, want in [("blocks/core/qkv/kernel", False), ("blocks/seg0/adapter_fc1/A/kernel", True),
-                     ("blocks/seg0/norm1/scale", True), ("head/kernel", True), ("norm/bias", True),
-                     ("patch_embed/kernel", False), ("pos_embed", False), ("cls_token", False),
-                     ("merge1/norm/scale", True), ("merge1/reduction/kernel", False), ("patch_norm/bias", True)]:
+  for path, want in [
+      ("blocks/core/qkv/kernel", False),
+      ("blocks/seg0/adapter_fc1/A/kernel", True),
+      ("blocks/seg0/norm1/scale", True),
+      ("head/kernel", True),
+      ("norm/bias", True),
+      ("patch_embed/kernel", False),
+      ("pos_embed", False),
+      ("cls_token", False),
+      ("merge1/norm/scale", True),
+      ("merge1/reduction/kernel", False),
+      ("patch_norm/bias", True),
+  ]:
     assert pred(path) == want, path
   assert counting.matches_any(expand.trainable_patterns(ExpansionSpec()))("blocks/core/qkv/kernel")
 
@@ -259,6 +272,7 @@ def perturb_adjust_b(params, seed=0):
     if len(keys) >= 2 and keys[-2] == "B":
       return (0.05 * rng.standard_normal(a.shape)).astype(a.dtype)
     return a
+
   return jax.tree_util.tree_map_with_path(leaf, params)
 
 
@@ -276,8 +290,10 @@ def test_grad_of_shared_core_is_sum_over_tied_copies():
   # Reference: the same blocks and adjustments, but every block owns a copy of its core layer.
   untied = new.clone(layout=stack_lib.StackLayout(layout.depth, tuple(range(layout.depth)), layout.adjust))
   ref_params = dict(params)
-  ref_params["blocks"] = {**params["blocks"],
-                          "core": jax.tree.map(lambda a: np.asarray(a)[mapping], params["blocks"]["core"])}
+  ref_params["blocks"] = {
+      **params["blocks"],
+      "core": jax.tree.map(lambda a: np.asarray(a)[mapping], params["blocks"]["core"]),
+  }
   x = images(new)
   w = np.random.default_rng(1).standard_normal((2, 10)).astype(np.float32)
 
@@ -360,8 +376,9 @@ def _count_with_new_layers(name, k, stage=2):
   return counting.count_params(convert.abstract_params(registry.create_model(name, arch=arch)))
 
 
-@pytest.mark.parametrize("name,kind", [(VIT, "random"), (VIT, "stack"), (VIT, "interpolate"), (VIT, "swa"),
-                                       (SWIN, "stack")])
+@pytest.mark.parametrize(
+    "name,kind", [(VIT, "random"), (VIT, "stack"), (VIT, "interpolate"), (VIT, "swa"), (SWIN, "stack")]
+)
 def test_baseline(name, kind):
   spec = ExpansionSpec(kind=kind, mapping="stack" if name == SWIN else "interpolate", seed=1)
   model, pre = pretrained(name)
@@ -372,8 +389,9 @@ def test_baseline(name, kind):
   k = grown[0] - 6 if name == VIT else grown[2] - 2
   assert k >= 1 and (name == VIT or grown[:2] == (2, 2))
   # parameter matched: k minimises |params - ScaleNet params|
-  target = counting.count_params(convert.abstract_params(expand.expanded_model(model, ExpansionSpec(
-      mapping=spec.mapping))))
+  target = counting.count_params(
+      convert.abstract_params(expand.expanded_model(model, ExpansionSpec(mapping=spec.mapping)))
+  )
   assert counting.count_params(params) == _count_with_new_layers(name, k)
   gap = lambda j: abs(_count_with_new_layers(name, j) - target)  # noqa: E731
   assert gap(k) <= gap(k + 1) and (k == 1 or gap(k) <= gap(k - 1))
@@ -399,9 +417,15 @@ def test_baseline(name, kind):
         assert np.abs(g["core"]["fc1"]["kernel"]).max() > 0
     else:  # swa: the mean of some set of >= 2 pretrained layers (found by brute force)
       for g in new_layers:
-        matches = [s for r in range(2, num_layers + 1) for s in itertools.combinations(range(num_layers), r)
-                   if all(np.allclose(a, np.mean([jax.tree.leaves(old[i])[n] for i in s], 0), atol=1e-7)
-                          for n, a in enumerate(jax.tree.leaves(g)))]
+        matches = [
+            s
+            for r in range(2, num_layers + 1)
+            for s in itertools.combinations(range(num_layers), r)
+            if all(
+                np.allclose(a, np.mean([jax.tree.leaves(old[i])[n] for i in s], 0), atol=1e-7)
+                for n, a in enumerate(jax.tree.leaves(g))
+            )
+        ]
         assert len(matches) == 1, matches
   # under adjust_ln_head exactly the new layers' rows of the grown stack train
   rows = expand.trainable_rows(model, dataclasses.replace(spec, trainable="adjust_ln_head"))
@@ -432,7 +456,7 @@ def test_scratch_baseline():
 
 
 def test_expand_takes_new_params_from_fresh():
-  """``fresh`` (e.g. a train state's init) supplies the new params; shared core and LNs stay pretrained."""
+  """`fresh` (e.g. a train state's init) supplies the new params; shared core and LNs stay pretrained."""
   model, pre = pretrained(VIT)
   spec = VIT_CASES[0]
   new = expand.expanded_model(model, spec)
@@ -441,8 +465,9 @@ def test_expand_takes_new_params_from_fresh():
   seg = params["blocks"]["seg0"]
   assert leaves_equal(seg["adapter_fc1"], fresh["blocks"]["seg0"]["adapter_fc1"])
   assert leaves_equal(params["blocks"]["core"], pre["blocks"]["core"])
-  np.testing.assert_array_equal(seg["norm2"]["scale"], np.asarray(pre["blocks"]["seg0"]["norm2"]["scale"])[
-      np.repeat(np.arange(6), 2)])
+  np.testing.assert_array_equal(
+      seg["norm2"]["scale"], np.asarray(pre["blocks"]["seg0"]["norm2"]["scale"])[np.repeat(np.arange(6), 2)]
+  )
   assert leaves_equal(params["head"], pre["head"])
 
 
@@ -455,28 +480,34 @@ def test_expand_rejects_expanded_model():
 # ---------------------------------------------------------------------------------------------------------
 # Spec validation
 # ---------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kwargs,msg", [
-    (dict(reuse=0), r"reuse times R must be >= 1, got 0"),
-    (dict(rank=0), r"rank must be > 0, got 0"),
-    (dict(adjust="lora", rank=-4), r"rank must be > 0, got -4"),
-    (dict(kind="distill"), r"unknown expansion kind 'distill'"),
-    (dict(mapping="random"), r"unknown mapping 'random'"),
-    (dict(adjust="prompt"), r"unknown adjustment 'prompt'"),
-    (dict(trainable="some"), r"unknown trainable set 'some'"),
-    (dict(num_new_layers=-1), r"num_new_layers must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs,msg",
+    [
+        (dict(reuse=0), r"reuse times R must be >= 1, got 0"),
+        (dict(rank=0), r"rank must be > 0, got 0"),
+        (dict(adjust="lora", rank=-4), r"rank must be > 0, got -4"),
+        (dict(kind="distill"), r"unknown expansion kind 'distill'"),
+        (dict(mapping="random"), r"unknown mapping 'random'"),
+        (dict(adjust="prompt"), r"unknown adjustment 'prompt'"),
+        (dict(trainable="some"), r"unknown trainable set 'some'"),
+        (dict(num_new_layers=-1), r"num_new_layers must be >= 0"),
+    ],
+)
 def test_spec_validation(kwargs, msg):
   with pytest.raises(ValueError, match=msg):
     ExpansionSpec(**kwargs)
 
 
-@pytest.mark.parametrize("family,depths,kwargs,msg", [
-    ("vit", (6,), dict(mapping=(0, 1, 2)), r"explicit mapping has 3 entries; expected L' = 12"),
-    ("vit", (6,), dict(mapping=(0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 6)), r"explicit mapping index 6 out of range"),
-    ("vit", (6,), dict(subset=(2, 6)), r"reused layer index 6 out of range: the stack has 6 layers"),
-    ("vit", (6,), dict(subset=(-1,)), r"reused layer index -1 out of range"),
-    ("swin", (2, 2, 2), dict(subset=(3,)), r"Swin stage 3 out of range: the model has stages 0..2"),
-])
+@pytest.mark.parametrize(
+    "family,depths,kwargs,msg",
+    [
+        ("vit", (6,), dict(mapping=(0, 1, 2)), r"explicit mapping has 3 entries; expected L' = 12"),
+        ("vit", (6,), dict(mapping=(0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 6)), r"explicit mapping index 6 out of range"),
+        ("vit", (6,), dict(subset=(2, 6)), r"reused layer index 6 out of range: the stack has 6 layers"),
+        ("vit", (6,), dict(subset=(-1,)), r"reused layer index -1 out of range"),
+        ("swin", (2, 2, 2), dict(subset=(3,)), r"Swin stage 3 out of range: the model has stages 0..2"),
+    ],
+)
 def test_layout_validation(family, depths, kwargs, msg):
   with pytest.raises(ValueError, match=msg):
     spec_lib.model_layouts(family, depths, ExpansionSpec(**kwargs))
@@ -500,8 +531,7 @@ def test_expanded_export_runs_in_timm(timm, torch):
   adjust_keys = [k for k in sd if ".adjust." in k]
   assert len(adjust_keys) == 12 * 2 * 2  # 12 instances x (fc1, fc2) x (A, B)
   plain = {k: torch.from_numpy(v) for k, v in sd.items() if ".adjust." not in k}
-  tm = timm.create_model("vit_base_patch16_224", pretrained=False,
-                         **registry.arch_kwargs(VIT, depth=12)).eval()
+  tm = timm.create_model("vit_base_patch16_224", pretrained=False, **registry.arch_kwargs(VIT, depth=12)).eval()
   tm.load_state_dict(plain, strict=True)
   x = images(new)
   with torch.no_grad():

@@ -1,11 +1,12 @@
-"""``python -m scalenet_jax.main`` as a user runs it: the summary output, and clean failures on bad input.
+"""`python -m scalenet_jax.main` as a user runs it: the summary output, and clean failures on bad input.
 
-Every bad input must end with a nonzero exit code, exactly one stderr line starting with ``error:`` (no
+Every bad input must end with a nonzero exit code, exactly one stderr line starting with `error:` (no
 traceback, no log noise) and a pre-existing workdir left as it was (nothing overwritten or removed).
 The invocations are independent, so they run concurrently (one module fixture), and each test checks one.
 Subprocesses share a persistent XLA compilation cache and skip LLVM optimisation (compile time dominates
 these tiny runs; the flags change no result checked here).
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -29,9 +30,15 @@ from scalenet_jax.models import registry
 REPO = Path(__file__).resolve().parents[1]
 MICRO = str(REPO / "configs" / "vit_micro_fmnist.py")
 # Tiny, fast, no dataset files: only the cases about data override these.
-TINY = ["--config.data.name=synthetic", "--config.data.synthetic_examples=64", "--config.batch_size=16",
-        "--config.eval_batch_size=32", "--config.steps=4", "--config.data.eval_split=minival",
-        "--config.data.minival_per_class=2"]
+TINY = [
+    "--config.data.name=synthetic",
+    "--config.data.synthetic_examples=64",
+    "--config.batch_size=16",
+    "--config.eval_batch_size=32",
+    "--config.steps=4",
+    "--config.data.eval_split=minival",
+    "--config.data.minival_per_class=2",
+]
 HAS_TORCH = importlib.util.find_spec("torch") is not None  # .pth files are read with torch
 
 
@@ -40,16 +47,27 @@ def env_for(cache_dir, devices: int = 1) -> dict:
   flags = ["--xla_backend_optimization_level=0"]
   if devices > 1:
     flags.append(f"--xla_force_host_platform_device_count={devices}")
-  env.update(XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache_dir),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", PYTHONPATH=str(REPO))
+  env.update(
+      XLA_FLAGS=" ".join(flags),
+      JAX_PLATFORMS="cpu",
+      JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+      PYTHONPATH=str(REPO),
+  )
   return env
 
 
 def run_main(args, cache_dir, devices=1, timeout=300):
   t0 = time.time()
   try:
-    return subprocess.run([sys.executable, "-m", "scalenet_jax.main", *args], cwd=REPO, env=env_for(cache_dir, devices),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "scalenet_jax.main", *args],
+        cwd=REPO,
+        env=env_for(cache_dir, devices),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
   finally:
     print(f"{time.time() - t0:6.1f}s {args[-1]}")  # visible with pytest -s
 
@@ -108,6 +126,7 @@ def write_inputs(d: Path) -> dict:
 def write_foreign_checkpoint(workdir: Path):
   """A finalized checkpoint of some other model (different fingerprint) in `workdir`."""
   from scalenet_jax.train import checkpoint as ckpt_lib
+
   with ckpt_lib.Checkpointer(str(workdir), async_save=False) as ckpt:
     ckpt.save(3, {"w": np.ones((4, 4), np.float32)}, {"fingerprint": "0123456789abcdef"}, force=True)
 
@@ -120,34 +139,61 @@ BAD = {
     "missing_config_file": (None, 1),
     "unknown_expansion_kind": (["--config.expansion.kind=bogus"], 1),
     "mapping_wrong_length": (["--config.expansion.kind=scalenet", "--config.expansion.mapping=0,1,2"], 1),
-    "mapping_index_out_of_range": (["--config.expansion.kind=scalenet",
-                                    "--config.expansion.mapping=0,0,1,1,2,2,3,3,4,4,5,9"], 1),
+    "mapping_index_out_of_range": (
+        ["--config.expansion.kind=scalenet", "--config.expansion.mapping=0,0,1,1,2,2,3,3,4,4,5,9"],
+        1,
+    ),
     "reuse_zero": (["--config.expansion.kind=scalenet", "--config.expansion.reuse=0"], 1),
     "rank_zero": (["--config.expansion.kind=scalenet", "--config.expansion.rank=0"], 1),
     "subset_out_of_range": (["--config.expansion.kind=scalenet", "--config.expansion.subset=2,7"], 1),
-    "swin_stage_out_of_range": (["--config.model.name=swin_micro_patch2_window4_32",
-                                 "--config.expansion.kind=scalenet", "--config.expansion.subset=3"], 1),
+    "swin_stage_out_of_range": (
+        [
+            "--config.model.name=swin_micro_patch2_window4_32",
+            "--config.expansion.kind=scalenet",
+            "--config.expansion.subset=3",
+        ],
+        1,
+    ),
     "batch_not_divisible": (["--config.batch_size=12"], 8),
     "missing_dataset_dir": (["--config.data.name=fashion_mnist", "--config.data.root=/nonexistent"], 1),
     "empty_imagefolder": (["--config.data.name=imagefolder:{empty}"], 1),
-    "undecodable_image": (["--config.data.name=imagefolder:{broken}", "--config.data.eval_split=val",
-                           "--mode=eval"], 1),
+    "undecodable_image": (
+        ["--config.data.name=imagefolder:{broken}", "--config.data.eval_split=val", "--mode=eval"],
+        1,
+    ),
     "init_from_other_width": (["--config.init_from={wide}"], 1),
     "init_from_missing_key": (["--config.init_from={missing}"], 1),
     "init_from_code_pickle": (["--config.init_from={evil}"], 1),
     "workdir_of_other_model": ([], 1),
 }
-COMPILES = ("init_from_other_width", "init_from_missing_key", "init_from_code_pickle", "workdir_of_other_model",
-            "undecodable_image")
+COMPILES = (
+    "init_from_other_width",
+    "init_from_missing_key",
+    "init_from_code_pickle",
+    "workdir_of_other_model",
+    "undecodable_image",
+)
 # What the one error line must mention, so the message names the bad thing.
 MENTIONS = {
-    "unknown_config_key": "nosuch_field", "wrong_override_type": "steps", "unknown_model": "vit_gigantic",
-    "missing_config_file": "nonexistent", "unknown_expansion_kind": "bogus", "mapping_wrong_length": "mapping",
-    "mapping_index_out_of_range": "9", "reuse_zero": "reuse", "rank_zero": "rank", "subset_out_of_range": "7",
-    "swin_stage_out_of_range": "stage 3", "batch_not_divisible": "batch_size=12",
-    "missing_dataset_dir": "/nonexistent", "empty_imagefolder": "no images", "undecodable_image": "img0.png",
-    "init_from_other_width": "shape mismatch", "init_from_missing_key": "head.weight",
-    "init_from_code_pickle": "refusing", "workdir_of_other_model": "fingerprint",
+    "unknown_config_key": "nosuch_field",
+    "wrong_override_type": "steps",
+    "unknown_model": "vit_gigantic",
+    "missing_config_file": "nonexistent",
+    "unknown_expansion_kind": "bogus",
+    "mapping_wrong_length": "mapping",
+    "mapping_index_out_of_range": "9",
+    "reuse_zero": "reuse",
+    "rank_zero": "rank",
+    "subset_out_of_range": "7",
+    "swin_stage_out_of_range": "stage 3",
+    "batch_not_divisible": "batch_size=12",
+    "missing_dataset_dir": "/nonexistent",
+    "empty_imagefolder": "no images",
+    "undecodable_image": "img0.png",
+    "init_from_other_width": "shape mismatch",
+    "init_from_missing_key": "head.weight",
+    "init_from_code_pickle": "refusing",
+    "workdir_of_other_model": "fingerprint",
 }
 
 
@@ -169,16 +215,21 @@ def bad_runs(tmp_path_factory):
     if extra is None:
       args = ["--config", str(root / "nonexistent_config.py"), "--workdir", str(workdir)]
     else:
-      args = ["--config", MICRO, "--workdir", str(workdir), *TINY,
-              *[a.format(**{k: str(v) for k, v in paths.items()}) for a in extra]]
+      args = [
+          "--config",
+          MICRO,
+          "--workdir",
+          str(workdir),
+          *TINY,
+          *[a.format(**{k: str(v) for k, v in paths.items()}) for a in extra],
+      ]
     jobs[case] = (workdir, args, devices, snapshot(workdir))
   # Cases that get as far as the model init compile the same program: run one of them first, the cheap
   # cases next and the other compiling ones last, so those find it in the compilation cache.
   order = sorted(jobs, key=lambda c: 0 if c == COMPILES[0] else 2 if c in COMPILES else 1)
   with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
     futures = {case: pool.submit(run_main, jobs[case][1], cache, jobs[case][2]) for case in order}
-    return {case: (futures[case].result(), before, snapshot(wd), paths)
-            for case, (wd, _, _, before) in jobs.items()}
+    return {case: (futures[case].result(), before, snapshot(wd), paths) for case, (wd, _, _, before) in jobs.items()}
 
 
 @pytest.mark.parametrize("case", list(BAD))
@@ -215,8 +266,17 @@ def test_summary_table_and_json_with_xla_check(tmp_path_factory):
 
 
 def test_summary_of_expanded_model_without_xla_check(tmp_path_factory):
-  proc = run_main(["--config", MICRO, "--mode=summary", "--noxla_check", "--config.expansion.kind=scalenet",
-                   "--config.expansion.rank=4"], tmp_path_factory.getbasetemp() / "jax_cache")
+  proc = run_main(
+      [
+          "--config",
+          MICRO,
+          "--mode=summary",
+          "--noxla_check",
+          "--config.expansion.kind=scalenet",
+          "--config.expansion.rank=4",
+      ],
+      tmp_path_factory.getbasetemp() / "jax_cache",
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   last = json.loads(proc.stdout.strip().splitlines()[-1])
   d = 64

@@ -1,4 +1,5 @@
 """Models: logits parity with timm, exact parameter counts, bf16/remat options, Swin window geometry."""
+
 from __future__ import annotations
 
 import itertools
@@ -26,14 +27,16 @@ TIMM_BASE = {"vit": "vit_base_patch16_224", "swin": "swin_tiny_patch4_window7_22
 
 
 def timm_twin(timm, name, **overrides):
-  """timm model with the architecture of registry model ``name`` (+ ``overrides``), random init, eval."""
+  """timm model with the architecture of registry model `name` (+ `overrides`), random init, eval."""
   import torch
+
   torch.manual_seed(0)
   if name in PARAM_COUNTS and not overrides:
     tm = timm.create_model(name, pretrained=False)
   else:  # micro / reduced models: a timm model of the family with every arch field overridden
-    tm = timm.create_model(TIMM_BASE[registry.family_of(name)], pretrained=False,
-                           **registry.arch_kwargs(name, **overrides))
+    tm = timm.create_model(
+        TIMM_BASE[registry.family_of(name)], pretrained=False, **registry.arch_kwargs(name, **overrides)
+    )
   # timm inits biases to 0 and LayerNorms to (1, 0): perturb them so a swapped or dropped
   # bias / norm parameter in the conversion changes the logits.
   with torch.no_grad():
@@ -44,12 +47,14 @@ def timm_twin(timm, name, **overrides):
 
 
 def images(cfg, batch=2, seed=0):
-  return np.random.default_rng(seed).standard_normal(
-      (batch, cfg.img_size, cfg.img_size, cfg.in_chans)).astype(np.float32)
+  return (
+      np.random.default_rng(seed).standard_normal((batch, cfg.img_size, cfg.img_size, cfg.in_chans)).astype(np.float32)
+  )
 
 
 def check_parity(timm, name, **overrides):
   import torch
+
   tm = timm_twin(timm, name, **overrides)
   model = registry.create_model(name, arch=overrides)
   params = convert.timm_to_flax(tm.state_dict(), model)
@@ -73,23 +78,28 @@ def check_parity(timm, name, **overrides):
 SLOW_PARITY: frozenset[str] = frozenset()
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_PARITY else n
-                                  for n in sorted(PARAM_COUNTS)])
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_PARITY else n for n in sorted(PARAM_COUNTS)]
+)
 def test_parity_full_size(timm, name):
   check_parity(timm, name)
 
 
-@pytest.mark.parametrize("name,overrides", [
-    ("vit_micro_patch4_28", {}),
-    ("swin_micro_patch2_window4_32", {}),
-    # reduced width at 224 (DeiT: 14x14 tokens; Swin: 56/28/14/7 with window 7, last stage = one window)
-    ("deit_tiny_patch16_224", dict(embed_dim=64, depth=3, num_heads=4)),
-    ("swin_tiny_patch4_window7_224", dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))),
-    # other options: no qkv bias, MLP ratio 2, 7 classes, RGB
-    ("vit_micro_patch4_28", dict(qkv_bias=False, mlp_ratio=2.0, num_classes=7, in_chans=3)),
-    # window 8 on 16/8/4: stage 1 exactly one window, stage 2 smaller than the window (it shrinks)
-    ("swin_micro_patch2_window4_32", dict(window_size=8, qkv_bias=False)),
-], ids=lambda v: str(v) if isinstance(v, str) else "-".join(f"{k}={v[k]}" for k in v) or "default")
+@pytest.mark.parametrize(
+    "name,overrides",
+    [
+        ("vit_micro_patch4_28", {}),
+        ("swin_micro_patch2_window4_32", {}),
+        # reduced width at 224 (DeiT: 14x14 tokens; Swin: 56/28/14/7 with window 7, last stage = one window)
+        ("deit_tiny_patch16_224", dict(embed_dim=64, depth=3, num_heads=4)),
+        ("swin_tiny_patch4_window7_224", dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))),
+        # other options: no qkv bias, MLP ratio 2, 7 classes, RGB
+        ("vit_micro_patch4_28", dict(qkv_bias=False, mlp_ratio=2.0, num_classes=7, in_chans=3)),
+        # window 8 on 16/8/4: stage 1 exactly one window, stage 2 smaller than the window (it shrinks)
+        ("swin_micro_patch2_window4_32", dict(window_size=8, qkv_bias=False)),
+    ],
+    ids=lambda v: str(v) if isinstance(v, str) else "-".join(f"{k}={v[k]}" for k in v) or "default",
+)
 def test_parity_small(timm, name, overrides):
   check_parity(timm, name, **overrides)
 
@@ -132,12 +142,15 @@ def test_swin_layout_count_checked():
     model.stack_layouts
 
 
-@pytest.mark.parametrize("kwargs,msg", [
-    (dict(num_core=0, mapping=(), adjust=()), "num_core >= 1"),
-    (dict(num_core=2, mapping=(0, 1), adjust=("none",)), "2 entries but adjust has 1"),
-    (dict(num_core=2, mapping=(0, 2), adjust=("none", "none")), "index 2 out of range"),
-    (dict(num_core=2, mapping=(0, 1), adjust=("none", "prefix")), "unknown adjustment 'prefix'"),
-])
+@pytest.mark.parametrize(
+    "kwargs,msg",
+    [
+        (dict(num_core=0, mapping=(), adjust=()), "num_core >= 1"),
+        (dict(num_core=2, mapping=(0, 1), adjust=("none",)), "2 entries but adjust has 1"),
+        (dict(num_core=2, mapping=(0, 2), adjust=("none", "none")), "index 2 out of range"),
+        (dict(num_core=2, mapping=(0, 1), adjust=("none", "prefix")), "unknown adjustment 'prefix'"),
+    ],
+)
 def test_stack_layout_validation(kwargs, msg):
   with pytest.raises(ValueError, match=msg):
     stack_lib.StackLayout(**kwargs)
@@ -154,8 +167,9 @@ def test_stack_layout_segments():
 # ---------------------------------------------------------------------------------------------------------
 # Runtime options: bf16 compute, remat
 # ---------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name,arch", [("vit_micro_patch4_28", {}),
-                                       ("swin_micro_patch2_window4_32", dict(depths=(2, 2), num_heads=(2, 4)))])
+@pytest.mark.parametrize(
+    "name,arch", [("vit_micro_patch4_28", {}), ("swin_micro_patch2_window4_32", dict(depths=(2, 2), num_heads=(2, 4)))]
+)
 def test_bf16_compute_keeps_fp32_params(name, arch):
   m32 = registry.create_model(name, arch=arch)
   m16 = registry.create_model(name, arch=arch, dtype=jnp.bfloat16)
@@ -187,6 +201,7 @@ def test_remat_same_outputs_and_grads(name, arch):
     def f(p):
       y = model.apply({"params": p}, x, train=True, rngs=rngs)
       return jnp.sum(y * jnp.arange(y.shape[-1])), y
+
     return jax.jit(jax.value_and_grad(f, has_aux=True))(params)
 
   (_, y0), g0 = loss(plain)
@@ -203,13 +218,16 @@ def test_remat_same_outputs_and_grads(name, arch):
 # ---------------------------------------------------------------------------------------------------------
 # Swin window geometry
 # ---------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("res,window,want", [
-    ((56, 56), 7, (7, 3)),
-    ((14, 14), 7, (7, 3)),
-    ((7, 7), 7, (7, 0)),  # fits in one window: nothing to shift
-    ((4, 4), 7, (4, 0)),  # smaller than the window: window shrinks to the stage
-    ((8, 8), 4, (4, 2)),
-])
+@pytest.mark.parametrize(
+    "res,window,want",
+    [
+        ((56, 56), 7, (7, 3)),
+        ((14, 14), 7, (7, 3)),
+        ((7, 7), 7, (7, 0)),  # fits in one window: nothing to shift
+        ((4, 4), 7, (4, 0)),  # smaller than the window: window shrinks to the stage
+        ((8, 8), 4, (4, 2)),
+    ],
+)
 def test_window_spec_for_stage(res, window, want):
   spec = stack_lib.WindowSpec.for_stage(res, window)
   assert (spec.window, spec.shift) == want
@@ -255,6 +273,7 @@ def test_shift_mask_brute_force(res, window):
 def test_patch_embed_is_the_strided_conv_it_replaces():
   """Same param names, shapes and init as nn.Conv(kernel p, stride p), and the same outputs."""
   import flax.linen as nn
+
   x = jax.random.normal(jax.random.key(1), (2, 28, 28, 3))
   conv = nn.Conv(16, (4, 4), strides=(4, 4), padding="VALID")
   ours = stack_lib.PatchEmbed(4, 16)

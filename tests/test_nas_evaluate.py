@@ -1,4 +1,5 @@
 """vmap path evaluator == sequential evaluator; recalibration option."""
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -16,8 +17,7 @@ def evaluator():
   model = SuperNet(SPACE)
   params = init_supernet(model, seed=0)
   rng = np.random.default_rng(0)
-  batches = [(rng.normal(size=(8, 16, 16, 1)).astype(np.float32), rng.integers(0, 10, size=8))
-             for _ in range(2)]
+  batches = [(rng.normal(size=(8, 16, 16, 1)).astype(np.float32), rng.integers(0, 10, size=8)) for _ in range(2)]
   return PathEvaluator(model, params, SPACE, batches, vmap_size=4)
 
 
@@ -34,10 +34,10 @@ def test_vmap_equals_sequential(evaluator):
 def test_recalibration_changes_statistics(evaluator):
   rng = np.random.default_rng(5)
   calib = [(rng.normal(size=(4, 16, 16, 1)).astype(np.float32) * 3 + 1, np.zeros(4, int))]
-  ev = PathEvaluator(evaluator.model, evaluator.params, SPACE, evaluator._batches, vmap_size=4,
-                     calib_batches=calib)
-  pairs = [p for p in (sample_path(SPACE, "hss_uniform", seed=1, step=i) for i in range(8))
-           if p[1].r == 16][:3]  # one resolution: two compiles only
+  ev = PathEvaluator(evaluator.model, evaluator.params, SPACE, evaluator._batches, vmap_size=4, calib_batches=calib)
+  pairs = [p for p in (sample_path(SPACE, "hss_uniform", seed=1, step=i) for i in range(8)) if p[1].r == 16][
+      :3
+  ]  # one resolution: two compiles only
   a, b = ev(pairs), ev.evaluate_sequential(pairs)
   np.testing.assert_allclose(a, b, atol=1e-12)
   data = ev.batches_at(20)

@@ -1,4 +1,5 @@
 """Released ScaleNet archs (MACs/params table vs paper), JSON export round trip, configs."""
+
 import importlib.util
 import os
 
@@ -12,8 +13,14 @@ from scalenet_jax.nas.space import Scaling, get_space, largest_alpha
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (MMACs, params M) from the module docstring table; paper GFLOPs ratios within the stated bounds.
-TABLE = {"s0": (354.9, 6.69), "s1": (698.0, 9.02), "s2": (1415.2, 13.17), "s3": (2642.0, 17.25),
-         "s4": (5652.3, 21.64), "s5": (9688.2, 29.18)}
+TABLE = {
+    "s0": (354.9, 6.69),
+    "s1": (698.0, 9.02),
+    "s2": (1415.2, 13.17),
+    "s3": (2642.0, 17.25),
+    "s4": (5652.3, 21.64),
+    "s5": (9688.2, 29.18),
+}
 
 
 def test_released_table():
@@ -48,6 +55,7 @@ def _load_config(name):
 
 def test_configs():
   from scalenet_jax.nas.space import Alpha, apply_scaling
+
   archs = _load_config("nas_scalenet_archs")
   for k in export.RELEASED:
     c = archs.get_config(k)

@@ -1,4 +1,5 @@
 """Fits of the scaling curves and budget-meeting extrapolation."""
+
 import numpy as np
 import pytest
 
@@ -23,6 +24,7 @@ def test_exponential_fit_of_searched_fmnist_strategies_stays_bounded():
   assert a1 == pytest.approx(gen.A1_MAX) and a0 == pytest.approx(0.075)
   space = get_space("fmnist")
   from scalenet_jax.nas.space import Alpha
+
   alpha = Alpha(depths=(1, 1, 2, 1), kernels=((5,), (7,), (3, 5), (7,)))
   searched = [Scaling(1.0, 1.0, 32), Scaling(1.05, 1.2, 32), Scaling(1.25, 1.25, 40)]
   (S3,) = gen.extrapolate(alpha, searched, space, stages=[3])
@@ -32,7 +34,7 @@ def test_exponential_fit_of_searched_fmnist_strategies_stays_bounded():
 def test_linear_and_quadratic_fits_exact():
   js = np.arange(4.0)
   assert gen.fit_linear(js, 1 + 0.2 * js)[0] == pytest.approx(0.2)
-  np.testing.assert_allclose(gen.fit_quadratic(js, 1 + 0.1 * js + 0.03 * js ** 2), (0.1, 0.03), atol=1e-12)
+  np.testing.assert_allclose(gen.fit_quadratic(js, 1 + 0.1 * js + 0.03 * js**2), (0.1, 0.03), atol=1e-12)
 
 
 @pytest.mark.parametrize("kind", ["exp", "linear", "quadratic"])

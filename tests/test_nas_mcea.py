@@ -1,4 +1,5 @@
 """MCEA on a toy objective with a known optimum; kill-and-resume reproduces the uninterrupted run."""
+
 import dataclasses
 import json
 
@@ -19,7 +20,8 @@ def _s_star(j):
   grid = [S for S in SPACE.scalings(j) if stage_feasible(A_STAR, S, j, SPACE)]
   f0 = base_macs(A_STAR, SPACE)
   from scalenet_jax.nas.space import path_macs
-  return min(grid, key=lambda S: abs(path_macs(A_STAR, S, SPACE) - 2 ** j * f0))
+
+  return min(grid, key=lambda S: abs(path_macs(A_STAR, S, SPACE) - 2**j * f0))
 
 
 S_STAR = {j: _s_star(j) for j in (1, 2)}
@@ -40,6 +42,7 @@ def toy_accuracy(alpha, S):
 
 
 class CountingEval:
+
   def __init__(self, fail_after=None):
     self.calls, self.paths, self.fail_after = 0, 0, fail_after
 
@@ -51,8 +54,7 @@ class CountingEval:
     return [toy_accuracy(a, S) for a, S in pairs]
 
 
-CFG = mcea.MCEAConfig(iterations=2, n_base=6, population=24, generations=12, parents=8,
-                      mutation_prob=0.1, seed=0)
+CFG = mcea.MCEAConfig(iterations=2, n_base=6, population=24, generations=12, parents=8, mutation_prob=0.1, seed=0)
 
 
 def test_genome_round_trip():

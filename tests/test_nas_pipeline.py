@@ -3,6 +3,7 @@
 Uses the 'tiny' space (16/20 px) on real Fashion-MNIST; compiled programs are shared through the
 persistent compilation cache set up in conftest.py.
 """
+
 import json
 import os
 import subprocess
@@ -19,17 +20,17 @@ from scalenet_jax.nas import export, pipeline
 from scalenet_jax.nas import train_supernet as ts
 from scalenet_jax.nas.sampling import sample_path
 from scalenet_jax.nas.space import apply_scaling, get_space
-from scalenet_jax.nas.supernet import (SuperNet, _conv, depthwise_conv, init_pathnet, init_supernet,
-                                       path_arrays)
+from scalenet_jax.nas.supernet import (SuperNet, _conv, depthwise_conv, init_pathnet, init_supernet, path_arrays)
 from scalenet_jax.train import optim
 from scalenet_jax.train import sharding as sh
 from scalenet_jax.train import step as step_lib
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = get_space("tiny")
-pytestmark = pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist")
-                                and not os.environ.get("SCALENET_FASHION_MNIST_DIR"),
-                                reason="Fashion-MNIST files not installed")
+pytestmark = pytest.mark.skipif(
+    not os.path.isdir("/usr/share/datasets/fashion-mnist") and not os.environ.get("SCALENET_FASHION_MNIST_DIR"),
+    reason="Fashion-MNIST files not installed",
+)
 
 
 def tiny_config(**kw):
@@ -61,14 +62,20 @@ def test_supernet_train_step_with_path_in_model_kwargs():
   tx = optim.make_optimizer(ts.optim_config(cfg), abstract)
   mesh = sh.make_mesh()
   zeros = lambda _: {"params": jax.tree.map(jnp.zeros_like, abstract)}
-  step = step_lib.make_train_step(step_lib.flax_apply_fn(model), tx, mesh,
-                                  step_lib.create_train_state(zeros, tx, mesh, jax.random.key(0))[1],
-                                  label_smoothing=0.1)
+  step = step_lib.make_train_step(
+      step_lib.flax_apply_fn(model),
+      tx,
+      mesh,
+      step_lib.create_train_state(zeros, tx, mesh, jax.random.key(0))[1],
+      label_smoothing=0.1,
+  )
   alpha, S = sample_path(SPACE, "hss", 0, 3)
   rng = np.random.default_rng(0)
-  batch = {"images": rng.normal(size=(8, S.r, S.r, 1)).astype(np.float32),
-           "labels": rng.integers(0, 10, size=8).astype(np.int32),
-           "model_kwargs": {"path": path_arrays(apply_scaling(alpha, S, SPACE), SPACE)}}
+  batch = {
+      "images": rng.normal(size=(8, S.r, S.r, 1)).astype(np.float32),
+      "labels": rng.integers(0, 10, size=8).astype(np.int32),
+      "model_kwargs": {"path": path_arrays(apply_scaling(alpha, S, SPACE), SPACE)},
+  }
 
   def one_step():
     state, shardings = step_lib.create_train_state(zeros, tx, mesh, jax.random.key(0))
@@ -121,8 +128,13 @@ def quick_run(tmp_path_factory):
 def test_quick_search_writes_report_and_archs(quick_run):
   wd, res = quick_run
   report = (wd / "report.md").read_text()
-  for section in ("MACs histograms", "Searched and extrapolated", "per-iteration accuracy", "Generalisation",
-                  "Rank correlation"):
+  for section in (
+      "MACs histograms",
+      "Searched and extrapolated",
+      "per-iteration accuracy",
+      "Generalisation",
+      "Rank correlation",
+  ):
     assert section in report
   for png in ("flops_hist.png", "fits.png"):
     assert (wd / png).stat().st_size > 1000
@@ -159,8 +171,23 @@ def test_retrain_exported_arch(quick_run, tmp_path):
 
 def test_main_routes_pipeline_configs():
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
-  out = subprocess.run([sys.executable, "-m", "scalenet_jax.main", "--config", "configs/nas_fmnist_search.py",
-                        "--workdir", "/tmp/unused_nas", "--mode", "eval"], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=120)
+  out = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "scalenet_jax.main",
+          "--config",
+          "configs/nas_fmnist_search.py",
+          "--workdir",
+          "/tmp/unused_nas",
+          "--mode",
+          "eval",
+      ],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
   assert out.returncode == 2
   assert out.stderr.strip().splitlines()[-1].startswith("error: ValueError: pipeline 'nas_search' supports only")

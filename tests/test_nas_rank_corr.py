@@ -1,4 +1,5 @@
 """Rank correlations between supernet and stand-alone accuracies."""
+
 import numpy as np
 import pytest
 

@@ -1,4 +1,5 @@
 """HSS / uniform samplers: determinism per (seed, step), η, multi-modal FLOPs histogram, CLI."""
+
 import json
 import os
 
@@ -32,8 +33,9 @@ def test_stage_probabilities():
     sampling.stage_probs(space, [1, 2])
 
 
-@pytest.mark.parametrize("name,method,n", [("imagenet", "hss", 1500), ("imagenet", "hss_uniform", 1500),
-                                           ("fmnist", "hss_uniform", 1500)])
+@pytest.mark.parametrize(
+    "name,method,n", [("imagenet", "hss", 1500), ("imagenet", "hss_uniform", 1500), ("fmnist", "hss_uniform", 1500)]
+)
 def test_hss_is_multimodal_uniform_is_not(name, method, n):
   space = get_space(name)
   hss = sampling.sample_macs(space, method, n, seed=0)

@@ -1,4 +1,5 @@
 """Tests of scalenet_jax.nas.space: scaling rules, JSON round trips, MACs/params counters vs XLA."""
+
 import json
 import math
 
@@ -34,7 +35,7 @@ def test_apply_scaling_rules():
   depths = [len(s) for s in arch.stages]
   # ceil(n*d) for searchable stages; fixed stages (single depth choice) are not depth-scaled.
   assert depths == [1, math.ceil(2 * 1.4), 2, 2, 2, math.ceil(3 * 1.4), 1]
-  assert [l.kernel for l in arch.stages[1]] == [5, 7, 7]           # extra layer copies last base kernel
+  assert [l.kernel for l in arch.stages[1]] == [5, 7, 7]  # extra layer copies last base kernel
   assert [l.kernel for l in arch.stages[5]] == [3, 5, 7, 7, 7]
   assert arch.stem_channels == math.ceil(32 * 1.2) and arch.head_channels == 1280
   l0 = arch.stages[1][0]
@@ -60,14 +61,23 @@ def test_json_round_trip():
 def _hand_macs_single_block():
   """A 1-stage arch counted by hand."""
   la = sp_lib.LayerArch(c_in=4, c_out=6, hidden=12, se=3, kernel=5, stride=2, expand=True, residual=False)
-  arch = Arch(in_channels=1, num_classes=10, resolution=8, stem_channels=4, stem_kernel=3, stem_stride=1,
-              head_channels=16, stages=((la,),))
+  arch = Arch(
+      in_channels=1,
+      num_classes=10,
+      resolution=8,
+      stem_channels=4,
+      stem_kernel=3,
+      stem_stride=1,
+      head_channels=16,
+      stages=((la,),),
+  )
   h = 8
-  macs = h * h * 9 * 1 * 4 + h * h * 4 * 12          # stem, expand (8x8)
+  macs = h * h * 9 * 1 * 4 + h * h * 4 * 12  # stem, expand (8x8)
   h = 4
   macs += h * h * 25 * 12 + 2 * 12 * 3 + h * h * 12 * 6 + h * h * 6 * 16 + 16 * 10
-  params = 9 * 4 + 8 + 4 * 12 + 24 + 25 * 12 + 24 + (12 * 3 + 3) + (3 * 12 + 12) + 12 * 6 + 12 \
-      + 6 * 16 + 32 + 16 * 10 + 10
+  params = (
+      9 * 4 + 8 + 4 * 12 + 24 + 25 * 12 + 24 + (12 * 3 + 3) + (3 * 12 + 12) + 12 * 6 + 12 + 6 * 16 + 32 + 16 * 10 + 10
+  )
   return arch, macs, params
 
 
@@ -107,8 +117,9 @@ def test_count_macs_matches_xla_cost_analysis(name, kernel, scale, monkeypatch):
   # The fast depthwise conv is a loop of shifted multiply-adds that XLA's cost analysis does not
   # see as a conv; count with the grouped-conv form it replaces (equal numerically, tested in
   # test_nas_pipeline.py::test_depthwise_conv_matches_grouped_conv).
-  monkeypatch.setattr(supernet, "depthwise_conv",
-                      lambda x, w, stride=1: supernet._conv(x, w, stride, groups=x.shape[-1]))
+  monkeypatch.setattr(
+      supernet, "depthwise_conv", lambda x, w, stride=1: supernet._conv(x, w, stride, groups=x.shape[-1])
+  )
   space = get_space(name)
   S = space.scalings(scale)[-1]
   arch = apply_scaling(sp_lib.largest_alpha(space, kernel), S, space)
@@ -130,6 +141,7 @@ def test_count_macs_matches_xla_cost_analysis(name, kernel, scale, monkeypatch):
 
 def test_budget_helpers_on_released_scalings():
   from scalenet_jax.nas.export import S0_ALPHA
+
   space = get_space("imagenet")
   f0 = sp_lib.base_macs(S0_ALPHA, space)
   assert f0 == count_macs(apply_scaling(S0_ALPHA, Scaling(1.0, 1.0, 224), space))

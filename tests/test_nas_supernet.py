@@ -1,4 +1,5 @@
 """Masked supernet path == stand-alone PathNet with sliced weights; one compile serves all paths."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,8 +7,16 @@ import pytest
 
 from scalenet_jax.nas.sampling import sample_path
 from scalenet_jax.nas.space import Scaling, apply_scaling, get_space, largest_alpha, smallest_alpha
-from scalenet_jax.nas.supernet import (PathNet, SuperNet, init_pathnet, init_supernet, path_arrays,
-                                       slice_params, stack_paths, supernet_arch)
+from scalenet_jax.nas.supernet import (
+    PathNet,
+    SuperNet,
+    init_pathnet,
+    init_supernet,
+    path_arrays,
+    slice_params,
+    stack_paths,
+    supernet_arch,
+)
 
 SPACE = get_space("tiny")
 
@@ -17,8 +26,7 @@ def sup():
   model = SuperNet(SPACE)
   params = init_supernet(model, seed=0)
   # Perturb BN/SE biases so masked channels would leak if the masks were wrong.
-  params = jax.tree_util.tree_map_with_path(
-      lambda k, v: v + 0.3 if "bias" in jax.tree_util.keystr(k) else v, params)
+  params = jax.tree_util.tree_map_with_path(lambda k, v: v + 0.3 if "bias" in jax.tree_util.keystr(k) else v, params)
   traces = []
 
   def fwd(p, x, path):
@@ -64,7 +72,8 @@ def test_masked_channels_stay_zero_and_inactive_layers_are_identity():
   path = path_arrays(arch, SPACE)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 16, 16, 1)), jnp.float32)
   _, inter = jax.jit(lambda p, x, pth: model.apply({"params": p}, x, path=pth, capture_intermediates=True))(
-      params, x, path)
+      params, x, path
+  )
   inter = inter["intermediates"]["net"]
   full = supernet_arch(SPACE)
   for s, layers in enumerate(full.stages):

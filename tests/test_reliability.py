@@ -5,6 +5,7 @@ The reference is an uninterrupted in-process run. Killed runs go through the rea
 with the same XLA flags (none), so their numerics are the same programs; restarts run in-process. All
 share one persistent compilation cache, which keeps the subprocesses from recompiling.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,7 @@ import tiny_runs
 REPO = Path(__file__).resolve().parents[1]
 MICRO = str(REPO / "configs" / "vit_micro_fmnist.py")
 STEPS, CKPT_EVERY = 16, 4
-TINY = {**tiny_runs.TINY, "steps": STEPS, "ckpt_every": CKPT_EVERY, "keep_checkpoints": 10,
-        "optim.warmup_steps": 2}
+TINY = {**tiny_runs.TINY, "steps": STEPS, "ckpt_every": CKPT_EVERY, "keep_checkpoints": 10, "optim.warmup_steps": 2}
 
 
 def tiny_config(**overrides):
@@ -39,13 +39,24 @@ def tiny_config(**overrides):
 def cli(workdir, devices=1, **overrides):
   """Popen of the CLI training run of tiny_config(**overrides)."""
   args = [f"--config.{k}={v}" for k, v in {**TINY, **overrides}.items()]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
-             JAX_COMPILATION_CACHE_DIR=os.environ["_TEST_JAX_CACHE"], JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  env = dict(
+      os.environ,
+      JAX_PLATFORMS="cpu",
+      PYTHONPATH=str(REPO),
+      JAX_COMPILATION_CACHE_DIR=os.environ["_TEST_JAX_CACHE"],
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+  )
   env.pop("XLA_FLAGS", None)
   if devices > 1:
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  return subprocess.Popen([sys.executable, "-m", "scalenet_jax.main", "--config", MICRO, "--workdir", str(workdir),
-                           *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  return subprocess.Popen(
+      [sys.executable, "-m", "scalenet_jax.main", "--config", MICRO, "--workdir", str(workdir), *args],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+  )
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -132,6 +143,7 @@ def test_kill_during_checkpoint_write_then_restart_is_bit_identical(reference, t
 
   def writing():
     return ckpts.is_dir() and any(ckpt_lib.TMP_MARKER in p.name for p in ckpts.iterdir())
+
   kill_when(proc, writing, poll=0.0005)
   partial = [p.name for p in ckpts.iterdir() if ckpt_lib.TMP_MARKER in p.name]
   trainer.run(tiny_config(), str(tmp_path))

@@ -4,6 +4,7 @@ Runs are in-process (`trainer.run(config, workdir)`) on tiny synthetic data. XLA
 their cost, so the module shares a persistent compilation cache: a later run of the same program
 (another workdir, eval mode) loads it instead of compiling again.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,8 +49,10 @@ def read_metrics(workdir):
 
 
 def flat(tree):
-  return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
-          for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {
+      "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
+      for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -95,8 +98,13 @@ def test_eval_mode_restores_the_run_and_training_learned(pretrained, tmp_path):
 # ----------------------------------------------------------------------------------------------
 def expanded_config(pretrained, **overrides):
   workdir, _ = pretrained
-  return tiny_config(expansion__kind="scalenet", expansion__rank=4, expansion__trainable="adjust_ln_head",
-                     init_from=str(workdir / "export" / "params"), **overrides)
+  return tiny_config(
+      expansion__kind="scalenet",
+      expansion__rank=4,
+      expansion__trainable="adjust_ln_head",
+      init_from=str(workdir / "export" / "params"),
+      **overrides,
+  )
 
 
 def test_expansion_starts_from_the_pretrained_tensors(pretrained, tmp_path):

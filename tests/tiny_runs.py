@@ -1,4 +1,5 @@
 """The tiny micro-ViT training runs shared by the trainer and reliability tests."""
+
 from __future__ import annotations
 
 import contextlib
@@ -10,9 +11,15 @@ from scalenet_jax import config_lib
 # Dotted config keys (also usable as `--config.<key>=<value>` CLI overrides): synthetic data, small
 # batches, a log line every step.
 TINY = {
-    "data.name": "synthetic", "data.synthetic_examples": 128, "data.eval_split": "minival",
-    "data.minival_per_class": 3, "data.num_threads": 1, "batch_size": 16, "eval_batch_size": 32,
-    "log_every": 1, "optim.lr": 1e-3,
+    "data.name": "synthetic",
+    "data.synthetic_examples": 128,
+    "data.eval_split": "minival",
+    "data.minival_per_class": 3,
+    "data.num_threads": 1,
+    "batch_size": 16,
+    "eval_batch_size": 32,
+    "log_every": 1,
+    "optim.lr": 1e-3,
 }
 
 
@@ -33,6 +40,7 @@ def persistent_compile_cache(directory: str):
   """Every compile inside goes to / comes from the XLA cache in `directory`; the previous settings are
   restored afterwards, so other test modules see no change."""
   from jax.experimental.compilation_cache import compilation_cache as cc
+
   names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
   old = {n: getattr(jax.config, n) for n in names}
   jax.config.update("jax_compilation_cache_dir", directory)

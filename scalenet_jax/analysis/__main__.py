@@ -3,10 +3,11 @@ r"""The paper's analyses of a ScaleNet expansion as PNG figures + results.json.
   python -m scalenet_jax.analysis --model vit_micro_patch4_28 --pretrained <workdir>/export/params \
       [--scaled <finetune workdir>/export/params --expansion scalenet] --out DIR [--batch 64] [--layers 0,5,11]
 
-``--pretrained init`` uses randomly initialised params (smoke runs). ``--scaled`` must be a fine-tuned run of
-the same expansion (``--expansion``/``--reuse``/``--mapping``/``--adjust``/``--rank`` as in its config).
-Writes DIR/{grad_norms,activation_hist,cka,accuracy}.png and DIR/results.json; see ``report.py``.
+`--pretrained init` uses randomly initialised params (smoke runs). `--scaled` must be a fine-tuned run of
+the same expansion (`--expansion`/`--reuse`/`--mapping`/`--adjust`/`--rank` as in its config).
+Writes DIR/{grad_norms,activation_hist,cka,accuracy}.png and DIR/results.json; see `report.py`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,11 @@ def _names(text: str) -> tuple[str, ...]:
 
 def parser() -> argparse.ArgumentParser:
   d = report.AnalysisConfig
-  p = argparse.ArgumentParser(prog="python -m scalenet_jax.analysis", description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p = argparse.ArgumentParser(
+      prog="python -m scalenet_jax.analysis",
+      description=__doc__.split("\n\n")[0],
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+  )
   p.add_argument("--model", required=True, help="registered (plain) model name, e.g. vit_micro_patch4_28")
   p.add_argument("--pretrained", required=True, help="exported params dir of the pretrained model, or 'init'")
   p.add_argument("--out", required=True, help="output directory for the PNGs and results.json")
@@ -52,8 +56,12 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--batch", type=int, default=d.batch, help="batch size")
   p.add_argument("--num-batches", type=int, default=d.num_batches, help="batches for CKA and histograms")
   p.add_argument("--eval-examples", type=int, default=d.eval_examples, help="examples for accuracy")
-  p.add_argument("--layers", type=_ints, default=None,
-                 help="scaled-model blocks for activation histograms (default: first, middle, last)")
+  p.add_argument(
+      "--layers",
+      type=_ints,
+      default=None,
+      help="scaled-model blocks for activation histograms (default: first, middle, last)",
+  )
   p.add_argument("--data", default=d.data, help="dataset name (scalenet_jax.data.get_source)")
   p.add_argument("--data-root", default=d.data_root, help="dataset directory override")
   p.add_argument("--split", default=d.split, help="split the images come from")
@@ -67,10 +75,29 @@ def parser() -> argparse.ArgumentParser:
 def config_from_args(argv: Sequence[str]) -> report.AnalysisConfig:
   a = parser().parse_args(argv)
   return report.AnalysisConfig(
-      model=a.model, pretrained=a.pretrained, out=a.out, scaled=a.scaled, expansion=a.expansion,
-      reuse=a.reuse, mapping=a.mapping, adjust=a.adjust, rank=a.rank, seed=a.seed, compare=a.compare,
-      batch=a.batch, num_batches=a.num_batches, eval_examples=a.eval_examples, layers=a.layers, data=a.data,
-      data_root=a.data_root, split=a.split, mean=a.mean, std=a.std, unbiased_cka=not a.biased_cka, bins=a.bins)
+      model=a.model,
+      pretrained=a.pretrained,
+      out=a.out,
+      scaled=a.scaled,
+      expansion=a.expansion,
+      reuse=a.reuse,
+      mapping=a.mapping,
+      adjust=a.adjust,
+      rank=a.rank,
+      seed=a.seed,
+      compare=a.compare,
+      batch=a.batch,
+      num_batches=a.num_batches,
+      eval_examples=a.eval_examples,
+      layers=a.layers,
+      data=a.data,
+      data_root=a.data_root,
+      split=a.split,
+      mean=a.mean,
+      std=a.std,
+      unbiased_cka=not a.biased_cka,
+      bins=a.bins,
+  )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:

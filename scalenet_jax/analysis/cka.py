@@ -11,10 +11,11 @@ L = Y Yᵀ:
 
 The biased estimator is inflated when p, q are large relative to n (two independent random representations
 with p >> n score close to 1), which is exactly the regime of flattened transformer tokens on one small
-batch; the unbiased one is ~0 in expectation for independent representations. ``CKAAccumulator`` implements
+batch; the unbiased one is ~0 in expectation for independent representations. `CKAAccumulator` implements
 minibatch CKA (Nguyen et al. 2021): HSIC terms are averaged over batches, then combined, so memory is one
 batch of features per layer however many examples are used.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -38,12 +39,13 @@ def gram_linear(x) -> np.ndarray:
 
 def _check_n(n: int, unbiased: bool):
   if n < (4 if unbiased else 2):
-    raise ValueError(f"CKA needs at least {4 if unbiased else 2} examples "
-                     f"({'unbiased' if unbiased else 'biased'} HSIC), got {n}")
+    raise ValueError(
+        f"CKA needs at least {4 if unbiased else 2} examples " f"({'unbiased' if unbiased else 'biased'} HSIC), got {n}"
+    )
 
 
 def _hsic_terms(grams: Sequence[np.ndarray], unbiased: bool):
-  """Per-Gram pieces from which every pairwise HSIC is a dot product (see ``hsic_matrix``)."""
+  """Per-Gram pieces from which every pairwise HSIC is a dot product (see `hsic_matrix`)."""
   n = grams[0].shape[0]
   _check_n(n, unbiased)
   if not unbiased:
@@ -82,7 +84,7 @@ def hsic_matrix(grams_a: Sequence[np.ndarray], grams_b: Sequence[np.ndarray], un
 
 
 def hsic_self(grams: Sequence[np.ndarray], unbiased: bool = False) -> np.ndarray:
-  """HSIC(K, K) of every Gram matrix (the diagonal of ``hsic_matrix(grams, grams)``, cheaply)."""
+  """HSIC(K, K) of every Gram matrix (the diagonal of `hsic_matrix(grams, grams)`, cheaply)."""
   n = _check_grams(grams, grams)
   terms = _hsic_terms(grams, unbiased)
   return _combine(n, unbiased, terms, terms, False)
@@ -117,7 +119,7 @@ class CKAAccumulator:
         acc.update(layers_a(batch), layers_b(batch))   # lists of (n, ...) arrays, one per layer
       matrix = acc.result()                            # (len(A), len(B))
 
-  Pass ``feats_b=None`` to compare A with itself.
+  Pass `feats_b=None` to compare A with itself.
   """
 
   def __init__(self, unbiased: bool = True):

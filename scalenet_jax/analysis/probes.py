@@ -1,10 +1,11 @@
 """What the analyses measure on a model: per-block outputs, per-layer gradient norms, accuracy.
 
-Blocks are numbered in forward order over all stacks (ViT: one stack ``blocks``; Swin: ``stage0``...), and
-``block_table`` says, for each, its stack, its index inside the stack and the core layer whose weights it
-runs. Block outputs come from ``Block``'s ``sow('intermediates', 'block_out', ...)`` (stacked over each scanned
+Blocks are numbered in forward order over all stacks (ViT: one stack `blocks`; Swin: `stage0`...), and
+`block_table` says, for each, its stack, its index inside the stack and the core layer whose weights it
+runs. Block outputs come from `Block`'s `sow('intermediates', 'block_out', ...)` (stacked over each scanned
 segment), so the model code is unchanged otherwise.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,9 +33,12 @@ class BlockInfo:
 
 
 def block_table(model) -> list[BlockInfo]:
-  """Every block of ``model`` in forward order."""
-  return [BlockInfo(name, i, c) for name, layout in zip(grow_lib.stack_names(model), model.stack_layouts)
-          for i, c in enumerate(layout.mapping)]
+  """Every block of `model` in forward order."""
+  return [
+      BlockInfo(name, i, c)
+      for name, layout in zip(grow_lib.stack_names(model), model.stack_layouts)
+      for i, c in enumerate(layout.mapping)
+  ]
 
 
 def is_shared(model) -> bool:
@@ -49,7 +53,7 @@ def is_shared(model) -> bool:
 # the same model twice, or an equal clone, compiles once.
 @functools.lru_cache(maxsize=64)
 def make_block_outputs_fn(model):
-  """Jitted ``(params, images) -> (logits, [block output (B, tokens, C) per block, forward order])``."""
+  """Jitted `(params, images) -> (logits, [block output (B, tokens, C) per block, forward order])`."""
   names = grow_lib.stack_names(model)
   layouts = model.stack_layouts
 
@@ -76,14 +80,16 @@ def cross_entropy(logits, labels):
 
 @functools.lru_cache(maxsize=64)
 def make_grad_fn(model):
-  """Jitted ``(params, images, labels) -> (loss, grads)`` of the mean cross-entropy (eval mode)."""
+  """Jitted `(params, images, labels) -> (loss, grads)` of the mean cross-entropy (eval mode)."""
+
   def loss(params, images, labels):
     return cross_entropy(model.apply({"params": params}, images, train=False), labels)
+
   return jax.jit(jax.value_and_grad(loss))
 
 
 def _leading_axis_norms(tree) -> np.ndarray:
-  """L2 norm of each slice ``[i]`` along the shared leading axis of every leaf of ``tree``."""
+  """L2 norm of each slice `[i]` along the shared leading axis of every leaf of `tree`."""
   sq = [np.square(np.asarray(a, np.float64)).reshape(a.shape[0], -1).sum(1) for a in jax.tree.leaves(tree)]
   return np.sqrt(np.sum(sq, axis=0))
 
@@ -93,7 +99,7 @@ def _global_norm(tree) -> float:
 
 
 def layer_grad_norms(model, grads) -> dict:
-  """Per-layer gradient L2 norms of one gradient tree of ``model``.
+  """Per-layer gradient L2 norms of one gradient tree of `model`.
 
   Returns ``{'core': {stack: [norm of grad core[c], c < num_core]}, 'block': {stack: [norm of the block's own
   params (LNs, adjustment modules), per block]}, 'mapping': {stack: [core of each block]}, 'other': norm of the
@@ -117,9 +123,9 @@ def layer_grad_norms(model, grads) -> dict:
 def unshare(model, params):
   """An equivalent model in which every block owns a private copy of the core layer it runs.
 
-  Layout ``num_core = depth``, identity mapping, same adjustments (so the same segments and per-block
-  params); ``core`` is gathered through the old mapping. Same function as ``model``; its core gradient
-  ``[l]`` is block ``l``'s own contribution to the shared gradient of ``core[mapping[l]]``.
+  Layout `num_core = depth`, identity mapping, same adjustments (so the same segments and per-block
+  params); `core` is gathered through the old mapping. Same function as `model`; its core gradient
+  `[l]` is block `l`'s own contribution to the shared gradient of `core[mapping[l]]`.
   """
   layouts, new = [], dict(params)
   for name, layout in zip(grow_lib.stack_names(model), model.stack_layouts):
@@ -131,10 +137,10 @@ def unshare(model, params):
 
 
 def gradient_norms(model, params, images, labels, per_instance: bool = False) -> dict:
-  """``layer_grad_norms`` of the cross-entropy gradient on one batch, plus the loss.
+  """`layer_grad_norms` of the cross-entropy gradient on one batch, plus the loss.
 
-  ``per_instance`` (shared models) adds ``'core_instance': {stack: [norm per block]}``: each block's own
-  contribution to its core layer's gradient, computed on ``unshare(model, params)``.
+  `per_instance` (shared models) adds `'core_instance': {stack: [norm per block]}`: each block's own
+  contribution to its core layer's gradient, computed on `unshare(model, params)`.
   """
   loss, grads = make_grad_fn(model)(params, images, labels)
   out = {"loss": float(loss), **layer_grad_norms(model, grads)}
@@ -150,14 +156,14 @@ def gradient_norms(model, params, images, labels, per_instance: bool = False) ->
 # ----------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=64)
 def make_logits_fn(model):
-  """Jitted ``(params, images) -> logits`` (eval mode)."""
+  """Jitted `(params, images) -> logits` (eval mode)."""
   return jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
 
 
 def accuracy(model, params, batches: Iterable[dict], apply: Optional[Callable] = None) -> dict:
-  """Top-1 accuracy over ``eval_batches``-style dicts (``image``, ``label``, ``mask``).
+  """Top-1 accuracy over `eval_batches`-style dicts (`image`, `label`, `mask`).
 
-  ``apply(params, images) -> logits`` replaces the model's own (jitted) apply, e.g. to reuse a compiled one.
+  `apply(params, images) -> logits` replaces the model's own (jitted) apply, e.g. to reuse a compiled one.
   """
   apply = apply or make_logits_fn(model)
   correct = total = 0

@@ -1,17 +1,18 @@
-"""The analyses of the paper as one function: ``run(AnalysisConfig) -> results`` (+ PNGs and results.json).
+"""The analyses of the paper as one function: `run(AnalysisConfig) -> results` (+ PNGs and results.json).
 
-Models compared (all built with ``grow.expand`` from the same pretrained params):
-* ``pretrained``: the plain model;
-* ``<expansion> @init`` ("scaled before"): the expanded model at step 0, e.g. ScaleNet with shared cores;
-* ``<expansion> fine-tuned`` ("scaled after", only with ``scaled``): exported params of a fine-tuned run of
+Models compared (all built with `grow.expand` from the same pretrained params):
+* `pretrained`: the plain model;
+* `<expansion> @init` ("scaled before"): the expanded model at step 0, e.g. ScaleNet with shared cores;
+* `<expansion> fine-tuned` ("scaled after", only with `scaled`): exported params of a fine-tuned run of
   that same expansion (checked shape by shape against the expanded tree);
-* the ``compare`` expansions (default ScaleNet / Stack / Interpolate / Random) for gradient norms and
+* the `compare` expansions (default ScaleNet / Stack / Interpolate / Random) for gradient norms and
   step-0 accuracy.
 
-Selected layers (``layers``) are block indices of the scaled model, in forward order over all stacks. Its
+Selected layers (`layers`) are block indices of the scaled model, in forward order over all stacks. Its
 pretrained counterpart is the layer whose weights the block runs (shared layouts) or, for layouts of
 independent layers, the block at the same relative depth of the same stack.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,9 +39,9 @@ MAX_HIST_VALUES = 400_000  # per model and layer: a random subsample keeps big m
 @dataclasses.dataclass(frozen=True)
 class AnalysisConfig:
   model: str
-  pretrained: str  # exported params dir (<workdir>/export/params) or 'init' (random, seed ``seed``)
+  pretrained: str  # exported params dir (<workdir>/export/params) or 'init' (random, seed `seed`)
   out: str
-  scaled: str = ""  # exported params dir of a fine-tuned run of the ``expansion`` model
+  scaled: str = ""  # exported params dir of a fine-tuned run of the `expansion` model
   expansion: str = "scalenet"
   reuse: int = 2
   mapping: str = "interpolate"  # interpolate | stack | comma-separated core indices
@@ -76,16 +77,18 @@ class AnalysisConfig:
         mapping = tuple(int(v) for v in mapping.split(","))
       except ValueError:
         raise ValueError(f"mapping must be interpolate, stack or comma-separated ints, got {self.mapping!r}")
-    return ExpansionSpec(kind=kind, reuse=self.reuse, mapping=mapping, adjust=self.adjust, rank=self.rank,
-                         seed=self.seed)
+    return ExpansionSpec(
+        kind=kind, reuse=self.reuse, mapping=mapping, adjust=self.adjust, rank=self.rank, seed=self.seed
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Inputs
 # ----------------------------------------------------------------------------------------------
 def load_params_like(path: str, like):
-  """Exported params at ``path``, required to have exactly the arrays (paths, shapes, dtypes) of ``like``."""
+  """Exported params at `path`, required to have exactly the arrays (paths, shapes, dtypes) of `like`."""
   from scalenet_jax.train import checkpoint  # orbax: imported only when reading a checkpoint
+
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), like)
   return jax.device_get(checkpoint.load_params(path, abstract))
@@ -104,9 +107,13 @@ def _batches(cfg: AnalysisConfig, model, count: int):
   channels = mc.in_chans
   mean = cfg.mean * channels if len(cfg.mean) == 1 else cfg.mean
   std = cfg.std * channels if len(cfg.std) == 1 else cfg.std
-  pp = data_lib.Preprocess(img_size=mc.img_size, recipe="simple", to_rgb=channels == 3 and
-                           len(source.image_shape) == 3 and source.image_shape[-1] == 1,
-                           mean=tuple(mean), std=tuple(std))
+  pp = data_lib.Preprocess(
+      img_size=mc.img_size,
+      recipe="simple",
+      to_rgb=channels == 3 and len(source.image_shape) == 3 and source.image_shape[-1] == 1,
+      mean=tuple(mean),
+      std=tuple(std),
+  )
   subset = data_lib.SubsetSource(source, np.arange(n), name=f"{cfg.data}/{cfg.split}[:{n}]")
   for b in data_lib.eval_batches(subset, cfg.batch, preprocess=pp):
     keep = np.asarray(b["mask"], bool)
@@ -150,19 +157,31 @@ def _subsample(x, k, rng):
 
 
 def _histograms(samples: dict, layers, pairs, bins: int, titles) -> list[dict]:
-  """Shared-bin densities per selected layer; ``samples[label][layer] = [value arrays]``."""
+  """Shared-bin densities per selected layer; `samples[label][layer] = [value arrays]`."""
   out = []
   for j, title in zip(layers, titles):
     series = {lab: np.concatenate(samples[lab][j]) for lab in samples}
     allv = np.concatenate(list(series.values()))
     lo, hi = np.percentile(allv, [0.05, 99.95])
     edges = np.linspace(lo, hi, bins + 1)
-    out.append({
-        "scaled_block": j, "pretrained_block": pairs[j], "title": title, "edges": edges.tolist(),
-        "series": {lab: np.histogram(v, edges, density=True)[0].tolist() for lab, v in series.items()},
-        "stats": {lab: {"mean": float(v.mean()), "std": float(v.std()), "abs_max": float(np.abs(v).max()),
-                        "values": int(v.size)} for lab, v in series.items()},
-    })
+    out.append(
+        {
+            "scaled_block": j,
+            "pretrained_block": pairs[j],
+            "title": title,
+            "edges": edges.tolist(),
+            "series": {lab: np.histogram(v, edges, density=True)[0].tolist() for lab, v in series.items()},
+            "stats": {
+                lab: {
+                    "mean": float(v.mean()),
+                    "std": float(v.std()),
+                    "abs_max": float(np.abs(v).max()),
+                    "values": int(v.size),
+                }
+                for lab, v in series.items()
+            },
+        }
+    )
   return out
 
 
@@ -195,21 +214,33 @@ def _representations(cfg, variants, fns, batches, pairs, layers):
       acc.update(outs[a], None if a == c else outs[c])
 
   tables = {label: probes.block_table(m) for label, (m, _) in variants.items()}
-  titles = [f"{labels[1]} {tables[labels[1]][j].label} | pretrained {tables['pretrained'][pairs[j]].label}"
-            for j in layers]
-  cka = {"unbiased": cfg.unbiased_cka, "examples": sum(len(b["label"]) for b in batches),
-         "features": "block outputs, tokens x channels flattened", "pairs": []}
+  titles = [
+      f"{labels[1]} {tables[labels[1]][j].label} | pretrained {tables['pretrained'][pairs[j]].label}" for j in layers
+  ]
+  cka = {
+      "unbiased": cfg.unbiased_cka,
+      "examples": sum(len(b["label"]) for b in batches),
+      "features": "block outputs, tokens x channels flattened",
+      "pairs": [],
+  }
   panels = []
   for (a, c), acc in accs.items():
     m = acc.result()
-    cka["pairs"].append({"rows": a, "cols": c, "matrix": m.tolist(), "row_blocks": [t.label for t in tables[a]],
-                         "col_blocks": [t.label for t in tables[c]]})
+    cka["pairs"].append(
+        {
+            "rows": a,
+            "cols": c,
+            "matrix": m.tolist(),
+            "row_blocks": [t.label for t in tables[a]],
+            "col_blocks": [t.label for t in tables[c]],
+        }
+    )
     panels.append({"title": f"{a} vs {c}", "matrix": m, "ylabel": f"{a} block", "xlabel": f"{c} block"})
   return _histograms(samples, layers, pairs, cfg.bins, titles), cka, panels
 
 
 def run(cfg: AnalysisConfig) -> dict:
-  """Runs every analysis, writes ``FIGURES`` and ``results.json`` into ``cfg.out``, returns the results."""
+  """Runs every analysis, writes `FIGURES` and `results.json` into `cfg.out`, returns the results."""
   os.makedirs(cfg.out, exist_ok=True)
   model = create_model(cfg.model)
   tag = cfg.expansion
@@ -229,10 +260,13 @@ def run(cfg: AnalysisConfig) -> dict:
     compare[kind] = (scaled_model, before) if kind == tag else grow_lib.expand(pre, model, cfg.spec(kind))
   results = {"config": dataclasses.asdict(cfg), "models": {}}
   for label, (m, p) in {**variants, **{k: v for k, v in compare.items() if k != tag}}.items():
-    results["models"][label] = {"blocks": len(probes.block_table(m)), "params": counting.count_params(p),
-                                "layouts": [dataclasses.asdict(l) for l in m.stack_layouts]}
+    results["models"][label] = {
+        "blocks": len(probes.block_table(m)),
+        "params": counting.count_params(p),
+        "layouts": [dataclasses.asdict(l) for l in m.stack_layouts],
+    }
 
-  # ---- Data (analysis batches are the first ``num_batches * batch`` examples of the split)
+  # ---- Data (analysis batches are the first `num_batches * batch` examples of the split)
   # Unbiased HSIC needs 4 examples: a short last batch (tiny dataset) is dropped.
   batches = [b for b in _batches(cfg, model, cfg.num_batches * cfg.batch) if len(b["label"]) >= 4]
   if not batches:
@@ -244,8 +278,9 @@ def run(cfg: AnalysisConfig) -> dict:
   for kind, (m, p) in compare.items():
     grads[kind] = probes.gradient_norms(m, p, first["image"], first["label"], per_instance=probes.is_shared(m))
   if after is not None:
-    grads[f"{tag} fine-tuned"] = probes.gradient_norms(scaled_model, after, first["image"], first["label"],
-                                                       per_instance=probes.is_shared(scaled_model))
+    grads[f"{tag} fine-tuned"] = probes.gradient_norms(
+        scaled_model, after, first["image"], first["label"], per_instance=probes.is_shared(scaled_model)
+    )
   results["grad_norms"] = grads
 
   # ---- Block outputs: activation histograms + CKA
@@ -261,20 +296,29 @@ def run(cfg: AnalysisConfig) -> dict:
     acc_models[f"{tag} fine-tuned"] = (scaled_model, after)
   # The variants' block-output functions are compiled already: reuse them for their logits.
   applies = {label: (lambda fn: lambda p, x: fn(p, x)[0])(fns[label]) for label in fns}
-  accuracy = {label: probes.accuracy(m, p, eval_batches, applies.get(label))["top1"]
-              for label, (m, p) in acc_models.items()}
-  results["accuracy"] = {"top1": accuracy, "examples": sum(len(b["label"]) for b in eval_batches),
-                         "split": f"{cfg.data}/{cfg.split}"}
+  accuracy = {
+      label: probes.accuracy(m, p, eval_batches, applies.get(label))["top1"] for label, (m, p) in acc_models.items()
+  }
+  results["accuracy"] = {
+      "top1": accuracy,
+      "examples": sum(len(b["label"]) for b in eval_batches),
+      "split": f"{cfg.data}/{cfg.split}",
+  }
 
   # ---- Figures + numbers
   out = cfg.out
   figs = [
-      plots.grad_norms_figure(os.path.join(out, FIGURES[0]), grads,
-                              f"{cfg.model}: gradient norms on one batch of {len(first['label'])}"),
+      plots.grad_norms_figure(
+          os.path.join(out, FIGURES[0]), grads, f"{cfg.model}: gradient norms on one batch of {len(first['label'])}"
+      ),
       plots.histogram_figure(os.path.join(out, FIGURES[1]), hists),
       plots.cka_figure(os.path.join(out, FIGURES[2]), panels, cfg.unbiased_cka),
-      plots.accuracy_figure(os.path.join(out, FIGURES[3]), accuracy, results["accuracy"]["examples"],
-                            chance=1.0 / model.config.num_classes),
+      plots.accuracy_figure(
+          os.path.join(out, FIGURES[3]),
+          accuracy,
+          results["accuracy"]["examples"],
+          chance=1.0 / model.config.num_classes,
+      ),
   ]
   results["figures"] = figs
   with open(os.path.join(out, "results.json"), "w") as f:

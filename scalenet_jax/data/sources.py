@@ -2,15 +2,16 @@
 
 Every source has the same small interface, which is all the pipeline needs:
 
-* ``len(source)`` and ``source[i] -> {'image': uint8 [H, W, C], 'label': int}``;
-* ``num_classes`` and ``image_shape`` (``(H, W, C)``; ``H``/``W`` are ``None`` when images vary in size);
-* ``labels``: int64 array of every label (used by the mini-val split and per-class statistics);
-* ``get_batch(indices) -> uint8 [n, H, W, C]`` for fixed-shape sources (vectorised gather).
+* `len(source)` and `source[i] -> {'image': uint8 [H, W, C], 'label': int}`;
+* `num_classes` and `image_shape` (`(H, W, C)`; `H`/`W` are `None` when images vary in size);
+* `labels`: int64 array of every label (used by the mini-val split and per-class statistics);
+* `get_batch(indices) -> uint8 [n, H, W, C]` for fixed-shape sources (vectorised gather).
 
-``get_source(name, split, **kw)`` opens one by name. Splits are ``train``, ``test``/``val`` and the
-search splits ``minival`` / ``train_minus_minival``: the first ``minival_per_class`` images of every class
-of ``train`` in an order fixed by ``minival_seed``, and everything else (disjoint, deterministic).
+`get_source(name, split, **kw)` opens one by name. Splits are `train`, `test`/`val` and the
+search splits `minival` / `train_minus_minival`: the first `minival_per_class` images of every class
+of `train` in an order fixed by `minival_seed`, and everything else (disjoint, deterministic).
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,8 +25,18 @@ import numpy as np
 from PIL import Image
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package `dataset-fashion-mnist`.
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                         "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 # Manual files that TFDS builders need before `download_and_prepare` can run (checked up front so the
@@ -39,360 +50,388 @@ TFDS_MANUAL_FILES = {
 # ----------------------------------------------------------------------------------------------------
 # IDX files (the MNIST family format).
 # ----------------------------------------------------------------------------------------------------
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_DTYPES = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
 def read_idx(path: str) -> np.ndarray:
-    """Reads an IDX file (optionally gzipped, detected by the magic bytes) into a numpy array.
+  """Reads an IDX file (optionally gzipped, detected by the magic bytes) into a numpy array.
 
-    Layout: two zero bytes, a dtype code, the number of dimensions, then one big-endian uint32 per
-    dimension and the big-endian data.
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"IDX file not found: {path}")
-    with open(path, "rb") as f:
-        raw = f.read()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"not an IDX file (bad magic {raw[:4].hex()}): {path}")
-    dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
-    header = 4 + 4 * ndim
-    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise ValueError(f"IDX file {path} holds {len(raw) - header} data bytes, shape {shape} needs "
-                         f"{expected}")
-    return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+  Layout: two zero bytes, a dtype code, the number of dimensions, then one big-endian uint32 per
+  dimension and the big-endian data.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"IDX file not found: {path}")
+  with open(path, "rb") as f:
+    raw = f.read()
+  if raw[:2] == b"\x1f\x8b":
+    raw = gzip.decompress(raw)
+  if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+    raise ValueError(f"not an IDX file (bad magic {raw[:4].hex()}): {path}")
+  dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
+  header = 4 + 4 * ndim
+  shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+  expected = int(np.prod(shape)) * dtype.itemsize
+  if len(raw) - header != expected:
+    raise ValueError(f"IDX file {path} holds {len(raw) - header} data bytes, shape {shape} needs " f"{expected}")
+  return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
 def _find_idx(root: str, stem: str) -> str:
-    for name in (stem, stem + ".gz"):
-        if os.path.isfile(os.path.join(root, name)):
-            return os.path.join(root, name)
-    raise FileNotFoundError(f"Fashion-MNIST file {stem}[.gz] not found in {root} "
-                            "(install the Debian package dataset-fashion-mnist or pass root=...)")
+  for name in (stem, stem + ".gz"):
+    if os.path.isfile(os.path.join(root, name)):
+      return os.path.join(root, name)
+  raise FileNotFoundError(
+      f"Fashion-MNIST file {stem}[.gz] not found in {root} "
+      "(install the Debian package dataset-fashion-mnist or pass root=...)"
+  )
 
 
 # ----------------------------------------------------------------------------------------------------
 # Sources.
 # ----------------------------------------------------------------------------------------------------
 class Source:
-    """Base class: a random-access, labelled image collection."""
-    num_classes: int
-    image_shape: tuple  # (H, W, C); H, W None when sizes vary.
-    class_names: Sequence[str] | None = None
+  """Base class: a random-access, labelled image collection."""
 
-    def __len__(self) -> int:
-        raise NotImplementedError
+  num_classes: int
+  image_shape: tuple  # (H, W, C); H, W None when sizes vary.
+  class_names: Sequence[str] | None = None
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        raise NotImplementedError
+  def __len__(self) -> int:
+    raise NotImplementedError
 
-    @property
-    def labels(self) -> np.ndarray:
-        raise NotImplementedError
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    raise NotImplementedError
 
-    @property
-    def fixed_shape(self) -> bool:
-        return None not in self.image_shape
+  @property
+  def labels(self) -> np.ndarray:
+    raise NotImplementedError
 
-    def get_batch(self, indices: np.ndarray) -> np.ndarray:
-        """uint8 [n, H, W, C] for fixed-shape sources (subclasses with arrays gather in one call)."""
-        if not self.fixed_shape:
-            raise ValueError(f"{self!r} has variable image sizes; images must be resized per example")
-        return np.stack([self[int(i)]["image"] for i in indices])
+  @property
+  def fixed_shape(self) -> bool:
+    return None not in self.image_shape
+
+  def get_batch(self, indices: np.ndarray) -> np.ndarray:
+    """uint8 [n, H, W, C] for fixed-shape sources (subclasses with arrays gather in one call)."""
+    if not self.fixed_shape:
+      raise ValueError(f"{self!r} has variable image sizes; images must be resized per example")
+    return np.stack([self[int(i)]["image"] for i in indices])
 
 
 class ArraySource(Source):
-    """In-memory uint8 images [N, H, W, C] and int labels [N]."""
+  """In-memory uint8 images [N, H, W, C] and int labels [N]."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, num_classes: int,
-                 class_names: Sequence[str] | None = None, name: str = "arrays"):
-        if images.ndim == 3:
-            images = images[..., None]
-        if images.ndim != 4 or images.dtype != np.uint8:
-            raise ValueError(f"{name}: images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}")
-        if len(images) != len(labels):
-            raise ValueError(f"{name}: {len(images)} images but {len(labels)} labels")
-        self.images, self._labels = images, np.asarray(labels, np.int64)
-        self.num_classes, self.class_names, self.name = num_classes, class_names, name
-        self.image_shape = tuple(images.shape[1:])
+  def __init__(
+      self,
+      images: np.ndarray,
+      labels: np.ndarray,
+      num_classes: int,
+      class_names: Sequence[str] | None = None,
+      name: str = "arrays",
+  ):
+    if images.ndim == 3:
+      images = images[..., None]
+    if images.ndim != 4 or images.dtype != np.uint8:
+      raise ValueError(f"{name}: images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}")
+    if len(images) != len(labels):
+      raise ValueError(f"{name}: {len(images)} images but {len(labels)} labels")
+    self.images, self._labels = images, np.asarray(labels, np.int64)
+    self.num_classes, self.class_names, self.name = num_classes, class_names, name
+    self.image_shape = tuple(images.shape[1:])
 
-    def __len__(self):
-        return len(self.images)
+  def __len__(self):
+    return len(self.images)
 
-    def __getitem__(self, i):
-        return {"image": self.images[i], "label": int(self._labels[i])}
+  def __getitem__(self, i):
+    return {"image": self.images[i], "label": int(self._labels[i])}
 
-    @property
-    def labels(self):
-        return self._labels
+  @property
+  def labels(self):
+    return self._labels
 
-    def get_batch(self, indices):
-        return self.images[np.asarray(indices)]
+  def get_batch(self, indices):
+    return self.images[np.asarray(indices)]
 
-    def __repr__(self):
-        return f"ArraySource({self.name}, n={len(self)}, shape={self.image_shape})"
+  def __repr__(self):
+    return f"ArraySource({self.name}, n={len(self)}, shape={self.image_shape})"
 
 
 def fashion_mnist(split: str = "train", root: str | None = None) -> ArraySource:
-    """Fashion-MNIST from the IDX files of the Debian package (``root`` overrides the directory)."""
-    root = root or os.environ.get("SCALENET_FASHION_MNIST_DIR", FASHION_MNIST_DIR)
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"Fashion-MNIST directory not found: {root} "
-                                "(apt-get install dataset-fashion-mnist, or pass root=...)")
-    prefix = {"train": "train", "test": "t10k", "val": "t10k"}.get(split)
-    if prefix is None:
-        raise ValueError(f"Fashion-MNIST has splits train/test/val, got {split!r}")
-    images = read_idx(_find_idx(root, f"{prefix}-images-idx3-ubyte"))
-    labels = read_idx(_find_idx(root, f"{prefix}-labels-idx1-ubyte"))
-    return ArraySource(images, labels, 10, FASHION_MNIST_CLASSES, name=f"fashion_mnist/{split}")
+  """Fashion-MNIST from the IDX files of the Debian package (`root` overrides the directory)."""
+  root = root or os.environ.get("SCALENET_FASHION_MNIST_DIR", FASHION_MNIST_DIR)
+  if not os.path.isdir(root):
+    raise FileNotFoundError(
+        f"Fashion-MNIST directory not found: {root} " "(apt-get install dataset-fashion-mnist, or pass root=...)"
+    )
+  prefix = {"train": "train", "test": "t10k", "val": "t10k"}.get(split)
+  if prefix is None:
+    raise ValueError(f"Fashion-MNIST has splits train/test/val, got {split!r}")
+  images = read_idx(_find_idx(root, f"{prefix}-images-idx3-ubyte"))
+  labels = read_idx(_find_idx(root, f"{prefix}-labels-idx1-ubyte"))
+  return ArraySource(images, labels, 10, FASHION_MNIST_CLASSES, name=f"fashion_mnist/{split}")
 
 
 class ImageFolderSource(Source):
-    """``root/<split>/<class>/<image>`` directories; labels are the sorted class names of ``train``.
+  """`root/<split>/<class>/<image>` directories; labels are the sorted class names of `train`.
 
-    Class indices come from ``root/train`` whenever it exists so that ``val`` uses the same mapping
-    even if a class is missing there. Images are decoded with PIL to RGB on access.
-    """
+  Class indices come from `root/train` whenever it exists so that `val` uses the same mapping
+  even if a class is missing there. Images are decoded with PIL to RGB on access.
+  """
 
-    def __init__(self, root: str, split: str = "train"):
-        if not os.path.isdir(root):
-            raise FileNotFoundError(f"ImageFolder root not found: {root}")
-        candidates = {"train": ["train"], "val": ["val", "validation", "test"],
-                      "test": ["test", "val", "validation"]}.get(split, [split])
-        dirs = [os.path.join(root, c) for c in candidates if os.path.isdir(os.path.join(root, c))]
-        if not dirs:
-            raise FileNotFoundError(f"ImageFolder split {split!r} not found: none of "
-                                    f"{[os.path.join(root, c) for c in candidates]} exists")
-        self.root, self.split_dir = root, dirs[0]
-        class_root = os.path.join(root, "train") if os.path.isdir(os.path.join(root, "train")) else dirs[0]
-        self.class_names = sorted(e.name for e in os.scandir(class_root) if e.is_dir())
-        if not self.class_names:
-            raise ValueError(f"ImageFolder {class_root} has no class directories "
-                             f"(expected {class_root}/<class>/*.JPEG)")
-        index = {c: k for k, c in enumerate(self.class_names)}
-        files, labels = [], []
-        for entry in sorted(os.scandir(self.split_dir), key=lambda e: e.name):
-            if not entry.is_dir():
-                continue
-            if entry.name not in index:
-                raise ValueError(f"ImageFolder class directory {entry.path} is not a class of {class_root}")
-            names = sorted(n for n in os.listdir(entry.path) if n.lower().endswith(IMAGE_EXTENSIONS))
-            files += [os.path.join(entry.path, n) for n in names]
-            labels += [index[entry.name]] * len(names)
-        if not files:
-            raise ValueError(f"ImageFolder {self.split_dir} has no images "
-                             f"(expected {self.split_dir}/<class>/*.JPEG)")
-        self.files, self._labels = files, np.asarray(labels, np.int64)
-        self.num_classes = len(self.class_names)
-        self.image_shape = (None, None, 3)
+  def __init__(self, root: str, split: str = "train"):
+    if not os.path.isdir(root):
+      raise FileNotFoundError(f"ImageFolder root not found: {root}")
+    candidates = {"train": ["train"], "val": ["val", "validation", "test"], "test": ["test", "val", "validation"]}.get(
+        split, [split]
+    )
+    dirs = [os.path.join(root, c) for c in candidates if os.path.isdir(os.path.join(root, c))]
+    if not dirs:
+      raise FileNotFoundError(
+          f"ImageFolder split {split!r} not found: none of " f"{[os.path.join(root, c) for c in candidates]} exists"
+      )
+    self.root, self.split_dir = root, dirs[0]
+    class_root = os.path.join(root, "train") if os.path.isdir(os.path.join(root, "train")) else dirs[0]
+    self.class_names = sorted(e.name for e in os.scandir(class_root) if e.is_dir())
+    if not self.class_names:
+      raise ValueError(f"ImageFolder {class_root} has no class directories " f"(expected {class_root}/<class>/*.JPEG)")
+    index = {c: k for k, c in enumerate(self.class_names)}
+    files, labels = [], []
+    for entry in sorted(os.scandir(self.split_dir), key=lambda e: e.name):
+      if not entry.is_dir():
+        continue
+      if entry.name not in index:
+        raise ValueError(f"ImageFolder class directory {entry.path} is not a class of {class_root}")
+      names = sorted(n for n in os.listdir(entry.path) if n.lower().endswith(IMAGE_EXTENSIONS))
+      files += [os.path.join(entry.path, n) for n in names]
+      labels += [index[entry.name]] * len(names)
+    if not files:
+      raise ValueError(f"ImageFolder {self.split_dir} has no images " f"(expected {self.split_dir}/<class>/*.JPEG)")
+    self.files, self._labels = files, np.asarray(labels, np.int64)
+    self.num_classes = len(self.class_names)
+    self.image_shape = (None, None, 3)
 
-    def __len__(self):
-        return len(self.files)
+  def __len__(self):
+    return len(self.files)
 
-    def __getitem__(self, i):
-        return {"image": decode_image(self.files[i]), "label": int(self._labels[i])}
+  def __getitem__(self, i):
+    return {"image": decode_image(self.files[i]), "label": int(self._labels[i])}
 
-    @property
-    def labels(self):
-        return self._labels
+  @property
+  def labels(self):
+    return self._labels
 
-    def __repr__(self):
-        return f"ImageFolderSource({self.split_dir}, n={len(self)}, classes={self.num_classes})"
+  def __repr__(self):
+    return f"ImageFolderSource({self.split_dir}, n={len(self)}, classes={self.num_classes})"
 
 
 def decode_image(path: str) -> np.ndarray:
-    """Decodes an image file to uint8 RGB [H, W, 3]; a broken file raises ValueError naming it."""
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(f"cannot decode image {path}: {e}") from e
+  """Decodes an image file to uint8 RGB [H, W, 3]; a broken file raises ValueError naming it."""
+  try:
+    with Image.open(path) as img:
+      return np.asarray(img.convert("RGB"))
+  except (OSError, ValueError, Image.DecompressionBombError) as e:
+    raise ValueError(f"cannot decode image {path}: {e}") from e
 
 
 class SyntheticSource(Source):
-    """Deterministic random images for smoke tests only (never for reported results).
+  """Deterministic random images for smoke tests only (never for reported results).
 
-    Each class has a fixed random template and every image is its template plus noise, so a model can
-    actually fit it (a smoke test then sees the loss go down). Image i depends only on (seed, i).
-    """
+  Each class has a fixed random template and every image is its template plus noise, so a model can
+  actually fit it (a smoke test then sees the loss go down). Image i depends only on (seed, i).
+  """
 
-    def __init__(self, num_examples: int = 256, num_classes: int = 10,
-                 image_shape: Sequence[int] = (32, 32, 3), seed: int = 0):
-        self.n, self.num_classes, self.seed = int(num_examples), int(num_classes), int(seed)
-        self.image_shape = tuple(int(s) for s in image_shape)
-        rng = np.random.default_rng((self.seed, 0))
-        self._templates = rng.integers(0, 256, (self.num_classes, *self.image_shape), dtype=np.uint8)
-        self._labels = np.arange(self.n, dtype=np.int64) % self.num_classes
+  def __init__(
+      self, num_examples: int = 256, num_classes: int = 10, image_shape: Sequence[int] = (32, 32, 3), seed: int = 0
+  ):
+    self.n, self.num_classes, self.seed = int(num_examples), int(num_classes), int(seed)
+    self.image_shape = tuple(int(s) for s in image_shape)
+    rng = np.random.default_rng((self.seed, 0))
+    self._templates = rng.integers(0, 256, (self.num_classes, *self.image_shape), dtype=np.uint8)
+    self._labels = np.arange(self.n, dtype=np.int64) % self.num_classes
 
-    def __len__(self):
-        return self.n
+  def __len__(self):
+    return self.n
 
-    def __getitem__(self, i):
-        if not 0 <= i < self.n:
-            raise IndexError(f"synthetic index {i} out of range [0, {self.n})")
-        label = int(self._labels[i])
-        noise = np.random.default_rng((self.seed, 1, int(i))).integers(0, 256, self.image_shape)
-        image = (self._templates[label].astype(np.int32) * 3 + noise) // 4
-        return {"image": image.astype(np.uint8), "label": label}
+  def __getitem__(self, i):
+    if not 0 <= i < self.n:
+      raise IndexError(f"synthetic index {i} out of range [0, {self.n})")
+    label = int(self._labels[i])
+    noise = np.random.default_rng((self.seed, 1, int(i))).integers(0, 256, self.image_shape)
+    image = (self._templates[label].astype(np.int32) * 3 + noise) // 4
+    return {"image": image.astype(np.uint8), "label": label}
 
-    @property
-    def labels(self):
-        return self._labels
+  @property
+  def labels(self):
+    return self._labels
 
-    def __repr__(self):
-        return f"SyntheticSource(n={self.n}, shape={self.image_shape}, seed={self.seed})"
+  def __repr__(self):
+    return f"SyntheticSource(n={self.n}, shape={self.image_shape}, seed={self.seed})"
 
 
 class TfdsSource(Source):
-    """A TFDS dataset read through ``tfds.data_source`` (ArrayRecord, random access, no TensorFlow).
+  """A TFDS dataset read through `tfds.data_source` (ArrayRecord, random access, no TensorFlow).
 
-    When the dataset is not prepared: datasets with manual downloads (``imagenet2012``) first check that
-    their files are in ``manual_dir`` (default ``<data_dir>/downloads/manual``) and raise naming that
-    directory and the files; others are prepared only with ``download=True``.
-    """
+  When the dataset is not prepared: datasets with manual downloads (`imagenet2012`) first check that
+  their files are in `manual_dir` (default `<data_dir>/downloads/manual`) and raise naming that
+  directory and the files; others are prepared only with `download=True`.
+  """
 
-    def __init__(self, name: str, split: str = "train", data_dir: str | None = None,
-                 manual_dir: str | None = None, download: bool = False, label_cache: str | None = None):
-        import tensorflow_datasets as tfds  # Heavy import, only for TFDS users.
-        try:
-            builder = tfds.builder(name, data_dir=data_dir)
-        except Exception as e:  # DatasetNotFoundError lists every dataset: keep the message one line.
-            raise ValueError(f"unknown TFDS dataset {name!r}: {str(e).splitlines()[0]}") from None
-        split = {"val": "validation", "test": "test"}.get(split, split)
-        if not builder.is_prepared():
-            manual_dir = os.path.expanduser(manual_dir or os.path.join(builder.data_dir_root, "downloads",
-                                                                       "manual"))
-            if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
-                needed = TFDS_MANUAL_FILES.get(name, ())
-                missing = [f for f in needed if not os.path.exists(os.path.join(manual_dir, f))]
-                if missing or not (os.path.isdir(manual_dir) and os.listdir(manual_dir)):
-                    what = ", ".join(missing or needed) or "the files from its manual download instructions"
-                    raise FileNotFoundError(f"TFDS {name} is not prepared in {builder.data_dir}: put {what} "
-                                            f"in {manual_dir} (or pass manual_dir=...)")
-            elif not download:
-                raise FileNotFoundError(f"TFDS {name} is not prepared in {builder.data_dir} "
-                                        "(pass download=True or run `tfds build --file_format=array_record`)")
-            builder.download_and_prepare(
-                file_format="array_record",
-                download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-        self.name, self.split = name, split
-        self._ds = builder.as_data_source(split=split)
-        features = builder.info.features
-        self.num_classes = int(features["label"].num_classes)
-        self.class_names = list(features["label"].names)
-        shape = tuple(features["image"].shape)
-        self.image_shape = shape if len(shape) == 3 else (*shape, 1)
-        self._label_cache, self._labels, self._lock = label_cache, None, threading.Lock()
+  def __init__(
+      self,
+      name: str,
+      split: str = "train",
+      data_dir: str | None = None,
+      manual_dir: str | None = None,
+      download: bool = False,
+      label_cache: str | None = None,
+  ):
+    import tensorflow_datasets as tfds  # Heavy import, only for TFDS users.
 
-    def __len__(self):
-        return len(self._ds)
+    try:
+      builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as e:  # DatasetNotFoundError lists every dataset: keep the message one line.
+      raise ValueError(f"unknown TFDS dataset {name!r}: {str(e).splitlines()[0]}") from None
+    split = {"val": "validation", "test": "test"}.get(split, split)
+    if not builder.is_prepared():
+      manual_dir = os.path.expanduser(manual_dir or os.path.join(builder.data_dir_root, "downloads", "manual"))
+      if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+        needed = TFDS_MANUAL_FILES.get(name, ())
+        missing = [f for f in needed if not os.path.exists(os.path.join(manual_dir, f))]
+        if missing or not (os.path.isdir(manual_dir) and os.listdir(manual_dir)):
+          what = ", ".join(missing or needed) or "the files from its manual download instructions"
+          raise FileNotFoundError(
+              f"TFDS {name} is not prepared in {builder.data_dir}: put {what} "
+              f"in {manual_dir} (or pass manual_dir=...)"
+          )
+      elif not download:
+        raise FileNotFoundError(
+            f"TFDS {name} is not prepared in {builder.data_dir} "
+            "(pass download=True or run `tfds build --file_format=array_record`)"
+        )
+      builder.download_and_prepare(
+          file_format="array_record", download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+      )
+    self.name, self.split = name, split
+    self._ds = builder.as_data_source(split=split)
+    features = builder.info.features
+    self.num_classes = int(features["label"].num_classes)
+    self.class_names = list(features["label"].names)
+    shape = tuple(features["image"].shape)
+    self.image_shape = shape if len(shape) == 3 else (*shape, 1)
+    self._label_cache, self._labels, self._lock = label_cache, None, threading.Lock()
 
-    def __getitem__(self, i):
-        ex = self._ds[int(i)]
-        image = ex["image"]
-        if isinstance(image, bytes):
-            image = np.asarray(Image.open(io.BytesIO(image)).convert("RGB"))
-        image = np.asarray(image, np.uint8)
-        return {"image": image if image.ndim == 3 else image[..., None], "label": int(ex["label"])}
+  def __len__(self):
+    return len(self._ds)
 
-    @property
-    def labels(self):
-        """All labels. TFDS stores them inside each record, so the first call reads the whole split;
-        pass ``label_cache=<file.npy>`` to keep the result between runs."""
-        with self._lock:
-            if self._labels is None:
-                if self._label_cache and os.path.isfile(self._label_cache):
-                    self._labels = np.load(self._label_cache)
-                else:
-                    self._labels = np.asarray([int(self._ds[i]["label"]) for i in range(len(self))])
-                    if self._label_cache:
-                        np.save(self._label_cache, self._labels)
-        return self._labels
+  def __getitem__(self, i):
+    ex = self._ds[int(i)]
+    image = ex["image"]
+    if isinstance(image, bytes):
+      image = np.asarray(Image.open(io.BytesIO(image)).convert("RGB"))
+    image = np.asarray(image, np.uint8)
+    return {"image": image if image.ndim == 3 else image[..., None], "label": int(ex["label"])}
 
-    def __repr__(self):
-        return f"TfdsSource({self.name}/{self.split}, n={len(self)})"
+  @property
+  def labels(self):
+    """All labels. TFDS stores them inside each record, so the first call reads the whole split;
+    pass `label_cache=<file.npy>` to keep the result between runs."""
+    with self._lock:
+      if self._labels is None:
+        if self._label_cache and os.path.isfile(self._label_cache):
+          self._labels = np.load(self._label_cache)
+        else:
+          self._labels = np.asarray([int(self._ds[i]["label"]) for i in range(len(self))])
+          if self._label_cache:
+            np.save(self._label_cache, self._labels)
+    return self._labels
+
+  def __repr__(self):
+    return f"TfdsSource({self.name}/{self.split}, n={len(self)})"
 
 
 class SubsetSource(Source):
-    """A view of ``base`` restricted to ``indices`` (in that order)."""
+  """A view of `base` restricted to `indices` (in that order)."""
 
-    def __init__(self, base: Source, indices: np.ndarray, name: str = "subset"):
-        self.base, self.indices, self.name = base, np.asarray(indices, np.int64), name
-        self.num_classes, self.image_shape = base.num_classes, base.image_shape
-        self.class_names = base.class_names
+  def __init__(self, base: Source, indices: np.ndarray, name: str = "subset"):
+    self.base, self.indices, self.name = base, np.asarray(indices, np.int64), name
+    self.num_classes, self.image_shape = base.num_classes, base.image_shape
+    self.class_names = base.class_names
 
-    def __len__(self):
-        return len(self.indices)
+  def __len__(self):
+    return len(self.indices)
 
-    def __getitem__(self, i):
-        return self.base[int(self.indices[i])]
+  def __getitem__(self, i):
+    return self.base[int(self.indices[i])]
 
-    @functools.cached_property
-    def labels(self):
-        return self.base.labels[self.indices]
+  @functools.cached_property
+  def labels(self):
+    return self.base.labels[self.indices]
 
-    def get_batch(self, indices):
-        return self.base.get_batch(self.indices[np.asarray(indices)])
+  def get_batch(self, indices):
+    return self.base.get_batch(self.indices[np.asarray(indices)])
 
-    def __repr__(self):
-        return f"SubsetSource({self.name} of {self.base!r}, n={len(self)})"
+  def __repr__(self):
+    return f"SubsetSource({self.name} of {self.base!r}, n={len(self)})"
 
 
 # ----------------------------------------------------------------------------------------------------
 # Mini-val split and the by-name entry point.
 # ----------------------------------------------------------------------------------------------------
 def minival_split(labels: np.ndarray, per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (minival, rest): the first ``per_class`` indices of every class in a ``seed``-fixed
-    random order, and all other indices. Both sorted, disjoint, and together all of ``labels``."""
-    labels = np.asarray(labels)
-    order = np.random.default_rng(seed).permutation(len(labels))
-    by_class = order[np.argsort(labels[order], kind="stable")]  # Grouped by class, random within.
-    classes, starts, counts = np.unique(labels[by_class], return_index=True, return_counts=True)
-    short = classes[counts <= per_class]
-    if len(short):
-        raise ValueError(f"mini-val needs more than {per_class} images per class; class {short[0]} has "
-                         f"{counts[classes == short[0]][0]}")
-    take = np.zeros(len(labels), bool)
-    for s in starts:
-        take[by_class[s:s + per_class]] = True
-    return np.flatnonzero(take), np.flatnonzero(~take)
+  """Returns (minival, rest): the first `per_class` indices of every class in a `seed`-fixed
+  random order, and all other indices. Both sorted, disjoint, and together all of `labels`."""
+  labels = np.asarray(labels)
+  order = np.random.default_rng(seed).permutation(len(labels))
+  by_class = order[np.argsort(labels[order], kind="stable")]  # Grouped by class, random within.
+  classes, starts, counts = np.unique(labels[by_class], return_index=True, return_counts=True)
+  short = classes[counts <= per_class]
+  if len(short):
+    raise ValueError(
+        f"mini-val needs more than {per_class} images per class; class {short[0]} has "
+        f"{counts[classes == short[0]][0]}"
+    )
+  take = np.zeros(len(labels), bool)
+  for s in starts:
+    take[by_class[s : s + per_class]] = True
+  return np.flatnonzero(take), np.flatnonzero(~take)
 
 
-def get_source(name: str, split: str = "train", *, minival_per_class: int = 50, minival_seed: int = 0,
-               **kw) -> Source:
-    """Opens a source by name.
+def get_source(name: str, split: str = "train", *, minival_per_class: int = 50, minival_seed: int = 0, **kw) -> Source:
+  """Opens a source by name.
 
-    Names: ``fashion_mnist`` (kw ``root``), ``imagefolder:<dir>`` (or ``imagefolder`` with ``data_dir``),
-    ``tfds:<name>`` (kw ``data_dir``, ``manual_dir``, ``download``, ``label_cache``) and ``synthetic``
-    (kw ``num_examples``, ``num_classes``, ``image_shape``, ``seed``; smoke tests only).
-    Splits: ``train``, ``test``/``val``, ``minival``, ``train_minus_minival``.
-    """
-    if split in ("minival", "train_minus_minival"):
-        train = get_source(name, "train", **kw)
-        mini, rest = minival_split(train.labels, minival_per_class, minival_seed)
-        return SubsetSource(train, mini if split == "minival" else rest, name=f"{name}/{split}")
-    if split not in ("train", "test", "val"):
-        raise ValueError(f"unknown split {split!r} (train, test, val, minival, train_minus_minival)")
-    kind, _, arg = name.partition(":")
-    if kind == "fashion_mnist":
-        return fashion_mnist(split, root=kw.pop("root", None) or arg or None, **kw)
-    if kind == "imagefolder":
-        root = arg or kw.pop("data_dir", None)
-        if not root:
-            raise ValueError("imagefolder needs a directory: 'imagefolder:<dir>' or data_dir=...")
-        return ImageFolderSource(root, split, **kw)
-    if kind == "tfds":
-        if not arg:
-            raise ValueError("tfds needs a dataset name: 'tfds:<name>', e.g. 'tfds:imagenet2012'")
-        return TfdsSource(arg, split, **kw)
-    if kind == "synthetic":
-        # Test/val get a different seed so they are not copies of train.
-        kw.setdefault("seed", 0)
-        if split != "train":
-            kw["seed"] += 1_000_003
-        return SyntheticSource(**kw)
-    raise ValueError(f"unknown dataset {name!r} (fashion_mnist, imagefolder:<dir>, tfds:<name>, synthetic)")
+  Names: `fashion_mnist` (kw `root`), `imagefolder:<dir>` (or `imagefolder` with `data_dir`),
+  `tfds:<name>` (kw `data_dir`, `manual_dir`, `download`, `label_cache`) and `synthetic`
+  (kw `num_examples`, `num_classes`, `image_shape`, `seed`; smoke tests only).
+  Splits: `train`, `test`/`val`, `minival`, `train_minus_minival`.
+  """
+  if split in ("minival", "train_minus_minival"):
+    train = get_source(name, "train", **kw)
+    mini, rest = minival_split(train.labels, minival_per_class, minival_seed)
+    return SubsetSource(train, mini if split == "minival" else rest, name=f"{name}/{split}")
+  if split not in ("train", "test", "val"):
+    raise ValueError(f"unknown split {split!r} (train, test, val, minival, train_minus_minival)")
+  kind, _, arg = name.partition(":")
+  if kind == "fashion_mnist":
+    return fashion_mnist(split, root=kw.pop("root", None) or arg or None, **kw)
+  if kind == "imagefolder":
+    root = arg or kw.pop("data_dir", None)
+    if not root:
+      raise ValueError("imagefolder needs a directory: 'imagefolder:<dir>' or data_dir=...")
+    return ImageFolderSource(root, split, **kw)
+  if kind == "tfds":
+    if not arg:
+      raise ValueError("tfds needs a dataset name: 'tfds:<name>', e.g. 'tfds:imagenet2012'")
+    return TfdsSource(arg, split, **kw)
+  if kind == "synthetic":
+    # Test/val get a different seed so they are not copies of train.
+    kw.setdefault("seed", 0)
+    if split != "train":
+      kw["seed"] += 1_000_003
+    return SyntheticSource(**kw)
+  raise ValueError(f"unknown dataset {name!r} (fashion_mnist, imagefolder:<dir>, tfds:<name>, synthetic)")

@@ -1,15 +1,16 @@
 """Depth expansion as pure functions on param trees: ScaleNet and the baselines of the paper.
 
-``expand(pretrained_params, model, spec) -> (expanded_model, params)``
+`expand(pretrained_params, model, spec) -> (expanded_model, params)`
 
-* ``scalenet``: the expanded model has the same core stacks (each pretrained tensor held once);
+* `scalenet`: the expanded model has the same core stacks (each pretrained tensor held once);
   its blocks gather them through the layout's mapping. New blocks' LayerNorms are copies of their
   source layer's; adjustment modules start at identity (B = 0). So at init the expanded model
   computes exactly the pretrained layers run in the mapped order.
-* baselines (``random``/``stack``/``interpolate``/``swa``) add ``k`` *independent* layers, where
-  ``k`` is ``spec.num_new_layers`` or, when 0, the count that brings the parameter count closest to
-  the ScaleNet model's (at least one layer). ``scratch`` is an R-times deeper model, randomly initialised.
+* baselines (`random`/`stack`/`interpolate`/`swa`) add `k` *independent* layers, where
+  `k` is `spec.num_new_layers` or, when 0, the count that brings the parameter count closest to
+  the ScaleNet model's (at least one layer). `scratch` is an R-times deeper model, randomly initialised.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,8 +43,11 @@ def stack_names(model) -> list[str]:
 def with_depths(model, new_depths):
   """The same (plain) architecture with other stack depths."""
   cfg = model.config
-  cfg = (dataclasses.replace(cfg, depth=new_depths[0]) if family(model) == "vit"
-         else dataclasses.replace(cfg, depths=tuple(new_depths)))
+  cfg = (
+      dataclasses.replace(cfg, depth=new_depths[0])
+      if family(model) == "vit"
+      else dataclasses.replace(cfg, depths=tuple(new_depths))
+  )
   return model.clone(config=cfg, **_layouts_kw(model, None))
 
 
@@ -73,9 +77,9 @@ def _check_plain(model):
 
 
 def expand(pretrained_params, model, spec: ExpansionSpec, fresh=None):
-  """Expand a plain pretrained ``model`` with ``pretrained_params`` according to ``spec``.
+  """Expand a plain pretrained `model` with `pretrained_params` according to `spec`.
 
-  New params (adjustment modules, random layers) come from ``fresh``, params of the expanded
+  New params (adjustment modules, random layers) come from `fresh`, params of the expanded
   structure (e.g. a train state's init, saving a second init compile), or from an init with spec.seed.
   """
   _check_plain(model)
@@ -156,7 +160,7 @@ def _grown_model(model, spec, k):
 
 
 def expanded_model(model, spec: ExpansionSpec):
-  """The structure ``expand`` produces, without building any params (cheap: for summaries)."""
+  """The structure `expand` produces, without building any params (cheap: for summaries)."""
   _check_plain(model)
   if spec.kind == "scalenet":
     return scalenet_model(model, spec)
@@ -199,7 +203,7 @@ def matched_new_layers(model, spec: ExpansionSpec) -> int:
 
 
 def trainable_patterns(spec: ExpansionSpec) -> tuple[str, ...]:
-  """Param-path regexes of the trainable set (``all`` -> everything)."""
+  """Param-path regexes of the trainable set (`all` -> everything)."""
   if spec.trainable == "all":
     return (".*",)
   # Adjustment modules, every LayerNorm, and the classifier head; shared core weights stay frozen.
@@ -212,7 +216,7 @@ def trainable_patterns(spec: ExpansionSpec) -> tuple[str, ...]:
 
 
 def trainable_rows(model, spec: ExpansionSpec) -> dict[str, np.ndarray]:
-  """Baselines under ``adjust_ln_head``: which rows of each stacked core leaf are new (trainable).
+  """Baselines under `adjust_ln_head`: which rows of each stacked core leaf are new (trainable).
 
   Keys are stack names ('blocks', 'stage3'); pretrained layers stay frozen like ScaleNet's shared ones.
   """

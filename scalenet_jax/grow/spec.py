@@ -7,6 +7,7 @@ Mappings (0-based; L = layers of the reused stack, R = reuse times, S = reused s
 Every instance of a reused layer gets an adjustment module; layers outside S get none.
 For Swin, S is a set of *stages* (default: the last one) and each chosen stage is expanded as a whole.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,7 +64,7 @@ class ExpansionSpec:
 
 
 def stack_layout(num_layers: int, spec: ExpansionSpec, subset: Optional[Sequence[int]] = None) -> StackLayout:
-  """ScaleNet layout of one stack of ``num_layers`` pretrained layers."""
+  """ScaleNet layout of one stack of `num_layers` pretrained layers."""
   subset = sorted(set(range(num_layers) if subset is None else subset))
   bad = [s for s in subset if not 0 <= s < num_layers]
   if bad:
@@ -75,8 +76,10 @@ def stack_layout(num_layers: int, spec: ExpansionSpec, subset: Optional[Sequence
     mapping = list(spec.mapping)
     want = num_layers + (r - 1) * len(subset)
     if len(mapping) != want:
-      raise ValueError(f"explicit mapping has {len(mapping)} entries; expected L' = {want} "
-                       f"(L={num_layers}, R={r}, |subset|={len(subset)})")
+      raise ValueError(
+          f"explicit mapping has {len(mapping)} entries; expected L' = {want} "
+          f"(L={num_layers}, R={r}, |subset|={len(subset)})"
+      )
     bad = [m for m in mapping if not 0 <= m < num_layers]
     if bad:
       raise ValueError(f"explicit mapping index {bad[0]} out of range [0, {num_layers})")

@@ -3,6 +3,7 @@
 Each entry is a family ('vit' or 'swin') and the architecture kwargs, named as timm names them so
 the same kwargs build the timm twin (used by the parity tests and the weight converter).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,21 +14,35 @@ from scalenet_jax.models import swin, vit
 FAMILIES = {"vit": (vit.ViTConfig, vit.ViT), "swin": (swin.SwinConfig, swin.Swin)}
 
 _VIT_SIZES = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}
-_SWIN_SIZES = {"tiny": (96, (2, 2, 6, 2), (3, 6, 12, 24)), "small": (96, (2, 2, 18, 2), (3, 6, 12, 24)),
-               "base": (128, (2, 2, 18, 2), (4, 8, 16, 32))}
+_SWIN_SIZES = {
+    "tiny": (96, (2, 2, 6, 2), (3, 6, 12, 24)),
+    "small": (96, (2, 2, 18, 2), (3, 6, 12, 24)),
+    "base": (128, (2, 2, 18, 2), (4, 8, 16, 32)),
+}
 
 REGISTRY: dict[str, tuple[str, dict[str, Any]]] = {}
 for _size, (_dim, _heads) in _VIT_SIZES.items():
   REGISTRY[f"deit_{_size}_patch16_224"] = ("vit", dict(embed_dim=_dim, depth=12, num_heads=_heads))
 for _size, (_dim, _depths, _heads) in _SWIN_SIZES.items():
-  REGISTRY[f"swin_{_size}_patch4_window7_224"] = ("swin", dict(embed_dim=_dim, depths=_depths,
-                                                              num_heads=_heads))
+  REGISTRY[f"swin_{_size}_patch4_window7_224"] = ("swin", dict(embed_dim=_dim, depths=_depths, num_heads=_heads))
 # Small models for CPU tests and the Fashion-MNIST demo (28x28 / 32x32 grey images, 10 classes).
-REGISTRY["vit_micro_patch4_28"] = ("vit", dict(img_size=28, patch_size=4, in_chans=1, num_classes=10,
-                                               embed_dim=64, depth=6, num_heads=4))
-REGISTRY["swin_micro_patch2_window4_32"] = ("swin", dict(img_size=32, patch_size=2, in_chans=1,
-                                                         num_classes=10, embed_dim=32, depths=(2, 2, 2),
-                                                         num_heads=(2, 4, 8), window_size=4))
+REGISTRY["vit_micro_patch4_28"] = (
+    "vit",
+    dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=6, num_heads=4),
+)
+REGISTRY["swin_micro_patch2_window4_32"] = (
+    "swin",
+    dict(
+        img_size=32,
+        patch_size=2,
+        in_chans=1,
+        num_classes=10,
+        embed_dim=32,
+        depths=(2, 2, 2),
+        num_heads=(2, 4, 8),
+        window_size=4,
+    ),
+)
 
 
 def list_models() -> list[str]:
@@ -45,7 +60,7 @@ def _lookup(name):
 
 
 def arch_kwargs(name: str, **overrides) -> dict[str, Any]:
-  """The timm-style architecture kwargs of ``name`` with ``overrides`` applied (validated)."""
+  """The timm-style architecture kwargs of `name` with `overrides` applied (validated)."""
   family, kwargs = _lookup(name)
   fields = {f.name for f in dataclasses.fields(FAMILIES[family][0])}
   bad = sorted(set(overrides) - fields)
@@ -60,7 +75,7 @@ def model_config(name: str, **overrides):
 
 
 def create_model(name: str, arch: dict | None = None, **module_kwargs):
-  """Build the Flax module ``name``; ``arch`` overrides architecture fields (e.g. num_classes),
-  ``module_kwargs`` set runtime options (drop_path_rate, dtype, remat, layout(s), rank...)."""
+  """Build the Flax module `name`; `arch` overrides architecture fields (e.g. num_classes),
+  `module_kwargs` set runtime options (drop_path_rate, dtype, remat, layout(s), rank...)."""
   family, _ = _lookup(name)
   return FAMILIES[family][1](model_config(name, **(arch or {})), **module_kwargs)

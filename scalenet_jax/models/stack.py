@@ -1,19 +1,20 @@
 """The transformer block stack shared by every model in this package.
 
-A stack of L' transformer blocks is described by a :class:`StackLayout`:
+A stack of L' transformer blocks is described by a `StackLayout`:
 
-* ``num_core`` *core* layers own the big weights (qkv, proj, fc1, fc2 and, for window
+* `num_core` *core* layers own the big weights (qkv, proj, fc1, fc2 and, for window
   attention, the relative-position-bias table). They live **once**, stacked along a leading
-  axis of size ``num_core`` under the ``core`` param collection.
-* ``mapping[l]`` says which core layer block ``l`` runs. A plain (unexpanded) model is the
+  axis of size `num_core` under the `core` param collection.
+* `mapping[l]` says which core layer block `l` runs. A plain (unexpanded) model is the
   identity mapping; ScaleNet's interpolate/stack expansions are other mappings. Weight sharing
-  is therefore structural: every block that maps to core layer ``c`` gathers the same arrays,
-  and the gradient of ``core[c]`` is the sum over those blocks (the transpose of a gather).
-* Every block owns its two LayerNorms and its adjustment module (``adjust[l]``: ``none``,
-  ``adapter`` or ``lora``). Consecutive blocks with the same adjustment kind form a *segment*
-  (``seg0``, ``seg1`` ...), each one ``nn.scan`` over its blocks, so compile time does not
+  is therefore structural: every block that maps to core layer `c` gathers the same arrays,
+  and the gradient of `core[c]` is the sum over those blocks (the transpose of a gather).
+* Every block owns its two LayerNorms and its adjustment module (`adjust[l]`: `none`,
+  `adapter` or `lora`). Consecutive blocks with the same adjustment kind form a *segment*
+  (`seg0`, `seg1` ...), each one `nn.scan` over its blocks, so compile time does not
   grow with depth and per-block params are stacked along a leading axis.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,6 +33,7 @@ Dtype = Any
 @dataclasses.dataclass(frozen=True)
 class StackLayout:
   """Which core layer and which adjustment each block of a stack uses."""
+
   num_core: int
   mapping: tuple[int, ...]
   adjust: tuple[str, ...]
@@ -40,8 +42,7 @@ class StackLayout:
     if self.num_core < 1:
       raise ValueError(f"StackLayout needs num_core >= 1, got {self.num_core}")
     if len(self.mapping) != len(self.adjust):
-      raise ValueError(
-          f"StackLayout mapping has {len(self.mapping)} entries but adjust has {len(self.adjust)}")
+      raise ValueError(f"StackLayout mapping has {len(self.mapping)} entries but adjust has {len(self.adjust)}")
     bad = [m for m in self.mapping if not 0 <= m < self.num_core]
     if bad:
       raise ValueError(f"StackLayout mapping index {bad[0]} out of range [0, {self.num_core})")
@@ -67,7 +68,7 @@ class StackLayout:
     return out
 
   def locate(self, layer: int) -> tuple[int, int]:
-    """(segment index, position inside the segment) of block ``layer``."""
+    """(segment index, position inside the segment) of block `layer`."""
     for i, (start, stop, _) in enumerate(self.segments()):
       if start <= layer < stop:
         return i, layer - start
@@ -79,10 +80,11 @@ def trunc_normal(std=0.02):
 
 
 def patch_embed(images, cfg, dtype):
-  """Input check, then the patchify conv (timm's ``patch_embed.proj``). Call inside a compact method."""
+  """Input check, then the patchify conv (timm's `patch_embed.proj`). Call inside a compact method."""
   if images.shape[1:] != (cfg.img_size, cfg.img_size, cfg.in_chans):
-    raise ValueError(f"expected images of shape (B, {cfg.img_size}, {cfg.img_size}, {cfg.in_chans}),"
-                     f" got {images.shape}")
+    raise ValueError(
+        f"expected images of shape (B, {cfg.img_size}, {cfg.img_size}, {cfg.in_chans})," f" got {images.shape}"
+    )
   return PatchEmbed(cfg.patch_size, cfg.embed_dim, dtype, name="patch_embed")(images)
 
 
@@ -90,6 +92,7 @@ class PatchEmbed(nn.Module):
   """A p×p, stride-p conv with nn.Conv's params (HWIO kernel, bias; same init), computed as a matmul
   on non-overlapping patches. Why: XLA's CPU backend runs this conv's weight gradient ~2.8x slower than
   the equivalent dot (DeiT-S at 224 px: 554 vs 198 ms at batch 64)."""
+
   patch: int
   dim: int
   dtype: Dtype = jnp.float32
@@ -106,7 +109,8 @@ class PatchEmbed(nn.Module):
 
 
 class StackedDense(nn.Module):
-  """``n`` independent Linear layers, kernels stacked as (n, d_in, d_out)."""
+  """`n` independent Linear layers, kernels stacked as (n, d_in, d_out)."""
+
   n: int
   d_in: int
   d_out: int
@@ -120,7 +124,8 @@ class StackedDense(nn.Module):
 
 
 class CoreStack(nn.Module):
-  """The shared (possibly frozen) weights of ``n`` transformer layers, stacked once."""
+  """The shared (possibly frozen) weights of `n` transformer layers, stacked once."""
+
   n: int
   dim: int
   hidden: int
@@ -137,8 +142,7 @@ class CoreStack(nn.Module):
         "fc2": StackedDense(self.n, self.hidden, self.dim, name="fc2")(),
     }
     if self.rel_pos_size:
-      core["rel_pos"] = self.param("rel_pos_bias_table", trunc_normal(),
-                                   (self.n, self.rel_pos_size, self.num_heads))
+      core["rel_pos"] = self.param("rel_pos_bias_table", trunc_normal(), (self.n, self.rel_pos_size, self.num_heads))
     return core
 
 
@@ -149,6 +153,7 @@ class Adjust(nn.Module):
   lora:    y = (θ + B A) x      (A Gaussian, B zero-init). θ is shared, so LoRA cannot be merged.
   Both start as the identity adjustment, so an expanded model starts from the pretrained function.
   """
+
   kind: str
   d_out: int
   rank: int
@@ -163,12 +168,12 @@ class Adjust(nn.Module):
       h = nn.Dense(self.rank, use_bias=False, dtype=self.dtype, name="A")(x)
       h = activation(self.act)(h)
     elif self.kind == "lora":
-      h = nn.Dense(self.rank, use_bias=False, dtype=self.dtype, name="A",
-                   kernel_init=nn.initializers.normal(1.0 / self.rank))(x)
+      h = nn.Dense(
+          self.rank, use_bias=False, dtype=self.dtype, name="A", kernel_init=nn.initializers.normal(1.0 / self.rank)
+      )(x)
     else:
       raise ValueError(f"unknown adjustment {self.kind!r}")
-    return nn.Dense(self.d_out, use_bias=False, dtype=self.dtype, name="B",
-                    kernel_init=nn.initializers.zeros)(h)
+    return nn.Dense(self.d_out, use_bias=False, dtype=self.dtype, name="B", kernel_init=nn.initializers.zeros)(h)
 
 
 def gelu(x):
@@ -206,6 +211,7 @@ def drop_path(x, rate, rng, train: bool):
 @dataclasses.dataclass(frozen=True)
 class WindowSpec:
   """Static geometry of Swin window attention for one stage (timm's conventions)."""
+
   resolution: tuple[int, int]
   window: int
   shift: int  # shift used by odd blocks; 0 when the stage fits in one window
@@ -254,7 +260,7 @@ def window_reverse(x, w, b, h, wd):
 
 
 def multihead_attention(x, core, num_heads, dtype, bias=None, adjust=None):
-  """x: (B, N, C). ``bias`` is added to the logits, broadcast as (B?, heads, N, N)."""
+  """x: (B, N, C). `bias` is added to the logits, broadcast as (B?, heads, N, N)."""
   b, n, c = x.shape
   qkv = linear(x, core["qkv"], dtype)
   if adjust is not None:
@@ -274,7 +280,7 @@ def multihead_attention(x, core, num_heads, dtype, bias=None, adjust=None):
 def window_attention(x, core, num_heads, spec: WindowSpec, shifted, dtype, adjust=None):
   """Swin (shifted) window attention on a (B, H*W, C) token grid.
 
-  ``shifted`` is a traced 0/1 flag so one scanned block serves both W-MSA and SW-MSA blocks.
+  `shifted` is a traced 0/1 flag so one scanned block serves both W-MSA and SW-MSA blocks.
   """
   b, _, c = x.shape
   h, w = spec.resolution
@@ -300,6 +306,7 @@ def window_attention(x, core, num_heads, spec: WindowSpec, shifted, dtype, adjus
 
 class Block(nn.Module):
   """One pre-norm transformer block running gathered core weights plus its own LNs/adjustments."""
+
   dim: int
   num_heads: int
   hidden: int
@@ -312,8 +319,7 @@ class Block(nn.Module):
   train: bool = False
 
   def _adjust(self, name, x, d_out):
-    return Adjust(self.adjust, d_out, self.rank, self.adapter_act, self.dtype,
-                  name=f"{self.adjust}_{name}")(x)
+    return Adjust(self.adjust, d_out, self.rank, self.adapter_act, self.dtype, name=f"{self.adjust}_{name}")(x)
 
   @nn.compact
   def __call__(self, x, step_inputs, core_stack):
@@ -328,8 +334,7 @@ class Block(nn.Module):
     if self.window is None:
       y = multihead_attention(y, core, self.num_heads, self.dtype, adjust=attn_adjust)
     else:
-      y = window_attention(y, core, self.num_heads, self.window, shifted, self.dtype,
-                           adjust=attn_adjust)
+      y = window_attention(y, core, self.num_heads, self.window, shifted, self.dtype, adjust=attn_adjust)
     x = x + drop_path(y, dpr, rngs[0], self.train)
 
     y = nn.LayerNorm(self.norm_eps, dtype=self.dtype, name="norm2")(x)
@@ -347,7 +352,8 @@ class Block(nn.Module):
 
 
 class BlockStack(nn.Module):
-  """``layout.depth`` blocks over ``layout.num_core`` shared core layers (see module doc)."""
+  """`layout.depth` blocks over `layout.num_core` shared core layers (see module doc)."""
+
   layout: StackLayout
   dim: int
   num_heads: int
@@ -367,8 +373,7 @@ class BlockStack(nn.Module):
     layout = self.layout
     hidden = int(self.dim * self.mlp_ratio)
     rel = (2 * self.window.window - 1) ** 2 if self.window is not None else 0
-    core = CoreStack(layout.num_core, self.dim, hidden, self.num_heads, rel, self.qkv_bias,
-                     name="core")()
+    core = CoreStack(layout.num_core, self.dim, hidden, self.num_heads, rel, self.qkv_bias, name="core")()
     dpr = np.asarray(self.drop_path if len(self.drop_path) else [0.0] * layout.depth, np.float32)
     if len(dpr) != layout.depth:
       raise ValueError(f"drop_path has {len(dpr)} rates for a stack of depth {layout.depth}")
@@ -378,11 +383,25 @@ class BlockStack(nn.Module):
     block = nn.remat(Block) if self.remat else Block
     for i, (start, stop, kind) in enumerate(layout.segments()):
       # 'intermediates': 0 stacks the sown block outputs of a segment along a leading layer axis.
-      scanned = nn.scan(block, variable_axes={"params": 0, "intermediates": 0},
-                        split_rngs={"params": True, "dropout": True},
-                        in_axes=(0, nn.broadcast), length=stop - start,
-                        unroll=(stop - start) if self.unroll else 1)
-      x, _ = scanned(self.dim, self.num_heads, hidden, kind, self.rank, self.adapter_act, self.norm_eps,
-                     self.window, self.dtype, train, name=f"seg{i}")(
-                         x, (mapping[start:stop], dpr[start:stop], shifted[start:stop]), core)
+      scanned = nn.scan(
+          block,
+          variable_axes={"params": 0, "intermediates": 0},
+          split_rngs={"params": True, "dropout": True},
+          in_axes=(0, nn.broadcast),
+          length=stop - start,
+          unroll=(stop - start) if self.unroll else 1,
+      )
+      x, _ = scanned(
+          self.dim,
+          self.num_heads,
+          hidden,
+          kind,
+          self.rank,
+          self.adapter_act,
+          self.norm_eps,
+          self.window,
+          self.dtype,
+          train,
+          name=f"seg{i}",
+      )(x, (mapping[start:stop], dpr[start:stop], shifted[start:stop]), core)
     return x

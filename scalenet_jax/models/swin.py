@@ -1,4 +1,5 @@
 """Swin Transformer (shifted windows, relative position bias, patch merging), timm-compatible layout."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,15 +27,16 @@ class SwinConfig:
   norm_eps: float = 1e-5
 
   def stage_dim(self, i):
-    return self.embed_dim * 2 ** i
+    return self.embed_dim * 2**i
 
   def stage_resolution(self, i):
-    r = self.img_size // self.patch_size // 2 ** i
+    r = self.img_size // self.patch_size // 2**i
     return (r, r)
 
 
 class PatchMerging(nn.Module):
   """2x2 neighbourhood concat (timm order: (h0,w0),(h1,w0),(h0,w1),(h1,w1)) -> LN -> Linear(4C->2C)."""
+
   norm_eps: float
   dtype: stack_lib.Dtype = jnp.float32
 
@@ -43,12 +45,12 @@ class PatchMerging(nn.Module):
     b, h, w, c = x.shape
     x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 4, 2, 5).reshape(b, h // 2, w // 2, 4 * c)
     x = nn.LayerNorm(self.norm_eps, dtype=self.dtype, name="norm")(x)
-    return nn.Dense(2 * c, use_bias=False, dtype=self.dtype, name="reduction",
-                    kernel_init=stack_lib.trunc_normal())(x)
+    return nn.Dense(2 * c, use_bias=False, dtype=self.dtype, name="reduction", kernel_init=stack_lib.trunc_normal())(x)
 
 
 class Swin(nn.Module):
-  """Swin; ``layouts`` (one per stage, None = identity) make it a ScaleNet-expanded model."""
+  """Swin; `layouts` (one per stage, None = identity) make it a ScaleNet-expanded model."""
+
   config: SwinConfig
   layouts: Optional[tuple[Optional[stack_lib.StackLayout], ...]] = None
   drop_path_rate: float = 0.0
@@ -80,11 +82,23 @@ class Swin(nn.Module):
       b, h, w, c = x.shape
       window = stack_lib.WindowSpec.for_stage((h, w), cfg.window_size)
       x = stack_lib.BlockStack(
-          layout, c, cfg.num_heads[i], cfg.mlp_ratio, drop_path=tuple(dpr[offset:offset + layout.depth]),
-          rank=self.rank, adapter_act=self.adapter_act, norm_eps=cfg.norm_eps, window=window,
-          qkv_bias=cfg.qkv_bias, dtype=self.dtype, remat=self.remat, unroll=self.unroll,
-          name=f"stage{i}")(x.reshape(b, h * w, c), train).reshape(b, h, w, c)
+          layout,
+          c,
+          cfg.num_heads[i],
+          cfg.mlp_ratio,
+          drop_path=tuple(dpr[offset : offset + layout.depth]),
+          rank=self.rank,
+          adapter_act=self.adapter_act,
+          norm_eps=cfg.norm_eps,
+          window=window,
+          qkv_bias=cfg.qkv_bias,
+          dtype=self.dtype,
+          remat=self.remat,
+          unroll=self.unroll,
+          name=f"stage{i}",
+      )(x.reshape(b, h * w, c), train).reshape(b, h, w, c)
       offset += layout.depth
     x = nn.LayerNorm(cfg.norm_eps, dtype=self.dtype, name="norm")(x)
-    return nn.Dense(cfg.num_classes, dtype=self.dtype, name="head",
-                    kernel_init=stack_lib.trunc_normal())(x.mean(axis=(1, 2))).astype(jnp.float32)
+    return nn.Dense(cfg.num_classes, dtype=self.dtype, name="head", kernel_init=stack_lib.trunc_normal())(
+        x.mean(axis=(1, 2))
+    ).astype(jnp.float32)

@@ -1,4 +1,5 @@
 """DeiT / ViT (class token, learned position embedding), timm-compatible layout."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,7 +31,8 @@ class ViTConfig:
 
 
 class ViT(nn.Module):
-  """Vision transformer; ``layout`` (default: identity) makes it a ScaleNet-expanded model."""
+  """Vision transformer; `layout` (default: identity) makes it a ScaleNet-expanded model."""
+
   config: ViTConfig
   layout: Optional[stack_lib.StackLayout] = None
   drop_path_rate: float = 0.0
@@ -55,10 +57,21 @@ class ViT(nn.Module):
     x = x + pos.astype(x.dtype)
     layout = self.stack_layouts[0]
     x = stack_lib.BlockStack(
-        layout, cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio,
-        drop_path=tuple(np.linspace(0, self.drop_path_rate, layout.depth)), rank=self.rank,
-        adapter_act=self.adapter_act, norm_eps=cfg.norm_eps, qkv_bias=cfg.qkv_bias, dtype=self.dtype,
-        remat=self.remat, unroll=self.unroll, name="blocks")(x, train)
+        layout,
+        cfg.embed_dim,
+        cfg.num_heads,
+        cfg.mlp_ratio,
+        drop_path=tuple(np.linspace(0, self.drop_path_rate, layout.depth)),
+        rank=self.rank,
+        adapter_act=self.adapter_act,
+        norm_eps=cfg.norm_eps,
+        qkv_bias=cfg.qkv_bias,
+        dtype=self.dtype,
+        remat=self.remat,
+        unroll=self.unroll,
+        name="blocks",
+    )(x, train)
     x = nn.LayerNorm(cfg.norm_eps, dtype=self.dtype, name="norm")(x)
-    return nn.Dense(cfg.num_classes, dtype=self.dtype, name="head",
-                    kernel_init=stack_lib.trunc_normal())(x[:, 0]).astype(jnp.float32)
+    return nn.Dense(cfg.num_classes, dtype=self.dtype, name="head", kernel_init=stack_lib.trunc_normal())(
+        x[:, 0]
+    ).astype(jnp.float32)

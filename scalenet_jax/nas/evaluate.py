@@ -22,6 +22,7 @@ accs_ref = ev.evaluate_sequential([(alpha, S), ...])
 * `evaluate_sequential` runs a Python loop over paths with the single-path compiled function; it gives
   the same accuracies (tested) and is the baseline of `benchmarks/nas_vmap.py`.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -48,9 +49,15 @@ def resize_images(images, r: int):
 class PathEvaluator:
   """Accuracy of (α, S) paths of a supernet on fixed mini-val batches (see module docstring)."""
 
-  def __init__(self, model: SuperNet, params, space: SearchSpace,
-               batches: Sequence[Batch] | Mapping[int, Sequence[Batch]], vmap_size: int = 16,
-               calib_batches: Sequence[Batch] | None = None):
+  def __init__(
+      self,
+      model: SuperNet,
+      params,
+      space: SearchSpace,
+      batches: Sequence[Batch] | Mapping[int, Sequence[Batch]],
+      vmap_size: int = 16,
+      calib_batches: Sequence[Batch] | None = None,
+  ):
     if vmap_size < 1:
       raise ValueError(f"vmap_size must be >= 1, got {vmap_size}")
     if not batches:
@@ -85,8 +92,10 @@ class PathEvaluator:
     if self._calib:
       calib = jnp.concatenate([resize_images(x, r) for x, _ in self._calib])
       n_cal = calib.shape[0]
-      data = [(jnp.concatenate([calib, x]), y, x.shape[0],
-               jnp.concatenate([jnp.ones(n_cal), jnp.zeros(x.shape[0])])) for x, y in src]
+      data = [
+          (jnp.concatenate([calib, x]), y, x.shape[0], jnp.concatenate([jnp.ones(n_cal), jnp.zeros(x.shape[0])]))
+          for x, y in src
+      ]
     else:
       data = [(x, y, x.shape[0], None) for x, y in src]
     self._cache[r] = data
@@ -108,12 +117,12 @@ class PathEvaluator:
       paths = [path_arrays(apply_scaling(*pairs[i], self.space), self.space) for i in idx]
       total = sum(n for _, _, n, _ in data)
       for c in range(0, len(idx), self.vmap_size):
-        chunk = paths[c:c + self.vmap_size]
+        chunk = paths[c : c + self.vmap_size]
         n_real = len(chunk)
         chunk = chunk + [chunk[-1]] * (self.vmap_size - n_real)
         stacked = stack_paths(chunk)
         hits = sum(self._vmapped(self.params, x, y, stacked, w, n) for x, y, n, w in data)
-        acc[idx[c:c + n_real]] = np.asarray(hits)[:n_real] / total
+        acc[idx[c : c + n_real]] = np.asarray(hits)[:n_real] / total
     return acc.tolist()
 
   def evaluate_sequential(self, pairs: Sequence[tuple[Alpha, Scaling]]) -> list[float]:

@@ -27,32 +27,53 @@ rounded). Counted with `count_macs` / `count_params` (1000 classes), vs. paper T
 S0, S2–S5 are within 5 % of the paper; S1 is 13 % lower (its resolution multiplier 1.14 gives
 255 px; the gap is not explained by rounding). `tests/test_nas_export.py` checks this table.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import os
 
-from scalenet_jax.nas.space import (Alpha, Arch, Scaling, SearchSpace, apply_scaling, count_macs,
-                                    count_params, get_space)
+from scalenet_jax.nas.space import (
+    Alpha,
+    Arch,
+    Scaling,
+    SearchSpace,
+    apply_scaling,
+    count_macs,
+    count_params,
+    get_space,
+)
 from scalenet_jax.nas.supernet import PathNet
 
 FORMAT = "scalenet_jax.nas/arch/v1"
 
-S0_ALPHA = Alpha(depths=(1, 1, 4, 2, 2, 3, 1),
-                 kernels=((5,), (5,), (7, 7, 5, 3), (5, 5), (7, 7), (7, 5, 7), (5,)))
+S0_ALPHA = Alpha(depths=(1, 1, 4, 2, 2, 3, 1), kernels=((5,), (5,), (7, 7, 5, 3), (5, 5), (7, 7), (7, 5, 7), (5,)))
 # (d, w, resolution multiplier) as released; r = round(224 · multiplier).
-_RELEASED_MULTS = {"s0": (1.0, 1.0, 1.0), "s1": (1.04, 1.04, 1.14), "s2": (1.36, 1.20, 1.355),
-                   "s3": (1.40, 1.40, 1.58), "s4": (1.653, 1.534, 2.042), "s5": (1.848, 1.688, 2.378)}
+_RELEASED_MULTS = {
+    "s0": (1.0, 1.0, 1.0),
+    "s1": (1.04, 1.04, 1.14),
+    "s2": (1.36, 1.20, 1.355),
+    "s3": (1.40, 1.40, 1.58),
+    "s4": (1.653, 1.534, 2.042),
+    "s5": (1.848, 1.688, 2.378),
+}
 RELEASED = {k: (S0_ALPHA, Scaling(d, w, int(round(224 * r)))) for k, (d, w, r) in _RELEASED_MULTS.items()}
 PAPER_GFLOPS = {"s0": 0.35, "s1": 0.80, "s2": 1.45, "s3": 2.76, "s4": 5.97, "s5": 10.22}
 
 
 def arch_record(alpha: Alpha, S: Scaling, space: SearchSpace) -> dict:
   arch = apply_scaling(alpha, S, space)
-  return {"format": FORMAT, "space": space.name, "in_channels": space.in_channels,
-          "alpha": alpha.to_dict(), "scaling": S.to_dict(), "arch": arch.to_dict(),
-          "macs": count_macs(arch), "params": count_params(arch)}
+  return {
+      "format": FORMAT,
+      "space": space.name,
+      "in_channels": space.in_channels,
+      "alpha": alpha.to_dict(),
+      "scaling": S.to_dict(),
+      "arch": arch.to_dict(),
+      "macs": count_macs(arch),
+      "params": count_params(arch),
+  }
 
 
 def save_arch(path: str, alpha: Alpha, S: Scaling, space: SearchSpace) -> dict:
@@ -94,7 +115,16 @@ def released_table() -> list[dict]:
   for name, (alpha, S) in RELEASED.items():
     arch = apply_scaling(alpha, S, space)
     macs = count_macs(arch)
-    rows.append({"model": name, "d": S.d, "w": S.w, "r": S.r, "mmacs": macs / 1e6,
-                 "paper_gflops": PAPER_GFLOPS[name], "ratio": macs / 1e9 / PAPER_GFLOPS[name],
-                 "params_m": count_params(arch) / 1e6})
+    rows.append(
+        {
+            "model": name,
+            "d": S.d,
+            "w": S.w,
+            "r": S.r,
+            "mmacs": macs / 1e6,
+            "paper_gflops": PAPER_GFLOPS[name],
+            "ratio": macs / 1e9 / PAPER_GFLOPS[name],
+            "params_m": count_params(arch) / 1e6,
+        }
+    )
   return rows

@@ -15,6 +15,7 @@ fits = fit_all(scalings, space)                     # {'d': (a0, a1), 'w': ..., 
 S4, S5 = extrapolate(alpha, scalings, space, stages=[4, 5])
 ```
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -48,9 +49,15 @@ def fit_exponential(js: Sequence[float], xs: Sequence[float]) -> tuple[float, fl
     raise ValueError("fit_exponential needs at least two points")
   best = None
   for a1 in (0.5, 1.5, 1.9):
-    res = optimize.least_squares(lambda p: exp_curve(js, *p) - xs, x0=(0.5, a1),
-                                 bounds=([-np.inf, 1e-6], [np.inf, A1_MAX]), xtol=1e-14, ftol=1e-14,
-                                 gtol=1e-14, max_nfev=20000)
+    res = optimize.least_squares(
+        lambda p: exp_curve(js, *p) - xs,
+        x0=(0.5, a1),
+        bounds=([-np.inf, 1e-6], [np.inf, A1_MAX]),
+        xtol=1e-14,
+        ftol=1e-14,
+        gtol=1e-14,
+        max_nfev=20000,
+    )
     if best is None or res.cost < best.cost - 1e-15:
       best = res
   return float(best.x[0]), float(best.x[1])
@@ -65,7 +72,7 @@ def fit_linear(js, xs) -> tuple[float]:
 def fit_quadratic(js, xs) -> tuple[float, float]:
   """(b, c) of x = 1 + b·j + c·j² (least squares)."""
   js, xs = np.asarray(js, np.float64), np.asarray(xs, np.float64)
-  A = np.stack([js, js ** 2], 1)
+  A = np.stack([js, js**2], 1)
   sol, *_ = np.linalg.lstsq(A, xs - 1, rcond=None)
   return float(sol[0]), float(sol[1])
 
@@ -73,14 +80,20 @@ def fit_quadratic(js, xs) -> tuple[float, float]:
 CURVES = {
     "exp": (fit_exponential, exp_curve),
     "linear": (fit_linear, lambda j, b: 1.0 + b * np.asarray(j, np.float64)),
-    "quadratic": (fit_quadratic, lambda j, b, c: 1.0 + b * np.asarray(j, np.float64) + c * np.asarray(j, np.float64) ** 2),
+    "quadratic": (
+        fit_quadratic,
+        lambda j, b, c: 1.0 + b * np.asarray(j, np.float64) + c * np.asarray(j, np.float64) ** 2,
+    ),
 }
 
 
 def _series(scalings: Sequence[Scaling], space: SearchSpace) -> dict[str, np.ndarray]:
   r0 = space.base_resolution
-  return {"d": np.array([S.d for S in scalings]), "w": np.array([S.w for S in scalings]),
-          "r": np.array([S.r / r0 for S in scalings])}
+  return {
+      "d": np.array([S.d for S in scalings]),
+      "w": np.array([S.w for S in scalings]),
+      "r": np.array([S.r / r0 for S in scalings]),
+  }
 
 
 def fit_all(scalings: Sequence[Scaling], space: SearchSpace, kind: str = "exp") -> dict[str, tuple]:
@@ -102,14 +115,20 @@ def _point(x: dict, t: float, r0: int) -> Scaling:
   return Scaling(round(max(d, 1.0), 3), round(max(w, 1.0), 3), int(round(max(r, 1.0) * r0)))
 
 
-def extrapolate(alpha: Alpha, scalings: Sequence[Scaling], space: SearchSpace, stages: Sequence[int],
-                kind: str = "exp", iters: int = 60) -> list[Scaling]:
+def extrapolate(
+    alpha: Alpha,
+    scalings: Sequence[Scaling],
+    space: SearchSpace,
+    stages: Sequence[int],
+    kind: str = "exp",
+    iters: int = 60,
+) -> list[Scaling]:
   """S_j for each j in `stages`: the point on the fitted direction whose MACs are closest to 2^j·F(α)."""
   fits = fit_all(scalings, space, kind)
   f0, r0 = base_macs(alpha, space), space.base_resolution
   out = []
   for j in stages:
-    x, target = predict(fits, j, kind), (2 ** j) * f0
+    x, target = predict(fits, j, kind), (2**j) * f0
     if all(abs(x[k] - 1) < 1e-9 for k in DIMS):
       raise ValueError(f"fitted point of stage {j} is S_0; cannot scale towards the budget")
     macs = lambda t: path_macs(alpha, _point(x, t, r0), space)
@@ -125,12 +144,15 @@ def extrapolate(alpha: Alpha, scalings: Sequence[Scaling], space: SearchSpace, s
   return out
 
 
-def plot_fits(scalings: Sequence[Scaling], space: SearchSpace, path: str, extra_stages: int = 2,
-              released: Sequence[Scaling] = ()) -> None:
+def plot_fits(
+    scalings: Sequence[Scaling], space: SearchSpace, path: str, extra_stages: int = 2, released: Sequence[Scaling] = ()
+) -> None:
   """PNG with one panel per dimension: searched points, exp/linear/quadratic fits, released points."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   data = _series(scalings, space)
   M = len(scalings) - 1
   jj = np.linspace(0, M + extra_stages, 100)

@@ -31,6 +31,7 @@ result = run_mcea(space, evaluate, MCEAConfig(iterations=4), state_path='workdir
 result['alpha'], result['scalings'], result['history']
 ```
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,15 +51,15 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class MCEAConfig:
-  iterations: int = 4          # T (the official code runs 8)
-  n_base: int = 20             # K random base models for the init scores
+  iterations: int = 4  # T (the official code runs 8)
+  n_base: int = 20  # K random base models for the init scores
   population: int = 64
   generations: int = 40
-  parents: int = 16            # truncation selection size
-  mutation_prob: float = 0.1   # per gene
+  parents: int = 16  # truncation selection size
+  mutation_prob: float = 0.1  # per gene
   pi: tuple[float, ...] | None = None  # weights over j = 0..M; None = uniform
   seed: int = 0
-  max_tries: int = 100_000     # rejection-sampling limit for feasible random α
+  max_tries: int = 100_000  # rejection-sampling limit for feasible random α
 
   def to_dict(self) -> dict:
     d = dataclasses.asdict(self)
@@ -77,7 +78,7 @@ def decode(genome: Sequence[int], space: SearchSpace) -> Alpha:
   depths, kernels, i = [], [], 0
   for st, n_slots in zip(space.stages, _slots(space)):
     n = st.depth_choices[genome[i]]
-    ks = genome[i + 1:i + 1 + n_slots]
+    ks = genome[i + 1 : i + 1 + n_slots]
     depths.append(n)
     kernels.append(tuple(space.kernels[k] for k in ks[:n]))
     i += 1 + n_slots
@@ -143,7 +144,8 @@ class _Search:
 
   def feasible(self, alpha: Alpha, scalings: Sequence[Scaling]) -> bool:
     return base_feasible(alpha, self.space) and all(
-        stage_feasible(alpha, S, j, self.space) for j, S in enumerate(scalings) if j > 0)
+        stage_feasible(alpha, S, j, self.space) for j, S in enumerate(scalings) if j > 0
+    )
 
   def fitness(self, alphas: Sequence[Alpha], scalings: Sequence[Scaling]) -> np.ndarray:
     ok = [self.feasible(a, scalings) for a in alphas]
@@ -181,7 +183,7 @@ class _Search:
     for g in range(cfg.generations):
       fit = self.fitness([decode(x, self.space) for x in pop], scalings)
       order = np.argsort(-fit, kind="stable")
-      parents = [pop[i] for i in order[:cfg.parents] if np.isfinite(fit[i])] or [pop[order[0]]]
+      parents = [pop[i] for i in order[: cfg.parents] if np.isfinite(fit[i])] or [pop[order[0]]]
       if g == cfg.generations - 1:
         break
       children = [parents[0]]  # elitism
@@ -224,22 +226,34 @@ def _save(path: str, state: dict) -> None:
   os.replace(tmp, path)  # atomic: a kill never leaves a half-written state
 
 
-def run_mcea(space: SearchSpace, evaluate: Evaluate, config: MCEAConfig = MCEAConfig(),
-             state_path: str | None = None, progress: Callable[[str], None] | None = None) -> dict:
+def run_mcea(
+    space: SearchSpace,
+    evaluate: Evaluate,
+    config: MCEAConfig = MCEAConfig(),
+    state_path: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
   """Runs (or resumes) MCEA; returns {'alpha', 'scalings' (S_0..S_M), 'objective', 'history',
   'init_scores', 'phases_done'} with Alpha/Scaling objects for alpha/scalings. `progress` receives a
   line at the start and end of every phase (default: this module's logger at INFO)."""
   say = progress or log.info
   s = _Search(space, evaluate, config)
   phases = ["init"] + [f"{p}{t}" for t in range(config.iterations) for p in ("a", "b")]
-  state = {"space": space.name, "config": config.to_dict(), "phases_done": [], "alpha": None,
-           "scalings": None, "objective": None, "history": [], "init_scores": None}
+  state = {
+      "space": space.name,
+      "config": config.to_dict(),
+      "phases_done": [],
+      "alpha": None,
+      "scalings": None,
+      "objective": None,
+      "history": [],
+      "init_scores": None,
+  }
   if state_path and os.path.exists(state_path):
     with open(state_path) as f:
       old = json.load(f)
     if old.get("config") != state["config"] or old.get("space") != space.name:
-      raise ValueError(f"MCEA state {state_path} was written with another space/config; "
-                       f"use a new state path")
+      raise ValueError(f"MCEA state {state_path} was written with another space/config; " f"use a new state path")
     state = old
   alpha = Alpha.from_dict(state["alpha"]) if state["alpha"] else None
   scalings = [Scaling.from_dict(d) for d in state["scalings"]] if state["scalings"] else None
@@ -253,15 +267,21 @@ def run_mcea(space: SearchSpace, evaluate: Evaluate, config: MCEAConfig = MCEACo
     elif phase[0] == "a":
       alpha, obj, mean, std = s.evolve_alpha(rng, scalings, alpha)
       state["objective"] = obj
-      state["history"].append({"iteration": int(phase[1:]), "phase": "alpha", "objective": obj,
-                               "pop_mean": mean, "pop_std": std})
+      state["history"].append(
+          {"iteration": int(phase[1:]), "phase": "alpha", "objective": obj, "pop_mean": mean, "pop_std": std}
+      )
       say(f"MCEA {phase}: objective {obj:.4f}, population mean {mean:.4f} std {std:.4f}")
     else:
       scalings, stats = s.search_scalings(alpha)
       state["objective"] = float(s.fitness([alpha], scalings)[0])
-      state["history"].append({"iteration": int(phase[1:]), "phase": "scaling",
-                               "objective": state["objective"],
-                               "grid_mean_std": [list(x) for x in stats]})
+      state["history"].append(
+          {
+              "iteration": int(phase[1:]),
+              "phase": "scaling",
+              "objective": state["objective"],
+              "grid_mean_std": [list(x) for x in stats],
+          }
+      )
       say(f"MCEA {phase}: objective {state['objective']:.4f}, S={[S.to_dict() for S in scalings]}")
     state["alpha"] = alpha.to_dict() if alpha else None
     state["scalings"] = [S.to_dict() for S in scalings]

@@ -19,6 +19,7 @@ Entry point of `python -m scalenet_jax.main` for configs with a top-level `pipel
 
 Only mode 'train' is supported for these configs.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,7 @@ from scalenet_jax import data as data_lib
 from scalenet_jax.nas import export, generalize, mcea, rank_corr, sampling
 from scalenet_jax.nas import train_supernet as ts
 from scalenet_jax.nas.evaluate import PathEvaluator
-from scalenet_jax.nas.space import (Arch, all_resolutions, apply_scaling, count_macs, count_params,
-                                    path_macs)
+from scalenet_jax.nas.space import (Arch, all_resolutions, apply_scaling, count_macs, count_params, path_macs)
 from scalenet_jax.nas.supernet import SuperNet
 from scalenet_jax.train import checkpoint as ckpt_lib
 from scalenet_jax.jax_utils import print0 as _log
@@ -71,6 +71,7 @@ def with_quick(config) -> ml_collections.ConfigDict:
         merge(dst[k], v, f"{prefix}{k}.")
       else:
         dst[k] = v
+
   merge(c, c.quick_overrides.to_dict(), "")
   return c
 
@@ -82,6 +83,7 @@ def resolve_arch(spec: str) -> Arch:
   """An arch JSON written by `export.save_arch`, or a released ImageNet model 's0'..'s5'."""
   if spec in export.RELEASED:
     from scalenet_jax.nas.space import get_space  # pylint: disable=g-import-not-at-top
+
     alpha, S = export.RELEASED[spec]
     return apply_scaling(alpha, S, get_space("imagenet"))
   return export.load_arch(spec)
@@ -112,7 +114,7 @@ def minival_batches(sn_cfg, space, batch_size: int) -> dict:
   for r in all_resolutions(space):
     prep = data_lib.Preprocessor(source, ts.preprocess_at(sn_cfg.data, r, space.in_channels), train=False)
     x = prep(idx)
-    out[r] = [(x[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(idx), batch_size)]
+    out[r] = [(x[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, len(idx), batch_size)]
   return out
 
 
@@ -141,8 +143,10 @@ def rank_correlation(config, space, evaluators: dict, workdir: str) -> dict:
   rc = config.rank_corr
   pairs = [sampling.sample_path(space, "hss", rc.seed, i) for i in range(rc.num_paths)]
   alone = _standalone_accs(config.supernet, pairs, space, rc, os.path.join(workdir, "rank_corr"))
-  out = {"standalone_accs": alone, "paths": [{"alpha": a.to_dict(), "scaling": S.to_dict(),
-                                               "macs": path_macs(a, S, space)} for a, S in pairs]}
+  out = {
+      "standalone_accs": alone,
+      "paths": [{"alpha": a.to_dict(), "scaling": S.to_dict(), "macs": path_macs(a, S, space)} for a, S in pairs],
+  }
   for name, ev in evaluators.items():
     out[name] = rank_corr.path_rank_correlation(pairs, ev, alone)
   return out
@@ -181,14 +185,20 @@ def run_search(config, workdir: str) -> dict:
 
   def progress(line):
     _log(f"{line} [{n_evals[0]} paths evaluated, {time.time() - t:.0f}s]")
-  mcfg = mcea.MCEAConfig(iterations=s.iterations, n_base=s.n_base, population=s.population,
-                         generations=s.generations, parents=s.parents, mutation_prob=s.mutation_prob,
-                         seed=s.seed)
+
+  mcfg = mcea.MCEAConfig(
+      iterations=s.iterations,
+      n_base=s.n_base,
+      population=s.population,
+      generations=s.generations,
+      parents=s.parents,
+      mutation_prob=s.mutation_prob,
+      seed=s.seed,
+  )
   res = mcea.run_mcea(space, evaluate, mcfg, state_path=os.path.join(workdir, "mcea.json"), progress=progress)
   alpha, scalings = res["alpha"], list(res["scalings"])
   timings["mcea"] = time.time() - t
-  results.update(alpha=alpha.to_dict(), objective=res["objective"], history=res["history"],
-                 paths_evaluated=n_evals[0])
+  results.update(alpha=alpha.to_dict(), objective=res["objective"], history=res["history"], paths_evaluated=n_evals[0])
 
   # ---- 4. Generalisation to larger stages
   _stage(4, f"fits of S_0..S_M, {config.extra_stages} extrapolated stages; export")
@@ -208,9 +218,17 @@ def run_search(config, workdir: str) -> dict:
     model = export.build_model(arch)
     x = jax.ShapeDtypeStruct((1, arch.resolution, arch.resolution, arch.in_channels), np.float32)
     jax.eval_shape(lambda k: model.init(k, x), jax.random.key(0))
-    rows.append({"stage": j, "searched": j <= M, **S.to_dict(), "macs": rec["macs"], "params": rec["params"],
-                 "file": os.path.relpath(path, workdir),
-                 "minival_acc": evaluator([(alpha, S)])[0] if j <= M else None})
+    rows.append(
+        {
+            "stage": j,
+            "searched": j <= M,
+            **S.to_dict(),
+            "macs": rec["macs"],
+            "params": rec["params"],
+            "file": os.path.relpath(path, workdir),
+            "minival_acc": evaluator([(alpha, S)])[0] if j <= M else None,
+        }
+    )
   results["archs"] = rows
 
   # ---- 6. Rank correlation (optional)
@@ -250,43 +268,89 @@ def _write_json(path, obj):
 
 def render_report(config, space, r: dict) -> str:
   sn = config.supernet
-  L = [f"# ScaleNet-search on {sn.data.name}, space '{space.name}'{' (quick smoke run)' if r['quick'] else ''}", "",
-       f"Supernet: {sn.steps} steps, batch {sn.batch_size}, sampling `{sn.sampling}`; MCEA: "
-       f"{config.search.iterations} iterations, population {config.search.population}, "
-       f"{config.search.generations} generations, {r['paths_evaluated']} paths evaluated on the mini-val split "
-       f"({sn.data.minival_per_class} images per class held out of train).", "",
-       "## Sampling: MACs histograms", "", "![HSS vs uniform](flops_hist.png)", "",
-       "| sampler | modes | median MMACs |", "|---|---|---|"]
+  L = [
+      f"# ScaleNet-search on {sn.data.name}, space '{space.name}'{' (quick smoke run)' if r['quick'] else ''}",
+      "",
+      f"Supernet: {sn.steps} steps, batch {sn.batch_size}, sampling `{sn.sampling}`; MCEA: "
+      f"{config.search.iterations} iterations, population {config.search.population}, "
+      f"{config.search.generations} generations, {r['paths_evaluated']} paths evaluated on the mini-val split "
+      f"({sn.data.minival_per_class} images per class held out of train).",
+      "",
+      "## Sampling: MACs histograms",
+      "",
+      "![HSS vs uniform](flops_hist.png)",
+      "",
+      "| sampler | modes | median MMACs |",
+      "|---|---|---|",
+  ]
   L += [f"| {m} | {v['modes']} | {v['median_mmacs']:.2f} |" for m, v in r["flops_hist"].items()]
-  L += ["", "## Searched and extrapolated architectures", "",
-        f"Base model α: depths {r['alpha']['depths']}, kernels {r['alpha']['kernels']}; objective "
-        f"{r['objective']:.4f}.", "",
-        "| stage | kind | d | w | r | MMACs | MACs / S0 | params (M) | mini-val acc | file |",
-        "|---|---|---|---|---|---|---|---|---|---|"]
+  L += [
+      "",
+      "## Searched and extrapolated architectures",
+      "",
+      f"Base model α: depths {r['alpha']['depths']}, kernels {r['alpha']['kernels']}; objective "
+      f"{r['objective']:.4f}.",
+      "",
+      "| stage | kind | d | w | r | MMACs | MACs / S0 | params (M) | mini-val acc | file |",
+      "|---|---|---|---|---|---|---|---|---|---|",
+  ]
   m0 = r["archs"][0]["macs"]
   for a in r["archs"]:
     acc = "" if a["minival_acc"] is None else f"{a['minival_acc']:.4f}"
-    L.append(f"| S{a['stage']} | {'searched' if a['searched'] else 'extrapolated'} | {a['d']:.3f} | {a['w']:.3f} | "
-             f"{a['r']} | {a['macs'] / 1e6:.2f} | {a['macs'] / m0:.2f} | {a['params'] / 1e6:.3f} | {acc} | "
-             f"`{a['file']}` |")
-  L += ["", "## MCEA: per-iteration accuracy of the final α population", "",
-        "| iteration | objective | population mean | population std |", "|---|---|---|---|"]
-  L += [f"| {h['iteration']} | {h['objective']:.4f} | {h['pop_mean']:.4f} | {h['pop_std']:.4f} |"
-        for h in r["history"] if h["phase"] == "alpha"]
-  L += ["", "## Generalisation: x_j = a0 (a1^j - 1) + 1", "", "![fits](fits.png)", "",
-        "| dim | a0 | a1 |", "|---|---|---|"]
+    L.append(
+        f"| S{a['stage']} | {'searched' if a['searched'] else 'extrapolated'} | {a['d']:.3f} | {a['w']:.3f} | "
+        f"{a['r']} | {a['macs'] / 1e6:.2f} | {a['macs'] / m0:.2f} | {a['params'] / 1e6:.3f} | {acc} | "
+        f"`{a['file']}` |"
+    )
+  L += [
+      "",
+      "## MCEA: per-iteration accuracy of the final α population",
+      "",
+      "| iteration | objective | population mean | population std |",
+      "|---|---|---|---|",
+  ]
+  L += [
+      f"| {h['iteration']} | {h['objective']:.4f} | {h['pop_mean']:.4f} | {h['pop_std']:.4f} |"
+      for h in r["history"]
+      if h["phase"] == "alpha"
+  ]
+  L += [
+      "",
+      "## Generalisation: x_j = a0 (a1^j - 1) + 1",
+      "",
+      "![fits](fits.png)",
+      "",
+      "| dim | a0 | a1 |",
+      "|---|---|---|",
+  ]
   L += [f"| {k} | {v[0]:.4f} | {v[1]:.4f} |" for k, v in r["fits"].items()]
   if "rank_corr" in r:
-    L += ["", "## Rank correlation: supernet vs stand-alone (mini-val top-1)", "",
-          f"{len(r['rank_corr']['standalone_accs'])} HSS-sampled paths, each trained stand-alone for "
-          f"{config.rank_corr.steps} steps.", "", "| supernet | Pearson | Spearman | Kendall |", "|---|---|---|---|"]
+    L += [
+        "",
+        "## Rank correlation: supernet vs stand-alone (mini-val top-1)",
+        "",
+        f"{len(r['rank_corr']['standalone_accs'])} HSS-sampled paths, each trained stand-alone for "
+        f"{config.rank_corr.steps} steps.",
+        "",
+        "| supernet | Pearson | Spearman | Kendall |",
+        "|---|---|---|---|",
+    ]
     for name, v in r["rank_corr"].items():
       if isinstance(v, dict) and "pearson" in v:
         L.append(f"| {name} | {v['pearson']:.3f} | {v['spearman']:.3f} | {v['kendall']:.3f} |")
-  L += ["", "## Time (seconds, this invocation: stages resumed from the workdir take ~0)", "",
-        "| phase | sec |", "|---|---|"]
+  L += [
+      "",
+      "## Time (seconds, this invocation: stages resumed from the workdir take ~0)",
+      "",
+      "| phase | sec |",
+      "|---|---|",
+  ]
   L += [f"| {k} | {v:.0f} |" for k, v in r["timings_sec"].items()]
-  L += ["", "Exported architectures build stand-alone models with `scalenet_jax.nas.export.build_model("
-        "export.load_arch(path))` and retrain with `python -m scalenet_jax.main --config "
-        "configs/nas_retrain.py:<workdir>/archs/s0.json --workdir DIR`.", ""]
+  L += [
+      "",
+      "Exported architectures build stand-alone models with `scalenet_jax.nas.export.build_model("
+      "export.load_arch(path))` and retrain with `python -m scalenet_jax.main --config "
+      "configs/nas_retrain.py:<workdir>/archs/s0.json --workdir DIR`.",
+      "",
+  ]
   return "\n".join(L)

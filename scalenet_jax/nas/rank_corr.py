@@ -7,6 +7,7 @@ path_rank_correlation(pairs, supernet_evaluate, standalone_accs)  # evaluates th
 Pearson measures linear agreement; Spearman and Kendall only the ranking, which is what matters for
 architecture selection. Computed with `scipy.stats`.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -22,12 +23,17 @@ def rank_correlations(a: Sequence[float], b: Sequence[float]) -> dict[str, float
     raise ValueError(f"accuracy lists must be 1-D and equally long, got {a.shape} and {b.shape}")
   if len(a) < 3:
     raise ValueError(f"need at least 3 paths for a correlation, got {len(a)}")
-  return {"pearson": float(stats.pearsonr(a, b)[0]), "spearman": float(stats.spearmanr(a, b)[0]),
-          "kendall": float(stats.kendalltau(a, b)[0]), "n": int(len(a))}
+  return {
+      "pearson": float(stats.pearsonr(a, b)[0]),
+      "spearman": float(stats.spearmanr(a, b)[0]),
+      "kendall": float(stats.kendalltau(a, b)[0]),
+      "n": int(len(a)),
+  }
 
 
-def path_rank_correlation(pairs: Sequence, supernet_evaluate: Callable[[Sequence], Sequence[float]],
-                          standalone_accs: Sequence[float]) -> dict:
+def path_rank_correlation(
+    pairs: Sequence, supernet_evaluate: Callable[[Sequence], Sequence[float]], standalone_accs: Sequence[float]
+) -> dict:
   """Correlations between `supernet_evaluate(pairs)` (e.g. a PathEvaluator) and the stand-alone
   accuracies of the same (α, S) pairs; the supernet accuracies are returned too."""
   if len(pairs) != len(standalone_accs):

@@ -23,6 +23,7 @@ arch = apply_scaling(alpha, S, space); path = path_arrays(arch, space); images a
 `python -m scalenet_jax.nas.sampling --space fmnist|imagenet --n 5000 --out DIR` writes
 `DIR/flops_hist_<space>.png` (HSS vs uniform MACs histograms) and `DIR/flops_<space>.json`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,8 +81,9 @@ def sample_scaling_uniform(space: SearchSpace, rng: np.random.Generator) -> Scal
   return Scaling(float(rng.choice(mults)), float(rng.choice(mults)), int(rng.choice(res)))
 
 
-def sample_path(space: SearchSpace, method: str = "hss", seed: int = 0, step: int = 0,
-                eta="width") -> tuple[Alpha, Scaling]:
+def sample_path(
+    space: SearchSpace, method: str = "hss", seed: int = 0, step: int = 0, eta="width"
+) -> tuple[Alpha, Scaling]:
   """(α, S) for training step `step`. method: 'hss' (η given by `eta`, default ∝ width counts),
   'hss_uniform' (η uniform), 'uniform' (baseline)."""
   rng = step_rng(seed, step)
@@ -110,15 +112,18 @@ def count_modes(values: np.ndarray, bins: int = 60, smooth: float = 2.0, min_pro
   k = np.arange(-4 * smooth, 4 * smooth + 1)
   g = np.exp(-0.5 * (k / smooth) ** 2)
   hs = np.convolve(h, g / g.sum(), mode="same")
-  peaks = [i for i in range(1, bins - 1) if hs[i] > hs[i - 1] and hs[i] >= hs[i + 1]
-           and hs[i] >= min_prominence * hs.max()]
+  peaks = [
+      i for i in range(1, bins - 1) if hs[i] > hs[i - 1] and hs[i] >= hs[i + 1] and hs[i] >= min_prominence * hs.max()
+  ]
   return len(peaks)
 
 
 def plot_histograms(space: SearchSpace, macs: dict, path: str) -> None:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, ax = plt.subplots(figsize=(7, 4))
   allv = np.concatenate(list(macs.values())) / 1e6
   bins = np.geomspace(allv.min(), allv.max(), 70)
@@ -146,8 +151,15 @@ def main(argv=None) -> None:
   macs = {m: sample_macs(space, m, args.n, args.seed) for m in METHODS}
   png = os.path.join(args.out, f"flops_hist_{space.name}.png")
   plot_histograms(space, macs, png)
-  summary = {m: {"modes": count_modes(v), "median_macs": float(np.median(v)),
-                 "p5": float(np.percentile(v, 5)), "p95": float(np.percentile(v, 95))} for m, v in macs.items()}
+  summary = {
+      m: {
+          "modes": count_modes(v),
+          "median_macs": float(np.median(v)),
+          "p5": float(np.percentile(v, 5)),
+          "p95": float(np.percentile(v, 95)),
+      }
+      for m, v in macs.items()
+  }
   with open(os.path.join(args.out, f"flops_{space.name}.json"), "w") as f:
     json.dump(summary, f, indent=1)
   print(json.dumps(summary, indent=1))

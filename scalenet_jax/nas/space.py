@@ -39,6 +39,7 @@ size is ceil(H / stride); `count_macs(arch, include_padding=False)` counts only 
 XLA's cost analysis counts; the test checks both against XLA). `count_params(arch)` counts conv/linear weights and biases plus BN scale/bias.
 `path_macs(alpha, S, space)` is a cached shortcut.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,6 +56,7 @@ KERNELS = (3, 5, 7)
 @dataclasses.dataclass(frozen=True)
 class StageSpec:
   """One stage of IR+SE blocks. `t` is the expansion ratio (1 ⇒ no expand conv)."""
+
   c_out: int
   stride: int
   t: int
@@ -69,6 +71,7 @@ class StageSpec:
 @dataclasses.dataclass(frozen=True)
 class SearchSpace:
   """A ScaleNet search space (see module docstring)."""
+
   name: str
   in_channels: int
   num_classes: int
@@ -113,7 +116,7 @@ class SearchSpace:
 
   def stage_budget(self, j: int, base_macs: float) -> tuple[float, float]:
     """(target, tolerance) MACs of scaling stage j for a base model of `base_macs`."""
-    return (2 ** j) * base_macs, (2 ** j) * self.stage_tol
+    return (2**j) * base_macs, (2**j) * self.stage_tol
 
   def width_counts(self) -> tuple[int, ...]:
     return tuple(len(c) for c in self.mult_candidates)
@@ -127,45 +130,84 @@ class SearchSpace:
 def _imagenet_space() -> SearchSpace:
   def st(c, s, t, deps):
     return StageSpec(c, s, t, tuple(deps))
+
   four = (1, 2, 3, 4)
   return SearchSpace(
-      name="imagenet", in_channels=3, num_classes=1000, stem_channels=32, stem_kernel=3,
-      stem_stride=2, head_channels=1280,
-      stages=(st(16, 1, 1, (1,)), st(32, 2, 6, four), st(40, 2, 6, four), st(80, 2, 6, four),
-              st(96, 1, 6, four), st(192, 2, 6, four), st(320, 1, 6, (1,))),
-      mult_candidates=((1.0,), (1.04, 1.08, 1.12, 1.16), (1.20, 1.24, 1.28, 1.32, 1.36),
-                       (1.40, 1.44, 1.48, 1.52, 1.56, 1.60, 1.64)),
+      name="imagenet",
+      in_channels=3,
+      num_classes=1000,
+      stem_channels=32,
+      stem_kernel=3,
+      stem_stride=2,
+      head_channels=1280,
+      stages=(
+          st(16, 1, 1, (1,)),
+          st(32, 2, 6, four),
+          st(40, 2, 6, four),
+          st(80, 2, 6, four),
+          st(96, 1, 6, four),
+          st(192, 2, 6, four),
+          st(320, 1, 6, (1,)),
+      ),
+      mult_candidates=(
+          (1.0,),
+          (1.04, 1.08, 1.12, 1.16),
+          (1.20, 1.24, 1.28, 1.32, 1.36),
+          (1.40, 1.44, 1.48, 1.52, 1.56, 1.60, 1.64),
+      ),
       res_candidates=((224,), (224, 240, 256), (272, 288, 304), (320, 336, 354)),
-      base_target=306e6, base_tol=25e6, stage_tol=50e6)
+      base_target=306e6,
+      base_tol=25e6,
+      stage_tol=50e6,
+  )
 
 
 def _fmnist_space(in_channels: int = 1) -> SearchSpace:
   """Small space for 32×32 Fashion-MNIST (28 padded to 32). The budget is centred on the median base
   model (≈9.1 MMACs at 32 px; range 5.3–13.9M) so that a good share of random α are feasible; the
   stage-1/2 grids span ≈1.2–2.7× and ≈3–7× the base MACs so that 2× and 4× sit inside them."""
+
   def st(c, s, t, deps):
     return StageSpec(c, s, t, tuple(deps))
+
   return SearchSpace(
-      name="fmnist", in_channels=in_channels, num_classes=10, stem_channels=16, stem_kernel=3,
-      stem_stride=1, head_channels=256,
-      stages=(st(16, 1, 1, (1,)), st(24, 2, 4, (1, 2, 3)), st(40, 2, 4, (1, 2, 3)),
-              st(64, 1, 4, (1,))),
+      name="fmnist",
+      in_channels=in_channels,
+      num_classes=10,
+      stem_channels=16,
+      stem_kernel=3,
+      stem_stride=1,
+      head_channels=256,
+      stages=(st(16, 1, 1, (1,)), st(24, 2, 4, (1, 2, 3)), st(40, 2, 4, (1, 2, 3)), st(64, 1, 4, (1,))),
       mult_candidates=((1.0,), (1.05, 1.1, 1.15, 1.2), (1.25, 1.3, 1.35, 1.4, 1.45)),
       res_candidates=((32,), (32, 36, 40), (40, 44, 48)),
-      base_target=9.0e6, base_tol=1.5e6, stage_tol=2.0e6)
+      base_target=9.0e6,
+      base_tol=1.5e6,
+      stage_tol=2.0e6,
+  )
 
 
 def _tiny_space(in_channels: int = 1) -> SearchSpace:
   """Same structure, a few thousand MACs-scale layers: for unit tests and one-step trainer tests."""
+
   def st(c, s, t, deps):
     return StageSpec(c, s, t, tuple(deps))
+
   return SearchSpace(
-      name="tiny", in_channels=in_channels, num_classes=10, stem_channels=8, stem_kernel=3,
-      stem_stride=2, head_channels=32,
+      name="tiny",
+      in_channels=in_channels,
+      num_classes=10,
+      stem_channels=8,
+      stem_kernel=3,
+      stem_stride=2,
+      head_channels=32,
       stages=(st(8, 1, 1, (1,)), st(16, 2, 3, (1, 2)), st(24, 2, 3, (1, 2))),
       mult_candidates=((1.0,), (1.25, 1.5)),
       res_candidates=((16,), (16, 20)),
-      base_target=110e3, base_tol=45e3, stage_tol=60e3)
+      base_target=110e3,
+      base_tol=45e3,
+      stage_tol=60e3,
+  )
 
 
 _SPACES = {"imagenet": _imagenet_space, "fmnist": _fmnist_space, "tiny": _tiny_space}
@@ -184,6 +226,7 @@ def get_space(name: str, **kwargs) -> SearchSpace:
 @dataclasses.dataclass(frozen=True)
 class Alpha:
   """Base architecture: per-stage base depth and per-layer kernel sizes (len(kernels[s]) == depths[s])."""
+
   depths: tuple[int, ...]
   kernels: tuple[tuple[int, ...], ...]
 
@@ -198,6 +241,7 @@ class Alpha:
 @dataclasses.dataclass(frozen=True)
 class Scaling:
   """Scaling strategy S = (d, w, r): depth and width multipliers, input resolution in pixels."""
+
   d: float
   w: float
   r: int
@@ -235,13 +279,14 @@ class LayerArch:
   se: int
   kernel: int
   stride: int
-  expand: bool    # t > 1: has the 1×1 expand conv
+  expand: bool  # t > 1: has the 1×1 expand conv
   residual: bool  # stride 1 and same base channels
 
 
 @dataclasses.dataclass(frozen=True)
 class Arch:
   """A concrete network: exactly the shapes a stand-alone model is built with."""
+
   in_channels: int
   num_classes: int
   resolution: int
@@ -288,14 +333,30 @@ def apply_scaling(alpha: Alpha, S: Scaling, space: SearchSpace) -> Arch:
       else:
         hidden = scaled_channels(int(round(c_in_base * st.t)), S.w)
       stride = st.stride if l == 0 else 1
-      layers.append(LayerArch(
-          c_in=c_in, c_out=c_out, hidden=hidden, se=hidden // space.se_reduction, kernel=kernels[l],
-          stride=stride, expand=st.t != 1, residual=(stride == 1 and c_in_base == st.c_out)))
+      layers.append(
+          LayerArch(
+              c_in=c_in,
+              c_out=c_out,
+              hidden=hidden,
+              se=hidden // space.se_reduction,
+              kernel=kernels[l],
+              stride=stride,
+              expand=st.t != 1,
+              residual=(stride == 1 and c_in_base == st.c_out),
+          )
+      )
       c_in_base, c_in = st.c_out, c_out
     stages.append(tuple(layers))
-  return Arch(in_channels=space.in_channels, num_classes=space.num_classes, resolution=int(S.r),
-              stem_channels=stem, stem_kernel=space.stem_kernel, stem_stride=space.stem_stride,
-              head_channels=space.head_channels, stages=tuple(stages))
+  return Arch(
+      in_channels=space.in_channels,
+      num_classes=space.num_classes,
+      resolution=int(S.r),
+      stem_channels=stem,
+      stem_kernel=space.stem_kernel,
+      stem_stride=space.stem_stride,
+      head_channels=space.head_channels,
+      stages=tuple(stages),
+  )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -328,10 +389,10 @@ def count_macs(arch: Arch, include_padding: bool = True) -> int:
     for l in st:
       if l.expand:
         macs += h * h * l.c_in * l.hidden
-      macs += _taps(h, l.kernel, l.stride, ip) * l.hidden   # depthwise
+      macs += _taps(h, l.kernel, l.stride, ip) * l.hidden  # depthwise
       h = _out(h, l.stride)
-      macs += 2 * l.hidden * l.se                 # SE squeeze + excite on the pooled vector
-      macs += h * h * l.hidden * l.c_out          # project
+      macs += 2 * l.hidden * l.se  # SE squeeze + excite on the pooled vector
+      macs += h * h * l.hidden * l.c_out  # project
   c_last = arch.stages[-1][-1].c_out
   macs += h * h * c_last * arch.head_channels
   macs += arch.head_channels * arch.num_classes
@@ -340,12 +401,12 @@ def count_macs(arch: Arch, include_padding: bool = True) -> int:
 
 def count_params(arch: Arch) -> int:
   """Trainable parameters: conv/linear weights, SE and classifier biases, BN scale+bias."""
-  p = arch.stem_kernel ** 2 * arch.in_channels * arch.stem_channels + 2 * arch.stem_channels
+  p = arch.stem_kernel**2 * arch.in_channels * arch.stem_channels + 2 * arch.stem_channels
   for st in arch.stages:
     for l in st:
       if l.expand:
         p += l.c_in * l.hidden + 2 * l.hidden
-      p += l.kernel ** 2 * l.hidden + 2 * l.hidden
+      p += l.kernel**2 * l.hidden + 2 * l.hidden
       p += (l.hidden * l.se + l.se) + (l.se * l.hidden + l.hidden)
       p += l.hidden * l.c_out + 2 * l.c_out
   c_last = arch.stages[-1][-1].c_out

@@ -51,6 +51,7 @@ its depthwise conv is named `dw{k}` after its kernel) and standard BN with runni
 left-aligned out of the supernet's. With `PathNet(arch, bn_batch_stats=True)` it uses batch statistics
 in eval mode too, which is what the equivalence test compares against.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -82,6 +83,7 @@ class BatchNorm(nn.Module):
 
   `track_running=True` keeps `batch_stats/{mean,var}` (updated when that collection is mutable, used
   when `use_running_average`)."""
+
   features: int
   track_running: bool = False
   momentum: float = 0.9
@@ -121,8 +123,13 @@ def _conv(x, kernel, stride=1, groups=1):
     return jnp.einsum("nhwc,cd->nhwd", x, kernel[0, 0])
   p = k // 2
   return jax.lax.conv_general_dilated(
-      x, kernel, (stride, stride), ((p, p), (p, p)), feature_group_count=groups,
-      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      x,
+      kernel,
+      (stride, stride),
+      ((p, p), (p, p)),
+      feature_group_count=groups,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )
 
 
 def _taps(k: int):
@@ -140,6 +147,7 @@ def _shift_sum(xp, w, h: int, wd: int):
   def body(t, y):
     i, j = ii[t], jj[t]
     return y + jax.lax.dynamic_slice(xp, (0, i, j, 0), shape) * w[i, j]
+
   return jax.lax.fori_loop(0, k * k, body, jnp.zeros(shape, xp.dtype))
 
 
@@ -150,6 +158,7 @@ def _tap_grads(xp, g, k: int):
   def body(t, dw):
     x_t = jax.lax.dynamic_slice(xp, (0, ii[t], jj[t], 0), g.shape)
     return dw.at[t].set(jnp.sum(x_t * g, axis=(0, 1, 2)))
+
   dw = jax.lax.fori_loop(0, k * k, body, jnp.zeros((k * k, g.shape[-1]), g.dtype))
   return dw.reshape(k, k, g.shape[-1])
 
@@ -170,7 +179,7 @@ def _depthwise_s1_fwd(x, w):
 def _depthwise_s1_bwd(res, g):
   x, w = res
   k, (h, wd) = w.shape[0], x.shape[1:3]
-  dx = _shift_sum(_pad_same(g, k // 2), w[::-1, ::-1], h, wd)   # correlation with the flipped kernel
+  dx = _shift_sum(_pad_same(g, k // 2), w[::-1, ::-1], h, wd)  # correlation with the flipped kernel
   dw = _tap_grads(_pad_same(x, k // 2), g, k)
   return dx, dw.astype(w.dtype)
 
@@ -192,6 +201,7 @@ def depthwise_conv(x, kernel, stride: int = 1):
 class IRBlock(nn.Module):
   """Inverted residual + SE. `kernels` holds the candidate kernel sizes (3 in the supernet, 1 in a
   PathNet); `c_in/hidden/se/c_out` are the allocated (maximum) channel counts."""
+
   c_in: int
   c_out: int
   hidden: int
@@ -203,8 +213,18 @@ class IRBlock(nn.Module):
   track_running: bool = False
 
   @nn.compact
-  def __call__(self, x, *, use_ra=False, stat_weights=None, kernel_onehot=None, hidden_mask=None,
-               se_mask=None, out_mask=None, active=None):
+  def __call__(
+      self,
+      x,
+      *,
+      use_ra=False,
+      stat_weights=None,
+      kernel_onehot=None,
+      hidden_mask=None,
+      se_mask=None,
+      out_mask=None,
+      active=None,
+  ):
     bn = lambda n, name: BatchNorm(n, self.track_running, name=name)
     bn_kw = dict(use_running_average=use_ra, stat_weights=stat_weights)
     h = x
@@ -245,6 +265,7 @@ class IRBlock(nn.Module):
 class _Net(nn.Module):
   """Shared trunk: `arch` gives the allocated shapes; `kernels` is None for a PathNet (use the layer's
   own kernel) or the candidate tuple for the supernet."""
+
   arch: Arch
   kernels: tuple[int, ...] | None = None
   track_running: bool = False
@@ -257,18 +278,35 @@ class _Net(nn.Module):
     bn_kw = dict(use_running_average=use_ra, stat_weights=stat_weights)
     w = self.param("stem", _conv_init, (a.stem_kernel, a.stem_kernel, a.in_channels, a.stem_channels))
     x = _conv(x, w, a.stem_stride)
-    x = hswish(BatchNorm(a.stem_channels, self.track_running, name="bn_stem")(
-        x, mask=None if path is None else path["stem"], **bn_kw))
+    x = hswish(
+        BatchNorm(a.stem_channels, self.track_running, name="bn_stem")(
+            x, mask=None if path is None else path["stem"], **bn_kw
+        )
+    )
     for s, layers in enumerate(a.stages):
       sp = None if path is None else path["stages"][s]
       for l, la in enumerate(layers):
         masks = {}
         if sp is not None:
-          masks = dict(kernel_onehot=sp["kernel"][l], hidden_mask=sp["hidden"][l], se_mask=sp["se"][l],
-                       out_mask=sp["out"], active=None if l == 0 else sp["active"][l])
-        x = IRBlock(la.c_in, la.c_out, la.hidden, la.se, la.stride, la.expand, la.residual,
-                    self.kernels or (la.kernel,), self.track_running, name=f"stage{s}_layer{l}")(
-                        x, use_ra=use_ra, stat_weights=stat_weights, **masks)
+          masks = dict(
+              kernel_onehot=sp["kernel"][l],
+              hidden_mask=sp["hidden"][l],
+              se_mask=sp["se"][l],
+              out_mask=sp["out"],
+              active=None if l == 0 else sp["active"][l],
+          )
+        x = IRBlock(
+            la.c_in,
+            la.c_out,
+            la.hidden,
+            la.se,
+            la.stride,
+            la.expand,
+            la.residual,
+            self.kernels or (la.kernel,),
+            self.track_running,
+            name=f"stage{s}_layer{l}",
+        )(x, use_ra=use_ra, stat_weights=stat_weights, **masks)
     c_last = a.stages[-1][-1].c_out
     w = self.param("head", _conv_init, (1, 1, c_last, a.head_channels))
     x = hswish(BatchNorm(a.head_channels, self.track_running, name="bn_head")(_conv(x, w), **bn_kw))
@@ -290,6 +328,7 @@ class SuperNet(nn.Module):
 
   `train` does not change the computation (BN always uses batch statistics); it is accepted for the
   project's apply convention."""
+
   space: SearchSpace
 
   @nn.compact
@@ -369,11 +408,15 @@ def path_arrays(arch: Arch, space: SearchSpace) -> dict:
       else:
         hidden.append(np.zeros((slot.hidden,), np.float32))
         se.append(np.zeros((slot.se,), np.float32))
-    stages.append({
-        "active": mask(len(layers), len(slots), f"layers (stage {s})"),
-        "kernel": kernel,
-        "out": mask(layers[0].c_out, slots[0].c_out, f"channels (stage {s})"),
-        "hidden": tuple(hidden), "se": tuple(se)})
+    stages.append(
+        {
+            "active": mask(len(layers), len(slots), f"layers (stage {s})"),
+            "kernel": kernel,
+            "out": mask(layers[0].c_out, slots[0].c_out, f"channels (stage {s})"),
+            "hidden": tuple(hidden),
+            "se": tuple(se),
+        }
+    )
   return {"stem": mask(arch.stem_channels, sup.stem_channels, "stem channels"), "stages": tuple(stages)}
 
 
@@ -393,6 +436,7 @@ class PathNet(nn.Module):
   `__call__(images, *, train=False)`: train ⇒ batch statistics (and running-average update when
   `batch_stats` is mutable); eval ⇒ running averages. `bn_batch_stats=True`: always batch statistics
   and no `batch_stats` collection (the supernet's BN semantics)."""
+
   arch: Arch
   bn_batch_stats: bool = False
 
@@ -400,7 +444,8 @@ class PathNet(nn.Module):
   def __call__(self, images, *, train: bool = False, stat_weights=None):
     use_ra = not train and not self.bn_batch_stats
     return _Net(self.arch, kernels=None, track_running=not self.bn_batch_stats, name="net")(
-        images, None, use_ra, stat_weights)
+        images, None, use_ra, stat_weights
+    )
 
 
 def slice_params(supernet_params: Any, arch: Arch) -> Any:

@@ -24,6 +24,7 @@ Config: `supernet_config()` below lists every field (the files in `configs/nas_*
 params = train_supernet(supernet_config(space='fmnist', steps=2000), '/tmp/supernet')
 ```
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -66,16 +67,35 @@ def supernet_config(space: str = "fmnist", in_channels: int = 1, **overrides) ->
   c.pipeline = "nas_supernet"
   c.seed = 0
   c.space = ml_collections.ConfigDict(
-      {"name": space, "kwargs": {} if space == "imagenet" else {"in_channels": in_channels}})
-  c.sampling = "hss"          # hss | hss_uniform | uniform (sampling.METHODS)
-  c.eta = "width"             # HSS stage weights: width | uniform
+      {"name": space, "kwargs": {} if space == "imagenet" else {"in_channels": in_channels}}
+  )
+  c.sampling = "hss"  # hss | hss_uniform | uniform (sampling.METHODS)
+  c.eta = "width"  # HSS stage weights: width | uniform
   c.data = config_lib.data_config(
-      name="fashion_mnist", train_split="train_minus_minival", eval_split="minival", recipe="simple",
-      pad=2, crop_padding=4, hflip=True, mean=data_lib.preprocess.FASHION_MNIST_MEAN,
-      std=data_lib.preprocess.FASHION_MNIST_STD, minival_per_class=50)
+      name="fashion_mnist",
+      train_split="train_minus_minival",
+      eval_split="minival",
+      recipe="simple",
+      pad=2,
+      crop_padding=4,
+      hflip=True,
+      mean=data_lib.preprocess.FASHION_MNIST_MEAN,
+      std=data_lib.preprocess.FASHION_MNIST_STD,
+      minival_per_class=50,
+  )
   c.optim = optim.default_config()
-  c.optim.update(dict(name="sgd", lr=0.12, momentum=0.9, nesterov=True, weight_decay=4e-5,
-                      no_decay=list(NO_DECAY), wd_mults=[[CONV_PARAMS, 2.0]], warmup_steps=100))
+  c.optim.update(
+      dict(
+          name="sgd",
+          lr=0.12,
+          momentum=0.9,
+          nesterov=True,
+          weight_decay=4e-5,
+          no_decay=list(NO_DECAY),
+          wd_mults=[[CONV_PARAMS, 2.0]],
+          warmup_steps=100,
+      )
+  )
   c.optim.total_steps = config_dict.placeholder(int)  # filled from steps when unset
   c.batch_size = 128
   c.eval_batch_size = 250
@@ -87,7 +107,7 @@ def supernet_config(space: str = "fmnist", in_channels: int = 1, **overrides) ->
   c.mesh_data = -1
   c.mesh_model = 1
   c.sharding = "replicate"
-  c.xla_opt_level = -1        # 1 compiles CPU steps ~3x faster (short runs)
+  c.xla_opt_level = -1  # 1 compiles CPU steps ~3x faster (short runs)
   c.quick = False
   for k, v in overrides.items():
     if k not in c:
@@ -115,14 +135,20 @@ def preprocess_at(data_cfg, r: int, in_channels: int) -> data_lib.Preprocess:
   ScaleNet ImageNet recipe: no RandAugment, no erasing); 'simple' = pad, resize to r, crop + flip."""
   d = data_cfg
   if d.recipe == "swin":
-    return data_lib.imagenet_swin_preprocess(r, mean=tuple(d.mean), std=tuple(d.std), randaug_num_ops=0,
-                                             reprob=0.0)
+    return data_lib.imagenet_swin_preprocess(r, mean=tuple(d.mean), std=tuple(d.std), randaug_num_ops=0, reprob=0.0)
   if d.recipe not in ("simple", "none"):
     raise ValueError(f"data.recipe must be 'simple', 'swin' or 'none' for NAS training, got {d.recipe!r}")
   aug = d.recipe == "simple"
-  return data_lib.Preprocess(img_size=r, recipe="simple", pad=d.pad, to_rgb=in_channels == 3,
-                             mean=tuple(d.mean), std=tuple(d.std), crop_padding=d.crop_padding if aug else 0,
-                             hflip=d.hflip and aug)
+  return data_lib.Preprocess(
+      img_size=r,
+      recipe="simple",
+      pad=d.pad,
+      to_rgb=in_channels == 3,
+      mean=tuple(d.mean),
+      std=tuple(d.std),
+      crop_padding=d.crop_padding if aug else 0,
+      hflip=d.hflip and aug,
+  )
 
 
 def open_source(data_cfg, split: str):
@@ -130,8 +156,16 @@ def open_source(data_cfg, split: str):
   return data_lib.get_source(data_cfg.name, split, minival_per_class=data_cfg.minival_per_class, **kw)
 
 
-def step_batches(source, data_cfg, global_batch: int, seed: int, start: int, num_steps: int,
-                 in_channels: int, plan: Callable[[int], tuple[int, dict | None]]):
+def step_batches(
+    source,
+    data_cfg,
+    global_batch: int,
+    seed: int,
+    start: int,
+    num_steps: int,
+    in_channels: int,
+    plan: Callable[[int], tuple[int, dict | None]],
+):
   """Iterator of step batches `{'images', 'labels'[, 'model_kwargs']}` for steps start.. (this host's rows).
 
   `plan(step) -> (resolution, model_kwargs or None)` chooses the step's image size and model inputs;
@@ -158,17 +192,26 @@ def step_batches(source, data_cfg, global_batch: int, seed: int, start: int, num
 
 def path_plan(space: SearchSpace, method: str, seed: int, eta="width"):
   """`plan(step)` for supernet training: the sampled path's resolution and masks."""
+
   def plan(step):
     alpha, S = sampling.sample_path(space, method, seed, step, eta)
     return int(S.r), {"path": path_arrays(apply_scaling(alpha, S, space), space)}
+
   return plan
 
 
 # ----------------------------------------------------------------------------------------------------
 # The shared loop
 # ----------------------------------------------------------------------------------------------------
-def _fit(config, workdir: str, model, host_variables: Callable[[], dict], abstract_variables: dict,
-         batches_from: Callable[[int], object], tag: str):
+def _fit(
+    config,
+    workdir: str,
+    model,
+    host_variables: Callable[[], dict],
+    abstract_variables: dict,
+    batches_from: Callable[[int], object],
+    tag: str,
+):
   """Trains `model` for `config.steps` (resuming from `workdir`); returns (final state, info dict).
 
   `host_variables()` gives the initial variables {'params'[, 'batch_stats']} (only called on a fresh
@@ -197,8 +240,14 @@ def _fit(config, workdir: str, model, host_variables: Callable[[], dict], abstra
 
   xla = {"xla_backend_optimization_level": config.xla_opt_level} if config.xla_opt_level >= 0 else None
   train_step = step_lib.make_train_step(
-      step_lib.flax_apply_fn(model), tx, mesh, shardings, lr_fn=optim.make_train_lr_fn(ocfg),
-      label_smoothing=config.label_smoothing, compiler_options=xla)
+      step_lib.flax_apply_fn(model),
+      tx,
+      mesh,
+      shardings,
+      lr_fn=optim.make_train_lr_fn(ocfg),
+      label_smoothing=config.label_smoothing,
+      compiler_options=xla,
+  )
   meta = {"fingerprint": fingerprint, "model": tag}
   info = {"steps": config.steps, "start_step": start}
   writer = Writer(workdir)
@@ -213,14 +262,17 @@ def _fit(config, workdir: str, model, host_variables: Callable[[], dict], abstra
       is_log = done % config.log_every == 0 or done == config.steps
       is_ckpt = bool(config.ckpt_every) and done % config.ckpt_every == 0
       if (is_log or is_ckpt) and int(first_bad) >= 0:
-        raise TrainingDiverged(f"loss became NaN/inf at step {int(first_bad)}; last good checkpoint is step "
-                               f"{last_good} in {workdir}")
+        raise TrainingDiverged(
+            f"loss became NaN/inf at step {int(first_bad)}; last good checkpoint is step " f"{last_good} in {workdir}"
+        )
       if is_log:
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
         m["elapsed_sec"] = time.perf_counter() - t0
         writer.write(done, m)
-        _log(f"[{tag}] step {done}/{config.steps} loss {m['loss']:.4f} acc {m['accuracy']:.3f} "
-             f"lr {m.get('lr', 0):.3g} {m['elapsed_sec']:.0f}s")
+        _log(
+            f"[{tag}] step {done}/{config.steps} loss {m['loss']:.4f} acc {m['accuracy']:.3f} "
+            f"lr {m.get('lr', 0):.3g} {m['elapsed_sec']:.0f}s"
+        )
       if is_ckpt:
         ckpt.save(done, state, meta, force=True)
         last_good = done
@@ -242,6 +294,7 @@ def abstract_supernet(model: SuperNet) -> dict:
   sp = model.space
   images = jax.ShapeDtypeStruct((2, sp.base_resolution, sp.base_resolution, sp.in_channels), jnp.float32)
   from scalenet_jax.nas.supernet import supernet_arch  # pylint: disable=g-import-not-at-top
+
   path = path_arrays(supernet_arch(sp), sp)
   return jax.eval_shape(lambda k: model.init(k, images, path=path), jax.random.key(0))
 
@@ -257,9 +310,16 @@ def train_supernet(config, workdir: str):
   plan = path_plan(space, config.sampling, config.seed, config.eta)
   tag = f"supernet/{space.name}/{space.in_channels}ch/{config.sampling}/{config.eta}"
   state, *_ = _fit(
-      config, workdir, model, lambda: {"params": init_supernet(model, config.seed)}, abstract_supernet(model),
-      lambda start: step_batches(source, config.data, config.batch_size, config.seed, start,
-                                 config.steps - start, space.in_channels, plan), tag)
+      config,
+      workdir,
+      model,
+      lambda: {"params": init_supernet(model, config.seed)},
+      abstract_supernet(model),
+      lambda start: step_batches(
+          source, config.data, config.batch_size, config.seed, start, config.steps - start, space.in_channels, plan
+      ),
+      tag,
+  )
   return state.params
 
 
@@ -284,19 +344,29 @@ def train_standalone(config, workdir: str, arch: Arch) -> dict:
   plan = lambda step: (arch.resolution, None)
   tag = "standalone/" + hashlib.sha256(repr(arch).encode()).hexdigest()[:12]
   state, shardings, mesh, info = _fit(
-      config, workdir, model, lambda: init_pathnet(arch, config.seed), abstract,
-      lambda start: step_batches(source, config.data, config.batch_size, config.seed, start,
-                                 config.steps - start, arch.in_channels, plan), tag)
+      config,
+      workdir,
+      model,
+      lambda: init_pathnet(arch, config.seed),
+      abstract,
+      lambda start: step_batches(
+          source, config.data, config.batch_size, config.seed, start, config.steps - start, arch.in_channels, plan
+      ),
+      tag,
+  )
   xla = {"xla_backend_optimization_level": config.xla_opt_level} if config.xla_opt_level >= 0 else None
   eval_step = step_lib.make_eval_step(step_lib.flax_apply_fn(model), mesh, shardings, compiler_options=xla)
   sums = None
-  for b in eval_sources(config.data, config.data.eval_split, arch.resolution, arch.in_channels,
-                        config.eval_batch_size):
+  for b in eval_sources(config.data, config.data.eval_split, arch.resolution, arch.in_channels, config.eval_batch_size):
     out = eval_step(state, sh.make_global_batch(b, mesh))
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   sums = jax.device_get(sums)
   n = float(sums["count"])
-  info.update(top1=float(sums["correct1"]) / n, eval_loss=float(sums["loss_sum"]) / n,
-              eval_examples=int(n), eval_split=config.data.eval_split)
+  info.update(
+      top1=float(sums["correct1"]) / n,
+      eval_loss=float(sums["loss_sum"]) / n,
+      eval_examples=int(n),
+      eval_split=config.data.eval_split,
+  )
   info["variables"] = {"params": state.params, **(state.model_state or {})}
   return info

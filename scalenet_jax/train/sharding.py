@@ -7,6 +7,7 @@ elements stay replicated, since gathering tiny arrays costs more than it saves. 
 shapes, so it needs no knowledge of the model, and a param and its Adam moments always get the same
 sharding. Choosing between the two modes is a config switch (`mode`).
 """
+
 from __future__ import annotations
 
 import math
@@ -22,80 +23,82 @@ MODES = ("replicate", "fsdp")
 
 
 def make_mesh(data: int = -1, model: int = 1, devices=None) -> Mesh:
-    """Mesh with axes ('data', 'model') over `devices` (default: all global devices).
+  """Mesh with axes ('data', 'model') over `devices` (default: all global devices).
 
-    `data=-1` takes all devices not used by 'model'. Axis types are Auto: shardings are given explicitly at
-    jit boundaries and XLA propagates them inside (models need no sharding-in-types annotations).
-    """
-    devices = list(jax.devices() if devices is None else devices)
-    if model < 1 or len(devices) % model:
-        raise ValueError(f"model axis size {model} does not divide the {len(devices)} devices")
-    if data == -1:
-        data = len(devices) // model
-    if data * model != len(devices):
-        raise ValueError(f"mesh data={data} x model={model} != {len(devices)} devices")
-    return jax.make_mesh((data, model), (DATA, MODEL), axis_types=(AxisType.Auto,) * 2, devices=devices)
+  `data=-1` takes all devices not used by 'model'. Axis types are Auto: shardings are given explicitly at
+  jit boundaries and XLA propagates them inside (models need no sharding-in-types annotations).
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  if model < 1 or len(devices) % model:
+    raise ValueError(f"model axis size {model} does not divide the {len(devices)} devices")
+  if data == -1:
+    data = len(devices) // model
+  if data * model != len(devices):
+    raise ValueError(f"mesh data={data} x model={model} != {len(devices)} devices")
+  return jax.make_mesh((data, model), (DATA, MODEL), axis_types=(AxisType.Auto,) * 2, devices=devices)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P())
+  return NamedSharding(mesh, P())
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over 'data', replicated over 'model'."""
-    return NamedSharding(mesh, P(DATA))
+  """Leading (batch) axis split over 'data', replicated over 'model'."""
+  return NamedSharding(mesh, P(DATA))
 
 
 def fsdp_spec(shape, data_size: int, min_size: int) -> P:
-    """FSDP rule for one leaf: split the largest axis divisible by `data_size` (first one on ties)."""
-    if data_size == 1 or math.prod(shape) < min_size:
-        return P()
-    candidates = [(dim, -i) for i, dim in enumerate(shape) if dim % data_size == 0]
-    if not candidates:
-        return P()
-    axis = -max(candidates)[1]
-    return P(*([None] * axis + [DATA]))
+  """FSDP rule for one leaf: split the largest axis divisible by `data_size` (first one on ties)."""
+  if data_size == 1 or math.prod(shape) < min_size:
+    return P()
+  candidates = [(dim, -i) for i, dim in enumerate(shape) if dim % data_size == 0]
+  if not candidates:
+    return P()
+  axis = -max(candidates)[1]
+  return P(*([None] * axis + [DATA]))
 
 
-def param_shardings(abstract_tree, mesh: Mesh, mode: str = "replicate", min_size: int = 2 ** 14):
-    """NamedSharding per leaf of `abstract_tree` (anything with `.shape`: params or a whole train state)."""
-    if mode not in MODES:
-        raise ValueError(f"param sharding mode must be one of {MODES}, got {mode!r}")
-    data_size = mesh.shape[DATA]
+def param_shardings(abstract_tree, mesh: Mesh, mode: str = "replicate", min_size: int = 2**14):
+  """NamedSharding per leaf of `abstract_tree` (anything with `.shape`: params or a whole train state)."""
+  if mode not in MODES:
+    raise ValueError(f"param sharding mode must be one of {MODES}, got {mode!r}")
+  data_size = mesh.shape[DATA]
 
-    def one(x):
-        spec = fsdp_spec(x.shape, data_size, min_size) if mode == "fsdp" else P()
-        return NamedSharding(mesh, spec)
-    return jax.tree_util.tree_map(one, abstract_tree)
+  def one(x):
+    spec = fsdp_spec(x.shape, data_size, min_size) if mode == "fsdp" else P()
+    return NamedSharding(mesh, spec)
+
+  return jax.tree_util.tree_map(one, abstract_tree)
 
 
 def batch_shardings(batch: Mapping[str, Any], mesh: Mesh):
-    """Sharding pytree for a batch dict: top-level arrays on P('data'), `model_kwargs` replicated."""
-    if not isinstance(batch, Mapping):
-        raise ValueError(f"batch must be a dict of arrays, got {type(batch).__name__}")
-    out = {}
-    for key, value in batch.items():
-        sharding = replicated(mesh) if key == MODEL_KWARGS else batch_sharding(mesh)
-        out[key] = jax.tree_util.tree_map(lambda _: sharding, value)
-    return out
+  """Sharding pytree for a batch dict: top-level arrays on P('data'), `model_kwargs` replicated."""
+  if not isinstance(batch, Mapping):
+    raise ValueError(f"batch must be a dict of arrays, got {type(batch).__name__}")
+  out = {}
+  for key, value in batch.items():
+    sharding = replicated(mesh) if key == MODEL_KWARGS else batch_sharding(mesh)
+    out[key] = jax.tree_util.tree_map(lambda _: sharding, value)
+  return out
 
 
 def local_batch_slice(mesh: Mesh, global_batch_size: int) -> slice:
-    """Rows of the global batch that this process must load (contiguous for meshes from `make_mesh`)."""
-    index_map = batch_sharding(mesh).addressable_devices_indices_map((global_batch_size,))
-    starts = sorted({idx[0].indices(global_batch_size)[:2] for idx in index_map.values()})
-    lo, hi = starts[0][0], starts[-1][1]
-    if sum(stop - start for start, stop in starts) != hi - lo:
-        raise ValueError(f"this process's batch rows are not contiguous on the mesh: {starts}")
-    return slice(lo, hi)
+  """Rows of the global batch that this process must load (contiguous for meshes from `make_mesh`)."""
+  index_map = batch_sharding(mesh).addressable_devices_indices_map((global_batch_size,))
+  starts = sorted({idx[0].indices(global_batch_size)[:2] for idx in index_map.values()})
+  lo, hi = starts[0][0], starts[-1][1]
+  if sum(stop - start for start, stop in starts) != hi - lo:
+    raise ValueError(f"this process's batch rows are not contiguous on the mesh: {starts}")
+  return slice(lo, hi)
 
 
 def make_global_batch(local_batch: Mapping[str, Any], mesh: Mesh):
-    """Global jax.Arrays from this process's numpy slice of the batch.
+  """Global jax.Arrays from this process's numpy slice of the batch.
 
-    Every process passes its own rows (consecutive slices in process order) for the data-split entries and
-    the *same full* arrays under `model_kwargs` (e.g. a NAS path sampled from a step-seeded host RNG).
-    """
-    shardings = batch_shardings(local_batch, mesh)
-    return jax.tree_util.tree_map(
-        lambda s, x: jax.make_array_from_process_local_data(s, np.asarray(x)), shardings, dict(local_batch))
+  Every process passes its own rows (consecutive slices in process order) for the data-split entries and
+  the *same full* arrays under `model_kwargs` (e.g. a NAS path sampled from a step-seeded host RNG).
+  """
+  shardings = batch_shardings(local_batch, mesh)
+  return jax.tree_util.tree_map(
+      lambda s, x: jax.make_array_from_process_local_data(s, np.asarray(x)), shardings, dict(local_batch)
+  )

@@ -16,6 +16,7 @@ Randomness. `rng = fold_in(state.rng, state.step)`, split once for `batch_transf
 etc., traced inside the jit) and once per model rng name ('dropout'; drop path uses it too), so a resumed
 run reproduces the same randomness and the result does not depend on the number of devices.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
@@ -34,195 +35,255 @@ from scalenet_jax.train import sharding as sh
 
 @flax.struct.dataclass
 class TrainState:
-    step: jax.Array          # int32 scalar: number of train-step calls (micro-steps under accumulation)
-    params: Any
-    opt_state: Any
-    model_state: Any         # None, or a dict of non-param collections, e.g. {'batch_stats': ...}
-    ema_params: Any          # None unless EMA is enabled
-    rng: jax.Array           # raw key data (uint32), so it checkpoints like any other array
+  step: jax.Array  # int32 scalar: number of train-step calls (micro-steps under accumulation)
+  params: Any
+  opt_state: Any
+  model_state: Any  # None, or a dict of non-param collections, e.g. {'batch_stats': ...}
+  ema_params: Any  # None unless EMA is enabled
+  rng: jax.Array  # raw key data (uint32), so it checkpoints like any other array
 
 
 def flax_apply_fn(module: nn.Module) -> Callable:
-    """`apply_fn` for a linen module following the project convention (model kwargs pass through)."""
-    def apply_fn(params, images, train, rngs, model_state=None, **model_kwargs):
-        if model_state is None:
-            return module.apply({"params": params}, images, train=train, rngs=rngs, **model_kwargs)
-        variables = {"params": params, **model_state}
-        if not train:
-            return module.apply(variables, images, train=False, rngs=rngs, **model_kwargs), model_state
-        return module.apply(variables, images, train=True, rngs=rngs, mutable=list(model_state), **model_kwargs)
-    return apply_fn
+  """`apply_fn` for a linen module following the project convention (model kwargs pass through)."""
+
+  def apply_fn(params, images, train, rngs, model_state=None, **model_kwargs):
+    if model_state is None:
+      return module.apply({"params": params}, images, train=train, rngs=rngs, **model_kwargs)
+    variables = {"params": params, **model_state}
+    if not train:
+      return module.apply(variables, images, train=False, rngs=rngs, **model_kwargs), model_state
+    return module.apply(variables, images, train=True, rngs=rngs, mutable=list(model_state), **model_kwargs)
+
+  return apply_fn
 
 
 # ---------------------------------------------------------------------------------------------- State
-def create_train_state(init_fn: Callable, tx: optax.GradientTransformation, mesh: Mesh, rng: jax.Array, *,
-                       mode: str = "replicate", fsdp_min_size: int = 2 ** 14, use_ema: bool = False):
-    """Sharded initial state, built directly on the devices (never as one unsharded host copy).
+def create_train_state(
+    init_fn: Callable,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    rng: jax.Array,
+    *,
+    mode: str = "replicate",
+    fsdp_min_size: int = 2**14,
+    use_ema: bool = False,
+):
+  """Sharded initial state, built directly on the devices (never as one unsharded host copy).
 
-    `init_fn(rng) -> variables` returns a flax variables dict with a 'params' entry (e.g.
-    `lambda r: model.init(r, dummy_images, train=False)`); other collections become `model_state`.
-    Returns `(state, state_shardings)`; the abstract state is `jax.eval_shape` of the same init, so the
-    shardings can also serve as a restore target.
-    """
-    def init(key):
-        k_init, k_train = jax.random.split(key)
-        variables = nn.meta.unbox(dict(init_fn(k_init)))
-        if "params" not in variables:
-            raise ValueError(f"init_fn must return a variables dict with 'params', got keys {list(variables)}")
-        params = variables.pop("params")
-        return TrainState(
-            step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-            model_state=variables or None,
-            ema_params=jax.tree_util.tree_map(jnp.copy, params) if use_ema else None,
-            rng=jax.random.key_data(k_train))
+  `init_fn(rng) -> variables` returns a flax variables dict with a 'params' entry (e.g.
+  `lambda r: model.init(r, dummy_images, train=False)`); other collections become `model_state`.
+  Returns `(state, state_shardings)`; the abstract state is `jax.eval_shape` of the same init, so the
+  shardings can also serve as a restore target.
+  """
 
-    if jax.dtypes.issubdtype(getattr(rng, "dtype", None), jax.dtypes.prng_key):
-        rng = jax.random.key_data(rng)
-    abstract = jax.eval_shape(init, rng)
-    shardings = sh.param_shardings(abstract, mesh, mode, fsdp_min_size)
-    # Small leaves (step, rng, norm params, optimizer counters) fall under min_size and stay replicated.
-    state = jax_utils.run_once(init, rng, in_shardings=sh.replicated(mesh), out_shardings=shardings)
-    return state, shardings
+  def init(key):
+    k_init, k_train = jax.random.split(key)
+    variables = nn.meta.unbox(dict(init_fn(k_init)))
+    if "params" not in variables:
+      raise ValueError(f"init_fn must return a variables dict with 'params', got keys {list(variables)}")
+    params = variables.pop("params")
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        model_state=variables or None,
+        ema_params=jax.tree_util.tree_map(jnp.copy, params) if use_ema else None,
+        rng=jax.random.key_data(k_train),
+    )
+
+  if jax.dtypes.issubdtype(getattr(rng, "dtype", None), jax.dtypes.prng_key):
+    rng = jax.random.key_data(rng)
+  abstract = jax.eval_shape(init, rng)
+  shardings = sh.param_shardings(abstract, mesh, mode, fsdp_min_size)
+  # Small leaves (step, rng, norm params, optimizer counters) fall under min_size and stay replicated.
+  state = jax_utils.run_once(init, rng, in_shardings=sh.replicated(mesh), out_shardings=shardings)
+  return state, shardings
 
 
 # ----------------------------------------------------------------------------------------------- Loss
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
-    """Per-example softmax cross-entropy; `labels` int (B,) or soft (B, K).
+  """Per-example softmax cross-entropy; `labels` int (B,) or soft (B, K).
 
-    Smoothing is applied to soft targets too: for mixup targets lam*y1 + (1-lam)*y2 this equals mixing the
-    smoothed one-hots (timm's convention), so a mixup batch_transform should not smooth by itself.
-    """
-    num_classes = logits.shape[-1]
-    targets = jax.nn.one_hot(labels, num_classes) if labels.ndim == logits.ndim - 1 else labels
-    targets = targets.astype(jnp.float32)
-    if label_smoothing:
-        targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
-    return optax.softmax_cross_entropy(logits, targets)
+  Smoothing is applied to soft targets too: for mixup targets lam*y1 + (1-lam)*y2 this equals mixing the
+  smoothed one-hots (timm's convention), so a mixup batch_transform should not smooth by itself.
+  """
+  num_classes = logits.shape[-1]
+  targets = jax.nn.one_hot(labels, num_classes) if labels.ndim == logits.ndim - 1 else labels
+  targets = targets.astype(jnp.float32)
+  if label_smoothing:
+    targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
+  return optax.softmax_cross_entropy(logits, targets)
 
 
 def _cast_floats(tree, dtype):
-    return jax.tree_util.tree_map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+  return jax.tree_util.tree_map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
 def _forward(apply_fn, params, model_state, batch, train, rngs, compute_dtype):
-    """Logits in float32 (and the new model state, or None) with params/images cast to compute_dtype."""
-    kwargs = dict(batch.get(sh.MODEL_KWARGS, {}))
-    if model_state is not None:
-        kwargs["model_state"] = model_state
-    out = apply_fn(_cast_floats(params, compute_dtype), batch["images"].astype(compute_dtype),
-                   train=train, rngs=rngs, **kwargs)
-    logits, new_model_state = out if model_state is not None else (out, None)
-    return logits.astype(jnp.float32), new_model_state
+  """Logits in float32 (and the new model state, or None) with params/images cast to compute_dtype."""
+  kwargs = dict(batch.get(sh.MODEL_KWARGS, {}))
+  if model_state is not None:
+    kwargs["model_state"] = model_state
+  out = apply_fn(
+      _cast_floats(params, compute_dtype), batch["images"].astype(compute_dtype), train=train, rngs=rngs, **kwargs
+  )
+  logits, new_model_state = out if model_state is not None else (out, None)
+  return logits.astype(jnp.float32), new_model_state
 
 
 def _jit_per_batch_structure(fn, state_shardings, mesh, out_shardings, donate_argnums=(), compiler_options=None):
-    """jax.jit with explicit in_shardings; the batch shardings depend on the batch's keys, so one jitted
-    function is built per batch tree structure (normally exactly one). `compiler_options` go to XLA (e.g.
-    {'xla_backend_optimization_level': 1} compiles a CPU step several times faster, for short runs)."""
-    cache = {}
+  """jax.jit with explicit in_shardings; the batch shardings depend on the batch's keys, so one jitted
+  function is built per batch tree structure (normally exactly one). `compiler_options` go to XLA (e.g.
+  {'xla_backend_optimization_level': 1} compiles a CPU step several times faster, for short runs)."""
+  cache = {}
 
-    def call(first, batch):
-        treedef = jax.tree_util.tree_structure(batch)
-        if treedef not in cache:
-            cache[treedef] = jax.jit(fn, in_shardings=(state_shardings, sh.batch_shardings(batch, mesh)),
-                                     out_shardings=out_shardings, donate_argnums=donate_argnums,
-                                     compiler_options=compiler_options)
-        return cache[treedef](first, batch)
-    call.jitted = cache  # exposed for lowering / cost analysis
-    return call
+  def call(first, batch):
+    treedef = jax.tree_util.tree_structure(batch)
+    if treedef not in cache:
+      cache[treedef] = jax.jit(
+          fn,
+          in_shardings=(state_shardings, sh.batch_shardings(batch, mesh)),
+          out_shardings=out_shardings,
+          donate_argnums=donate_argnums,
+          compiler_options=compiler_options,
+      )
+    return cache[treedef](first, batch)
+
+  call.jitted = cache  # exposed for lowering / cost analysis
+  return call
 
 
 # ---------------------------------------------------------------------------------------------- Train
 def _select(trainable, a, b):
-    """`a` where trainable else `b`. `trainable` is a Python bool (whole leaf) or a bool array over the
-    leading axis of a stacked leaf (e.g. only the new layers of a stacked core are trainable)."""
-    if isinstance(trainable, (bool, np.bool_)):
-        return a if trainable else b
-    t = jnp.asarray(trainable)
-    return jnp.where(t.reshape(t.shape + (1,) * (a.ndim - t.ndim)), a, b)
+  """`a` where trainable else `b`. `trainable` is a Python bool (whole leaf) or a bool array over the
+  leading axis of a stacked leaf (e.g. only the new layers of a stacked core are trainable)."""
+  if isinstance(trainable, (bool, np.bool_)):
+    return a if trainable else b
+  t = jnp.asarray(trainable)
+  return jnp.where(t.reshape(t.shape + (1,) * (a.ndim - t.ndim)), a, b)
 
 
-def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, mesh: Mesh, state_shardings, *,
-                    trainable_mask=None, lr_fn: Callable | None = None, grad_accum_steps: int = 1,
-                    label_smoothing: float = 0.0, ema_decay: float | None = None,
-                    batch_transform: Callable | None = None, compute_dtype=jnp.float32,
-                    rng_names: Sequence[str] = ("dropout",), compiler_options=None):
-    """Jitted `step(state, batch) -> (state, metrics)`; `state` is donated.
+def make_train_step(
+    apply_fn: Callable,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    state_shardings,
+    *,
+    trainable_mask=None,
+    lr_fn: Callable | None = None,
+    grad_accum_steps: int = 1,
+    label_smoothing: float = 0.0,
+    ema_decay: float | None = None,
+    batch_transform: Callable | None = None,
+    compute_dtype=jnp.float32,
+    rng_names: Sequence[str] = ("dropout",),
+    compiler_options=None,
+):
+  """Jitted `step(state, batch) -> (state, metrics)`; `state` is donated.
 
-    trainable_mask: bool pytree like params (`optim.trainable_mask`); a leaf may also be a bool array over
-      its leading (stacked) axis to train only some rows. Frozen leaves/rows get stop_gradient (no
-      weight-gradient compute) and are passed through untouched (bit-identical). None = all trainable.
-    lr_fn: learning rate as a function of `state.step` for the metrics (`optim.make_train_lr_fn(config)`).
-    grad_accum_steps: must equal the optimizer's; EMA is updated only on steps that update the params.
-    ema_decay: requires a state created with `use_ema=True`.
-    compute_dtype: e.g. jnp.bfloat16 runs the forward/backward in bf16 on float32 master weights.
-    Metrics (device arrays, no host sync): loss (mean, with smoothing), accuracy (argmax vs the labels, or
-    vs the argmax of soft targets), grad_norm (of this micro-batch's trainable gradients, before clipping),
-    lr (only with lr_fn), is_finite (loss and grad_norm finite; the loop should stop when False).
-    """
-    if (ema_decay is None) != (state_shardings.ema_params is None):
-        raise ValueError("ema_decay must be set exactly when the state was created with use_ema=True")
+  trainable_mask: bool pytree like params (`optim.trainable_mask`); a leaf may also be a bool array over
+    its leading (stacked) axis to train only some rows. Frozen leaves/rows get stop_gradient (no
+    weight-gradient compute) and are passed through untouched (bit-identical). None = all trainable.
+  lr_fn: learning rate as a function of `state.step` for the metrics (`optim.make_train_lr_fn(config)`).
+  grad_accum_steps: must equal the optimizer's; EMA is updated only on steps that update the params.
+  ema_decay: requires a state created with `use_ema=True`.
+  compute_dtype: e.g. jnp.bfloat16 runs the forward/backward in bf16 on float32 master weights.
+  Metrics (device arrays, no host sync): loss (mean, with smoothing), accuracy (argmax vs the labels, or
+  vs the argmax of soft targets), grad_norm (of this micro-batch's trainable gradients, before clipping),
+  lr (only with lr_fn), is_finite (loss and grad_norm finite; the loop should stop when False).
+  """
+  if (ema_decay is None) != (state_shardings.ema_params is None):
+    raise ValueError("ema_decay must be set exactly when the state was created with use_ema=True")
 
-    def train_step(state: TrainState, batch):
-        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        rng_batch, rng_model = jax.random.split(rng)
-        if batch_transform is not None:
-            batch = batch_transform(rng_batch, batch)
-        rngs = dict(zip(rng_names, jax.random.split(rng_model, len(rng_names))))
-        is_trainable = (jax.tree_util.tree_map(lambda _: True, state.params) if trainable_mask is None
-                        else trainable_mask)
+  def train_step(state: TrainState, batch):
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    rng_batch, rng_model = jax.random.split(rng)
+    if batch_transform is not None:
+      batch = batch_transform(rng_batch, batch)
+    rngs = dict(zip(rng_names, jax.random.split(rng_model, len(rng_names))))
+    is_trainable = jax.tree_util.tree_map(lambda _: True, state.params) if trainable_mask is None else trainable_mask
 
-        def loss_fn(params):
-            params = jax.tree_util.tree_map(lambda p, t: _select(t, p, jax.lax.stop_gradient(p)), params,
-                                            is_trainable)
-            logits, new_ms = _forward(apply_fn, params, state.model_state, batch, True, rngs, compute_dtype)
-            return cross_entropy(logits, batch["labels"], label_smoothing).mean(), (logits, new_ms)
+    def loss_fn(params):
+      params = jax.tree_util.tree_map(lambda p, t: _select(t, p, jax.lax.stop_gradient(p)), params, is_trainable)
+      logits, new_ms = _forward(apply_fn, params, state.model_state, batch, True, rngs, compute_dtype)
+      return cross_entropy(logits, batch["labels"], label_smoothing).mean(), (logits, new_ms)
 
-        (loss, (logits, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        grad_norm = optax.tree.norm(grads)  # frozen grads are exact zeros
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = jax.tree_util.tree_map(lambda p, u, t: _select(t, p + u.astype(p.dtype), p),
-                                        state.params, updates, is_trainable)
-        ema = state.ema_params
-        if ema_decay is not None:
-            updated = (state.step + 1) % grad_accum_steps == 0
-            ema = jax.tree_util.tree_map(
-                lambda e, p, t: _select(t, jnp.where(updated, ema_decay * e + (1.0 - ema_decay) * p, e), e),
-                ema, params, is_trainable)
-        labels = batch["labels"]
-        hard = labels if labels.ndim == 1 else jnp.argmax(labels, -1)  # soft targets: their argmax
-        metrics = dict(loss=loss, accuracy=jnp.mean(jnp.argmax(logits, -1) == hard),
-                       grad_norm=grad_norm, is_finite=jnp.isfinite(loss) & jnp.isfinite(grad_norm))
-        if lr_fn is not None:
-            metrics["lr"] = jnp.asarray(lr_fn(state.step), jnp.float32)
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema,
-                                  model_state=new_model_state if state.model_state is not None else None)
-        return new_state, metrics
+    (loss, (logits, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_norm = optax.tree.norm(grads)  # frozen grads are exact zeros
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = jax.tree_util.tree_map(
+        lambda p, u, t: _select(t, p + u.astype(p.dtype), p), state.params, updates, is_trainable
+    )
+    ema = state.ema_params
+    if ema_decay is not None:
+      updated = (state.step + 1) % grad_accum_steps == 0
+      ema = jax.tree_util.tree_map(
+          lambda e, p, t: _select(t, jnp.where(updated, ema_decay * e + (1.0 - ema_decay) * p, e), e),
+          ema,
+          params,
+          is_trainable,
+      )
+    labels = batch["labels"]
+    hard = labels if labels.ndim == 1 else jnp.argmax(labels, -1)  # soft targets: their argmax
+    metrics = dict(
+        loss=loss,
+        accuracy=jnp.mean(jnp.argmax(logits, -1) == hard),
+        grad_norm=grad_norm,
+        is_finite=jnp.isfinite(loss) & jnp.isfinite(grad_norm),
+    )
+    if lr_fn is not None:
+      metrics["lr"] = jnp.asarray(lr_fn(state.step), jnp.float32)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=params,
+        opt_state=opt_state,
+        ema_params=ema,
+        model_state=new_model_state if state.model_state is not None else None,
+    )
+    return new_state, metrics
 
-    return _jit_per_batch_structure(train_step, state_shardings, mesh, (state_shardings, sh.replicated(mesh)),
-                                    donate_argnums=(0,), compiler_options=compiler_options)
+  return _jit_per_batch_structure(
+      train_step,
+      state_shardings,
+      mesh,
+      (state_shardings, sh.replicated(mesh)),
+      donate_argnums=(0,),
+      compiler_options=compiler_options,
+  )
 
 
 # ----------------------------------------------------------------------------------------------- Eval
-def make_eval_step(apply_fn: Callable, mesh: Mesh, state_shardings, *, compute_dtype=jnp.float32,
-                   use_ema: bool = False, compiler_options=None):
-    """Jitted `eval_step(state, batch) -> sums` with sums {correct1, correct5, loss_sum, count}.
+def make_eval_step(
+    apply_fn: Callable,
+    mesh: Mesh,
+    state_shardings,
+    *,
+    compute_dtype=jnp.float32,
+    use_ema: bool = False,
+    compiler_options=None,
+):
+  """Jitted `eval_step(state, batch) -> sums` with sums {correct1, correct5, loss_sum, count}.
 
-    Padded examples are excluded via batch['mask'] (1 = real). Labels must be int (B,). Sum over batches
-    on the host and divide by `count`. `use_ema` evaluates `state.ema_params` instead of `state.params`.
-    """
-    if use_ema and state_shardings.ema_params is None:
-        raise ValueError("use_ema=True but the state has no ema_params (create it with use_ema=True)")
+  Padded examples are excluded via batch['mask'] (1 = real). Labels must be int (B,). Sum over batches
+  on the host and divide by `count`. `use_ema` evaluates `state.ema_params` instead of `state.params`.
+  """
+  if use_ema and state_shardings.ema_params is None:
+    raise ValueError("use_ema=True but the state has no ema_params (create it with use_ema=True)")
 
-    def eval_step(state: TrainState, batch):
-        params = state.ema_params if use_ema else state.params
-        logits, _ = _forward(apply_fn, params, state.model_state, batch, False, {}, compute_dtype)
-        labels = batch["labels"]
-        mask = batch.get("mask", jnp.ones(labels.shape, jnp.float32)).astype(jnp.float32)
-        label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
-        rank = jnp.sum(logits > label_logit, axis=-1)  # how many classes score strictly higher
-        return dict(correct1=jnp.sum((rank < 1) * mask), correct5=jnp.sum((rank < 5) * mask),
-                    loss_sum=jnp.sum(cross_entropy(logits, labels) * mask), count=jnp.sum(mask))
+  def eval_step(state: TrainState, batch):
+    params = state.ema_params if use_ema else state.params
+    logits, _ = _forward(apply_fn, params, state.model_state, batch, False, {}, compute_dtype)
+    labels = batch["labels"]
+    mask = batch.get("mask", jnp.ones(labels.shape, jnp.float32)).astype(jnp.float32)
+    label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
+    rank = jnp.sum(logits > label_logit, axis=-1)  # how many classes score strictly higher
+    return dict(
+        correct1=jnp.sum((rank < 1) * mask),
+        correct5=jnp.sum((rank < 5) * mask),
+        loss_sum=jnp.sum(cross_entropy(logits, labels) * mask),
+        count=jnp.sum(mask),
+    )
 
-    return _jit_per_batch_structure(eval_step, state_shardings, mesh, sh.replicated(mesh),
-                                    compiler_options=compiler_options)
+  return _jit_per_batch_structure(
+      eval_step, state_shardings, mesh, sh.replicated(mesh), compiler_options=compiler_options
+  )

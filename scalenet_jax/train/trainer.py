@@ -1,9 +1,10 @@
-"""The trainer behind ``scalenet_jax.main``: one straight script in banner-divided sections.
+"""The trainer behind `scalenet_jax.main`: one straight script in banner-divided sections.
 
-Restore order: this workdir's latest good checkpoint -> ``config.init_from`` (+ expansion) -> fresh
+Restore order: this workdir's latest good checkpoint -> `config.init_from` (+ expansion) -> fresh
 init. Data order and randomness are pure functions of (seed, step), so a run killed at any point and
 restarted from its last checkpoint ends bit-identical to an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,10 +36,16 @@ def preprocess_of(config, model) -> data_lib.Preprocess:
   d, cfg = config.data, model.config
   if d.recipe == "swin":
     return data_lib.imagenet_swin_preprocess(cfg.img_size, mean=tuple(d.mean), std=tuple(d.std))
-  return data_lib.Preprocess(img_size=cfg.img_size, recipe="simple", pad=d.pad, to_rgb=cfg.in_chans == 3 and
-                             len(d.mean) == 3, mean=tuple(d.mean), std=tuple(d.std),
-                             crop_padding=d.crop_padding if d.recipe == "simple" else 0,
-                             hflip=d.hflip and d.recipe == "simple")
+  return data_lib.Preprocess(
+      img_size=cfg.img_size,
+      recipe="simple",
+      pad=d.pad,
+      to_rgb=cfg.in_chans == 3 and len(d.mean) == 3,
+      mean=tuple(d.mean),
+      std=tuple(d.std),
+      crop_padding=d.crop_padding if d.recipe == "simple" else 0,
+      hflip=d.hflip and d.recipe == "simple",
+  )
 
 
 def source_of(config, split):
@@ -46,8 +53,11 @@ def source_of(config, split):
   kw = {"root": d.root} if d.root and d.name == "fashion_mnist" else {}
   if d.name == "synthetic":  # smoke tests: images shaped like the model's input, its number of classes
     cfg = builder.base_model(config).config
-    kw = dict(num_examples=d.synthetic_examples, num_classes=cfg.num_classes,
-              image_shape=(cfg.img_size, cfg.img_size, cfg.in_chans))
+    kw = dict(
+        num_examples=d.synthetic_examples,
+        num_classes=cfg.num_classes,
+        image_shape=(cfg.img_size, cfg.img_size, cfg.in_chans),
+    )
   return data_lib.get_source(d.name, split, minival_per_class=d.minival_per_class, **kw)
 
 
@@ -66,9 +76,18 @@ def batch_transform_of(config, num_classes):
 
   def transform(rng, batch):
     # Smoothing is applied by the loss (cross_entropy), so mixup produces unsmoothed targets.
-    images, labels = augment.mixup_cutmix(rng, batch["images"], batch["labels"], num_classes, float(d.mixup),
-                                          float(d.cutmix), d.mixup_switch_prob, label_smoothing=0.0)
+    images, labels = augment.mixup_cutmix(
+        rng,
+        batch["images"],
+        batch["labels"],
+        num_classes,
+        float(d.mixup),
+        float(d.cutmix),
+        d.mixup_switch_prob,
+        label_smoothing=0.0,
+    )
     return {**batch, "images": images, "labels": labels}
+
   return transform
 
 
@@ -78,15 +97,24 @@ def batch_transform_of(config, num_classes):
 def evaluate(eval_step, state, config, model, mesh, split: Optional[str] = None, source=None) -> dict:
   source = source or source_of(config, split or config.data.eval_split)
   sums = None
-  for b in data_lib.eval_batches(source, config.eval_batch_size, preprocess=preprocess_of(config, model),
-                                 process_index=jax.process_index(), process_count=jax.process_count(),
-                                 num_threads=config.data.num_threads):
+  for b in data_lib.eval_batches(
+      source,
+      config.eval_batch_size,
+      preprocess=preprocess_of(config, model),
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      num_threads=config.data.num_threads,
+  ):
     out = eval_step(state, sh.make_global_batch(_to_step_batch(b), mesh))
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   sums = jax.device_get(sums)
   n = float(sums["count"])
-  return {"top1": float(sums["correct1"]) / n, "top5": float(sums["correct5"]) / n,
-          "eval_loss": float(sums["loss_sum"]) / n, "eval_examples": int(n)}
+  return {
+      "top1": float(sums["correct1"]) / n,
+      "top5": float(sums["correct5"]) / n,
+      "eval_loss": float(sums["loss_sum"]) / n,
+      "eval_examples": int(n),
+  }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -99,6 +127,7 @@ class Writer:
     self.active = jax.process_index() == 0
     if self.active:
       from tensorboardX import SummaryWriter
+
       self.tb = SummaryWriter(os.path.join(workdir, "tb"))
       self.f = open(os.path.join(workdir, "metrics.jsonl"), "a")
 
@@ -152,10 +181,13 @@ def run(config, workdir: str, mode: str = "train") -> dict:
   dummy = jnp.zeros((1, cfg.img_size, cfg.img_size, cfg.in_chans), jnp.float32)
   use_ema = config.ema_decay > 0
   state, shardings = step_lib.create_train_state(
-      lambda r: model.init(r, dummy), tx, mesh, jax.random.key(config.seed), mode=config.sharding,
-      use_ema=use_ema)
+      lambda r: model.init(r, dummy), tx, mesh, jax.random.key(config.seed), mode=config.sharding, use_ema=use_ema
+  )
   fingerprint = ckpt_lib.fingerprint(abstract_params)
-  info = {"params": counting.count_params(abstract_params), "trainable_params": builder.count_trainable(abstract_params, mask)}
+  info = {
+      "params": counting.count_params(abstract_params),
+      "trainable_params": builder.count_trainable(abstract_params, mask),
+  }
 
   # ---- Restore: own checkpoint, else pretrained/expanded init
   ckpt = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
@@ -174,8 +206,9 @@ def run(config, workdir: str, mode: str = "train") -> dict:
 
   compute_dtype = builder.DTYPES[config.model.dtype]
   xla = {"xla_backend_optimization_level": config.xla_opt_level} if config.xla_opt_level >= 0 else None
-  eval_step = step_lib.make_eval_step(step_lib.flax_apply_fn(model), mesh, shardings, compute_dtype=compute_dtype,
-                                      use_ema=use_ema, compiler_options=xla)
+  eval_step = step_lib.make_eval_step(
+      step_lib.flax_apply_fn(model), mesh, shardings, compute_dtype=compute_dtype, use_ema=use_ema, compiler_options=xla
+  )
   result = {"workdir": workdir, **info}
   if mode == "eval":
     result.update(evaluate(eval_step, state, config, model, mesh, source=eval_source))
@@ -200,17 +233,32 @@ def run(config, workdir: str, mode: str = "train") -> dict:
 
   # ---- Update step
   train_step = step_lib.make_train_step(
-      step_lib.flax_apply_fn(model), tx, mesh, shardings, trainable_mask=mask,
-      lr_fn=optim.make_train_lr_fn(optim_cfg), grad_accum_steps=optim_cfg["grad_accum_steps"],
-      label_smoothing=config.label_smoothing, ema_decay=config.ema_decay if use_ema else None,
-      batch_transform=batch_transform_of(config, cfg.num_classes), compute_dtype=compute_dtype,
-      compiler_options=xla)
+      step_lib.flax_apply_fn(model),
+      tx,
+      mesh,
+      shardings,
+      trainable_mask=mask,
+      lr_fn=optim.make_train_lr_fn(optim_cfg),
+      grad_accum_steps=optim_cfg["grad_accum_steps"],
+      label_smoothing=config.label_smoothing,
+      ema_decay=config.ema_decay if use_ema else None,
+      batch_transform=batch_transform_of(config, cfg.num_classes),
+      compute_dtype=compute_dtype,
+      compiler_options=xla,
+  )
 
   # ---- Loop
   batches = data_lib.train_batches(
-      train_source, config.batch_size, config.seed, start_step=start, process_index=jax.process_index(),
-      process_count=jax.process_count(), preprocess=preprocess_of(config, model),
-      num_steps=max(config.steps - start, 0), num_threads=config.data.num_threads)
+      train_source,
+      config.batch_size,
+      config.seed,
+      start_step=start,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      preprocess=preprocess_of(config, model),
+      num_steps=max(config.steps - start, 0),
+      num_threads=config.data.num_threads,
+  )
   writer = Writer(workdir)
   progress = _progress(config.steps, start)
   first_bad = jnp.asarray(-1, jnp.int32)  # device-side: first step with a non-finite loss (no per-step sync)
@@ -235,8 +283,9 @@ def run(config, workdir: str, mode: str = "train") -> dict:
       if is_log or is_ckpt:
         bad = int(first_bad)
         if bad >= 0:
-          raise TrainingDiverged(f"loss became NaN/inf at step {bad}; stopped, last good checkpoint is step "
-                                 f"{last_good} in {workdir}")
+          raise TrainingDiverged(
+              f"loss became NaN/inf at step {bad}; stopped, last good checkpoint is step " f"{last_good} in {workdir}"
+          )
       if is_log:
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
         rate = timed_steps / (time.perf_counter() - t_loop) if timed_steps else 0.0
@@ -287,6 +336,9 @@ def _progress(total, start):
   def show(done, m):
     rate = m.get("steps_per_sec") or 0.0
     eta = (total - done) / rate if rate else float("nan")
-    _log(f"step {done:>6}/{total} loss {m['loss']:.4f} acc {m['accuracy']:.3f} lr {m.get('lr', 0):.2e} "
-         f"{rate:6.2f} it/s eta {eta:6.0f}s elapsed {time.perf_counter() - t0:6.0f}s")
+    _log(
+        f"step {done:>6}/{total} loss {m['loss']:.4f} acc {m['accuracy']:.3f} lr {m.get('lr', 0):.2e} "
+        f"{rate:6.2f} it/s eta {eta:6.0f}s elapsed {time.perf_counter() - t0:6.0f}s"
+    )
+
   return show
