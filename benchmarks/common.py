@@ -257,7 +257,7 @@ class JaxTrainStep:
 
     self.model, self.batch_size = model, batch_size
     self.mesh = sh.make_mesh(devices=jax.devices()[:1])
-    abstract = convert.abstract_params(model)
+    abstract = model.abstract_params()
     patterns = "all" if trainable is None else list(trainable)
     tx = optim.make_optimizer(dict(name="adamw", total_steps=10_000, warmup_steps=10, trainable=patterns), abstract)
     self.mask = None if trainable is None else optim.trainable_mask(abstract, patterns)
@@ -329,4 +329,4 @@ def forward_macs(model) -> int:
   """Forward multiply-adds per image (`counting.model_flops`: 1 MAC counted as 1 FLOP)."""
   from scalenet_jax import convert, counting
 
-  return counting.model_flops(model, convert.abstract_params(model))
+  return counting.model_flops(model, model.abstract_params())

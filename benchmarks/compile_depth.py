@@ -28,7 +28,7 @@ MODEL = "vit_micro_patch4_28"
 def compile_seconds(model, batch, repeats):
   """(lower seconds, compile seconds) of forward+backward of `model`, best of `repeats`."""
   cfg = model.config
-  params = convert.abstract_params(model)
+  params = model.abstract_params()
   x = jax.ShapeDtypeStruct((batch, cfg.img_size, cfg.img_size, cfg.in_chans), jnp.float32)
   y = jax.ShapeDtypeStruct((batch,), jnp.int32)
 

@@ -117,7 +117,7 @@ def initial_params(config, seed: int, fresh=None):
     if spec is not None and spec.kind != "scratch":
       raise ValueError("expansion needs pretrained weights: set --config.init_from")
     target = model if spec is None else grow_lib.expanded_model(model, spec)
-    return target, (grow_lib.init_params(target, seed) if fresh is None else fresh)
+    return target, (target.init_params(seed) if fresh is None else fresh)
   pre = load_pretrained(config, model)
   if spec is None:
     return model, pre

@@ -6,14 +6,13 @@ import json
 
 import numpy as np
 
-from scalenet_jax import builder, convert, counting
+from scalenet_jax import builder, counting
 
 
 def _instance_params(model, abstract) -> int:
   """Params counted per block *instance* (what an unshared model of the same depth would hold)."""
   total = counting.count_params(abstract)
-  names = ["blocks"] if "blocks" in abstract else sorted(k for k in abstract if k.startswith("stage"))
-  for name, layout in zip(names, model.stack_layouts):
+  for name, layout in zip(model.stack_names(), model.stack_layouts):
     core = counting.count_params(abstract[name]["core"])
     total += core // layout.num_core * (layout.depth - layout.num_core)
   return total
@@ -21,7 +20,7 @@ def _instance_params(model, abstract) -> int:
 
 def summarize(config, xla_check: bool = True) -> dict:
   model = builder.build_model(config)
-  abstract = convert.abstract_params(model)
+  abstract = model.abstract_params()
   out = {
       "model": config.model.name,
       "expansion": config.expansion.kind or "none",

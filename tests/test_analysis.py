@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scalenet_jax import convert
 from scalenet_jax.analysis import cka
 from scalenet_jax.analysis import probes
 from scalenet_jax.data import sources
@@ -114,7 +113,7 @@ def _random_params(model, seed=0):
   """Random params of every leaf (adapters included, which are zero-init in a real expansion) without
   compiling an init: the tests only need a generic point, and XLA compiles are the slow part here."""
   rng = np.random.RandomState(seed)
-  return jax.tree.map(lambda a: (0.1 * rng.randn(*a.shape)).astype(a.dtype), convert.abstract_params(model))
+  return jax.tree.map(lambda a: (0.1 * rng.randn(*a.shape)).astype(a.dtype), model.abstract_params())
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +186,7 @@ def test_shared_core_gradient_is_sum_over_instances(batch):
   images, labels = batch
   # One segment (adapters everywhere) keeps the two gradient compiles cheap; layers 1, 2 run twice.
   layout = StackLayout(6, (0, 1, 2, 1, 2, 3, 4, 5), ("adapter",) * 8)
-  model = create_model(MODEL, layout=layout)
+  model = create_model(MODEL, layouts=(layout,))
   params = _random_params(model, 1)
   norms = probes.gradient_norms(model, params, images, labels, per_instance=True)
   assert len(norms["core"]["blocks"]) == layout.num_core == 6  # one entry per distinct shared layer

@@ -20,7 +20,7 @@ TIMM_BASE = {"vit": "vit_base_patch16_224", "swin": "swin_tiny_patch4_window7_22
 
 def micro(family):
   model = registry.create_model(MICRO[family])
-  return model, random_params(convert.abstract_params(model), seed=1)
+  return model, random_params(model.abstract_params(), seed=1)
 
 
 def assert_trees_equal(a, b):
@@ -62,8 +62,8 @@ def test_round_trip_numpy_only(family):
 def test_key_table_covers_every_param_once():
   for family in ("vit", "swin"):
     model, params = micro(family)
-    table = convert.key_table(model)
-    assert len({e.timm_key for e in table}) == len(table)
+    table = model.key_table()
+    assert len({e.key for e in table}) == len(table)
     # every scalar of the Flax tree is written by exactly one entry
     n = 0
     for e in table:
@@ -204,7 +204,7 @@ def test_wrong_model_is_rejected(vit_sd):
 
 def test_loading_into_expanded_model_is_refused(vit_sd):
   model, _, sd = vit_sd
-  layouts = spec_lib.model_layouts("vit", (6,), spec_lib.ExpansionSpec())
-  expanded = model.clone(layout=layouts[0])
+  layouts = spec_lib.model_layouts((6,), spec_lib.ExpansionSpec())
+  expanded = model.with_layouts(layouts)
   with pytest.raises(ValueError, match="plain model"):
     convert.timm_to_flax(sd, expanded)

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from scalenet_jax import convert, counting
+from scalenet_jax import counting
 from scalenet_jax.grow import expand
 from scalenet_jax.grow.spec import ExpansionSpec
 from scalenet_jax.models import registry
@@ -73,14 +73,14 @@ def deit_macs(d, depth, img=224, patch=16, chans=3, classes=1000, mlp=4):
 @pytest.mark.parametrize("name,d", [("deit_tiny_patch16_224", 192), ("deit_small_patch16_224", 384)])
 def test_deit_macs_exact(name, d):
   model = registry.create_model(name)
-  assert counting.model_flops(model, convert.abstract_params(model)) == deit_macs(d, 12)
+  assert counting.model_flops(model, model.abstract_params()) == deit_macs(d, 12)
 
 
 @pytest.mark.parametrize("name,published", [("deit_small_patch16_224", 4.6e9), ("swin_tiny_patch4_window7_224", 4.5e9)])
 def test_macs_match_published(name, published):
   """fvcore's numbers (multiply-add = 1 FLOP) as reported by the DeiT and Swin papers."""
   model = registry.create_model(name)
-  got = counting.model_flops(model, convert.abstract_params(model))
+  got = counting.model_flops(model, model.abstract_params())
   assert abs(got - published) <= 0.02 * published, got
 
 
@@ -88,7 +88,7 @@ def _micro_fn(name, unroll):
   model = registry.create_model(name, unroll=unroll)
   cfg = model.config
   x = sds(2, cfg.img_size, cfg.img_size, cfg.in_chans)
-  return (lambda p, x: model.apply({"params": p}, x)), convert.abstract_params(model), x
+  return (lambda p, x: model.apply({"params": p}, x)), model.abstract_params(), x
 
 
 @pytest.mark.parametrize("name", ["vit_micro_patch4_28", "swin_micro_patch2_window4_32"])
@@ -119,8 +119,8 @@ def test_expanded_vit_macs_exact(adjust, per_token):
   new = expand.expanded_model(model, spec)
   deep = registry.create_model("vit_micro_patch4_28", arch=dict(depth=12))
   tokens, d, r = 7 * 7 + 1, 64, 16
-  want = counting.model_flops(deep, convert.abstract_params(deep)) + 12 * tokens * per_token * r * d
-  assert counting.model_flops(new, convert.abstract_params(new)) == want
+  want = counting.model_flops(deep, deep.abstract_params()) + 12 * tokens * per_token * r * d
+  assert counting.model_flops(new, new.abstract_params()) == want
 
 
 def test_expanded_swin_macs_exact():
@@ -128,13 +128,13 @@ def test_expanded_swin_macs_exact():
   model = registry.create_model("swin_micro_patch2_window4_32")
   new = expand.expanded_model(model, ExpansionSpec(mapping="stack"))
   deep = registry.create_model("swin_micro_patch2_window4_32", arch=dict(depths=(2, 2, 4)))
-  want = counting.model_flops(deep, convert.abstract_params(deep)) + 4 * 16 * 10 * 16 * 128
-  assert counting.model_flops(new, convert.abstract_params(new)) == want
+  want = counting.model_flops(deep, deep.abstract_params()) + 4 * 16 * 10 * 16 * 128
+  assert counting.model_flops(new, new.abstract_params()) == want
 
 
 def test_model_flops_is_per_image():
   model = registry.create_model("vit_micro_patch4_28")
-  p = convert.abstract_params(model)
+  p = model.abstract_params()
   assert counting.model_flops(model, p, batch=3) == counting.model_flops(model, p, batch=1)
 
 

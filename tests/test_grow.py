@@ -35,7 +35,7 @@ ADJUST_PER_RD = {"adapter": 10, "lora": 16, "none": 0}  # params of one instance
 @functools.lru_cache(maxsize=None)
 def pretrained(name):
   model = registry.create_model(name)
-  return model, random_params(convert.abstract_params(model), seed=7)
+  return model, random_params(model.abstract_params(), seed=7)
 
 
 @functools.lru_cache(maxsize=None)
@@ -172,7 +172,7 @@ def test_doc_mapping_table():
   subsets = (None, (0, 1, 2), (3, 4, 5), (1, 4))
   for reuse, mapping, subset in itertools.product((2, 3), ("interpolate", "stack"), subsets):
     spec = ExpansionSpec(reuse=reuse, mapping=mapping, subset=subset)
-    (layout,) = spec_lib.model_layouts("vit", (6,), spec)
+    (layout,) = spec_lib.model_layouts((6,), spec)
     assert list(layout.mapping) == doc_mapping(6, reuse, mapping, subset)
     s = set(range(6) if subset is None else subset)
     assert layout.adjust == tuple("adapter" if m in s else "none" for m in layout.mapping)
@@ -205,7 +205,7 @@ def test_shared_tensors_held_once_and_exact_param_count(case):
   base = counting.count_params(pre)
   want = expected_param_count(base, widths_and_maps(name, spec), spec.adjust, spec.rank)
   assert counting.count_params(params) == want
-  assert counting.count_params(convert.abstract_params(new)) == want  # structure agrees with the params
+  assert counting.count_params(new.abstract_params()) == want  # structure agrees with the params
   # the non-stack params are the pretrained ones
   for k in pre:
     if k not in stacks_and_mappings(name, spec):
@@ -228,17 +228,17 @@ def test_full_size_default_param_counts(name, d, pretrained_depth, new_layers, i
   model = registry.create_model(name)
   spec = ExpansionSpec() if name.startswith("deit") else ExpansionSpec(mapping="stack")
   new = expand.expanded_model(model, spec)
-  abstract = convert.abstract_params(new)
+  abstract = new.abstract_params()
   stack = "blocks" if name.startswith("deit") else "stage3"
   assert abstract[stack]["core"]["qkv"]["kernel"].shape == (pretrained_depth, d, 3 * d)
-  base = counting.count_params(convert.abstract_params(model))
+  base = counting.count_params(model.abstract_params())
   assert counting.count_params(abstract) == base + instances * 10 * 16 * d + new_layers * 4 * d
 
 
 def test_trainable_set_adjust_ln_head():
   model = registry.create_model("deit_base_patch16_224")
   spec = ExpansionSpec(trainable="adjust_ln_head")
-  abstract = convert.abstract_params(expand.expanded_model(model, spec))
+  abstract = expand.expanded_model(model, spec).abstract_params()
   pred = counting.matches_any(expand.trainable_patterns(spec))
   d = 768
   # adapters of 24 instances, 2 LNs of 24 blocks + the final LN, the head
@@ -288,7 +288,7 @@ def test_grad_of_shared_core_is_sum_over_tied_copies():
   layout = new.stack_layouts[0]
   mapping = np.asarray(layout.mapping)
   # Reference: the same blocks and adjustments, but every block owns a copy of its core layer.
-  untied = new.clone(layout=stack_lib.StackLayout(layout.depth, tuple(range(layout.depth)), layout.adjust))
+  untied = new.with_layouts([stack_lib.StackLayout(layout.depth, tuple(range(layout.depth)), layout.adjust)])
   ref_params = dict(params)
   ref_params["blocks"] = {
       **params["blocks"],
@@ -373,7 +373,7 @@ def layer(stack, i):
 
 def _count_with_new_layers(name, k, stage=2):
   arch = dict(depth=6 + k) if name == VIT else dict(depths=tuple(2 + (k if i == stage else 0) for i in range(3)))
-  return counting.count_params(convert.abstract_params(registry.create_model(name, arch=arch)))
+  return counting.count_params(registry.create_model(name, arch=arch).abstract_params())
 
 
 @pytest.mark.parametrize(
@@ -385,13 +385,11 @@ def test_baseline(name, kind):
   new, params = expanded(name, spec)
   stack = "blocks" if name == VIT else "stage2"
   num_layers = 6 if name == VIT else 2
-  grown = expand.depths(new)
+  grown = new.depths
   k = grown[0] - 6 if name == VIT else grown[2] - 2
   assert k >= 1 and (name == VIT or grown[:2] == (2, 2))
   # parameter matched: k minimises |params - ScaleNet params|
-  target = counting.count_params(
-      convert.abstract_params(expand.expanded_model(model, ExpansionSpec(mapping=spec.mapping)))
-  )
+  target = counting.count_params(expand.expanded_model(model, ExpansionSpec(mapping=spec.mapping)).abstract_params())
   assert counting.count_params(params) == _count_with_new_layers(name, k)
   gap = lambda j: abs(_count_with_new_layers(name, j) - target)  # noqa: E731
   assert gap(k) <= gap(k + 1) and (k == 1 or gap(k) <= gap(k - 1))
@@ -435,20 +433,20 @@ def test_baseline(name, kind):
   for key in pre:  # everything outside the grown stack is the pretrained model
     if key != stack:
       assert leaves_equal(params[key], pre[key]), key
-  assert leaves_equal(pre, random_params(convert.abstract_params(model), seed=7))  # input not mutated
+  assert leaves_equal(pre, random_params(model.abstract_params(), seed=7))  # input not mutated
 
 
 def test_baseline_explicit_layer_count():
   model, _ = pretrained(VIT)
   spec = ExpansionSpec(kind="stack", num_new_layers=4)
-  assert expand.depths(expand.expanded_model(model, spec)) == (10,)
+  assert expand.expanded_model(model, spec).depths == (10,)
 
 
 def test_scratch_baseline():
   model, pre = pretrained(VIT)
   new, params = expanded(VIT, ExpansionSpec(kind="scratch", reuse=2))
-  assert expand.depths(new) == (12,)
-  assert new.layout is None or new.layout == stack_lib.StackLayout.identity(12)  # independent layers
+  assert new.depths == (12,)
+  assert new.is_plain  # independent layers
   core = params["blocks"]["core"]["fc1"]["kernel"]
   assert core.shape[0] == 12
   assert not np.allclose(params["patch_embed"]["kernel"], pre["patch_embed"]["kernel"])
@@ -460,7 +458,7 @@ def test_expand_takes_new_params_from_fresh():
   model, pre = pretrained(VIT)
   spec = VIT_CASES[0]
   new = expand.expanded_model(model, spec)
-  fresh = random_params(convert.abstract_params(new), seed=11)
+  fresh = random_params(new.abstract_params(), seed=11)
   _, params = expand.expand(pre, model, spec, fresh=fresh)
   seg = params["blocks"]["seg0"]
   assert leaves_equal(seg["adapter_fc1"], fresh["blocks"]["seg0"]["adapter_fc1"])
@@ -505,20 +503,12 @@ def test_spec_validation(kwargs, msg):
         ("vit", (6,), dict(mapping=(0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 6)), r"explicit mapping index 6 out of range"),
         ("vit", (6,), dict(subset=(2, 6)), r"reused layer index 6 out of range: the stack has 6 layers"),
         ("vit", (6,), dict(subset=(-1,)), r"reused layer index -1 out of range"),
-        ("swin", (2, 2, 2), dict(subset=(3,)), r"Swin stage 3 out of range: the model has stages 0..2"),
+        ("swin", (2, 2, 2), dict(subset=(3,)), r"stage 3 out of range: the model has stages 0..2"),
     ],
 )
 def test_layout_validation(family, depths, kwargs, msg):
   with pytest.raises(ValueError, match=msg):
-    spec_lib.model_layouts(family, depths, ExpansionSpec(**kwargs))
-
-
-def test_spec_from_config():
-  spec = ExpansionSpec.from_config({"mapping": [1, 0, 0, 1], "subset": [], "reuse": 2})
-  assert spec.mapping == (1, 0, 0, 1) and spec.subset is None
-  assert hash(spec) == hash(ExpansionSpec(mapping=(1, 0, 0, 1)))
-  with pytest.raises(ValueError, match="unknown expansion field 'reuse_times'"):
-    ExpansionSpec.from_config({"reuse_times": 2})
+    spec_lib.model_layouts(depths, ExpansionSpec(**kwargs))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -87,7 +87,7 @@ def snapshot(root: Path) -> dict:
 def zero_params(name, **arch):
   """Zero params of a registry model, built from shapes only (no compile)."""
   model = registry.create_model(name, arch)
-  return model, jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), convert.abstract_params(model))
+  return model, jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), model.abstract_params())
 
 
 class _RunsCode:

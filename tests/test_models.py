@@ -108,7 +108,7 @@ def test_parity_small(timm, name, overrides):
 def test_param_count_constants(name):
   """Exact counts without torch: shapes only (jax.eval_shape)."""
   model = registry.create_model(name)
-  assert counting.count_params(convert.abstract_params(model)) == PARAM_COUNTS[name]
+  assert counting.count_params(model.abstract_params()) == PARAM_COUNTS[name]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -138,7 +138,7 @@ def test_wrong_image_shape():
 
 def test_swin_layout_count_checked():
   model = registry.create_model("swin_micro_patch2_window4_32", layouts=(None, None))
-  with pytest.raises(ValueError, match="3 stages but 2 layouts"):
+  with pytest.raises(ValueError, match="Swin has 3 stacks but 2 layouts"):
     model.stack_layouts
 
 
@@ -173,7 +173,7 @@ def test_stack_layout_segments():
 def test_bf16_compute_keeps_fp32_params(name, arch):
   m32 = registry.create_model(name, arch=arch)
   m16 = registry.create_model(name, arch=arch, dtype=jnp.bfloat16)
-  abstract = convert.abstract_params(m16)
+  abstract = m16.abstract_params()
   assert {a.dtype for a in jax.tree.leaves(abstract)} == {jnp.dtype(jnp.float32)}
   params = random_params(abstract)
   x = images(m32.config)
@@ -191,7 +191,7 @@ def test_bf16_compute_keeps_fp32_params(name, arch):
 def test_remat_same_outputs_and_grads(name, arch):
   plain = registry.create_model(name, arch=arch, drop_path_rate=0.2)
   remat = registry.create_model(name, arch=arch, drop_path_rate=0.2, remat=True)
-  params = random_params(convert.abstract_params(plain))
+  params = random_params(plain.abstract_params())
   x = images(plain.config)
   # train=True so drop path draws its masks inside the rematerialised blocks; an 'rbg' key only
   # because threefry random bits compile slowly on CPU.

@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from scalenet_jax.grow import expand as grow_lib
 from scalenet_jax.models import stack as stack_lib
 
 
@@ -36,7 +35,7 @@ def block_table(model) -> list[BlockInfo]:
   """Every block of `model` in forward order."""
   return [
       BlockInfo(name, i, c)
-      for name, layout in zip(grow_lib.stack_names(model), model.stack_layouts)
+      for name, layout in zip(model.stack_names(), model.stack_layouts)
       for i, c in enumerate(layout.mapping)
   ]
 
@@ -54,7 +53,7 @@ def is_shared(model) -> bool:
 @functools.lru_cache(maxsize=64)
 def make_block_outputs_fn(model):
   """Jitted `(params, images) -> (logits, [block output (B, tokens, C) per block, forward order])`."""
-  names = grow_lib.stack_names(model)
+  names = model.stack_names()
   layouts = model.stack_layouts
 
   @jax.jit
@@ -109,7 +108,7 @@ def layer_grad_norms(model, grads) -> dict:
   """
   grads = jax.device_get(grads)
   out = {"core": {}, "block": {}, "mapping": {}}
-  names = grow_lib.stack_names(model)
+  names = model.stack_names()
   for name, layout in zip(names, model.stack_layouts):
     out["core"][name] = _leading_axis_norms(grads[name]["core"]).tolist()
     own = [_leading_axis_norms(grads[name][f"seg{k}"]) for k in range(len(layout.segments()))]
@@ -128,12 +127,11 @@ def unshare(model, params):
   `[l]` is block `l`'s own contribution to the shared gradient of `core[mapping[l]]`.
   """
   layouts, new = [], dict(params)
-  for name, layout in zip(grow_lib.stack_names(model), model.stack_layouts):
+  for name, layout in zip(model.stack_names(), model.stack_layouts):
     layouts.append(stack_lib.StackLayout(layout.depth, tuple(range(layout.depth)), layout.adjust))
     idx = np.asarray(layout.mapping)
     new[name] = {**params[name], "core": jax.tree.map(lambda a: jnp.asarray(a)[idx], params[name]["core"])}
-  kw = {"layout": layouts[0]} if grow_lib.family(model) == "vit" else {"layouts": tuple(layouts)}
-  return model.clone(**kw), new
+  return model.with_layouts(layouts), new
 
 
 def gradient_norms(model, params, images, labels, per_instance: bool = False) -> dict:

@@ -24,7 +24,7 @@ from typing import Optional
 import jax
 import numpy as np
 
-from scalenet_jax import convert, counting
+from scalenet_jax import counting
 from scalenet_jax import data as data_lib
 from scalenet_jax.analysis import cka as cka_lib
 from scalenet_jax.analysis import plots, probes
@@ -96,8 +96,8 @@ def load_params_like(path: str, like):
 
 def pretrained_params(cfg: AnalysisConfig, model):
   if cfg.pretrained == "init":
-    return grow_lib.init_params(model, cfg.seed)
-  return load_params_like(cfg.pretrained, convert.abstract_params(model))
+    return model.init_params(cfg.seed)
+  return load_params_like(cfg.pretrained, model.abstract_params())
 
 
 def _batches(cfg: AnalysisConfig, model, count: int):

@@ -13,53 +13,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import numpy as np
 
-from scalenet_jax import convert, counting, jax_utils
+from scalenet_jax import counting
+from scalenet_jax.grow import spec as spec_lib
 from scalenet_jax.grow.spec import ExpansionSpec, model_layouts
-from scalenet_jax.models import stack as stack_lib
-from scalenet_jax.models import swin, vit
 
 
-def family(model) -> str:
-  if isinstance(model, vit.ViT):
-    return "vit"
-  if isinstance(model, swin.Swin):
-    return "swin"
-  raise TypeError(f"cannot expand a {type(model).__name__}")
-
-
-def depths(model) -> tuple[int, ...]:
-  return tuple(l.depth for l in model.stack_layouts)
-
-
-def stack_names(model) -> list[str]:
-  return ["blocks"] if family(model) == "vit" else [f"stage{i}" for i in range(len(model.stack_layouts))]
-
-
-def with_depths(model, new_depths):
-  """The same (plain) architecture with other stack depths."""
-  cfg = model.config
-  cfg = (
-      dataclasses.replace(cfg, depth=new_depths[0])
-      if family(model) == "vit"
-      else dataclasses.replace(cfg, depths=tuple(new_depths))
-  )
-  return model.clone(config=cfg, **_layouts_kw(model, None))
-
-
-def _layouts_kw(model, layouts):
-  return {"layout": layouts[0] if layouts else None} if family(model) == "vit" else {"layouts": layouts}
-
-
-def init_params(model, seed: int):
-  cfg = model.config
-  x = np.zeros((1, cfg.img_size, cfg.img_size, cfg.in_chans), np.float32)
-  params = jax_utils.run_once(model.init, jax.random.key(seed), x)["params"]
-  return jax.tree.map(np.asarray, params)
+def _check_plain(model):
+  if not model.is_plain:
+    raise ValueError("expand() takes a plain (unexpanded) pretrained model")
 
 
 def _stack_np(trees):
@@ -70,12 +34,6 @@ def _take(tree, i):
   return jax.tree.map(lambda a: np.asarray(a)[i], tree)
 
 
-def _check_plain(model):
-  for l in model.stack_layouts:
-    if l != stack_lib.StackLayout.identity(l.depth):
-      raise ValueError("expand() takes a plain (unexpanded) pretrained model")
-
-
 def expand(pretrained_params, model, spec: ExpansionSpec, fresh=None):
   """Expand a plain pretrained `model` with `pretrained_params` according to `spec`.
 
@@ -84,7 +42,7 @@ def expand(pretrained_params, model, spec: ExpansionSpec, fresh=None):
   """
   _check_plain(model)
   new = expanded_model(model, spec)
-  fresh = init_params(new, spec.seed) if fresh is None else jax.tree.map(np.asarray, fresh)
+  fresh = new.init_params(spec.seed) if fresh is None else jax.tree.map(np.asarray, fresh)
   if spec.kind == "scalenet":
     return new, _expand_scalenet(pretrained_params, new, fresh)
   if spec.kind == "scratch":
@@ -93,13 +51,13 @@ def expand(pretrained_params, model, spec: ExpansionSpec, fresh=None):
 
 
 def scalenet_model(model, spec: ExpansionSpec):
-  layouts = model_layouts(family(model), depths(model), spec)
-  return model.clone(rank=spec.rank, adapter_act=spec.act, **_layouts_kw(model, layouts))
+  layouts = model_layouts(model.depths, spec)
+  return model.with_layouts(layouts, rank=spec.rank, adapter_act=spec.act)
 
 
 def _expand_scalenet(pre, new, fresh):
   params = {k: v for k, v in jax.tree.map(np.asarray, dict(pre)).items()}
-  for name, layout in zip(stack_names(new), new.stack_layouts):
+  for name, layout in zip(new.stack_names(), new.stack_layouts):
     old = pre[name]
     stack = {"core": jax.tree.map(np.asarray, old["core"])}  # shared: held once, unchanged
     for k, (start, stop, _) in enumerate(layout.segments()):
@@ -149,14 +107,12 @@ def _new_layer_plan(kind, num_layers, k, rng):
 
 def _grown_stacks(model, spec) -> tuple[int, ...]:
   """Stacks a baseline grows: the ViT's one stack, or the chosen Swin stages (default: the last)."""
-  if family(model) == "vit":
-    return (0,)
-  return tuple(spec.subset) if spec.subset is not None else (len(depths(model)) - 1,)
+  return spec_lib.expanded_stacks(model.depths, spec)
 
 
 def _grown_model(model, spec, k):
   grow = _grown_stacks(model, spec)
-  return with_depths(model, [d + (k if i in grow else 0) for i, d in enumerate(depths(model))])
+  return model.with_plain_depths([d + (k if i in grow else 0) for i, d in enumerate(model.depths)])
 
 
 def expanded_model(model, spec: ExpansionSpec):
@@ -165,24 +121,24 @@ def expanded_model(model, spec: ExpansionSpec):
   if spec.kind == "scalenet":
     return scalenet_model(model, spec)
   if spec.kind == "scratch":
-    return with_depths(model, [l.depth for l in model_layouts(family(model), depths(model), spec)])
+    return model.with_plain_depths([l.depth for l in model_layouts(model.depths, spec)])
   return _grown_model(model, spec, spec.num_new_layers or matched_new_layers(model, spec))
 
 
 def _grown(pre, model, spec, new, fresh):
   grow = set(_grown_stacks(model, spec))
-  k = max(a - b for a, b in zip(depths(new), depths(model)))
+  k = max(a - b for a, b in zip(new.depths, model.depths))
   params = {k_: v for k_, v in jax.tree.map(np.asarray, dict(pre)).items()}
   rng = np.random.RandomState(spec.seed)
-  for i, name in enumerate(stack_names(model)):
+  for i, name in enumerate(model.stack_names()):
     if i not in grow:
       continue
     old, layers, rand = pre[name], [], 0
-    for what, src in _new_layer_plan(spec.kind, depths(model)[i], k, rng):
+    for what, src in _new_layer_plan(spec.kind, model.depths[i], k, rng):
       if what in ("old", "copy"):
         layers.append(_layer(old, src))
       elif what == "random":
-        layers.append(_layer(fresh[name], depths(model)[i] + rand))
+        layers.append(_layer(fresh[name], model.depths[i] + rand))
         rand += 1
       else:  # average of randomly sampled pretrained layers
         layers.append(jax.tree.map(lambda *xs: np.mean(xs, axis=0), *[_layer(old, s) for s in src]))
@@ -191,7 +147,7 @@ def _grown(pre, model, spec, new, fresh):
 
 
 def param_count(model) -> int:
-  return counting.count_params(convert.abstract_params(model))
+  return counting.count_params(model.abstract_params())
 
 
 def matched_new_layers(model, spec: ExpansionSpec) -> int:
@@ -225,7 +181,7 @@ def trainable_rows(model, spec: ExpansionSpec) -> dict[str, np.ndarray]:
   grow = _grown_stacks(model, spec)
   k = spec.num_new_layers or matched_new_layers(model, spec)
   rows = {}
-  for i, (name, d) in enumerate(zip(stack_names(model), depths(model))):
+  for i, (name, d) in enumerate(zip(model.stack_names(), model.depths)):
     if i in grow:
       plan = _new_layer_plan(spec.kind, d, k, np.random.RandomState(spec.seed))
       rows[name] = np.array([what != "old" for what, _ in plan])

@@ -49,19 +49,6 @@ class ExpansionSpec:
     if self.num_new_layers < 0:
       raise ValueError(f"num_new_layers must be >= 0, got {self.num_new_layers}")
 
-  @classmethod
-  def from_config(cls, cfg) -> "ExpansionSpec":
-    d = dict(cfg)
-    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-      raise ValueError(f"unknown expansion field {unknown[0]!r}")
-    for key in ("mapping", "subset"):
-      if isinstance(d.get(key), (list, tuple)):
-        d[key] = tuple(int(v) for v in d[key])
-    if d.get("subset") == ():
-      d["subset"] = None
-    return cls(**d)
-
 
 def stack_layout(num_layers: int, spec: ExpansionSpec, subset: Optional[Sequence[int]] = None) -> StackLayout:
   """ScaleNet layout of one stack of `num_layers` pretrained layers."""
@@ -93,19 +80,22 @@ def stack_layout(num_layers: int, spec: ExpansionSpec, subset: Optional[Sequence
   return StackLayout(num_layers, tuple(mapping), adjust)
 
 
-def model_layouts(family: str, depths: Sequence[int], spec: ExpansionSpec) -> tuple[StackLayout, ...]:
-  """Layouts of every stack of a model (ViT: one stack; Swin: one per stage)."""
-  if family == "vit":
-    return (stack_layout(depths[0], spec, spec.subset),)
-  stages = spec.subset if spec.subset is not None else (len(depths) - 1,)
+def expanded_stacks(depths: Sequence[int], spec: ExpansionSpec) -> tuple[int, ...]:
+  """Indices of the stacks that grow: the only stack of a single-stack model (ViT, decoder LM), or the
+  chosen stages of a hierarchical one (Swin; default the last stage)."""
+  if len(depths) == 1:
+    return (0,)
+  stages = tuple(spec.subset) if spec.subset is not None else (len(depths) - 1,)
   bad = [s for s in stages if not 0 <= s < len(depths)]
   if bad:
-    raise ValueError(f"Swin stage {bad[0]} out of range: the model has stages 0..{len(depths) - 1}")
-  return tuple(stack_layout(d, spec) if i in stages else StackLayout.identity(d) for i, d in enumerate(depths))
+    raise ValueError(f"stage {bad[0]} out of range: the model has stages 0..{len(depths) - 1}")
+  return stages
 
 
-def expanded_stages(family: str, num_stacks: int, spec: ExpansionSpec) -> tuple[int, ...]:
-  """Indices of the stacks that grow (the ViT's single stack, or the chosen Swin stages)."""
-  if family == "vit":
-    return (0,)
-  return tuple(spec.subset) if spec.subset is not None else (num_stacks - 1,)
+def model_layouts(depths: Sequence[int], spec: ExpansionSpec) -> tuple[StackLayout, ...]:
+  """Layouts of every stack of a model. A single stack (ViT) reuses `spec.subset` of its layers; a
+  hierarchical model (Swin) expands each chosen stage as a whole."""
+  if len(depths) == 1:
+    return (stack_layout(depths[0], spec, spec.subset),)
+  grown = expanded_stacks(depths, spec)
+  return tuple(stack_layout(d, spec) if i in grown else StackLayout.identity(d) for i, d in enumerate(depths))

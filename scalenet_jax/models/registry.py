@@ -78,4 +78,4 @@ def create_model(name: str, arch: dict | None = None, **module_kwargs):
   """Build the Flax module `name`; `arch` overrides architecture fields (e.g. num_classes),
   `module_kwargs` set runtime options (drop_path_rate, dtype, remat, layout(s), rank...)."""
   family, _ = _lookup(name)
-  return FAMILIES[family][1](model_config(name, **(arch or {})), **module_kwargs)
+  return FAMILIES[family][1](config=model_config(name, **(arch or {})), **module_kwargs)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from scalenet_jax.models import common
 from scalenet_jax.models import stack as stack_lib
 
 
@@ -48,24 +49,35 @@ class PatchMerging(nn.Module):
     return nn.Dense(2 * c, use_bias=False, dtype=self.dtype, name="reduction", kernel_init=stack_lib.trunc_normal())(x)
 
 
-class Swin(nn.Module):
-  """Swin; `layouts` (one per stage, None = identity) make it a ScaleNet-expanded model."""
+class Swin(common.StackedModel):
+  """Swin (one block stack per stage, `stage{i}`); `layouts` make it a ScaleNet-expanded model."""
 
-  config: SwinConfig
-  layouts: Optional[tuple[Optional[stack_lib.StackLayout], ...]] = None
-  drop_path_rate: float = 0.0
-  rank: int = 16
-  adapter_act: str = "gelu"
-  dtype: stack_lib.Dtype = jnp.float32
-  remat: bool = False
-  unroll: bool = False
+  config: SwinConfig = SwinConfig()
+  family: ClassVar[str] = "swin"
 
-  @property
-  def stack_layouts(self):
-    given = self.layouts or (None,) * len(self.config.depths)
-    if len(given) != len(self.config.depths):
-      raise ValueError(f"Swin has {len(self.config.depths)} stages but {len(given)} layouts were given")
-    return tuple(l or stack_lib.StackLayout.identity(d) for l, d in zip(given, self.config.depths))
+  def plain_depths(self):
+    return tuple(self.config.depths)
+
+  def stack_names(self):
+    return tuple(f"stage{i}" for i in range(len(self.config.depths)))
+
+  def with_plain_depths(self, depths):
+    return self.clone(config=dataclasses.replace(self.config, depths=tuple(int(d) for d in depths)), layouts=None)
+
+  def input_spec(self, batch: int = 1):
+    return common.image_input_spec(self.config, batch)
+
+  def key_table(self):
+    """timm `SwinTransformer` keys."""
+    t = common.patch_embed_entries() + common.norm_entries("patch_embed.norm", ("patch_norm",))
+    for i, layout in enumerate(self.stack_layouts):
+      if i > 0:
+        t += common.norm_entries(f"layers.{i}.downsample.norm", (f"merge{i}", "norm"))
+        t += common.linear_entries(f"layers.{i}.downsample.reduction", (f"merge{i}", "reduction"), bias=False)
+      t += common.transformer_stack_entries(
+          f"layers.{i}.blocks", (f"stage{i}",), layout, window=True, qkv_bias=self.config.qkv_bias
+      )
+    return t + common.norm_entries("norm", ("norm",)) + common.linear_entries("head.fc", ("head",))
 
   @nn.compact
   def __call__(self, images, train: bool = False):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from scalenet_jax.models import common
 from scalenet_jax.models import stack as stack_lib
 
 
@@ -30,21 +31,35 @@ class ViTConfig:
     return (self.img_size // self.patch_size) ** 2
 
 
-class ViT(nn.Module):
-  """Vision transformer; `layout` (default: identity) makes it a ScaleNet-expanded model."""
+class ViT(common.StackedModel):
+  """Vision transformer (one block stack, `blocks`); `layouts` make it a ScaleNet-expanded model."""
 
-  config: ViTConfig
-  layout: Optional[stack_lib.StackLayout] = None
-  drop_path_rate: float = 0.0
-  rank: int = 16
-  adapter_act: str = "gelu"
-  dtype: stack_lib.Dtype = jnp.float32
-  remat: bool = False
-  unroll: bool = False
+  config: ViTConfig = ViTConfig()
+  family: ClassVar[str] = "vit"
 
-  @property
-  def stack_layouts(self):
-    return (self.layout or stack_lib.StackLayout.identity(self.config.depth),)
+  def plain_depths(self):
+    return (self.config.depth,)
+
+  def stack_names(self):
+    return ("blocks",)
+
+  def with_plain_depths(self, depths):
+    return self.clone(config=dataclasses.replace(self.config, depth=int(depths[0])), layouts=None)
+
+  def input_spec(self, batch: int = 1):
+    return common.image_input_spec(self.config, batch)
+
+  def key_table(self):
+    """timm `VisionTransformer` keys (DeiT / ViT with class token)."""
+    t = common.patch_embed_entries()
+    t += [
+        common.Entry("cls_token", ("cls_token",), None, "same"),
+        common.Entry("pos_embed", ("pos_embed",), None, "same"),
+    ]
+    t += common.transformer_stack_entries(
+        "blocks", ("blocks",), self.stack_layouts[0], window=False, qkv_bias=self.config.qkv_bias
+    )
+    return t + common.norm_entries("norm", ("norm",)) + common.linear_entries("head", ("head",))
 
   @nn.compact
   def __call__(self, images, train: bool = False):

@@ -169,7 +169,7 @@ def run(config, workdir: str, mode: str = "train") -> dict:
 
   # ---- Model & optimizer
   model = builder.build_model(config)
-  abstract_params = convert.abstract_params(model)
+  abstract_params = model.abstract_params()
   patterns = builder.trainable_patterns(config)
   optim_cfg = config.optim.to_dict()
   if optim_cfg["total_steps"] is None:
@@ -199,7 +199,7 @@ def run(config, workdir: str, mode: str = "train") -> dict:
     start = 0
     if config.init_from or builder.expansion_spec(config) is not None:
       built, params = builder.initial_params(config, config.seed, fresh=jax.device_get(state.params))
-      if ckpt_lib.fingerprint(convert.abstract_params(built)) != fingerprint:
+      if ckpt_lib.fingerprint(built.abstract_params()) != fingerprint:
         raise ValueError("initial params do not match the model built from the config")
       params = jax.device_put(params, shardings.params)
       state = state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params) if use_ema else None)

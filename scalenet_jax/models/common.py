@@ -1,0 +1,162 @@
+"""What every model built on the block stack shares: runtime fields, structure, params, weight-key tables.
+
+A model family (ViT, Swin, ...) subclasses `StackedModel` and says four things about itself: its
+`family` name, `plain_depths()` (blocks per stack of the unexpanded architecture), `stack_names()`
+(the param collection of each stack) and `key_table()` (every foreign checkpoint key with the Flax
+param it maps to, the way timm keeps `checkpoint_filter_fn` next to each model). Everything else that
+needs the model's structure (expansion, conversion, counting, summaries, the trainer) asks the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from scalenet_jax import jax_utils
+from scalenet_jax.models.stack import Dtype, StackLayout
+
+
+class StackedModel(nn.Module):
+  """Base of the models in this package: one `BlockStack` per entry of `layouts`.
+
+  `layouts` (one per stack, None = identity) make a model ScaleNet-expanded; `rank`/`adapter_act`
+  configure its adjustment modules; `unroll` unrolls the scans (cost analysis only).
+  """
+
+  layouts: Optional[tuple[Optional[StackLayout], ...]] = None
+  drop_path_rate: float = 0.0
+  rank: int = 16
+  adapter_act: str = "gelu"
+  dtype: Dtype = jnp.float32
+  remat: bool = False
+  unroll: bool = False
+
+  family: ClassVar[str] = ""
+
+  # -- what a family defines ------------------------------------------------------------------------
+  def plain_depths(self) -> tuple[int, ...]:
+    """Blocks per stack of the unexpanded architecture (from `config`)."""
+    raise NotImplementedError
+
+  def stack_names(self) -> tuple[str, ...]:
+    """The top-level param collection of each stack, in forward order."""
+    raise NotImplementedError
+
+  def with_plain_depths(self, depths: Sequence[int]) -> "StackedModel":
+    """The same plain architecture with other stack depths."""
+    raise NotImplementedError
+
+  def key_table(self) -> list["Entry"]:
+    """Every key of the family's foreign checkpoint format with the Flax param it maps to."""
+    raise NotImplementedError
+
+  def input_spec(self, batch: int = 1) -> jax.ShapeDtypeStruct:
+    """Shape and dtype of a model input batch."""
+    raise NotImplementedError
+
+  # -- structure --------------------------------------------------------------------------------------
+  @property
+  def stack_layouts(self) -> tuple[StackLayout, ...]:
+    depths = self.plain_depths()
+    given = self.layouts or (None,) * len(depths)
+    if len(given) != len(depths):
+      raise ValueError(f"{type(self).__name__} has {len(depths)} stacks but {len(given)} layouts were given")
+    return tuple(l or StackLayout.identity(d) for l, d in zip(given, depths))
+
+  @property
+  def depths(self) -> tuple[int, ...]:
+    """Blocks per stack as built (expanded depths for an expanded model)."""
+    return tuple(l.depth for l in self.stack_layouts)
+
+  @property
+  def is_plain(self) -> bool:
+    return all(l == StackLayout.identity(l.depth) for l in self.stack_layouts)
+
+  def with_layouts(self, layouts: Optional[Sequence[Optional[StackLayout]]], **fields) -> "StackedModel":
+    return self.clone(layouts=None if layouts is None else tuple(layouts), **fields)
+
+  # -- params -----------------------------------------------------------------------------------------
+  def abstract_params(self) -> dict:
+    """Param shapes and dtypes (`jax.ShapeDtypeStruct` leaves), without computing anything."""
+    return jax.eval_shape(lambda x: self.init(jax.random.key(0), x), self.input_spec())["params"]
+
+  def init_params(self, seed: int) -> dict:
+    """Freshly initialised params as host numpy arrays (one cheaply compiled init)."""
+    x = np.zeros(self.input_spec().shape, self.input_spec().dtype)
+    params = jax_utils.run_once(self.init, jax.random.key(seed), x)["params"]
+    return jax.tree.map(np.asarray, params)
+
+
+def image_input_spec(cfg, batch: int = 1) -> jax.ShapeDtypeStruct:
+  return jax.ShapeDtypeStruct((batch, cfg.img_size, cfg.img_size, cfg.in_chans), jnp.float32)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Key tables: foreign checkpoint key <-> Flax param path (+ index along a stacked axis, + layout).
+# ----------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  key: str  # key in the foreign (timm / Hugging Face) state dict
+  path: tuple[str, ...]  # Flax param path
+  index: Optional[int]  # index along the stacked (scan / core) axis, None for unstacked params
+  kind: str  # 'linear' (out, in) | 'conv' (O, I, kh, kw) | 'same'
+
+
+def linear_entries(key: str, path: tuple[str, ...], index: Optional[int] = None, bias: bool = True) -> list[Entry]:
+  out = [Entry(f"{key}.weight", path + ("kernel",), index, "linear")]
+  if bias:
+    out.append(Entry(f"{key}.bias", path + ("bias",), index, "same"))
+  return out
+
+
+def norm_entries(key: str, path: tuple[str, ...], index: Optional[int] = None, bias: bool = True) -> list[Entry]:
+  out = [Entry(f"{key}.weight", path + ("scale",), index, "same")]
+  if bias:
+    out.append(Entry(f"{key}.bias", path + ("bias",), index, "same"))
+  return out
+
+
+def adjust_entries(prefix: str, segment: tuple[str, ...], position: int, kind: str, names: Sequence[str]):
+  """Keys of one block's adjustment modules: `<prefix>.adjust.<linear>.{A,B}` (not part of timm/HF models)."""
+  out = []
+  for n in names:
+    for ab in ("A", "B"):
+      out += linear_entries(f"{prefix}.adjust.{n}.{ab}", segment + (f"{kind}_{n}", ab), position, bias=False)
+  return out
+
+
+def transformer_stack_entries(
+    prefix: str, root: tuple[str, ...], layout: StackLayout, window: bool, qkv_bias: bool = True
+) -> list[Entry]:
+  """timm keys of the blocks of one ViT/Swin stack (`prefix` = 'blocks' or 'layers.i.blocks')."""
+  out = []
+  core = root + ("core",)
+  for l, c in enumerate(layout.mapping):
+    seg, pos = layout.locate(l)
+    segp = root + (f"seg{seg}",)
+    b = f"{prefix}.{l}"
+    out += norm_entries(f"{b}.norm1", segp + ("norm1",), pos) + norm_entries(f"{b}.norm2", segp + ("norm2",), pos)
+    out += linear_entries(f"{b}.attn.qkv", core + ("qkv",), c, bias=qkv_bias)
+    out += linear_entries(f"{b}.attn.proj", core + ("proj",), c)
+    out += linear_entries(f"{b}.mlp.fc1", core + ("fc1",), c) + linear_entries(f"{b}.mlp.fc2", core + ("fc2",), c)
+    if window:
+      out.append(Entry(f"{b}.attn.relative_position_bias_table", core + ("rel_pos_bias_table",), c, "same"))
+    kind = layout.adjust[l]
+    if kind != "none":
+      out += adjust_entries(b, segp, pos, kind, ADJUSTED_LINEARS[kind])
+  return out
+
+
+# Which linears of a ViT/Swin block carry an adjustment module: adapters on the MLP (the paper's
+# default), LoRA (ablation) on all four.
+ADJUSTED_LINEARS: dict[str, tuple[str, ...]] = {"adapter": ("fc1", "fc2"), "lora": ("qkv", "proj", "fc1", "fc2")}
+
+
+def patch_embed_entries() -> list[Entry]:
+  t = linear_entries("patch_embed.proj", ("patch_embed",))
+  return [dataclasses.replace(t[0], kind="conv"), t[1]]
