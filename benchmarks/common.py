@@ -250,7 +250,6 @@ class JaxTrainStep:
   def __init__(self, model, batch_size: int, *, trainable: Sequence[str] | None = None, params=None, seed: int = 0):
     import jax
     import jax.numpy as jnp
-    from scalenet_jax import convert
     from scalenet_jax.train import optim
     from scalenet_jax.train import sharding as sh
     from scalenet_jax.train import step as step_lib
@@ -259,7 +258,7 @@ class JaxTrainStep:
     self.mesh = sh.make_mesh(devices=jax.devices()[:1])
     abstract = model.abstract_params()
     patterns = "all" if trainable is None else list(trainable)
-    tx = optim.make_optimizer(dict(name="adamw", total_steps=10_000, warmup_steps=10, trainable=patterns), abstract)
+    tx = optim.make_optimizer(dict(name="adamw", total_steps=10_000, warmup_steps=10), abstract, patterns)
     self.mask = None if trainable is None else optim.trainable_mask(abstract, patterns)
     cfg = model.config
     dummy = jnp.zeros((1, cfg.img_size, cfg.img_size, cfg.in_chans), jnp.float32)
@@ -327,6 +326,6 @@ class JaxTrainStep:
 
 def forward_macs(model) -> int:
   """Forward multiply-adds per image (`counting.model_flops`: 1 MAC counted as 1 FLOP)."""
-  from scalenet_jax import convert, counting
+  from scalenet_jax import counting
 
   return counting.model_flops(model, model.abstract_params())

@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scalenet_jax import convert
 from scalenet_jax.grow import expand
 from scalenet_jax.grow.spec import ExpansionSpec
 from scalenet_jax.models import registry

@@ -8,16 +8,15 @@ candidates), RandomResizedCrop + flip at the path's resolution (224..354 px); 50
 out as the MCEA mini-val split.
 """
 
+from scalenet_jax.config_lib import IMAGENET_TRAIN_IMAGES
 from scalenet_jax.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from scalenet_jax.nas.train_supernet import supernet_config
-
-IMAGENET_TRAIN_IMAGES = 1_281_167
 
 
 def get_config():
   c = supernet_config("imagenet", batch_size=1024, log_every=100, ckpt_every=2000, keep_checkpoints=3)
   c.data.name = "tfds:imagenet2012"
-  c.data.recipe = "swin"  # RandomResizedCrop + flip at the path's resolution (no RandAugment / erasing)
+  c.data.recipe = "rrc"  # RandomResizedCrop + flip at the path's resolution (no RandAugment / erasing)
   c.data.pad, c.data.crop_padding = 0, 0
   c.data.mean, c.data.std = IMAGENET_MEAN, IMAGENET_STD
   c.data.minival_per_class = 50

@@ -16,7 +16,7 @@ from scalenet_jax.nas.train_supernet import supernet_config
 def get_config(arg: str = "s0"):
   if arg in export.RELEASED:
     c = supernet_config("imagenet", batch_size=1024, steps=350 * 1200, log_every=100, ckpt_every=2000)
-    c.data.name, c.data.recipe, c.data.eval_split = "tfds:imagenet2012", "swin", "val"
+    c.data.name, c.data.recipe, c.data.eval_split = "tfds:imagenet2012", "rrc", "validation"
     c.data.pad, c.data.crop_padding = 0, 0
     c.data.mean, c.data.std = IMAGENET_MEAN, IMAGENET_STD
     c.data.train_split, c.data.num_threads = "train", 16

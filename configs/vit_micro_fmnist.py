@@ -7,4 +7,4 @@ from scalenet_jax import config_lib
 
 
 def get_config():
-  return config_lib.base_config("vit_micro_patch4_28")
+  return config_lib.train_config("vit_micro_patch4_28")

@@ -1,32 +1,31 @@
-"""From a config to a model and its initial params (pretrained weights, expansion, freezing)."""
+"""From a `config_lib.train_config()` to the model a run trains, its initial params and its trainable set.
+
+The one place that reads `config.model`, `config.expansion` and `config.init_from`:
+
+* `build_model(config)`: the registry model, expanded when `config.expansion.kind` is set;
+* `initial_params(config)`: fresh init, or pretrained weights (timm / Hugging Face / original-release
+  checkpoint, or an exported params dir) then the expansion;
+* `trainable(config, abstract_params)`: the optimizer's trainable patterns and the step's trainable mask
+  (row masks for baselines that train only their new layers).
+"""
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scalenet_jax import convert
+from scalenet_jax import config_lib, convert, paths
+from scalenet_jax.errors import ConfigError
 from scalenet_jax.grow import expand as grow_lib
 from scalenet_jax.grow.spec import ExpansionSpec
 from scalenet_jax.models import registry
+from scalenet_jax.train import checkpoint as ckpt_lib
+from scalenet_jax.train import optim
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def _ints(text) -> Optional[tuple[int, ...]]:
-  if isinstance(text, (list, tuple)):
-    return tuple(int(v) for v in text)
-  text = str(text).strip()
-  if not text:
-    return None
-  try:
-    return tuple(int(v) for v in text.split(","))
-  except ValueError:
-    raise ValueError(f"expected a comma-separated list of integers, got {text!r}") from None
 
 
 def expansion_spec(config) -> Optional[ExpansionSpec]:
@@ -34,12 +33,12 @@ def expansion_spec(config) -> Optional[ExpansionSpec]:
   e = config.expansion
   if not e.kind:
     return None
-  mapping = e.mapping if e.mapping in ("interpolate", "stack") else _ints(e.mapping)
+  mapping = e.mapping if e.mapping in ("interpolate", "stack") else config_lib.int_list(e.mapping, "expansion.mapping")
   return ExpansionSpec(
       kind=e.kind,
       reuse=e.reuse,
       mapping=mapping,
-      subset=_ints(e.subset),
+      subset=config_lib.int_list(e.subset, "expansion.subset"),
       adjust=e.adjust,
       rank=e.rank,
       act=e.act,
@@ -49,14 +48,18 @@ def expansion_spec(config) -> Optional[ExpansionSpec]:
   )
 
 
+def compute_dtype(config):
+  if config.model.dtype not in DTYPES:
+    raise ConfigError(f"unknown model dtype {config.model.dtype!r}; choose one of {sorted(DTYPES)}")
+  return DTYPES[config.model.dtype]
+
+
 def base_model(config, unroll: bool = False):
   """The plain (unexpanded) model of `config.model`."""
   m = config.model
-  if m.dtype not in DTYPES:
-    raise ValueError(f"unknown model dtype {m.dtype!r}; choose one of {sorted(DTYPES)}")
   arch = {k: m[k] for k in ("num_classes", "img_size", "in_chans") if m[k] is not None}
   return registry.create_model(
-      m.name, arch, drop_path_rate=m.drop_path_rate, dtype=DTYPES[m.dtype], remat=m.remat, unroll=unroll
+      m.name, arch, drop_path_rate=m.drop_path_rate, dtype=compute_dtype(config), remat=m.remat, unroll=unroll
   )
 
 
@@ -67,22 +70,15 @@ def build_model(config, unroll: bool = False):
   return model if spec is None else grow_lib.expanded_model(model, spec)
 
 
-def trainable_patterns(config) -> tuple[str, ...]:
+def trainable(config, abstract_params) -> tuple:
+  """(optimizer patterns: 'all' or regexes, step mask: bool pytree) of the run's trainable set."""
   spec = expansion_spec(config)
-  return (".*",) if spec is None else grow_lib.trainable_patterns(spec)
-
-
-def trainable_mask(config, abstract_params):
-  """Bool pytree (True = trainable); stacked core leaves of baselines get per-row bool arrays."""
-  from scalenet_jax.train import optim
-
-  patterns = trainable_patterns(config)
-  mask = optim.trainable_mask(abstract_params, "all" if patterns == (".*",) else list(patterns))
-  spec = expansion_spec(config)
+  patterns = "all" if spec is None or spec.trainable == "all" else list(grow_lib.trainable_patterns(spec))
+  mask = optim.trainable_mask(abstract_params, patterns)
   rows = {} if spec is None else grow_lib.trainable_rows(base_model(config), spec)
   for name, r in rows.items():
     mask[name]["core"] = jax.tree.map(lambda _: r, mask[name]["core"])
-  return mask
+  return patterns, mask
 
 
 def count_trainable(abstract_params, mask) -> int:
@@ -95,30 +91,30 @@ def count_trainable(abstract_params, mask) -> int:
   return int(sum(jax.tree.leaves(jax.tree.map(one, abstract_params, mask))))
 
 
-def load_pretrained(config, model):
-  """Params of the plain `model` from `config.init_from` (timm file or exported params dir)."""
-  path = config.init_from
-  if os.path.isdir(path):
-    from scalenet_jax.train import checkpoint
+def needs_initial_params(config) -> bool:
+  """Whether a fresh run starts from host-built params (pretrained and/or expanded), not a random init."""
+  return bool(config.init_from) or expansion_spec(config) is not None
 
-    return checkpoint.load_params(path)
+
+def load_pretrained(config, model):
+  """Params of the plain `model` from `config.init_from` (a checkpoint file or an exported params dir)."""
+  path = config.init_from
+  if paths.path(path).is_dir():
+    return ckpt_lib.load_params(path)
   skip = tuple(k for k in config.init_skip.split(",") if k)
   return convert.timm_to_flax(convert.load_state_dict(path), model, ignore=skip)
 
 
-def initial_params(config, seed: int, fresh=None):
-  """(model, params) a run starts from: fresh init, or pretrained weights, then expansion.
-
-  `fresh`: already-initialised params of the target model to draw new params from (saves an init).
-  """
+def initial_params(config):
+  """(model, params) a run starts from: pretrained weights and the expansion, or a fresh init."""
   model = base_model(config)
   spec = expansion_spec(config)
   if not config.init_from:
     if spec is not None and spec.kind != "scratch":
-      raise ValueError("expansion needs pretrained weights: set --config.init_from")
+      raise ConfigError("expansion needs pretrained weights: set --config.init_from")
     target = model if spec is None else grow_lib.expanded_model(model, spec)
-    return target, (target.init_params(seed) if fresh is None else fresh)
+    return target, target.init_params(config.seed)
   pre = load_pretrained(config, model)
   if spec is None:
     return model, pre
-  return grow_lib.expand(pre, model, spec, fresh=fresh)
+  return grow_lib.expand(pre, model, spec)

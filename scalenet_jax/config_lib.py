@@ -1,19 +1,129 @@
-"""Shared pieces of experiment configs (the files in configs/ compose and override these).
+"""The one config schema: every field a run can take, declared once with its default.
 
-Every field a run can take is declared here with its default, so configs are locked: a misspelled
-`--config.key=value` override is rejected by ml_collections instead of being silently ignored.
+* `base_config()`: what every training run has (seed, batch, steps, optimizer, data, mesh, sharding,
+  logging, checkpoints, XLA options, the `quick` switch). The ScaleNet-grow trainer extends it with
+  `train_config()` (model, expansion, initial weights); the NAS configs with
+  `scalenet_jax.nas.train_supernet.supernet_config()` (search space, path sampling).
+* `override(config, {...})`: the one way to change fields (dotted keys; unknown fields are errors).
+* `resolve(config)`: the one place that reads `quick`: it merges `quick_overrides` into a copy.
+* `parse_arg()` / `int_list()`: typed parsing of config-file arguments and comma-separated lists.
+
+Configs are locked (`config_flags.DEFINE_config_file(lock_config=True)`), so a misspelled
+`--config.key=value` is rejected by ml_collections instead of being silently ignored; and every declared
+field is read by the code (tests/test_config_lib.py checks it on real runs).
 """
 
 from __future__ import annotations
 
+from typing import Any, Mapping, Optional
+
 import ml_collections
 from ml_collections import config_dict
 
-from scalenet_jax.train import optim
+from scalenet_jax.errors import ConfigError
+
+IMAGENET_TRAIN_IMAGES = 1_281_167
 
 
+# ----------------------------------------------------------------------------------------------------
+# Shared pieces
+# ----------------------------------------------------------------------------------------------------
+# No weight decay on biases, norm gains/offsets, position/class tokens and relative position bias tables
+# (the usual ViT/Swin/EfficientNet recipe). Matched against the '/'-joined param path.
+DEFAULT_NO_DECAY = (
+    r"(^|/)bias$",
+    r"(^|/)scale$",  # flax LayerNorm / BatchNorm gain
+    r"(?i)(^|/)[^/]*(norm|ln|bn)[^/]*/",  # any param inside a norm module (norm1, LayerNorm_0, bn, ...)
+    r"pos_embed",
+    r"cls_token",
+    r"dist_token",
+    r"relative_position_bias_table",
+)
+
+
+def optim_config(**overrides) -> ml_collections.ConfigDict:
+  """Optimizer fields (AdamW, the ScaleNet-grow recipe, by default); see `train/optim.py`."""
+  return override(
+      ml_collections.ConfigDict(
+          dict(
+              name="adamw",  # 'adamw' | 'sgd' (SGD is Nesterov momentum; the NAS recipe)
+              lr=2e-4,  # peak learning rate (after warmup)
+              min_lr=0.0,  # end value of the cosine decay
+              warmup_init_lr=0.0,  # learning rate at step 0 of the linear warmup
+              warmup_steps=0,  # in optimizer steps (i.e. after gradient accumulation)
+              total_steps=config_dict.placeholder(int),  # optimizer steps; None = the run's steps
+              b1=0.9,
+              b2=0.999,
+              eps=1e-8,  # AdamW
+              momentum=0.9,
+              nesterov=True,  # SGD
+              weight_decay=0.05,
+              no_decay=list(DEFAULT_NO_DECAY),  # param-path regexes with weight decay 0
+              wd_mults=[],  # [[regex, multiplier], ...], first match wins (NAS: convs 2x)
+              clip_grad_norm=0.0,  # global-norm clipping of the (averaged) trainable gradients; 0 = off
+              grad_accum_steps=1,  # optax.MultiSteps: one optimizer step every k train steps
+          )
+      ),
+      overrides,
+  )
+
+
+def data_config(**overrides) -> ml_collections.ConfigDict:
+  return override(
+      ml_collections.ConfigDict(
+          dict(
+              name="fashion_mnist",  # fashion_mnist | imagefolder:<dir> | tfds:<name> | synthetic
+              root="",  # dataset directory override ('' = the source's default)
+              train_split="train",
+              eval_split="test",
+              recipe="simple",  # simple (crop+flip) | swin (RandAugment, RRC, erasing) | none
+              pad=0,
+              crop_padding=0,
+              hflip=False,
+              mean=(0.5,),
+              std=(0.5,),
+              minival_per_class=100,
+              mixup=0.0,
+              cutmix=0.0,
+              mixup_switch_prob=0.5,
+              num_threads=2,
+              synthetic_examples=512,  # name=synthetic only: train-split size
+          )
+      ),
+      overrides,
+  )
+
+
+def base_config(**overrides) -> ml_collections.ConfigDict:
+  """The fields of every training run (grow, NAS super-supernet, stand-alone retraining)."""
+  c = ml_collections.ConfigDict()
+  c.pipeline = "train"  # which driver `main` runs: train | nas_search | nas_supernet | nas_retrain
+  c.seed = 0
+  c.data = data_config()
+  c.optim = optim_config()
+  c.batch_size = 128  # global
+  c.eval_batch_size = 256
+  c.steps = 1000
+  c.label_smoothing = 0.0
+  c.log_every = 50
+  c.eval_every = 0  # 0 = at the end only
+  c.ckpt_every = 200
+  c.keep_checkpoints = 2
+  c.mesh_data = -1  # devices on the data axis (-1 = all)
+  c.mesh_model = 1
+  c.sharding = "replicate"  # replicate | fsdp
+  c.xla_opt_level = -1  # XLA backend optimisation level of the train/eval steps; -1 = XLA's default.
+  # 1 compiles a CPU step ~3x faster: worth it for short runs (the demo, tests) where compile dominates.
+  c.quick = False  # merge `quick_overrides` (a smoke-sized run; see `resolve`)
+  c.quick_overrides = ml_collections.ConfigDict()
+  return override(c, overrides)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The image-model trainer (plain training and ScaleNet-grow expansion)
+# ----------------------------------------------------------------------------------------------------
 def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
-  return _with(
+  return override(
       ml_collections.ConfigDict(
           dict(
               name=name,
@@ -32,7 +142,7 @@ def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
 
 def expansion_config(**overrides) -> ml_collections.ConfigDict:
   """ScaleNet-grow expansion; `kind=''` = no expansion (train the model as it is)."""
-  return _with(
+  return override(
       ml_collections.ConfigDict(
           dict(
               kind="",  # '' | scalenet | random | stack | interpolate | swa | scratch
@@ -51,73 +161,22 @@ def expansion_config(**overrides) -> ml_collections.ConfigDict:
   )
 
 
-def data_config(**overrides) -> ml_collections.ConfigDict:
-  return _with(
-      ml_collections.ConfigDict(
-          dict(
-              name="fashion_mnist",  # fashion_mnist | imagefolder:<dir> | tfds:<name> | synthetic
-              root="",  # dataset directory override ('' = the source's default)
-              train_split="train",
-              eval_split="test",
-              recipe="simple",  # simple (crop+flip) | swin (RandAugment, RRC, erasing) | none
-              pad=0,
-              crop_padding=0,
-              hflip=False,
-              mean=(0.5,),
-              std=(0.5,),
-              minival_per_class=100,
-              mixup=0.0,
-              cutmix=0.0,
-              mixup_switch_prob=0.5,
-              num_threads=2,
-              synthetic_examples=512,  # name=synthetic only: train-split size (images shaped like the model's input)
-          )
-      ),
-      overrides,
-  )
-
-
-def base_config(model: str = "vit_micro_patch4_28") -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed = 0
+def train_config(model: str = "vit_micro_patch4_28", **overrides) -> ml_collections.ConfigDict:
+  """A run of `scalenet_jax.trainer`: train `model` (optionally expanded) on an image dataset."""
+  c = base_config()
   c.model = model_config(model)
   c.expansion = expansion_config()
   c.init_from = ""  # timm .safetensors/.pth, or an exported params dir (<workdir>/export/params)
   c.init_skip = ""  # comma-separated timm keys allowed to be missing (e.g. the head when num_classes differs)
-  c.data = data_config()
-  c.optim = optim.default_config()
-  c.optim.total_steps = config_dict.placeholder(int)  # filled from train.steps when unset
-  c.batch_size = 128  # global
-  c.eval_batch_size = 256
-  c.steps = 1000
-  c.label_smoothing = 0.0
   c.ema_decay = 0.0
-  c.log_every = 50
-  c.eval_every = 0  # 0 = at the end only
   c.eval_at_init = False  # also evaluate the starting params (saved in <workdir>/init_eval.json)
   c.init_eval_split = ""  # the split eval_at_init uses ('' = data.eval_split)
-  c.ckpt_every = 200
-  c.keep_checkpoints = 2
-  c.mesh_data = -1
-  c.mesh_model = 1
-  c.sharding = "replicate"  # replicate | fsdp
-  c.quick = False
-  c.xla_opt_level = -1  # XLA backend optimisation level of the train/eval steps; -1 = XLA's default.
-  # 1 compiles a CPU step ~3x faster: worth it for short runs (the demo, tests) where compile dominates.
-  return c
+  return override(c, overrides)
 
 
-def _with(c: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
-  for k, v in overrides.items():
-    if k not in c:
-      raise KeyError(f"unknown config field {k!r}")
-    c[k] = v
-  return c
-
-
-# ----------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # ScaleNet-grow paper settings (ImageNet-1k, Table I): one entry per pretrained model.
-# ----------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # drop path rate and trainable set per model (doc §2 and §4)
 GROW_PAPER = {
     "deit_tiny_patch16_224": dict(drop_path=0.0, trainable="all", mapping="interpolate"),
@@ -127,13 +186,12 @@ GROW_PAPER = {
     "swin_small_patch4_window7_224": dict(drop_path=0.2, trainable="adjust_ln_head", mapping="stack"),
     "swin_base_patch4_window7_224": dict(drop_path=0.5, trainable="adjust_ln_head", mapping="stack"),
 }
-IMAGENET_TRAIN_IMAGES = 1_281_167
 
 
 def grow_paper_config(model: str, kind: str = "scalenet", epochs: int = 100) -> ml_collections.ConfigDict:
   """The paper's 2x expansion recipe for `model` (kind: scalenet or a baseline name)."""
   p = GROW_PAPER[model]
-  c = base_config(model)
+  c = train_config(model)
   c.model.drop_path_rate = p["drop_path"]
   c.expansion = expansion_config(kind=kind, mapping=p["mapping"], trainable=p["trainable"])
   c.init_from = f"pretrained/{model}.safetensors"  # timm weights, converted at start
@@ -161,12 +219,80 @@ def grow_paper_config(model: str, kind: str = "scalenet", epochs: int = 100) -> 
   return c
 
 
-def parse_arg(arg: str, **defaults) -> dict:
+# ----------------------------------------------------------------------------------------------------
+# Overrides, quick runs, argument parsing
+# ----------------------------------------------------------------------------------------------------
+def override(c: ml_collections.ConfigDict, updates: Mapping[str, Any], prefix: str = "") -> ml_collections.ConfigDict:
+  """Sets `updates` on `c` in place and returns it. Keys may be dotted ('optim.lr'); a mapping value for a
+  sub-config updates its fields recursively. Unknown fields raise `ConfigError`."""
+  for key, value in updates.items():
+    head, _, rest = key.partition(".")
+    if head not in c:
+      raise ConfigError(f"unknown config field {prefix}{head!r}")
+    if rest:
+      override(c[head], {rest: value}, f"{prefix}{head}.")
+    elif isinstance(c[head], ml_collections.ConfigDict) and isinstance(value, Mapping) and c[head].keys():
+      override(c[head], value, f"{prefix}{head}.")
+    else:
+      try:
+        with c.unlocked():
+          c[head] = value
+      except TypeError as e:  # ml_collections' type check, e.g. a string for an int field
+        raise ConfigError(f"config field {prefix}{head}: {e}") from None
+  return c
+
+
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config a run uses: a copy, with `quick_overrides` merged in when `quick` is set."""
+  c = ml_collections.ConfigDict(config.to_dict())
+  quick = c.get("quick", False)
+  if not isinstance(quick, bool):
+    raise ConfigError(f"config field 'quick' must be True or False, got {quick!r}")
+  if quick and "quick_overrides" in c:
+    override(c, c.quick_overrides.to_dict())
+  c.lock()
+  return c
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def parse_value(text: str, like: Any, what: str) -> Any:
+  """`text` parsed as the type of `like` (bool strictly: true/false/1/0/yes/no/on/off)."""
+  if isinstance(like, bool):
+    t = text.strip().lower()
+    if t not in _TRUE + _FALSE:
+      raise ConfigError(f"{what}: expected true or false, got {text!r}")
+    return t in _TRUE
+  if like is None or isinstance(like, str):
+    return text
+  try:
+    return type(like)(text)
+  except ValueError:
+    raise ConfigError(f"{what}: expected {type(like).__name__}, got {text!r}") from None
+
+
+def parse_arg(arg: Optional[str], **defaults) -> dict:
   """big_vision-style config argument `"k=v,k2=v2"` -> dict, typed like `defaults`."""
   out = dict(defaults)
   for item in filter(None, (arg or "").split(",")):
     k, sep, v = item.partition("=")
     if not sep or k not in defaults:
-      raise ValueError(f"bad config argument {item!r}: expected one of {sorted(defaults)} as key=value")
-    out[k] = type(defaults[k])(v) if defaults[k] is not None else v
+      raise ConfigError(f"bad config argument {item!r}: expected one of {sorted(defaults)} as key=value")
+    out[k] = parse_value(v, defaults[k], f"config argument {k!r}")
   return out
+
+
+def int_list(text, what: str = "value") -> Optional[tuple[int, ...]]:
+  """'1,2,3' (or a list / tuple of ints) -> (1, 2, 3); '' or None -> None."""
+  if text is None:
+    return None
+  if isinstance(text, (list, tuple)):
+    return tuple(int(v) for v in text) or None
+  text = str(text).strip()
+  if not text:
+    return None
+  try:
+    return tuple(int(v) for v in text.split(","))
+  except ValueError:
+    raise ConfigError(f"{what}: expected a comma-separated list of integers, got {text!r}") from None

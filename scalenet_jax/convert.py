@@ -20,6 +20,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from scalenet_jax.errors import CheckpointError, MissingInputError
+
 # How a timm tensor is laid out relative to its Flax twin.
 _TO_FLAX = {
     "linear": lambda a: a.T,  # (out, in) -> (in, out)
@@ -54,7 +56,7 @@ def timm_to_flax(state_dict: dict[str, Any], model, ignore: tuple[str, ...] = ()
   known = {e.key for e in table}
   unexpected = sorted(k for k in sd if k not in known and not _non_persistent(k))
   if unexpected:
-    raise ValueError(
+    raise CheckpointError(
         f"unexpected key in checkpoint: {unexpected[0]!r} "
         f"({len(unexpected)} unexpected keys; is this the right model?)"
     )
@@ -62,13 +64,13 @@ def timm_to_flax(state_dict: dict[str, Any], model, ignore: tuple[str, ...] = ()
     if e.key not in sd:
       if e.key in ignore:
         continue
-      raise ValueError(f"missing key in checkpoint: {e.key!r}")
+      raise CheckpointError(f"missing key in checkpoint: {e.key!r}")
     value = _TO_FLAX[e.kind](sd[e.key])
     leaf = _get(params, e.path)
     target = leaf if e.index is None else leaf[e.index]
     if value.shape != target.shape:
       want = _TO_TIMM[e.kind](np.zeros(target.shape)).shape
-      raise ValueError(
+      raise CheckpointError(
           f"shape mismatch for key {e.key!r}: checkpoint has {tuple(sd[e.key].shape)}," f" model expects {tuple(want)}"
       )
     target[...] = value
@@ -98,7 +100,7 @@ def _to_numpy(v):
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
   """Read a timm checkpoint: `.safetensors`, or `.pth`/`.pt`/`.bin` (weights only, no code)."""
   if not os.path.exists(path):
-    raise FileNotFoundError(f"checkpoint not found: {path}")
+    raise MissingInputError(f"checkpoint not found: {path}")
   if path.endswith(".safetensors"):
     from safetensors.numpy import load_file
 
@@ -113,7 +115,7 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
         warnings.simplefilter("ignore")
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-      raise ValueError(
+      raise CheckpointError(
           f"refusing to load {path}: it is not a weights-only checkpoint "
           f"(unpickling would run arbitrary code): {str(e).splitlines()[0]}"
       ) from None
@@ -122,7 +124,7 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
         sd = sd[wrapper]
         break
     return {k: _to_numpy(v) for k, v in sd.items()}
-  raise ValueError(f"unsupported checkpoint format {path!r}: use .safetensors, .pth, .pt or .bin")
+  raise CheckpointError(f"unsupported checkpoint format {path!r}: use .safetensors, .pth, .pt or .bin")
 
 
 def save_safetensors(path: str, state_dict: dict[str, np.ndarray]):

@@ -16,6 +16,8 @@ from typing import Any, Callable, Iterable
 import jax
 import numpy as np
 
+from scalenet_jax.jax_utils import path_str
+
 
 def count_params(params, predicate: Callable[[str], bool] | None = None) -> int:
   """Number of scalars in `params` (optionally only leaves whose '/'-joined path passes)."""
@@ -24,13 +26,6 @@ def count_params(params, predicate: Callable[[str], bool] | None = None) -> int:
     if predicate is None or predicate(path_str(path)):
       total += int(np.prod(leaf.shape))
   return total
-
-
-def path_str(path) -> str:
-  parts = []
-  for k in path:
-    parts.append(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))))
-  return "/".join(parts)
 
 
 def matches_any(patterns: Iterable[str]) -> Callable[[str], bool]:

@@ -20,8 +20,7 @@ import time
 
 from absl import app, flags, logging
 
-from scalenet_jax import config_lib, summary
-from scalenet_jax.train import trainer
+from scalenet_jax import config_lib, summary, trainer
 
 FLAGS = flags.FLAGS
 
@@ -44,7 +43,7 @@ BUDGETS = {  # steps at global batch BATCH, sized for <= 20 min (default) / ~3 m
 
 
 def base(steps: int, lr: float, eval_split: str, seed: int):
-  c = config_lib.base_config(MODEL)
+  c = config_lib.train_config(MODEL)
   c.seed = seed
   c.steps = steps
   c.batch_size = BATCH

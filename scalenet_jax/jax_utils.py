@@ -16,3 +16,16 @@ def print0(msg: str) -> None:
   """A progress line on stdout, from the first process only (multi-host runs print once)."""
   if jax.process_index() == 0:
     print(msg, flush=True)
+
+
+def path_str(path) -> str:
+  """'/'-joined key path of a pytree leaf (dict keys, attribute names, sequence indices)."""
+  parts = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+    else:
+      parts.append(str(k))
+  return "/".join(parts)

@@ -10,6 +10,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from scalenet_jax.errors import ConfigError, UserError
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and exports.")
@@ -17,41 +19,38 @@ flags.DEFINE_enum("mode", "train", ["train", "eval", "summary", "export"], "What
 flags.DEFINE_bool("xla_check", True, "summary: cross-check FLOPs with XLA's cost analysis.")
 
 
+def _pipelines():
+  from scalenet_jax import trainer  # pylint: disable=g-import-not-at-top
+  from scalenet_jax.nas import pipeline  # pylint: disable=g-import-not-at-top
+
+  return {"train": trainer.run, **{name: pipeline.run for name in pipeline.PIPELINES}}
+
+
 def _run(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   config = FLAGS.config
-  if config.get("pipeline"):  # NAS search / supernet / retrain configs have their own driver
-    if not FLAGS.workdir:
-      raise app.UsageError("--workdir is required")
-    from scalenet_jax.nas import pipeline
-
-    pipeline.run(config, FLAGS.workdir, FLAGS.mode)
-    return
   if FLAGS.mode == "summary":
-    from scalenet_jax import summary
+    from scalenet_jax import summary  # pylint: disable=g-import-not-at-top
 
     print(summary.render(summary.summarize(config, xla_check=FLAGS.xla_check)))
     return
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required for --mode=train/eval/export")
-  from scalenet_jax.train import trainer
-
-  trainer.run(config, FLAGS.workdir, FLAGS.mode)
-
-
-def _diverged():
-  from scalenet_jax.train.trainer import TrainingDiverged
-
-  return TrainingDiverged
+  pipelines = _pipelines()
+  name = config.get("pipeline", "train")
+  if name not in pipelines:
+    raise ConfigError(f"unknown pipeline {name!r}; choose one of {sorted(pipelines)}")
+  pipelines[name](config, FLAGS.workdir, FLAGS.mode)
 
 
 def main(argv):
   try:
     _run(argv)
-  except (ValueError, KeyError, FileNotFoundError, TypeError, _diverged()) as e:
-    # Bad input: one clear line, no traceback, nonzero exit.
-    print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+  except UserError as e:
+    # Bad input (config value, data, checkpoint): one clear line, no traceback, exit code 2. Anything
+    # else is a bug in the library and keeps its traceback.
+    print(f"error: {type(e).__name__}: {' '.join(str(e).split())}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -60,12 +59,12 @@ def _parse_flags(argv):
   try:
     rest = FLAGS(argv)
     if FLAGS.config is None:
-      raise ValueError("--config is required (e.g. --config configs/deit_base_2x.py)")
+      raise ConfigError("--config is required (e.g. --config configs/deit_base_2x.py)")
     FLAGS.config.keys()  # the file is loaded lazily: fail here, not mid-run
   except (AttributeError, KeyError) as e:  # ml_collections' way of saying "no such field"
     print(f"error: unknown config field {str(e).strip(chr(34))} (see the config file for the fields)", file=sys.stderr)
     sys.exit(2)
-  except (flags.Error, OSError, TypeError, ValueError) as e:
+  except (flags.Error, OSError, UserError) as e:  # bad flag value, missing config file, bad config argument
     msg = " ".join(str(e).split())
     print(f"error: {msg[:500]}", file=sys.stderr)
     sys.exit(2)

@@ -69,9 +69,9 @@ def setup(
   """(state, shardings, train_step, eval_step) for TinyNet on `mesh`."""
   model = TinyNet(dropout=dropout, use_bn=use_bn)
   init_fn = lambda r: model.init(r, jnp.zeros((2, *IMAGE)), train=False)
-  cfg = opt_config(**(opt or {}), trainable=trainable)
+  cfg = opt_config(**(opt or {}))
   abstract_params = jax.eval_shape(init_fn, jax.random.key(0))["params"]
-  tx = optim.make_optimizer(cfg, abstract_params)
+  tx = optim.make_optimizer(cfg, abstract_params, trainable)
   state, shardings = step.create_train_state(
       init_fn, tx, mesh, jax.random.key(42), mode=mode, fsdp_min_size=fsdp_min_size, use_ema=ema_decay is not None
   )
@@ -81,7 +81,7 @@ def setup(
       tx,
       mesh,
       shardings,
-      trainable_mask=optim.trainable_mask(abstract_params, cfg["trainable"]),
+      trainable_mask=optim.trainable_mask(abstract_params, trainable),
       lr_fn=optim.make_train_lr_fn(cfg),
       grad_accum_steps=cfg.get("grad_accum_steps", 1),
       label_smoothing=label_smoothing,

@@ -21,6 +21,7 @@ from scalenet_jax.nas import train_supernet as ts
 from scalenet_jax.nas.sampling import sample_path
 from scalenet_jax.nas.space import apply_scaling, get_space
 from scalenet_jax.nas.supernet import (SuperNet, _conv, depthwise_conv, init_pathnet, init_supernet, path_arrays)
+from scalenet_jax.train import loop as loop_lib
 from scalenet_jax.train import optim
 from scalenet_jax.train import sharding as sh
 from scalenet_jax.train import step as step_lib
@@ -59,7 +60,7 @@ def test_supernet_train_step_with_path_in_model_kwargs():
   params = jax.device_get(init_supernet(model, seed=0))  # host copies: the step donates its state
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
   cfg = tiny_config()
-  tx = optim.make_optimizer(ts.optim_config(cfg), abstract)
+  tx = optim.make_optimizer(loop_lib.optimizer_config(cfg), abstract)
   mesh = sh.make_mesh()
   zeros = lambda _: {"params": jax.tree.map(jnp.zeros_like, abstract)}
   step = step_lib.make_train_step(
@@ -190,4 +191,4 @@ def test_main_routes_pipeline_configs():
       timeout=120,
   )
   assert out.returncode == 2
-  assert out.stderr.strip().splitlines()[-1].startswith("error: ValueError: pipeline 'nas_search' supports only")
+  assert out.stderr.strip().splitlines()[-1].startswith("error: ConfigError: pipeline 'nas_search' supports only")

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from scalenet_jax.train import checkpoint as ckpt_lib
-from scalenet_jax.train import trainer
+from scalenet_jax import trainer
 
 import tiny_runs
 

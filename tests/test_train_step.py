@@ -143,7 +143,7 @@ def test_frozen_params_bit_identical_and_hold_no_optimizer_state(standard):
   abstract = jax.eval_shape(lambda: start)
   full = optim.make_optimizer(mp_common.opt_config(), abstract)
   assert _leaf_sizes(jax.eval_shape(full.init, abstract)) == 2 * n_all
-  accum = optim.make_optimizer(mp_common.opt_config(trainable=trainable, grad_accum_steps=2), abstract)
+  accum = optim.make_optimizer(mp_common.opt_config(grad_accum_steps=2), abstract, trainable)
   assert _leaf_sizes(jax.eval_shape(accum.init, abstract)) == 3 * n_train
 
 
@@ -227,7 +227,7 @@ def test_optimizer_config_errors():
   with pytest.raises(ValueError, match="unknown optimizer config key 'lr_min'"):
     optim.make_optimizer(dict(total_steps=10, lr_min=0.1), params)
   with pytest.raises(ValueError, match="matches no parameter"):
-    optim.make_optimizer(dict(total_steps=10, trainable=[r"adaptor"]), params)
+    optim.make_optimizer(dict(total_steps=10), params, [r"adaptor"])
   with pytest.raises(ValueError, match="total_steps"):
     optim.make_optimizer(dict(), params)
   with pytest.raises(ValueError, match="'adamw' or 'sgd'"):

@@ -14,9 +14,9 @@ import jax
 import numpy as np
 import pytest
 
-from scalenet_jax import builder, convert
+from scalenet_jax import builder, convert, trainer
+from scalenet_jax.errors import TrainingDiverged
 from scalenet_jax.train import checkpoint as ckpt_lib
-from scalenet_jax.train import trainer
 
 import tiny_runs
 
@@ -170,7 +170,7 @@ def test_frozen_shared_weights_stay_bit_identical(pretrained, tmp_path):
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
   # lr 0 at step 0 (warmup from 0), then 1e30: the params blow up and the loss turns NaN/inf.
   config = tiny_config(optim__lr=1e30, optim__warmup_steps=3, ckpt_every=1, steps=6)
-  with pytest.raises(trainer.TrainingDiverged, match=r"step \d+") as info:
+  with pytest.raises(TrainingDiverged, match=r"step \d+") as info:
     trainer.run(config, str(tmp_path))
   message = str(info.value)
   bad = int(message.split("at step ")[1].split(";")[0])
@@ -180,5 +180,5 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
   assert steps and max(steps) == good and all(s < bad for s in steps)
   assert not (tmp_path / "export").exists()
   # The kept checkpoint is finite and a restart resumes from it (then diverges again, same step).
-  with pytest.raises(trainer.TrainingDiverged, match=f"at step {bad};"):
+  with pytest.raises(TrainingDiverged, match=f"at step {bad};"):
     trainer.run(config, str(tmp_path))

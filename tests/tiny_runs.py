@@ -24,15 +24,8 @@ TINY = {
 
 
 def micro_config(overrides: dict):
-  """`vit_micro_patch4_28`'s base config with the dotted-key `overrides` applied."""
-  c = config_lib.base_config("vit_micro_patch4_28")
-  for key, value in overrides.items():
-    *parents, leaf = key.split(".")
-    target = c
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  return c
+  """`vit_micro_patch4_28`'s train config with the dotted-key `overrides` applied."""
+  return config_lib.override(config_lib.train_config("vit_micro_patch4_28"), overrides)
 
 
 @contextlib.contextmanager

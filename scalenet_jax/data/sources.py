@@ -24,6 +24,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from scalenet_jax.errors import DataError, MissingInputError
+
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package `dataset-fashion-mnist`.
 FASHION_MNIST_CLASSES = (
     "T-shirt/top",
@@ -67,19 +69,19 @@ def read_idx(path: str) -> np.ndarray:
   dimension and the big-endian data.
   """
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"IDX file not found: {path}")
+    raise MissingInputError(f"IDX file not found: {path}")
   with open(path, "rb") as f:
     raw = f.read()
   if raw[:2] == b"\x1f\x8b":
     raw = gzip.decompress(raw)
   if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-    raise ValueError(f"not an IDX file (bad magic {raw[:4].hex()}): {path}")
+    raise DataError(f"not an IDX file (bad magic {raw[:4].hex()}): {path}")
   dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
   header = 4 + 4 * ndim
   shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
   expected = int(np.prod(shape)) * dtype.itemsize
   if len(raw) - header != expected:
-    raise ValueError(f"IDX file {path} holds {len(raw) - header} data bytes, shape {shape} needs " f"{expected}")
+    raise DataError(f"IDX file {path} holds {len(raw) - header} data bytes, shape {shape} needs " f"{expected}")
   return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -87,7 +89,7 @@ def _find_idx(root: str, stem: str) -> str:
   for name in (stem, stem + ".gz"):
     if os.path.isfile(os.path.join(root, name)):
       return os.path.join(root, name)
-  raise FileNotFoundError(
+  raise MissingInputError(
       f"Fashion-MNIST file {stem}[.gz] not found in {root} "
       "(install the Debian package dataset-fashion-mnist or pass root=...)"
   )
@@ -166,12 +168,12 @@ def fashion_mnist(split: str = "train", root: str | None = None) -> ArraySource:
   """Fashion-MNIST from the IDX files of the Debian package (`root` overrides the directory)."""
   root = root or os.environ.get("SCALENET_FASHION_MNIST_DIR", FASHION_MNIST_DIR)
   if not os.path.isdir(root):
-    raise FileNotFoundError(
+    raise MissingInputError(
         f"Fashion-MNIST directory not found: {root} " "(apt-get install dataset-fashion-mnist, or pass root=...)"
     )
   prefix = {"train": "train", "test": "t10k", "val": "t10k"}.get(split)
   if prefix is None:
-    raise ValueError(f"Fashion-MNIST has splits train/test/val, got {split!r}")
+    raise DataError(f"Fashion-MNIST has splits train/test/val, got {split!r}")
   images = read_idx(_find_idx(root, f"{prefix}-images-idx3-ubyte"))
   labels = read_idx(_find_idx(root, f"{prefix}-labels-idx1-ubyte"))
   return ArraySource(images, labels, 10, FASHION_MNIST_CLASSES, name=f"fashion_mnist/{split}")
@@ -186,32 +188,32 @@ class ImageFolderSource(Source):
 
   def __init__(self, root: str, split: str = "train"):
     if not os.path.isdir(root):
-      raise FileNotFoundError(f"ImageFolder root not found: {root}")
+      raise MissingInputError(f"ImageFolder root not found: {root}")
     candidates = {"train": ["train"], "val": ["val", "validation", "test"], "test": ["test", "val", "validation"]}.get(
         split, [split]
     )
     dirs = [os.path.join(root, c) for c in candidates if os.path.isdir(os.path.join(root, c))]
     if not dirs:
-      raise FileNotFoundError(
+      raise MissingInputError(
           f"ImageFolder split {split!r} not found: none of " f"{[os.path.join(root, c) for c in candidates]} exists"
       )
     self.root, self.split_dir = root, dirs[0]
     class_root = os.path.join(root, "train") if os.path.isdir(os.path.join(root, "train")) else dirs[0]
     self.class_names = sorted(e.name for e in os.scandir(class_root) if e.is_dir())
     if not self.class_names:
-      raise ValueError(f"ImageFolder {class_root} has no class directories " f"(expected {class_root}/<class>/*.JPEG)")
+      raise DataError(f"ImageFolder {class_root} has no class directories " f"(expected {class_root}/<class>/*.JPEG)")
     index = {c: k for k, c in enumerate(self.class_names)}
     files, labels = [], []
     for entry in sorted(os.scandir(self.split_dir), key=lambda e: e.name):
       if not entry.is_dir():
         continue
       if entry.name not in index:
-        raise ValueError(f"ImageFolder class directory {entry.path} is not a class of {class_root}")
+        raise DataError(f"ImageFolder class directory {entry.path} is not a class of {class_root}")
       names = sorted(n for n in os.listdir(entry.path) if n.lower().endswith(IMAGE_EXTENSIONS))
       files += [os.path.join(entry.path, n) for n in names]
       labels += [index[entry.name]] * len(names)
     if not files:
-      raise ValueError(f"ImageFolder {self.split_dir} has no images " f"(expected {self.split_dir}/<class>/*.JPEG)")
+      raise DataError(f"ImageFolder {self.split_dir} has no images " f"(expected {self.split_dir}/<class>/*.JPEG)")
     self.files, self._labels = files, np.asarray(labels, np.int64)
     self.num_classes = len(self.class_names)
     self.image_shape = (None, None, 3)
@@ -236,7 +238,7 @@ def decode_image(path: str) -> np.ndarray:
     with Image.open(path) as img:
       return np.asarray(img.convert("RGB"))
   except (OSError, ValueError, Image.DecompressionBombError) as e:
-    raise ValueError(f"cannot decode image {path}: {e}") from e
+    raise DataError(f"cannot decode image {path}: {e}") from e
 
 
 class SyntheticSource(Source):
@@ -296,7 +298,7 @@ class TfdsSource(Source):
     try:
       builder = tfds.builder(name, data_dir=data_dir)
     except Exception as e:  # DatasetNotFoundError lists every dataset: keep the message one line.
-      raise ValueError(f"unknown TFDS dataset {name!r}: {str(e).splitlines()[0]}") from None
+      raise DataError(f"unknown TFDS dataset {name!r}: {str(e).splitlines()[0]}") from None
     split = {"val": "validation", "test": "test"}.get(split, split)
     if not builder.is_prepared():
       manual_dir = os.path.expanduser(manual_dir or os.path.join(builder.data_dir_root, "downloads", "manual"))
@@ -305,12 +307,12 @@ class TfdsSource(Source):
         missing = [f for f in needed if not os.path.exists(os.path.join(manual_dir, f))]
         if missing or not (os.path.isdir(manual_dir) and os.listdir(manual_dir)):
           what = ", ".join(missing or needed) or "the files from its manual download instructions"
-          raise FileNotFoundError(
+          raise MissingInputError(
               f"TFDS {name} is not prepared in {builder.data_dir}: put {what} "
               f"in {manual_dir} (or pass manual_dir=...)"
           )
       elif not download:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"TFDS {name} is not prepared in {builder.data_dir} "
             "(pass download=True or run `tfds build --file_format=array_record`)"
         )
@@ -392,7 +394,7 @@ def minival_split(labels: np.ndarray, per_class: int, seed: int = 0) -> tuple[np
   classes, starts, counts = np.unique(labels[by_class], return_index=True, return_counts=True)
   short = classes[counts <= per_class]
   if len(short):
-    raise ValueError(
+    raise DataError(
         f"mini-val needs more than {per_class} images per class; class {short[0]} has "
         f"{counts[classes == short[0]][0]}"
     )
@@ -415,18 +417,18 @@ def get_source(name: str, split: str = "train", *, minival_per_class: int = 50, 
     mini, rest = minival_split(train.labels, minival_per_class, minival_seed)
     return SubsetSource(train, mini if split == "minival" else rest, name=f"{name}/{split}")
   if split not in ("train", "test", "val"):
-    raise ValueError(f"unknown split {split!r} (train, test, val, minival, train_minus_minival)")
+    raise DataError(f"unknown split {split!r} (train, test, val, minival, train_minus_minival)")
   kind, _, arg = name.partition(":")
   if kind == "fashion_mnist":
     return fashion_mnist(split, root=kw.pop("root", None) or arg or None, **kw)
   if kind == "imagefolder":
     root = arg or kw.pop("data_dir", None)
     if not root:
-      raise ValueError("imagefolder needs a directory: 'imagefolder:<dir>' or data_dir=...")
+      raise DataError("imagefolder needs a directory: 'imagefolder:<dir>' or data_dir=...")
     return ImageFolderSource(root, split, **kw)
   if kind == "tfds":
     if not arg:
-      raise ValueError("tfds needs a dataset name: 'tfds:<name>', e.g. 'tfds:imagenet2012'")
+      raise DataError("tfds needs a dataset name: 'tfds:<name>', e.g. 'tfds:imagenet2012'")
     return TfdsSource(arg, split, **kw)
   if kind == "synthetic":
     # Test/val get a different seed so they are not copies of train.
@@ -434,4 +436,4 @@ def get_source(name: str, split: str = "train", *, minival_per_class: int = 50, 
     if split != "train":
       kw["seed"] += 1_000_003
     return SyntheticSource(**kw)
-  raise ValueError(f"unknown dataset {name!r} (fashion_mnist, imagefolder:<dir>, tfds:<name>, synthetic)")
+  raise DataError(f"unknown dataset {name!r} (fashion_mnist, imagefolder:<dir>, tfds:<name>, synthetic)")

@@ -19,6 +19,7 @@ import numpy as np
 from scalenet_jax import counting
 from scalenet_jax.grow import spec as spec_lib
 from scalenet_jax.grow.spec import ExpansionSpec, model_layouts
+from scalenet_jax.errors import ConfigError
 
 
 def _check_plain(model):
@@ -87,7 +88,7 @@ def _new_layer_plan(kind, num_layers, k, rng):
   if kind == "interpolate":
     sources = set(int(s) for s in np.floor((np.arange(k) + 0.5) * num_layers / k)) if k <= num_layers else None
     if sources is None:
-      raise ValueError(f"interpolate baseline supports at most {num_layers} new layers, got {k}")
+      raise ConfigError(f"interpolate baseline supports at most {num_layers} new layers, got {k}")
     plan = []
     for l in range(num_layers):
       plan.append(("old", l))

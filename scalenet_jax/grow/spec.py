@@ -14,6 +14,7 @@ import dataclasses
 from typing import Optional, Sequence, Union
 
 from scalenet_jax.models.stack import ADJUST_KINDS, StackLayout
+from scalenet_jax.errors import ConfigError
 
 KINDS = ("scalenet", "random", "stack", "interpolate", "swa", "scratch")
 MAPPINGS = ("interpolate", "stack")
@@ -35,19 +36,19 @@ class ExpansionSpec:
 
   def __post_init__(self):
     if self.kind not in KINDS:
-      raise ValueError(f"unknown expansion kind {self.kind!r}; choose one of {KINDS}")
+      raise ConfigError(f"unknown expansion kind {self.kind!r}; choose one of {KINDS}")
     if int(self.reuse) < 1:
-      raise ValueError(f"reuse times R must be >= 1, got {self.reuse}")
+      raise ConfigError(f"reuse times R must be >= 1, got {self.reuse}")
     if isinstance(self.mapping, str) and self.mapping not in MAPPINGS:
-      raise ValueError(f"unknown mapping {self.mapping!r}; choose one of {MAPPINGS} or give a list of layer indices")
+      raise ConfigError(f"unknown mapping {self.mapping!r}; choose one of {MAPPINGS} or give a list of layer indices")
     if self.adjust not in ADJUST_KINDS:
-      raise ValueError(f"unknown adjustment {self.adjust!r}; choose one of {ADJUST_KINDS}")
+      raise ConfigError(f"unknown adjustment {self.adjust!r}; choose one of {ADJUST_KINDS}")
     if self.adjust != "none" and self.rank <= 0:
-      raise ValueError(f"adjustment rank must be > 0, got {self.rank}")
+      raise ConfigError(f"adjustment rank must be > 0, got {self.rank}")
     if self.trainable not in TRAINABLE:
-      raise ValueError(f"unknown trainable set {self.trainable!r}; choose one of {TRAINABLE}")
+      raise ConfigError(f"unknown trainable set {self.trainable!r}; choose one of {TRAINABLE}")
     if self.num_new_layers < 0:
-      raise ValueError(f"num_new_layers must be >= 0, got {self.num_new_layers}")
+      raise ConfigError(f"num_new_layers must be >= 0, got {self.num_new_layers}")
 
 
 def stack_layout(num_layers: int, spec: ExpansionSpec, subset: Optional[Sequence[int]] = None) -> StackLayout:
@@ -55,21 +56,21 @@ def stack_layout(num_layers: int, spec: ExpansionSpec, subset: Optional[Sequence
   subset = sorted(set(range(num_layers) if subset is None else subset))
   bad = [s for s in subset if not 0 <= s < num_layers]
   if bad:
-    raise ValueError(f"reused layer index {bad[0]} out of range: the stack has {num_layers} layers")
+    raise ConfigError(f"reused layer index {bad[0]} out of range: the stack has {num_layers} layers")
   if not subset:
-    raise ValueError("the reused subset is empty")
+    raise ConfigError("the reused subset is empty")
   r = int(spec.reuse)
   if isinstance(spec.mapping, tuple):
     mapping = list(spec.mapping)
     want = num_layers + (r - 1) * len(subset)
     if len(mapping) != want:
-      raise ValueError(
+      raise ConfigError(
           f"explicit mapping has {len(mapping)} entries; expected L' = {want} "
           f"(L={num_layers}, R={r}, |subset|={len(subset)})"
       )
     bad = [m for m in mapping if not 0 <= m < num_layers]
     if bad:
-      raise ValueError(f"explicit mapping index {bad[0]} out of range [0, {num_layers})")
+      raise ConfigError(f"explicit mapping index {bad[0]} out of range [0, {num_layers})")
   elif spec.mapping == "interpolate":
     mapping = [l for l in range(num_layers) for _ in range(r if l in subset else 1)]
   else:  # stack
@@ -88,7 +89,7 @@ def expanded_stacks(depths: Sequence[int], spec: ExpansionSpec) -> tuple[int, ..
   stages = tuple(spec.subset) if spec.subset is not None else (len(depths) - 1,)
   bad = [s for s in stages if not 0 <= s < len(depths)]
   if bad:
-    raise ValueError(f"stage {bad[0]} out of range: the model has stages 0..{len(depths) - 1}")
+    raise ConfigError(f"stage {bad[0]} out of range: the model has stages 0..{len(depths) - 1}")
   return stages
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from scalenet_jax.errors import ConfigError
 from scalenet_jax.models import swin, vit
 
 FAMILIES = {"vit": (vit.ViTConfig, vit.ViT), "swin": (swin.SwinConfig, swin.Swin)}
@@ -55,7 +56,7 @@ def family_of(name: str) -> str:
 
 def _lookup(name):
   if name not in REGISTRY:
-    raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    raise ConfigError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
   return REGISTRY[name]
 
 
@@ -65,7 +66,7 @@ def arch_kwargs(name: str, **overrides) -> dict[str, Any]:
   fields = {f.name for f in dataclasses.fields(FAMILIES[family][0])}
   bad = sorted(set(overrides) - fields)
   if bad:
-    raise ValueError(f"model {name!r} has no architecture field {bad[0]!r}; fields: {', '.join(sorted(fields))}")
+    raise ConfigError(f"model {name!r} has no architecture field {bad[0]!r}; fields: {', '.join(sorted(fields))}")
   return {**kwargs, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}}
 
 

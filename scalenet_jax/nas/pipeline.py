@@ -12,7 +12,7 @@ Entry point of `python -m scalenet_jax.main` for configs with a top-level `pipel
   6. optional rank correlation supernet vs stand-alone accuracy (`rank_corr.num_paths > 0`; with
      `rank_corr.compare_uniform` a second supernet is trained with uniform sampling);
   7. `report.md` and `results.json`.
-  `--config.quick=True` merges `config.quick_overrides` (a few minutes on a CPU).
+  `--config.quick=True` merges `config.quick_overrides` (`config_lib.resolve`; a few minutes on a CPU).
 * `'nas_supernet'`: only `train_supernet` (`configs/nas_imagenet_supernet.py`, `configs/nas_fmnist_supernet.py`).
 * `'nas_retrain'` (`configs/nas_retrain.py:<arch.json | s0..s5>`): trains the exported architecture
   stand-alone (`PathNet`, BN running averages) and writes `result.json` and `export/params`.
@@ -30,7 +30,10 @@ import jax
 import ml_collections
 import numpy as np
 
+from scalenet_jax import config_lib
 from scalenet_jax import data as data_lib
+from scalenet_jax.data import from_config
+from scalenet_jax.errors import ConfigError
 from scalenet_jax.nas import export, generalize, mcea, rank_corr, sampling
 from scalenet_jax.nas import train_supernet as ts
 from scalenet_jax.nas.evaluate import PathEvaluator
@@ -45,35 +48,16 @@ PIPELINES = ("nas_search", "nas_supernet", "nas_retrain")
 def run(config, workdir: str, mode: str = "train") -> dict:
   """Runs the pipeline named by `config.pipeline` (see module docstring)."""
   if config.pipeline not in PIPELINES:
-    raise ValueError(f"unknown pipeline {config.pipeline!r}; known: {PIPELINES}")
+    raise ConfigError(f"unknown pipeline {config.pipeline!r}; known: {PIPELINES}")
   if mode != "train":
-    raise ValueError(f"pipeline {config.pipeline!r} supports only --mode=train, got {mode!r}")
-  config = with_quick(config)
+    raise ConfigError(f"pipeline {config.pipeline!r} supports only --mode=train, got {mode!r}")
+  config = config_lib.resolve(config)
   if config.pipeline == "nas_supernet":
     ts.train_supernet(config, workdir)
     return {"workdir": workdir}
   if config.pipeline == "nas_retrain":
     return retrain(config, workdir)
   return run_search(config, workdir)
-
-
-def with_quick(config) -> ml_collections.ConfigDict:
-  """`config` with `config.quick_overrides` merged in when `config.quick` (a new, unlocked copy)."""
-  c = ml_collections.ConfigDict(config.to_dict())
-  if not c.get("quick") or "quick_overrides" not in c:
-    return c
-
-  def merge(dst, src, prefix):
-    for k, v in src.items():
-      if k not in dst:
-        raise KeyError(f"quick_overrides: unknown config field {prefix}{k}")
-      if isinstance(v, (dict, ml_collections.ConfigDict)) and isinstance(dst[k], ml_collections.ConfigDict):
-        merge(dst[k], v, f"{prefix}{k}.")
-      else:
-        dst[k] = v
-
-  merge(c, c.quick_overrides.to_dict(), "")
-  return c
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -107,12 +91,12 @@ def retrain(config, workdir: str) -> dict:
 def minival_batches(sn_cfg, space, batch_size: int) -> dict:
   """{resolution: [(images, labels), ...]}: the mini-val split preprocessed (no augmentation) at every
   resolution of the space, the way training preprocesses it."""
-  source = ts.open_source(sn_cfg.data, sn_cfg.data.eval_split)
+  source = ts.open_split(sn_cfg, sn_cfg.data.eval_split)
   idx = np.arange(len(source))
   labels = source.labels.astype(np.int32)
   out = {}
   for r in all_resolutions(space):
-    prep = data_lib.Preprocessor(source, ts.preprocess_at(sn_cfg.data, r, space.in_channels), train=False)
+    prep = data_lib.Preprocessor(source, from_config.preprocess(sn_cfg.data, r, space.in_channels), train=False)
     x = prep(idx)
     out[r] = [(x[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, len(idx), batch_size)]
   return out
@@ -129,9 +113,17 @@ def _standalone_accs(sn_cfg, pairs, space, rc, workdir) -> list[float]:
   """Brief stand-alone training of each (α, S) pair; top-1 on the mini-val split."""
   accs = []
   for i, (alpha, S) in enumerate(pairs):
-    c = ml_collections.ConfigDict(sn_cfg.to_dict())
-    c.steps, c.batch_size, c.log_every, c.ckpt_every = rc.steps, rc.batch_size, rc.steps, 0
-    c.optim.warmup_steps, c.optim.total_steps = min(c.optim.warmup_steps, rc.steps // 4), None
+    c = config_lib.override(
+        ml_collections.ConfigDict(sn_cfg.to_dict()),
+        {
+            "steps": rc.steps,
+            "batch_size": rc.batch_size,
+            "log_every": rc.steps,
+            "ckpt_every": 0,
+            "optim.warmup_steps": min(sn_cfg.optim.warmup_steps, rc.steps // 4),
+            "optim.total_steps": None,
+        },
+    )
     info = ts.train_standalone(c, os.path.join(workdir, f"path{i}"), apply_scaling(alpha, S, space))
     accs.append(info["top1"])
   return accs
@@ -237,8 +229,7 @@ def run_search(config, workdir: str) -> dict:
     t = time.time()
     evaluators = {sn.sampling: evaluator}
     if config.rank_corr.compare_uniform and sn.sampling != "uniform":
-      c = ml_collections.ConfigDict(sn.to_dict())
-      c.sampling = "uniform"
+      c = config_lib.override(ml_collections.ConfigDict(sn.to_dict()), {"sampling": "uniform"})
       p_u = ts.train_supernet(c, os.path.join(workdir, "supernet_uniform"))
       evaluators["uniform"] = PathEvaluator(SuperNet(space), p_u, space, minival, vmap_size=s.vmap_size)
     results["rank_corr"] = rank_correlation(config, space, evaluators, workdir)

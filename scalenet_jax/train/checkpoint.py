@@ -34,6 +34,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from scalenet_jax.errors import CheckpointError, MissingInputError
+
 STATE, META = "state", "meta"
 COMMIT_MARKER = "commit_success.txt"  # written by orbax into every finalized step (local and GCS)
 TMP_MARKER = ".orbax-checkpoint-tmp"  # suffix of the directory of a save in progress on local paths
@@ -199,7 +201,7 @@ class Checkpointer:
     except Exception as e:  # noqa: BLE001 - any read failure means "this step is damaged", try older
       return f"unreadable metadata ({_short(e)})", None
     if meta.get("fingerprint") != expected_fingerprint:
-      raise ValueError(
+      raise CheckpointError(
           f"checkpoint {step_dir} is of model fingerprint {meta.get('fingerprint')!r}, expected "
           f"{expected_fingerprint!r}: the workdir holds another model/config; use a new --workdir"
       )
@@ -247,14 +249,14 @@ def _check_same_arrays(saved_tree, abstract_state, step_dir) -> None:
   wanted = ocp.tree.to_flat_dict(abstract_state)
   missing, extra = sorted(set(wanted) - set(saved)), sorted(set(saved) - set(wanted))
   if missing or extra:
-    raise ValueError(
+    raise CheckpointError(
         f"checkpoint {step_dir} has a different state structure: missing {['/'.join(k) for k in missing][:5]}"
         f", unexpected {['/'.join(k) for k in extra][:5]}"
     )
   for key in sorted(wanted):
     want, have = wanted[key], saved[key]
     if tuple(want.shape) != tuple(have.shape) or np.dtype(want.dtype) != np.dtype(have.dtype):
-      raise ValueError(
+      raise CheckpointError(
           f"checkpoint {step_dir} leaf {'/'.join(key)} is {np.dtype(have.dtype).name}{tuple(have.shape)}, "
           f"expected {np.dtype(want.dtype).name}{tuple(want.shape)}"
       )
@@ -299,7 +301,7 @@ def load_params(path, abstract_params=None):
   """
   path = epath.Path(path)
   if not path.exists():
-    raise FileNotFoundError(f"params export {path} does not exist")
+    raise MissingInputError(f"params export {path} does not exist")
   with ocp.StandardCheckpointer() as checkpointer:
     if abstract_params is not None:
       _check_same_arrays(checkpointer.metadata(path.absolute()).item_metadata.tree, abstract_params, path)

@@ -9,8 +9,10 @@ computes weight gradients for them.
 Param paths are the flax dict keys joined by '/', e.g. 'blocks/mlp/fc1/kernel'. Patterns are matched with
 `re.search`, so anchor them when needed: r'(^|/)bias$', r'^head/'.
 
-The optimizer config (an `ml_collections.ConfigDict` or a plain mapping) uses the keys of
-`default_config()`; unknown keys are rejected so a misspelled field fails loudly.
+The optimizer config (an `ml_collections.ConfigDict` or a plain mapping) uses the fields of
+`config_lib.optim_config()`; unknown keys are rejected so a misspelled field fails loudly. Which params
+train is not an optimizer field but an argument (`trainable`): it follows from the run (the expansion's
+trainable set), so it cannot be set twice.
 """
 
 from __future__ import annotations
@@ -23,77 +25,31 @@ import jax
 import ml_collections
 import optax
 
+from scalenet_jax import config_lib
+from scalenet_jax.errors import ConfigError
+from scalenet_jax.jax_utils import path_str
+
 TRAINABLE = "trainable"
 FROZEN = "frozen"
-
-# No weight decay on biases, norm gains/offsets, position/class tokens and relative position bias tables
-# (the usual ViT/Swin/EfficientNet recipe). Matched against the '/'-joined param path.
-DEFAULT_NO_DECAY = (
-    r"(^|/)bias$",
-    r"(^|/)scale$",  # flax LayerNorm / BatchNorm gain
-    r"(?i)(^|/)[^/]*(norm|ln|bn)[^/]*/",  # any param inside a norm module (norm1, LayerNorm_0, bn, ...)
-    r"pos_embed",
-    r"cls_token",
-    r"dist_token",
-    r"relative_position_bias_table",
-)
-
-
-def default_config() -> ml_collections.ConfigDict:
-  """All optimizer fields with their defaults (AdamW, the ScaleNet-grow recipe)."""
-  return ml_collections.ConfigDict(
-      dict(
-          name="adamw",  # 'adamw' | 'sgd' (SGD is Nesterov momentum; the NAS recipe)
-          lr=2e-4,  # peak learning rate (after warmup)
-          min_lr=0.0,  # end value of the cosine decay
-          warmup_init_lr=0.0,  # learning rate at step 0 of the linear warmup
-          warmup_steps=0,  # in optimizer steps (i.e. after gradient accumulation)
-          total_steps=-1,  # in optimizer steps; required (> warmup_steps)
-          b1=0.9,
-          b2=0.999,
-          eps=1e-8,  # AdamW
-          momentum=0.9,
-          nesterov=True,  # SGD
-          weight_decay=0.05,
-          no_decay=list(DEFAULT_NO_DECAY),  # param-path regexes with weight decay 0
-          wd_mults=[],  # [[regex, multiplier], ...], first match wins (NAS: convs 2x)
-          clip_grad_norm=0.0,  # global-norm clipping of the (averaged) trainable gradients; 0 = off
-          grad_accum_steps=1,  # optax.MultiSteps: one optimizer step every k train steps (grads averaged)
-          trainable="all",  # 'all' or a list of param-path regexes
-      )
-  )
+DEFAULT_NO_DECAY = config_lib.DEFAULT_NO_DECAY
 
 
 def _resolve_config(config: Any) -> ml_collections.ConfigDict:
-  """Defaults overridden by `config`; raises on unknown keys and obviously bad values."""
+  """`config_lib.optim_config()` overridden by `config`; raises on unknown keys and obviously bad values."""
   if not hasattr(config, "items"):
-    raise ValueError(f"optimizer config must be a mapping or ConfigDict, got {type(config).__name__}")
-  merged = default_config().to_dict()
-  for key, value in config.items():
-    if key not in merged:
-      raise ValueError(f"unknown optimizer config key {key!r} (known: {sorted(merged)})")
-    merged[key] = value
-  base = ml_collections.ConfigDict(merged)
-  if base.name not in ("adamw", "sgd"):
-    raise ValueError(f"optimizer name must be 'adamw' or 'sgd', got {base.name!r}")
-  if base.total_steps <= 0 or base.total_steps <= base.warmup_steps:
-    raise ValueError(f"optimizer total_steps={base.total_steps} must be > warmup_steps={base.warmup_steps}")
-  if base.grad_accum_steps < 1:
-    raise ValueError(f"grad_accum_steps must be >= 1, got {base.grad_accum_steps}")
-  return base
-
-
-def path_str(path) -> str:
-  """'/'-joined key path of a pytree leaf (dict keys, attribute names, sequence indices)."""
-  parts = []
-  for k in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(k, attr):
-        parts.append(str(getattr(k, attr)))
-        break
-    else:
-      parts.append(str(k))
-  return "/".join(parts)
+    raise ConfigError(f"optimizer config must be a mapping or ConfigDict, got {type(config).__name__}")
+  c = config_lib.optim_config()
+  unknown = sorted(set(config.keys()) - set(c.keys()))
+  if unknown:
+    raise ConfigError(f"unknown optimizer config key {unknown[0]!r} (known: {sorted(c.keys())})")
+  config_lib.override(c, dict(config.items()))
+  if c.name not in ("adamw", "sgd"):
+    raise ConfigError(f"optimizer name must be 'adamw' or 'sgd', got {c.name!r}")
+  if c.total_steps is None or c.total_steps <= 0 or c.total_steps <= c.warmup_steps:
+    raise ConfigError(f"optimizer total_steps={c.total_steps} must be > warmup_steps={c.warmup_steps}")
+  if c.grad_accum_steps < 1:
+    raise ConfigError(f"grad_accum_steps must be >= 1, got {c.grad_accum_steps}")
+  return c
 
 
 def _map_paths(fn: Callable[[str, Any], Any], tree):
@@ -102,11 +58,11 @@ def _map_paths(fn: Callable[[str, Any], Any], tree):
 
 def _compile(patterns: Sequence[str], what: str) -> list[re.Pattern]:
   if isinstance(patterns, str):
-    raise ValueError(f"{what} must be a list of regexes, got the string {patterns!r}")
+    raise ConfigError(f"{what} must be a list of regexes, got the string {patterns!r}")
   try:
     return [re.compile(p) for p in patterns]
   except re.error as e:
-    raise ValueError(f"bad regex in {what}: {e}") from None
+    raise ConfigError(f"bad regex in {what}: {e}") from None
 
 
 def param_labels(params, trainable_patterns: str | Sequence[str] = "all"):
@@ -183,7 +139,7 @@ def _weight_decay(c: ml_collections.ConfigDict) -> list[optax.GradientTransforma
   ]
 
 
-def make_optimizer(config, params_abstract) -> optax.GradientTransformation:
+def make_optimizer(config, params_abstract, trainable: str | Sequence[str] = "all") -> optax.GradientTransformation:
   """The full optimizer for `params_abstract` (a param pytree; `jax.ShapeDtypeStruct` leaves are fine).
 
   Trainable branch: [clip] -> AdamW (scale_by_adam, decoupled decay) or SGD (decay added to the gradient,
@@ -202,5 +158,5 @@ def make_optimizer(config, params_abstract) -> optax.GradientTransformation:
   if c.grad_accum_steps > 1:
     # Inside the trainable branch, so the accumulation buffer also exists only for trainable params.
     inner = optax.MultiSteps(inner, every_k_schedule=c.grad_accum_steps).gradient_transformation()
-  labels = param_labels(params_abstract, c.trainable)
+  labels = param_labels(params_abstract, trainable)
   return optax.multi_transform({TRAINABLE: inner, FROZEN: optax.set_to_zero()}, labels)

@@ -17,6 +17,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from scalenet_jax.errors import ConfigError
+
 DATA, MODEL = "data", "model"
 MODEL_KWARGS = "model_kwargs"  # batch entry whose arrays are replicated, not split over 'data'
 MODES = ("replicate", "fsdp")
@@ -30,11 +32,11 @@ def make_mesh(data: int = -1, model: int = 1, devices=None) -> Mesh:
   """
   devices = list(jax.devices() if devices is None else devices)
   if model < 1 or len(devices) % model:
-    raise ValueError(f"model axis size {model} does not divide the {len(devices)} devices")
+    raise ConfigError(f"model axis size {model} does not divide the {len(devices)} devices")
   if data == -1:
     data = len(devices) // model
   if data * model != len(devices):
-    raise ValueError(f"mesh data={data} x model={model} != {len(devices)} devices")
+    raise ConfigError(f"mesh data={data} x model={model} != {len(devices)} devices")
   return jax.make_mesh((data, model), (DATA, MODEL), axis_types=(AxisType.Auto,) * 2, devices=devices)
 
 
@@ -61,7 +63,7 @@ def fsdp_spec(shape, data_size: int, min_size: int) -> P:
 def param_shardings(abstract_tree, mesh: Mesh, mode: str = "replicate", min_size: int = 2**14):
   """NamedSharding per leaf of `abstract_tree` (anything with `.shape`: params or a whole train state)."""
   if mode not in MODES:
-    raise ValueError(f"param sharding mode must be one of {MODES}, got {mode!r}")
+    raise ConfigError(f"param sharding mode must be one of {MODES}, got {mode!r}")
   data_size = mesh.shape[DATA]
 
   def one(x):

@@ -1,0 +1,51 @@
+"""The one path API for workdirs, exports and reports: `etils.epath`, so gs:// works like a local path.
+
+Every read and write of a workdir goes through `epath.Path` (Orbax uses it too); the helpers here add
+what runs need on top: JSON files, and atomic replacement of small files that are rewritten while a run
+goes on (a preempted write never leaves a truncated `metrics.jsonl` or `mcea.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from etils import epath
+
+PathLike = Any  # str | os.PathLike | epath.Path
+
+
+def path(p: PathLike) -> epath.Path:
+  """`p` as an `epath.Path`; a relative local path is made absolute (Orbax requires it)."""
+  out = epath.Path(p)
+  return out if not is_local(out) else out.absolute()
+
+
+def is_local(p: PathLike) -> bool:
+  return "://" not in str(p)
+
+
+def write_text(p: PathLike, text: str) -> None:
+  """Writes `text` to `p` atomically (a temp file in the same directory, then a rename)."""
+  p = path(p)
+  p.parent.mkdir(parents=True, exist_ok=True)
+  tmp = p.parent / f".{p.name}.{uuid.uuid4().hex[:8]}.tmp"
+  tmp.write_text(text)
+  tmp.replace(p)
+
+
+def write_bytes(p: PathLike, data: bytes) -> None:
+  p = path(p)
+  p.parent.mkdir(parents=True, exist_ok=True)
+  tmp = p.parent / f".{p.name}.{uuid.uuid4().hex[:8]}.tmp"
+  tmp.write_bytes(data)
+  tmp.replace(p)
+
+
+def write_json(p: PathLike, obj: Any, indent: int | None = 1) -> None:
+  write_text(p, json.dumps(obj, indent=indent, default=float))
+
+
+def read_json(p: PathLike) -> Any:
+  return json.loads(path(p).read_text())

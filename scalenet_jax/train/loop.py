@@ -1,0 +1,257 @@
+"""The one training loop: grow fine-tuning, plain training, the NAS super-supernet and stand-alone retraining.
+
+A driver describes *what* to train as a `Task` (apply function, variables, step batches, trainable set,
+evaluation, export); `Loop(config, workdir, task)` does the rest the same way for all of them:
+
+* Mesh and optimizer from the config (`config_lib.base_config()` fields).
+* State: built sharded on the devices; restored from this workdir's latest good checkpoint if there is one,
+  else the task's initial variables (pretrained / expanded / host-built) or its on-device init.
+* `Loop.train()`: the jitted step, a device-side NaN guard (no per-step host sync), periodic log / eval /
+  checkpoint, metrics.jsonl + TensorBoard, progress lines, the final save and the final evaluation.
+
+Data order and randomness are pure functions of (seed, step), so a run killed at any point and restarted
+from its last checkpoint ends bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from typing import Any, Callable, Iterator, Optional
+
+import jax
+import jax.numpy as jnp
+
+from scalenet_jax import paths
+from scalenet_jax.errors import ConfigError, TrainingDiverged
+from scalenet_jax.jax_utils import print0
+from scalenet_jax.train import checkpoint as ckpt_lib
+from scalenet_jax.train import distributed, optim
+from scalenet_jax.train import metrics as metrics_lib
+from scalenet_jax.train import sharding as sh
+from scalenet_jax.train import step as step_lib
+
+
+@dataclasses.dataclass
+class Task:
+  """What a `Loop` trains (everything model-, data- and paper-specific).
+
+  apply_fn: the step contract of `train/step.py` (`flax_apply_fn(module)`).
+  abstract_variables: {'params': ..., other collections}: `jax.ShapeDtypeStruct` leaves.
+  batches: `batches(start_step)` -> iterator of this host's step batches from `start_step` on.
+  init_fn: `init_fn(rng) -> variables`, traced and run sharded on the devices (a fresh random init).
+  initial_variables: `() -> variables` as host arrays (pretrained, expanded or host-built); used instead
+    of `init_fn` on a fresh start. One of the two is required.
+  tag: mixed into the checkpoint fingerprint, so a workdir of another task/model is refused.
+  trainable: 'all' or param-path regexes (optimizer: frozen params hold no state).
+  trainable_mask: bool pytree for the step (leaves may be row masks of stacked leaves); None = all.
+  eval_batches: `() -> iterator` of eval step batches with 'mask' (periodic and final evaluation:
+    top-1, top-5, loss over every example), or None.
+  export: `export(state) -> dict` written at the end of training, or None.
+  label: shown in progress lines.
+  """
+
+  apply_fn: Callable
+  abstract_variables: dict
+  batches: Callable[[int], Iterator[dict]]
+  init_fn: Optional[Callable[[jax.Array], dict]] = None
+  initial_variables: Optional[Callable[[], dict]] = None
+  tag: str = ""
+  trainable: Any = "all"
+  trainable_mask: Any = None
+  batch_transform: Optional[Callable] = None
+  compute_dtype: Any = jnp.float32
+  use_ema: bool = False
+  eval_batches: Optional[Callable[[], Iterator[dict]]] = None
+  export: Optional[Callable[[step_lib.TrainState], dict]] = None
+  label: str = ""
+  meta: dict = dataclasses.field(default_factory=dict)  # extra JSON saved with every checkpoint
+
+
+def optimizer_config(config) -> dict:
+  """`config.optim` with `total_steps` filled from the run's steps when unset."""
+  c = {k: config.optim[k] for k in config.optim.keys()}
+  if c["total_steps"] is None:
+    c["total_steps"] = max(config.steps // config.optim.grad_accum_steps, config.optim.warmup_steps + 1)
+  return c
+
+
+def compiler_options(config) -> Optional[dict]:
+  """XLA options of the train/eval steps (`config.xla_opt_level`; -1 = XLA's defaults)."""
+  return {"xla_backend_optimization_level": config.xla_opt_level} if config.xla_opt_level >= 0 else None
+
+
+class Loop:
+  """Restore-or-init on construction; `train()` runs the remaining steps. See the module docstring."""
+
+  def __init__(self, config, workdir, task: Task):
+    distributed.maybe_initialize()
+    self.config, self.task = config, task
+    self.workdir = paths.path(workdir)
+    self.workdir.mkdir(parents=True, exist_ok=True)
+
+    # ---- Mesh
+    self.mesh = sh.make_mesh(config.mesh_data, config.mesh_model)
+    data_size = self.mesh.shape["data"]
+    for name in ("batch_size", "eval_batch_size"):
+      if config[name] % data_size:
+        raise ConfigError(f"{name}={config[name]} is not divisible by the {data_size} devices of the mesh's data axis")
+
+    # ---- Optimizer and sharded state
+    abstract_params = task.abstract_variables["params"]
+    self.optim_config = optimizer_config(config)
+    self.tx = optim.make_optimizer(self.optim_config, abstract_params, task.trainable)
+    if task.init_fn is None and task.initial_variables is None:
+      raise ValueError("Task needs init_fn or initial_variables")
+    # With host-side initial variables the on-device init only has to produce the right shapes.
+    zeros = lambda _: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), task.abstract_variables)
+    init = task.init_fn if task.initial_variables is None else zeros
+    self.state, self.shardings = step_lib.create_train_state(
+        init, self.tx, self.mesh, jax.random.key(config.seed), mode=config.sharding, use_ema=task.use_ema
+    )
+    digest = ckpt_lib.fingerprint(task.abstract_variables) + task.tag
+    self.fingerprint = hashlib.sha256(digest.encode()).hexdigest()[:16]
+
+    # ---- Restore: own checkpoint, else the task's initial variables
+    self.ckpt = ckpt_lib.Checkpointer(self.workdir, max_to_keep=config.keep_checkpoints)
+    restored = self.ckpt.restore_into(self.state, self.shardings, self.fingerprint)
+    if restored is not None:
+      self.start, self.state = restored
+      print0(f"resumed from {self.workdir} at step {self.start}")
+    else:
+      self.start = 0
+      if task.initial_variables is not None:
+        self._set_variables(task.initial_variables())
+    self._eval_step = None
+
+  def _set_variables(self, variables: dict) -> None:
+    variables = dict(variables)
+    if ckpt_lib.fingerprint(variables) != ckpt_lib.fingerprint(self.task.abstract_variables):
+      raise ValueError("the task's initial variables do not match its abstract variables")
+    params = jax.device_put(variables.pop("params"), self.shardings.params)
+    ms = jax.device_put(variables, self.shardings.model_state) if variables else None
+    ema = jax.tree.map(jnp.copy, params) if self.task.use_ema else None
+    self.state = self.state.replace(params=params, model_state=ms, ema_params=ema)
+
+  # ---- Steps
+  @property
+  def eval_step(self):
+    if self._eval_step is None:
+      self._eval_step = step_lib.make_eval_step(
+          self.task.apply_fn,
+          self.mesh,
+          self.shardings,
+          compute_dtype=self.task.compute_dtype,
+          use_ema=self.task.use_ema,
+          compiler_options=compiler_options(self.config),
+      )
+    return self._eval_step
+
+  def evaluate(self, batches: Optional[Iterator[dict]] = None) -> dict:
+    """top-1 / top-5 / mean loss of the current params over `batches` (default: the task's eval batches;
+    {} when the task has none). Padded examples (mask 0) are excluded."""
+    if batches is None:
+      if self.task.eval_batches is None:
+        return {}
+      batches = self.task.eval_batches()
+    sums = None
+    for b in batches:
+      out = self.eval_step(self.state, sh.make_global_batch(b, self.mesh))
+      sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+    sums = jax.device_get(sums)
+    n = float(sums["count"])
+    return {
+        "top1": float(sums["correct1"]) / n,
+        "top5": float(sums["correct5"]) / n,
+        "eval_loss": float(sums["loss_sum"]) / n,
+        "eval_examples": int(n),
+    }
+
+  def _train_step(self):
+    c, t = self.config, self.task
+    return step_lib.make_train_step(
+        t.apply_fn,
+        self.tx,
+        self.mesh,
+        self.shardings,
+        trainable_mask=t.trainable_mask,
+        lr_fn=optim.make_train_lr_fn(self.optim_config),
+        grad_accum_steps=self.optim_config["grad_accum_steps"],
+        label_smoothing=c.label_smoothing,
+        ema_decay=c.ema_decay if t.use_ema else None,
+        batch_transform=t.batch_transform,
+        compute_dtype=t.compute_dtype,
+        compiler_options=compiler_options(c),
+    )
+
+  def save(self, step: int) -> None:
+    self.ckpt.save(step, self.state, {"fingerprint": self.fingerprint, **self.task.meta}, force=True)
+
+  # ---- Loop
+  def train(self) -> dict:
+    """Trains from `self.start` to `config.steps`, then evaluates and exports; returns the run's info."""
+    c = self.config
+    info = {"workdir": str(self.workdir), "start_step": self.start, "steps": c.steps}
+    writer = metrics_lib.Writer(self.workdir)
+    progress = metrics_lib.Progress(c.steps, self.task.label)
+    first_bad = jnp.asarray(-1, jnp.int32)  # device-side: first step with a non-finite loss
+    t_start, t_loop, timed_steps, last_good = time.perf_counter(), None, 0, self.start
+    try:
+      if c.steps > self.start:
+        train_step = self._train_step()
+        batches = self.task.batches(self.start)
+        for step in range(self.start, c.steps):
+          batch = sh.make_global_batch(next(batches), self.mesh)
+          t0 = time.perf_counter()
+          self.state, m = train_step(self.state, batch)
+          first_bad = jnp.where((first_bad < 0) & ~m["is_finite"], step + 1, first_bad)
+          if step == self.start:
+            jax.block_until_ready(m)
+            info["compile_sec"] = time.perf_counter() - t0
+            t_loop, timed_steps = time.perf_counter(), 0
+          else:
+            timed_steps += 1
+          done = step + 1
+          is_log = done % c.log_every == 0 or done == c.steps
+          is_ckpt = bool(c.ckpt_every) and done % c.ckpt_every == 0
+          if (is_log or is_ckpt) and int(first_bad) >= 0:
+            raise TrainingDiverged(
+                f"loss became NaN/inf at step {int(first_bad)}; stopped, last good checkpoint is step "
+                f"{last_good} in {self.workdir}"
+            )
+          if is_log:
+            logged = {k: float(v) for k, v in jax.device_get(m).items()}
+            rate = timed_steps / (time.perf_counter() - t_loop) if timed_steps else 0.0
+            logged.update(steps_per_sec=rate, images_per_sec=rate * c.batch_size)
+            writer.write(done, logged)
+            progress(done, logged)
+          if is_ckpt:
+            self.save(done)
+            last_good = done
+          if c.eval_every and done % c.eval_every == 0 and done != c.steps and self.task.eval_batches:
+            ev = self.evaluate()
+            writer.write(done, ev)
+            print0(f"  eval @ {done}: " + " ".join(f"{k} {v:.4f}" for k, v in ev.items() if isinstance(v, float)))
+        jax.block_until_ready(self.state)
+        if timed_steps:
+          info["sec_per_step"] = (time.perf_counter() - t_loop) / timed_steps
+        if last_good != c.steps:
+          self.save(c.steps)
+      info["train_sec"] = time.perf_counter() - t_start
+      ev = self.evaluate()
+      if ev:
+        writer.write(c.steps, ev)
+        info.update(ev)
+    finally:
+      self.close()
+      writer.close()
+    if self.task.export is not None:
+      info.update(self.task.export(self.state))
+    return info
+
+  def close(self) -> None:
+    """Waits for the last checkpoint write (idempotent)."""
+    if self.ckpt is not None:
+      self.ckpt.close()
+      self.ckpt = None

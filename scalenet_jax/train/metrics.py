@@ -1,0 +1,77 @@
+"""Run logging: `metrics.jsonl` and TensorBoard events in the workdir, and progress lines on stdout.
+
+Both files go through `scalenet_jax.paths` (etils.epath), so a gs:// workdir works: `metrics.jsonl` is
+rewritten atomically at every log step (a run resumed after preemption keeps the lines written before),
+and TensorBoard events are written to a local staging directory and mirrored to `<workdir>/tb` when the
+workdir is not local (tensorboardX writes local files only).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+
+import jax
+from etils import epath
+
+from scalenet_jax import paths
+from scalenet_jax.jax_utils import print0
+
+
+class Writer:
+  """`metrics.jsonl` + TensorBoard event files in `workdir` (process 0 only)."""
+
+  def __init__(self, workdir):
+    self.active = jax.process_index() == 0
+    if not self.active:
+      return
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+
+    workdir = paths.path(workdir)
+    self.jsonl = workdir / "metrics.jsonl"
+    self.lines = self.jsonl.read_text().splitlines() if self.jsonl.exists() else []
+    self.tb_dir = workdir / "tb"
+    self.staging = None if paths.is_local(workdir) else tempfile.mkdtemp(prefix="scalenet_tb_")
+    self.tb = SummaryWriter(str(self.tb_dir) if self.staging is None else self.staging)
+
+  def write(self, step: int, metrics: dict) -> None:
+    if not self.active:
+      return
+    self.lines.append(json.dumps({"step": int(step), **metrics}))
+    paths.write_text(self.jsonl, "\n".join(self.lines) + "\n")
+    for k, v in metrics.items():
+      if isinstance(v, (int, float)) and not isinstance(v, bool):
+        self.tb.add_scalar(k, v, int(step))
+    self.tb.flush()
+    self._mirror()
+
+  def _mirror(self) -> None:
+    if self.staging is None:
+      return
+    self.tb_dir.mkdir(parents=True, exist_ok=True)
+    for f in epath.Path(self.staging).iterdir():
+      (self.tb_dir / f.name).write_bytes(f.read_bytes())
+
+  def close(self) -> None:
+    if self.active:
+      self.tb.close()
+      self._mirror()
+      if self.staging is not None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+class Progress:
+  """One line per log step with loss, accuracy, rate and ETA (plain text: works in logs and CI)."""
+
+  def __init__(self, total: int, tag: str = ""):
+    self.total, self.tag, self.t0 = total, f"[{tag}] " if tag else "", time.perf_counter()
+
+  def __call__(self, done: int, m: dict) -> None:
+    rate = m.get("steps_per_sec") or 0.0
+    eta = (self.total - done) / rate if rate else float("nan")
+    print0(
+        f"{self.tag}step {done:>6}/{self.total} loss {m['loss']:.4f} acc {m['accuracy']:.3f} "
+        f"lr {m.get('lr', 0):.2e} {rate:6.2f} it/s eta {eta:6.0f}s elapsed {time.perf_counter() - self.t0:6.0f}s"
+    )
