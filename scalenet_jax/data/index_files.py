@@ -16,6 +16,7 @@ import dataclasses
 import json
 import time
 import uuid
+import zipfile
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -61,7 +62,7 @@ def read(path: epath.Path, fingerprint: dict) -> dict[str, np.ndarray] | None:
   try:
     with path.open("rb") as f, np.load(f, allow_pickle=False) as z:
       arrays = {k: z[k] for k in z.files}
-  except (OSError, ValueError, EOFError):  # Missing, or torn by a writer that did not use `write`.
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # Missing, or torn (not written by `write`).
     return None
   stored = arrays.pop("fingerprint", None)
   if stored is None or json.loads(str(stored)) != fingerprint:
@@ -114,7 +115,7 @@ def load_or_build(
   `check(arrays) -> bool` can reject a file whose fingerprint matches but whose content does not fit
   the data (e.g. spot-checked labels). With several processes, only process 0 builds; the others wait.
   """
-  fingerprint = {"format": FORMAT, **fingerprint}
+  fingerprint = json.loads(json.dumps({"format": FORMAT, **fingerprint}))  # As read back (tuples: lists).
   paths = store.paths(filename)
   found = _find(paths, fingerprint, check)
   if found is not None:

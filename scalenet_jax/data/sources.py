@@ -368,7 +368,10 @@ class TfdsSource(Source):
     self._labels, self._lock = None, threading.Lock()
 
   def index_dirs(self, cache_dir):
-    return [epath.Path(self._builder.data_dir), *super().index_dirs(cache_dir)]
+    # Only a dataset directory that exists: one that does not is no prepared dataset (e.g. under
+    # `tfds.testing.mock_data` without metadata) and must not be created by us.
+    own = epath.Path(self._builder.data_dir)
+    return [*([own] if own.exists() else []), *super().index_dirs(cache_dir)]
 
   def __len__(self):
     return len(self._ds)
