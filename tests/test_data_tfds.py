@@ -2,6 +2,7 @@
 index files (stored once, fingerprinted, shared by hosts), start-up time, and the mock itself (in-process
 and from a subprocess)."""
 
+import io
 import json
 import os
 import subprocess
@@ -11,8 +12,10 @@ from unittest import mock
 
 import numpy as np
 import pytest
+from etils import epath
+from PIL import Image
 
-pytest.importorskip("tensorflow_datasets")
+tfds = pytest.importorskip("tensorflow_datasets")
 
 import tfds_mock  # noqa: E402  (tests/ is on sys.path, as for mp_launch)
 from scalenet_jax import data as D  # noqa: E402
@@ -30,8 +33,6 @@ def open_train(split="train", **kw):
 # The mock.
 # ---------------------------------------------------------------------------------------------------
 def test_mock_has_the_real_feature_spec(tmp_path):
-  import tensorflow_datasets as tfds
-
   with tfds_mock.imagenet(tmp_path, train=2000, validation=50) as m:
     builder = tfds.builder("imagenet2012")
     features = builder.info.features
@@ -68,15 +69,15 @@ def test_mock_from_a_subprocess(tmp_path):
   )
   env = tfds_mock.env(spec)
   env["PYTHONPATH"] += os.pathsep + str(tmp_path)
-  r = subprocess.run(tfds_mock.command(spec, "-m", "probe_mod"), env=env, capture_output=True, text=True, timeout=300)
+  r = subprocess.run(tfds_mock.command("-m", "probe_mod"), env=env, capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-3000:]
   line = next(l for l in r.stdout.splitlines() if l.startswith("RESULT "))
   assert json.loads(line[len("RESULT ") :]) == expected
   # The exit code of the module comes back; without a spec the wrapper refuses to run.
   (tmp_path / "fail_mod.py").write_text("import sys\nsys.exit(3)\n")
-  assert subprocess.run(tfds_mock.command(spec, "-m", "fail_mod"), env=env, timeout=300).returncode == 3
+  assert subprocess.run(tfds_mock.command("-m", "fail_mod"), env=env, timeout=300).returncode == 3
   del env[tfds_mock.ENV]
-  r = subprocess.run(tfds_mock.command(spec, "-m", "fail_mod"), env=env, capture_output=True, text=True, timeout=300)
+  r = subprocess.run(tfds_mock.command("-m", "fail_mod"), env=env, capture_output=True, text=True, timeout=300)
   assert r.returncode != 0 and tfds_mock.ENV in r.stderr
 
 
@@ -253,3 +254,45 @@ def test_start_up_time_with_100k_records(tmp_path):
     print(f"start-up: {first:.2f} s building the index, {second:.2f} s with it (load {os.getloadavg()[0]:.1f})")
     assert m.reads["train"] <= 64 + 9
     assert second <= 10.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# A real ArrayRecord dataset (the label pass parses raw records; no mock in the way).
+# ---------------------------------------------------------------------------------------------------
+class ScalenetTinyArrayRecord(tfds.core.GeneratorBasedBuilder):
+  """A tiny image classification dataset, prepared as ArrayRecord (PNG bytes: no TensorFlow needed)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  SIZES = {"train": 300, "validation": 40}
+
+  def _info(self):
+    features = {"image": tfds.features.Image(shape=(None, None, 3)), "label": tfds.features.ClassLabel(num_classes=7)}
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
+
+  def _split_generators(self, dl_manager):
+    return {split: self._generate_examples(n, salt) for salt, (split, n) in enumerate(self.SIZES.items())}
+
+  def _generate_examples(self, n, salt):
+    labels = np.random.default_rng(salt).permutation(n) % 7
+    for i in range(n):
+      buf = io.BytesIO()
+      Image.fromarray(np.full((6 + i % 5, 7, 3), i % 251, np.uint8)).save(buf, "PNG")
+      buf.seek(0)
+      yield i, {"image": buf, "label": int(labels[i])}
+
+
+def test_real_array_record_dataset(tmp_path):
+  builder = ScalenetTinyArrayRecord(data_dir=str(tmp_path))
+  builder.download_and_prepare(file_format="array_record")
+  name = f"tfds:{builder.name}"
+  reads = []
+  record_label = sources._record_label
+  with mock.patch.object(sources, "_record_label", side_effect=lambda r: reads.append(1) or record_label(r)):
+    src = D.get_source(name, "train", data_dir=str(tmp_path))
+    want = [int(builder.as_data_source("train")[i]["label"]) for i in range(300)]
+    np.testing.assert_array_equal(src.labels, want)
+  assert len(reads) == 301  # The fast path: one probe, then every record's raw bytes, label only.
+  assert (epath.Path(builder.data_dir) / LABELS).exists()
+  assert D.get_source(name, "val", data_dir=str(tmp_path)).split == "validation"
+  mini = D.get_source(name, "minival", data_dir=str(tmp_path), minival_per_class=3)
+  assert np.array_equal(np.bincount(mini.labels), np.full(7, 3)) and mini[0]["image"].shape[2] == 3

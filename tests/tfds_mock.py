@@ -21,7 +21,7 @@ In-process:
 From a subprocess (the mock is entered by this file, which then runs the module as `-m` would):
 
     spec = tfds_mock.Spec(str(tmp_path / "tfds"), train=3000, validation=50)
-    subprocess.run(tfds_mock.command(spec, "-m", "scalenet_jax.main", "--config", cfg, "--workdir", wd),
+    subprocess.run(tfds_mock.command("-m", "scalenet_jax.main", "--config", cfg, "--workdir", wd),
                    env=tfds_mock.env(spec), check=True)
 """
 
@@ -220,9 +220,9 @@ def env(spec: Spec, base: dict | None = None) -> dict:
   return out
 
 
-def command(spec: Spec, *args: str) -> list[str]:
-  """`python tests/tfds_mock.py -m module args...` (or `script.py args...`) under the mock of `spec`."""
-  del spec  # Travels in the environment (`env`), so nested launches inherit it.
+def command(*args: str) -> list[str]:
+  """`python tests/tfds_mock.py -m module args...` (or `script.py args...`): run under the mock whose
+  spec is in the environment (`env(spec)`; nested launches inherit it)."""
   return [sys.executable, str(Path(__file__).resolve()), *args]
 
 
