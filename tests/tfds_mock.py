@@ -73,7 +73,10 @@ class Spec:
 # Metadata files: the real builder's DatasetInfo with our split sizes.
 # ----------------------------------------------------------------------------------------------------
 def write_metadata(spec: Spec) -> Path:
-  """Writes `<root>/imagenet2012/<version>/` metadata (idempotent); returns that directory."""
+  """Writes `<root>/imagenet2012/<version>/` metadata (idempotent); returns that directory.
+
+  One `root` per spec: a spec with other sizes rewrites the metadata (and so makes index files stale).
+  """
   import tensorflow_datasets as tfds
   from tensorflow_datasets.core import splits as splits_lib
 
@@ -93,8 +96,13 @@ def write_metadata(spec: Spec) -> Path:
           ]
       )
   )
-  variant.mkdir(parents=True, exist_ok=True)
-  builder.info.write_to_directory(variant)
+  # Written aside, then renamed in file by file: subprocesses starting together never read half a file.
+  staging = variant / f".staging-{os.getpid()}-{threading.get_ident()}"
+  staging.mkdir(parents=True)
+  builder.info.write_to_directory(staging)
+  for f in staging.iterdir():
+    os.replace(f, variant / f.name)
+  staging.rmdir()
   return variant
 
 
@@ -222,7 +230,8 @@ def env(spec: Spec, base: dict | None = None) -> dict:
 
 def command(*args: str) -> list[str]:
   """`python tests/tfds_mock.py -m module args...` (or `script.py args...`): run under the mock whose
-  spec is in the environment (`env(spec)`; nested launches inherit it)."""
+  spec is in the environment (`env(spec)`). A process it starts in turn is mocked only if started
+  through `command` as well (it inherits the spec)."""
   return [sys.executable, str(Path(__file__).resolve()), *args]
 
 

@@ -395,7 +395,7 @@ class TfdsSource(Source):
             self.index_store,
             f"scalenet-labels-{self.split}.npz",
             fingerprint,
-            lambda: {"labels": self._read_labels()},
+            lambda: {"labels": self._read_labels().astype(np.int32)},  # Half the bytes every host reads.
             check=self._spot_check,
         )
         self._labels = arrays["labels"].astype(np.int64)
@@ -590,7 +590,8 @@ def get_source(
 
   Index files (TFDS labels, the mini-val split) go to the dataset's own directory when writable, else
   to `<cache_dir>/data_index/<dataset>/` (e.g. the workdir; may be `gs://`). Only process
-  `process_index == 0` (default: jax's) computes and writes them; the others wait and read.
+  `process_index == 0` (default: jax's) computes and writes them; the others wait and read. A source
+  with nowhere to store them (no TFDS dir, no `cache_dir`) computes them in every process.
   """
   store = IndexStore(process_index=process_index, process_count=process_count)
   if split in DERIVED_SPLITS:
