@@ -69,7 +69,9 @@ def make_task(config, workdir, mode: str):
   cfg = model.config
   d = config.data
   shape = (cfg.img_size, cfg.img_size, cfg.in_chans)
-  open_split = lambda split: from_config.open_source(d, split, image_shape=shape, num_classes=cfg.num_classes)
+  open_split = lambda split: from_config.open_source(
+      d, split, cache_dir=workdir, image_shape=shape, num_classes=cfg.num_classes
+  )
   eval_source = open_split(d.eval_split) if mode in ("train", "eval") else None
   train_source = open_split(d.train_split) if mode == "train" else None
   init_eval_source = eval_source

@@ -135,6 +135,9 @@ def test_tfds_source_with_mock_data():
     assert src[0]["image"].shape == (28, 28, 1) and len(src.labels) == 12
     batch = next(D.train_batches(src, 4, seed=0, preprocess=D.Preprocess(img_size=32)))
     assert batch["image"].shape == (4, 32, 32, 1)
+    # Plain mock_data points at a dataset dir inside the tfds package that does not exist: no index
+    # file may be written (or directory created) there.
+    assert not os.path.exists(src._builder.data_dir)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -174,11 +177,12 @@ def test_undecodable_image(tmp_path):
     list(D.eval_batches(src, 7, preprocess=D.Preprocess(img_size=8)))
 
 
-def test_imagenet_manual_dir_message(tmp_path):
+@pytest.mark.parametrize("split", ["train", "validation", "val", "minival"])
+def test_imagenet_manual_dir_message(tmp_path, split):
   pytest.importorskip("tensorflow_datasets")
   manual = tmp_path / "downloads" / "manual"
   with pytest.raises(FileNotFoundError) as e:
-    D.get_source("tfds:imagenet2012", "train", data_dir=str(tmp_path))
+    D.get_source("tfds:imagenet2012", split, data_dir=str(tmp_path))
   msg = str(e.value)
   assert f"in {manual}" in msg and "ILSVRC2012_img_train.tar" in msg and "ILSVRC2012_img_val.tar" in msg
   assert "\n" not in msg
@@ -195,11 +199,32 @@ def test_batch_not_divisible_by_process_count():
     D.train_batches(src, 64, seed=0)
 
 
-def test_unknown_names():
+def test_unknown_names(tmp_path):
   with pytest.raises(ValueError, match="unknown dataset 'mnistt'"):
     D.get_source("mnistt")
-  with pytest.raises(ValueError, match="unknown split 'trian'"):
+  valid = r"\(valid: train, test, val, validation, minival, train_minus_minival\)$"
+  with pytest.raises(ValueError, match=f"unknown split 'trian' for synthetic {valid}"):
     D.get_source("synthetic", "trian")
+  with pytest.raises(ValueError, match=f"unknown split 'dev' for fashion_mnist {valid}"):
+    D.get_source("fashion_mnist", "dev", root=make_fmnist_dir(tmp_path))
+  with pytest.raises(
+      ValueError, match="unknown split 'dev' for imagefolder:.*valid: train, val, validation, test, minival"
+  ):
+    D.get_source(f"imagefolder:{tmp_path}", "dev")
+
+
+def test_split_aliases(tmp_path):
+  """`val` / `validation` / `test` open whichever of them a source has (TFDS: tests/test_data_tfds.py)."""
+  os.makedirs(tmp_path / "fm")
+  fm = make_fmnist_dir(tmp_path / "fm")
+  for split in ("test", "val", "validation"):
+    assert len(D.get_source("fashion_mnist", split, root=fm)) == 12
+  folder = make_image_folder(tmp_path / "if")
+  for split in ("val", "validation", "test"):
+    assert D.get_source(f"imagefolder:{folder}", split).split_dir == os.path.join(folder, "val")
+  kw = dict(num_examples=8, image_shape=(4, 4, 1))
+  test, val = D.get_source("synthetic", "test", **kw), D.get_source("synthetic", "validation", **kw)
+  np.testing.assert_array_equal(test[3]["image"], val[3]["image"])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -289,6 +314,54 @@ def test_eval_covers_every_example_once():
   for k in range(3):
     np.testing.assert_array_equal(np.concatenate([hosts[0][k]["mask"], hosts[1][k]["mask"]]), batches[k]["mask"])
     np.testing.assert_array_equal(np.concatenate([hosts[0][k]["image"], hosts[1][k]["image"]]), batches[k]["image"])
+
+
+class Recording(sources.Source):
+  """A source that records every index read from it (`source[i]` or `get_batch`)."""
+
+  def __init__(self, base):
+    self.base, self.reads = base, []
+    self.num_classes, self.image_shape = base.num_classes, base.image_shape
+
+  def __len__(self):
+    return len(self.base)
+
+  def __getitem__(self, i):
+    self.reads.append(int(i))
+    return self.base[i]
+
+  def get_batch(self, indices):
+    self.reads.extend(int(i) for i in indices)
+    return self.base.get_batch(indices)
+
+  @property
+  def labels(self):
+    return self.base.labels
+
+
+@pytest.mark.parametrize("pp", [D.Preprocess(img_size=8, crop_padding=1, hflip=True), D.imagenet_swin_preprocess(8)])
+def test_each_host_reads_only_its_rows(pp):
+  """Two hosts: each reads exactly its rows of every train / eval batch, and together they read the batch."""
+  base = D.get_source("synthetic", num_examples=40, num_classes=4, image_shape=(6, 6, 3))
+  steps, batch = 3, 8
+  hosts = [Recording(base) for _ in range(2)]
+  for p, src in enumerate(hosts):
+    list(
+        D.train_batches(
+            src, batch, seed=1, start_step=1, preprocess=pp, num_steps=steps, process_index=p, process_count=2
+        )
+    )
+  # Loader threads interleave steps, so compare what each host read over all steps.
+  rows = [D.global_batch_indices(len(base), batch, 1, step)[0] for step in range(1, 1 + steps)]
+  for p, src in enumerate(hosts):
+    assert sorted(src.reads) == sorted(np.concatenate([r[p * 4 : (p + 1) * 4] for r in rows]).tolist())
+  assert not set(hosts[0].reads) & set(hosts[1].reads)  # Within an epoch the two shares are disjoint.
+  # Eval, 10 examples in batches of 8: host 1's rows of the last batch (12..15) are all padding.
+  evals = [Recording(D.get_source("synthetic", "test", num_examples=10, image_shape=(6, 6, 3))) for _ in range(2)]
+  out = [list(D.eval_batches(src, 8, preprocess=pp, process_index=p, process_count=2)) for p, src in enumerate(evals)]
+  assert sorted(evals[0].reads) == [0, 1, 2, 3, 8, 9] and sorted(evals[1].reads) == [4, 5, 6, 7]
+  assert out[1][1]["image"].shape == out[0][1]["image"].shape and not out[1][1]["mask"].any()
+  assert not out[1][1]["image"].any()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -21,14 +21,23 @@ from scalenet_jax.errors import ConfigError
 RECIPES = ("simple", "swin", "rrc", "none")
 
 
-def open_source(data_cfg, split: str, *, image_shape=None, num_classes: Optional[int] = None) -> sources.Source:
-  """Opens `split` of `data_cfg.name`. `image_shape`/`num_classes` size the `synthetic` source (smoke runs:
+def open_source(
+    data_cfg, split: str, *, cache_dir=None, image_shape=None, num_classes: Optional[int] = None
+) -> sources.Source:
+  """Opens `split` of `data_cfg.name`; `data_cfg.root` is the Fashion-MNIST directory or the TFDS data dir.
+
+  Index files (TFDS labels, the mini-val split) that cannot be stored next to the dataset go to
+  `cache_dir` (the run's workdir). `image_shape`/`num_classes` size the `synthetic` source (smoke runs:
   images shaped like the model's input)."""
   d = data_cfg
-  kw = {"root": d.root} if d.root and d.name == "fashion_mnist" else {}
-  if d.name == "synthetic":
+  kw = {}
+  if d.root and d.name == "fashion_mnist":
+    kw = {"root": d.root}
+  elif d.root and d.name.startswith("tfds:"):
+    kw = {"data_dir": d.root}
+  elif d.name == "synthetic":
     kw = dict(num_examples=d.synthetic_examples, num_classes=num_classes, image_shape=tuple(image_shape))
-  return sources.get_source(d.name, split, minival_per_class=d.minival_per_class, **kw)
+  return sources.get_source(d.name, split, minival_per_class=d.minival_per_class, cache_dir=cache_dir, **kw)
 
 
 def preprocess(data_cfg, img_size: int, in_chans: int) -> preprocess_lib.Preprocess:

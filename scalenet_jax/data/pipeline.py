@@ -117,11 +117,14 @@ def eval_batches(
     idx = np.arange(k * batch_size, (k + 1) * batch_size)[rows]
     mask = idx < n
     real = idx[mask]
-    images = prep(real) if len(real) else None
-    if images is None or len(real) < len(idx):  # Pad with zeros after a real example's shape.
-      shape = images.shape[1:] if images is not None else prep(np.zeros(1, np.int64)).shape[1:]
-      pad = np.zeros((len(idx) - len(real), *shape), np.float32)
-      images = pad if images is None else np.concatenate([images, pad])
+    # Padding rows are zeros; their shape is known without reading any example (not even one of
+    # another host's rows, when this host's share of the last batch is all padding).
+    if len(real) == len(idx):
+      images = prep(real)
+    else:
+      images = np.zeros((len(idx), *prep.output_shape), np.float32)
+      if len(real):
+        images[: len(real)] = prep(real)
     out_labels = np.zeros(len(idx), np.int32)
     out_labels[mask] = labels[real]
     return {"image": images, "label": out_labels, "mask": mask}

@@ -14,6 +14,7 @@ global batch is split over hosts nor on where a run was resumed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -90,15 +91,29 @@ class Preprocessor:
       raise ValueError(f"{source!r} has variable image sizes: set Preprocess.img_size")
 
   def __call__(self, indices: np.ndarray, seed: int = 0, epoch: int = 0) -> np.ndarray:
-    cfg, indices = self.cfg, np.asarray(indices, np.int64)
+    indices = np.asarray(indices, np.int64)
+    if self.per_example:
+      images = [self.source[int(i)]["image"] for i in indices]
+    else:
+      images = self.source.get_batch(indices)
+    return self.transform(images, indices, seed, epoch)
+
+  @functools.cached_property
+  def output_shape(self) -> tuple[int, ...]:
+    """Shape of one preprocessed example, found without reading the source (by transforming zeros)."""
+    h, w, c = self.source.image_shape
+    zeros = np.zeros((1, h or self.cfg.img_size, w or self.cfg.img_size, c), np.uint8)
+    return self.transform(list(zeros) if self.per_example else zeros, np.zeros(1, np.int64)).shape[1:]
+
+  def transform(self, images, indices: np.ndarray, seed: int = 0, epoch: int = 0) -> np.ndarray:
+    """Loaded images (a list when `per_example`, else uint8 [n, H, W, C]) of `indices` -> model inputs."""
+    cfg = self.cfg
     rngs = None
     if self.per_example:
       rngs = [np.random.default_rng((seed, epoch, int(i))) for i in indices] if self.train else None
-      x = np.stack(
-          [self._example(self.source[int(i)]["image"], rngs[k] if rngs else None) for k, i in enumerate(indices)]
-      )
+      x = np.stack([self._example(image, rngs[k] if rngs else None) for k, image in enumerate(images)])
     else:
-      x = T.pad_batch(self.source.get_batch(indices), cfg.pad)
+      x = T.pad_batch(images, cfg.pad)
     if cfg.recipe == "simple":
       size = cfg.img_size or x.shape[1]
       if self.train and (cfg.crop_padding or cfg.hflip):

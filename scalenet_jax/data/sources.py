@@ -7,23 +7,33 @@ Every source has the same small interface, which is all the pipeline needs:
 * `labels`: int64 array of every label (used by the mini-val split and per-class statistics);
 * `get_batch(indices) -> uint8 [n, H, W, C]` for fixed-shape sources (vectorised gather).
 
-`get_source(name, split, **kw)` opens one by name. Splits are `train`, `test`/`val` and the
-search splits `minival` / `train_minus_minival`: the first `minival_per_class` images of every class
-of `train` in an order fixed by `minival_seed`, and everything else (disjoint, deterministic).
+`get_source(name, split, **kw)` opens one by name. Splits are each source's own (`train`, `test`,
+TFDS's `validation`, ...), the aliases `val` / `validation` / `test` for whichever of them the source
+has, and the search splits `minival` / `train_minus_minival`: the first `minival_per_class` images of
+every class of `train` in an order fixed by `minival_seed`, and everything else (disjoint,
+deterministic). TFDS labels and the mini-val split are computed once and stored as index files
+(`scalenet_jax.data.index_files`) next to the dataset or in `cache_dir`.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
 import functools
 import gzip
+import hashlib
 import io
 import os
 import threading
-from typing import Any, Sequence
+import time
+from typing import Any, Callable, Sequence
 
 import numpy as np
+from absl import logging
+from etils import epath
 from PIL import Image
 
+from scalenet_jax.data.index_files import IndexStore, load_or_build
 from scalenet_jax.errors import DataError, MissingInputError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package `dataset-fashion-mnist`.
@@ -47,6 +57,27 @@ TFDS_MANUAL_FILES = {
     "imagenet2012": ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"),
     "imagenet2012_subset": ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"),
 }
+
+# Names a split may be asked by when the source calls it otherwise (tried in order): TFDS says
+# `validation`, ImageFolder trees often `val`, datasets without a validation split evaluate on `test`.
+SPLIT_ALIASES = {"val": ("validation", "test"), "validation": ("val", "test"), "test": ("validation", "val")}
+DERIVED_SPLITS = ("minival", "train_minus_minival")  # Carved out of `train` by `get_source`.
+INDEX_DIR = "data_index"  # Subdirectory of a caller's `cache_dir` for index files.
+
+
+def valid_splits(available: Sequence[str]) -> list[str]:
+  """Every split name a source with native splits `available` accepts."""
+  names = list(available)
+  names += [a for a, targets in SPLIT_ALIASES.items() if a not in names and any(t in available for t in targets)]
+  return names + (list(DERIVED_SPLITS) if "train" in available else [])
+
+
+def resolve_split(split: str, available: Sequence[str], what: str) -> str:
+  """The native name of `split` among `available`; a ValueError naming the valid ones otherwise."""
+  for name in (split, *SPLIT_ALIASES.get(split, ())):
+    if name in available:
+      return name
+  raise DataError(f"unknown split {split!r} for {what} (valid: {', '.join(valid_splits(available))})")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -104,6 +135,16 @@ class Source:
   num_classes: int
   image_shape: tuple  # (H, W, C); H, W None when sizes vary.
   class_names: Sequence[str] | None = None
+  # Names the dataset in index file fingerprints and cache paths; None: nothing is stored for it.
+  index_id: str | None = None
+  # Where this source's index files (labels, mini-val) live; set by `get_source`. No dirs: computed.
+  index_store: IndexStore = IndexStore()
+
+  def index_dirs(self, cache_dir: epath.PathLike | None) -> list[epath.Path]:
+    """Candidate directories for index files, preferred first (subclasses add the dataset's own)."""
+    if cache_dir is None or self.index_id is None:
+      return []
+    return [epath.Path(cache_dir) / INDEX_DIR / self.index_id]
 
   def __len__(self) -> int:
     raise NotImplementedError
@@ -171,12 +212,18 @@ def fashion_mnist(split: str = "train", root: str | None = None) -> ArraySource:
     raise MissingInputError(
         f"Fashion-MNIST directory not found: {root} " "(apt-get install dataset-fashion-mnist, or pass root=...)"
     )
-  prefix = {"train": "train", "test": "t10k", "val": "t10k"}.get(split)
-  if prefix is None:
-    raise DataError(f"Fashion-MNIST has splits train/test/val, got {split!r}")
+  split = resolve_split(split, ("train", "test"), "fashion_mnist")
+  prefix = {"train": "train", "test": "t10k"}[split]
   images = read_idx(_find_idx(root, f"{prefix}-images-idx3-ubyte"))
   labels = read_idx(_find_idx(root, f"{prefix}-labels-idx1-ubyte"))
-  return ArraySource(images, labels, 10, FASHION_MNIST_CLASSES, name=f"fashion_mnist/{split}")
+  source = ArraySource(images, labels, 10, FASHION_MNIST_CLASSES, name=f"fashion_mnist/{split}")
+  source.index_id = f"fashion_mnist-{_path_id(root)}"
+  return source
+
+
+def _path_id(path: str) -> str:
+  """A short stable name for a local dataset directory (index files of different copies stay apart)."""
+  return hashlib.sha1(os.path.realpath(path).encode()).hexdigest()[:12]
 
 
 class ImageFolderSource(Source):
@@ -189,15 +236,17 @@ class ImageFolderSource(Source):
   def __init__(self, root: str, split: str = "train"):
     if not os.path.isdir(root):
       raise MissingInputError(f"ImageFolder root not found: {root}")
-    candidates = {"train": ["train"], "val": ["val", "validation", "test"], "test": ["test", "val", "validation"]}.get(
-        split, [split]
-    )
+    known = ("train", "val", "validation", "test")
+    if split not in known:
+      raise DataError(f"unknown split {split!r} for imagefolder:{root} (valid: {', '.join(valid_splits(known))})")
+    candidates = [split, *SPLIT_ALIASES.get(split, ())]
     dirs = [os.path.join(root, c) for c in candidates if os.path.isdir(os.path.join(root, c))]
     if not dirs:
       raise MissingInputError(
           f"ImageFolder split {split!r} not found: none of " f"{[os.path.join(root, c) for c in candidates]} exists"
       )
     self.root, self.split_dir = root, dirs[0]
+    self.index_id = f"imagefolder-{_path_id(root)}"
     class_root = os.path.join(root, "train") if os.path.isdir(os.path.join(root, "train")) else dirs[0]
     self.class_names = sorted(e.name for e in os.scandir(class_root) if e.is_dir())
     if not self.class_names:
@@ -277,11 +326,17 @@ class SyntheticSource(Source):
 
 
 class TfdsSource(Source):
-  """A TFDS dataset read through `tfds.data_source` (ArrayRecord, random access, no TensorFlow).
+  """A TFDS dataset read through `builder.as_data_source` (ArrayRecord, random access, no TensorFlow).
 
   When the dataset is not prepared: datasets with manual downloads (`imagenet2012`) first check that
   their files are in `manual_dir` (default `<data_dir>/downloads/manual`) and raise naming that
   directory and the files; others are prepared only with `download=True`.
+
+  Labels: TFDS metadata holds split sizes and class names but not per-record labels, which live inside
+  each record. They are read in one pass (contiguous chunks on threads; from raw `tf.train.Example`
+  bytes only the label is parsed, images are not decoded) and stored as `scalenet-labels-<split>.npz` in
+  the dataset's directory (`<data_dir>/<name>/<version>/`) or, when that is read-only, under the
+  `cache_dir` given to `get_source`; later runs and other hosts read that file.
   """
 
   def __init__(
@@ -291,7 +346,6 @@ class TfdsSource(Source):
       data_dir: str | None = None,
       manual_dir: str | None = None,
       download: bool = False,
-      label_cache: str | None = None,
   ):
     import tensorflow_datasets as tfds  # Heavy import, only for TFDS users.
 
@@ -299,34 +353,27 @@ class TfdsSource(Source):
       builder = tfds.builder(name, data_dir=data_dir)
     except Exception as e:  # DatasetNotFoundError lists every dataset: keep the message one line.
       raise DataError(f"unknown TFDS dataset {name!r}: {str(e).splitlines()[0]}") from None
-    split = {"val": "validation", "test": "test"}.get(split, split)
     if not builder.is_prepared():
-      manual_dir = os.path.expanduser(manual_dir or os.path.join(builder.data_dir_root, "downloads", "manual"))
-      if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
-        needed = TFDS_MANUAL_FILES.get(name, ())
-        missing = [f for f in needed if not os.path.exists(os.path.join(manual_dir, f))]
-        if missing or not (os.path.isdir(manual_dir) and os.listdir(manual_dir)):
-          what = ", ".join(missing or needed) or "the files from its manual download instructions"
-          raise MissingInputError(
-              f"TFDS {name} is not prepared in {builder.data_dir}: put {what} "
-              f"in {manual_dir} (or pass manual_dir=...)"
-          )
-      elif not download:
-        raise MissingInputError(
-            f"TFDS {name} is not prepared in {builder.data_dir} "
-            "(pass download=True or run `tfds build --file_format=array_record`)"
-        )
-      builder.download_and_prepare(
-          file_format="array_record", download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
-      )
-    self.name, self.split = name, split
-    self._ds = builder.as_data_source(split=split)
+      _prepare(tfds, builder, name, manual_dir, download)
+    self.name, self._builder = name, builder
+    known = list(builder.info.splits)
+    # Metadata without splits (plain `tfds.testing.mock_data`) accepts any name, as TFDS then does.
+    self.split = resolve_split(split, known, f"tfds:{name}") if known else {"val": "validation"}.get(split, split)
+    self.split_sizes = {s: int(info.num_examples) for s, info in builder.info.splits.items()}
+    self.index_id = builder.info.full_name  # e.g. imagenet2012/5.1.0: a new version is a new index.
+    self._ds = builder.as_data_source(split=self.split)
     features = builder.info.features
     self.num_classes = int(features["label"].num_classes)
     self.class_names = list(features["label"].names)
     shape = tuple(features["image"].shape)
     self.image_shape = shape if len(shape) == 3 else (*shape, 1)
-    self._label_cache, self._labels, self._lock = label_cache, None, threading.Lock()
+    self._labels, self._lock = None, threading.Lock()
+
+  def index_dirs(self, cache_dir):
+    # Only a dataset directory that exists: one that does not is no prepared dataset (e.g. under
+    # `tfds.testing.mock_data` without metadata) and must not be created by us.
+    own = epath.Path(self._builder.data_dir)
+    return [*([own] if own.exists() else []), *super().index_dirs(cache_dir)]
 
   def __len__(self):
     return len(self._ds)
@@ -341,20 +388,91 @@ class TfdsSource(Source):
 
   @property
   def labels(self):
-    """All labels. TFDS stores them inside each record, so the first call reads the whole split;
-    pass `label_cache=<file.npy>` to keep the result between runs."""
+    """All labels, from the label index file (written by the first run that needs them)."""
     with self._lock:
       if self._labels is None:
-        if self._label_cache and os.path.isfile(self._label_cache):
-          self._labels = np.load(self._label_cache)
-        else:
-          self._labels = np.asarray([int(self._ds[i]["label"]) for i in range(len(self))])
-          if self._label_cache:
-            np.save(self._label_cache, self._labels)
+        fingerprint = {"file": "labels", "dataset": self.index_id, "split": self.split, "num_examples": len(self)}
+        arrays = load_or_build(
+            self.index_store,
+            f"scalenet-labels-{self.split}.npz",
+            fingerprint,
+            lambda: {"labels": self._read_labels().astype(np.int32)},  # Half the bytes every host reads.
+            check=self._spot_check,
+        )
+        self._labels = arrays["labels"].astype(np.int64)
     return self._labels
+
+  def _spot_check(self, arrays) -> bool:
+    """A stored index agrees with a few records (catches an index of another copy of the dataset)."""
+    labels = arrays.get("labels")
+    if labels is None or len(labels) != len(self):
+      return False
+    keys = np.unique(np.random.default_rng(0).integers(0, len(self), min(8, len(self))))
+    return bool(np.array_equal(labels[keys], self._label_reader(keys.tolist())))
+
+  def _read_labels(self, chunk: int = 1024, num_threads: int = 16) -> np.ndarray:
+    """One pass over the split in contiguous chunks (threads: the reads are I/O bound)."""
+    n, read, start = len(self), self._label_reader, time.monotonic()
+    logging.info("reading the labels of %s (%d records, once; later runs use the index file)", self, n)
+    with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
+      parts = list(pool.map(lambda s: read(list(range(s, min(s + chunk, n)))), range(0, n, chunk)))
+    logging.info("read %d labels of %s in %.1f s", n, self, time.monotonic() - start)
+    labels = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    bad = labels[(labels < 0) | (labels >= self.num_classes)]
+    if len(bad):  # e.g. imagenet2012's `test` split: every label is -1.
+      raise DataError(f"{self} has labels outside [0, {self.num_classes}) (e.g. {bad[0]}): not a labelled split")
+    return labels
+
+  @functools.cached_property
+  def _label_reader(self) -> Callable[[list[int]], np.ndarray]:
+    """`keys -> labels`: parses only the label out of raw records when the data source serves
+    `tf.train.Example` bytes (ArrayRecord), else takes it from the decoded examples."""
+    import tensorflow_datasets as tfds
+
+    raw = self._builder.as_data_source(split=self.split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    try:
+      if len(self):
+        _record_label(raw[0])
+    except Exception:  # pylint: disable=broad-except  # Mocks and non-Example formats: the slow path.
+      logging.info("%s: raw records carry no tf.train.Example label; decoding whole examples", self)
+      return lambda keys: np.asarray([int(self._ds[k]["label"]) for k in keys], np.int64)
+    # Per-record reads: on local ArrayRecord files they beat `__getitems__` (its per-call thread pool
+    # cost ~1.5x here); the caller's threads already read many chunks at once.
+    return lambda keys: np.fromiter((_record_label(raw[k]) for k in keys), np.int64, len(keys))
 
   def __repr__(self):
     return f"TfdsSource({self.name}/{self.split}, n={len(self)})"
+
+
+def _record_label(record: bytes) -> int:
+  """The `label` of a serialized `tf.train.Example` (protobuf parse; the image bytes stay encoded)."""
+  from tensorflow_datasets.proto import tf_example_pb2
+
+  values = tf_example_pb2.Example.FromString(record).features.feature["label"].int64_list.value
+  if len(values) != 1:
+    raise ValueError(f"record has {len(values)} label values, expected 1")
+  return int(values[0])
+
+
+def _prepare(tfds, builder, name: str, manual_dir: str | None, download: bool) -> None:
+  """Prepares an unprepared dataset, or raises naming what is missing (manual files, download=True)."""
+  manual_dir = os.path.expanduser(manual_dir or os.path.join(builder.data_dir_root, "downloads", "manual"))
+  if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+    needed = TFDS_MANUAL_FILES.get(name, ())
+    missing = [f for f in needed if not os.path.exists(os.path.join(manual_dir, f))]
+    if missing or not (os.path.isdir(manual_dir) and os.listdir(manual_dir)):
+      what = ", ".join(missing or needed) or "the files from its manual download instructions"
+      raise MissingInputError(
+          f"TFDS {name} is not prepared in {builder.data_dir}: put {what} in {manual_dir} (or pass manual_dir=...)"
+      )
+  elif not download:
+    raise MissingInputError(
+        f"TFDS {name} is not prepared in {builder.data_dir} "
+        "(pass download=True or run `tfds build --file_format=array_record`)"
+    )
+  builder.download_and_prepare(
+      file_format="array_record", download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+  )
 
 
 class SubsetSource(Source):
@@ -404,20 +522,32 @@ def minival_split(labels: np.ndarray, per_class: int, seed: int = 0) -> tuple[np
   return np.flatnonzero(take), np.flatnonzero(~take)
 
 
-def get_source(name: str, split: str = "train", *, minival_per_class: int = 50, minival_seed: int = 0, **kw) -> Source:
-  """Opens a source by name.
+def stored_minival(train: Source, per_class: int, seed: int = 0) -> np.ndarray:
+  """`minival_split(train.labels, ...)[0]`, chosen once and kept in `train.index_store`.
 
-  Names: `fashion_mnist` (kw `root`), `imagefolder:<dir>` (or `imagefolder` with `data_dir`),
-  `tfds:<name>` (kw `data_dir`, `manual_dir`, `download`, `label_cache`) and `synthetic`
-  (kw `num_examples`, `num_classes`, `image_shape`, `seed`; smoke tests only).
-  Splits: `train`, `test`/`val`, `minival`, `train_minus_minival`.
+  Stored rather than recomputed so that a search keeps the same mini-val across runs, hosts and numpy
+  versions (whose permutation could change). The fingerprint holds the dataset, split sizes,
+  `per_class`, `seed` and a hash of the labels: a file from other data or parameters is never used.
   """
-  if split in ("minival", "train_minus_minival"):
-    train = get_source(name, "train", **kw)
-    mini, rest = minival_split(train.labels, minival_per_class, minival_seed)
-    return SubsetSource(train, mini if split == "minival" else rest, name=f"{name}/{split}")
-  if split not in ("train", "test", "val"):
-    raise DataError(f"unknown split {split!r} (train, test, val, minival, train_minus_minival)")
+  labels = train.labels
+  fingerprint = {
+      "file": "minival",
+      "dataset": train.index_id,
+      "split_sizes": getattr(train, "split_sizes", {"train": len(train)}),
+      "per_class": int(per_class),
+      "seed": int(seed),
+      "labels_sha1": hashlib.sha1(np.ascontiguousarray(labels, np.int64).tobytes()).hexdigest(),
+  }
+  arrays = load_or_build(
+      train.index_store,
+      f"scalenet-minival-train-{per_class}pc-seed{seed}.npz",
+      fingerprint,
+      lambda: {"minival": minival_split(labels, per_class, seed)[0]},
+  )
+  return arrays["minival"].astype(np.int64)
+
+
+def _open(name: str, split: str, kw: dict) -> Source:
   kind, _, arg = name.partition(":")
   if kind == "fashion_mnist":
     return fashion_mnist(split, root=kw.pop("root", None) or arg or None, **kw)
@@ -431,9 +561,50 @@ def get_source(name: str, split: str = "train", *, minival_per_class: int = 50, 
       raise DataError("tfds needs a dataset name: 'tfds:<name>', e.g. 'tfds:imagenet2012'")
     return TfdsSource(arg, split, **kw)
   if kind == "synthetic":
+    split = resolve_split(split, ("train", "test"), "synthetic")
     # Test/val get a different seed so they are not copies of train.
     kw.setdefault("seed", 0)
     if split != "train":
       kw["seed"] += 1_000_003
     return SyntheticSource(**kw)
   raise DataError(f"unknown dataset {name!r} (fashion_mnist, imagefolder:<dir>, tfds:<name>, synthetic)")
+
+
+def get_source(
+    name: str,
+    split: str = "train",
+    *,
+    minival_per_class: int = 50,
+    minival_seed: int = 0,
+    cache_dir: epath.PathLike | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    **kw,
+) -> Source:
+  """Opens a source by name.
+
+  Names: `fashion_mnist` (kw `root`), `imagefolder:<dir>` (or `imagefolder` with `data_dir`),
+  `tfds:<name>` (kw `data_dir`, `manual_dir`, `download`) and `synthetic`
+  (kw `num_examples`, `num_classes`, `image_shape`, `seed`; smoke tests only).
+  Splits: the source's own (`train`, `test`, TFDS's `validation`, ...), the aliases `val` /
+  `validation` / `test`, and `minival` / `train_minus_minival` (of `train`).
+
+  Index files (TFDS labels, the mini-val split) go to the dataset's own directory when writable, else
+  to `<cache_dir>/data_index/<dataset>/` (e.g. the workdir; may be `gs://`). Only process
+  `process_index == 0` (default: jax's) computes and writes them; the others wait and read. A source
+  with nowhere to store them (no TFDS dir, no `cache_dir`) computes them in every process.
+  """
+  store = IndexStore(process_index=process_index, process_count=process_count)
+  if split in DERIVED_SPLITS:
+    train = get_source(
+        name, "train", cache_dir=cache_dir, process_index=process_index, process_count=process_count, **kw
+    )
+    mini = stored_minival(train, minival_per_class, minival_seed)
+    if split == "train_minus_minival":
+      keep = np.ones(len(train), bool)
+      keep[mini] = False
+      mini = np.flatnonzero(keep)
+    return SubsetSource(train, mini, name=f"{name}/{split}")
+  source = _open(name, split, dict(kw))
+  source.index_store = dataclasses.replace(store, dirs=tuple(source.index_dirs(cache_dir)))
+  return source

@@ -110,10 +110,10 @@ def space_of(config) -> SearchSpace:
 # ----------------------------------------------------------------------------------------------------
 # Input
 # ----------------------------------------------------------------------------------------------------
-def open_split(config, split: str):
+def open_split(config, split: str, cache_dir=None):
   if config.data.recipe == "swin":  # RandAugment / erasing are not part of the ScaleNet-search recipe
     raise ConfigError("NAS runs use data.recipe 'rrc' (RandomResizedCrop + flip), 'simple' or 'none'")
-  return from_config.open_source(config.data, split)
+  return from_config.open_source(config.data, split, cache_dir=cache_dir)
 
 
 def step_batches(
@@ -193,7 +193,7 @@ def train_supernet(config, workdir: str):
   if config.sampling not in sampling.METHODS:
     raise ConfigError(f"unknown sampling method {config.sampling!r}; known: {sampling.METHODS}")
   space = space_of(config)
-  source = open_split(config, config.data.train_split)
+  source = open_split(config, config.data.train_split, cache_dir=workdir)
   model = SuperNet(space)
   plan = path_plan(space, config.sampling, config.seed, config.eta)
   tag = f"supernet/{space.name}/{space.in_channels}ch/{config.sampling}/{config.eta}"
@@ -214,8 +214,8 @@ def train_standalone(config, workdir: str, arch: Arch) -> dict:
   model = PathNet(arch)
   images = jax.ShapeDtypeStruct((2, arch.resolution, arch.resolution, arch.in_channels), jnp.float32)
   abstract = jax.eval_shape(lambda k: model.init(k, images), jax.random.key(0))
-  source = open_split(config, config.data.train_split)
-  eval_source = open_split(config, config.data.eval_split)
+  source = open_split(config, config.data.train_split, cache_dir=workdir)
+  eval_source = open_split(config, config.data.eval_split, cache_dir=workdir)
   eval_prep = from_config.preprocess(config.data, arch.resolution, arch.in_channels)
   plan = lambda step: (arch.resolution, None)
   tag = "standalone/" + hashlib.sha256(repr(arch).encode()).hexdigest()[:12]
