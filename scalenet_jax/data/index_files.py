@@ -123,8 +123,8 @@ def load_or_build(
   index, count = store.processes() if paths else (0, 1)
   if index == 0:
     arrays = {k: np.asarray(v) for k, v in build().items()}
-    if _write_first(paths, arrays, fingerprint) is None:
-      where = ", ".join(map(str, paths)) or "(no location given)"
+    if paths and _write_first(paths, arrays, fingerprint) is None:
+      where = ", ".join(map(str, paths))
       if count > 1:  # The other processes would wait for a file that never comes.
         raise OSError(f"cannot write index file {filename} to any of: {where}; pass a writable cache_dir")
       logging.warning("index file %s not stored (none writable of: %s); it is recomputed next time", filename, where)
