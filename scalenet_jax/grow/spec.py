@@ -17,7 +17,7 @@ from scalenet_jax.models.stack import ADJUST_KINDS, StackLayout
 
 KINDS = ("scalenet", "random", "stack", "interpolate", "swa", "scratch")
 MAPPINGS = ("interpolate", "stack")
-TRAINABLE = ("all", "adjust_ln_head")
+TRAINABLE = ("all", "adjust_ln_head", "adjust_ln")  # adjust_ln: adjustment modules and norms only
 
 
 @dataclasses.dataclass(frozen=True)
