@@ -406,7 +406,7 @@ NEW_NORMS = L * 2 * D  # two RMSNorms per new layer
     [
         (ExpansionSpec(), BASE_1B + 2 * L * ADAPTER_MLP + NEW_NORMS),  # 1,251,608,576
         (ExpansionSpec(mapping="stack"), BASE_1B + 2 * L * ADAPTER_MLP + NEW_NORMS),
-        (ExpansionSpec(adjust="lora"), BASE_1B + 2 * L * LORA_ALL + NEW_NORMS),  # 1,258,358,784
+        (ExpansionSpec(adjust="lora"), BASE_1B + 2 * L * LORA_ALL + NEW_NORMS),  # 1,258,424,320
         (ExpansionSpec(adjust="none"), BASE_1B + NEW_NORMS),
         (ExpansionSpec(rank=32), BASE_1B + 2 * 2 * L * ADAPTER_MLP + NEW_NORMS),
     ],
