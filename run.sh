@@ -17,6 +17,12 @@ if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && \
   need_root apt-get update -qq
   need_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
 fi
+# The decoder LM's text corpus (strfile databases under /usr/share/games/fortunes).
+if [ ! -e /usr/share/games/fortunes/fortunes.dat ]; then
+  echo "[setup] installing Debian package fortunes"
+  need_root apt-get update -qq
+  need_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fortunes
+fi
 
 # 2. Virtual environment with the package (tests add torch/timm for the parity checks).
 extras=""; [ "$what" = test ] && extras="[test]"

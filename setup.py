@@ -16,11 +16,10 @@ INSTALL_REQUIRES = [
     "numpy==2.4.6",
     "scipy==1.17.1",
     "tensorboardX==2.6.5",
-    "rich==15.0.0",
-    "tqdm==4.70.1",
     "matplotlib==3.11.2",
     "safetensors==0.8.0",
     "pillow==13.0.0",
+    "tokenizers==0.23.3",  # the decoder LM's byte-level BPE (scalenet_jax.data.text)
 ]
 # torch/timm are only needed to convert weights against timm and for the parity tests/benchmarks.
 # torch 2.14.1 + torchvision 0.29.1 are the pair that installs (and imports) together here.
@@ -35,6 +34,7 @@ setuptools.setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "torch": TORCH,
-        "test": TORCH + ["pytest==9.2.0", "pytest-xdist==3.8.0", "pyink==26.5.1"],
+        # transformers: the Llama parity / checkpoint tests (LlamaForCausalLM as the reference)
+        "test": TORCH + ["transformers==5.24.0", "pytest==9.2.0", "pytest-xdist==3.8.0", "pyink==26.5.1"],
     },
 )

@@ -152,7 +152,7 @@ def expansion_config(**overrides) -> ml_collections.ConfigDict:
               adjust="adapter",  # adapter | lora | none
               rank=16,
               act="gelu",
-              trainable="all",  # all | adjust_ln_head
+              trainable="all",  # all | adjust_ln_head | adjust_ln (adjustment modules + norms)
               num_new_layers=0,  # baselines: 0 = parameter-matched
               seed=0,
           )

@@ -92,9 +92,9 @@ def xla_flops(fn: Callable, *args: Any) -> float:
 
 
 def model_flops(model, params_or_abstract, batch: int = 1) -> int:
-  """MACs of one forward pass of `model` at its configured input size, per image."""
-  cfg = model.config
-  x = jax.ShapeDtypeStruct((batch, cfg.img_size, cfg.img_size, cfg.in_chans), np.float32)
+  """MACs of one forward pass of `model` at its configured input size (`model.input_spec`), per
+  input: an image, or a decoder's sequence of `seq_len` tokens."""
+  x = model.input_spec(batch)
   return macs(lambda p, x: model.apply({"params": p}, x), params_or_abstract, x) // batch
 
 

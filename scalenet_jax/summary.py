@@ -34,8 +34,8 @@ def summarize(config, xla_check: bool = True) -> dict:
   if xla_check:
     # XLA's cost analysis does not multiply while-loop bodies by their trip count: unroll the scans.
     unrolled = builder.build_model(config, unroll=True)
-    cfg = unrolled.config
-    x = np.zeros((1, cfg.img_size, cfg.img_size, cfg.in_chans), np.float32)
+    spec = unrolled.input_spec()
+    x = np.zeros(spec.shape, spec.dtype)
     xf = counting.xla_flops(lambda p, x: unrolled.apply({"params": p}, x), abstract, x)
     out["xla_gflops"] = xf / 2e9
     out["xla_ratio"] = xf / 2 / out["macs"]

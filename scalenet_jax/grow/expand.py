@@ -3,7 +3,8 @@
 `expand(pretrained_params, model, spec) -> (expanded_model, params)`
 
 * `scalenet`: the expanded model has the same core stacks (each pretrained tensor held once);
-  its blocks gather them through the layout's mapping. New blocks' LayerNorms are copies of their
+  its blocks gather them through the layout's mapping. Every per-block param that is not an
+  adjustment module (the LayerNorms / RMSNorms, whatever a family names them) is a copy of the
   source layer's; adjustment modules start at identity (B = 0). So at init the expanded model
   computes exactly the pretrained layers run in the mapped order.
 * baselines (`random`/`stack`/`interpolate`/`swa`) add `k` *independent* layers, where
@@ -20,6 +21,7 @@ from scalenet_jax import counting
 from scalenet_jax.grow import spec as spec_lib
 from scalenet_jax.grow.spec import ExpansionSpec, model_layouts
 from scalenet_jax.errors import ConfigError
+from scalenet_jax.models.stack import ADJUST_KINDS
 
 
 def _check_plain(model):
@@ -64,11 +66,17 @@ def _expand_scalenet(pre, new, fresh):
     for k, (start, stop, _) in enumerate(layout.segments()):
       seg = dict(fresh[name][f"seg{k}"])  # adjustment modules: fresh (B = 0)
       src = np.asarray(layout.mapping[start:stop])
-      for ln in ("norm1", "norm2"):  # each block owns a copy of its source layer's LNs
-        seg[ln] = _take(old["seg0"][ln], src)
+      for p, value in old["seg0"].items():  # each block owns a copy of its source layer's norms
+        if not _is_adjustment(p):
+          seg[p] = _take(value, src)
       stack[f"seg{k}"] = seg
     params[name] = stack
   return params
+
+
+def _is_adjustment(name: str) -> bool:
+  """Per-block params of adjustment modules are named `<kind>_<linear>` (`adapter_fc1`, `lora_q`)."""
+  return name.startswith(tuple(f"{k}_" for k in ADJUST_KINDS if k != "none"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -163,8 +171,12 @@ def trainable_patterns(spec: ExpansionSpec) -> tuple[str, ...]:
   """Param-path regexes of the trainable set (`all` -> everything)."""
   if spec.trainable == "all":
     return (".*",)
-  # Adjustment modules, every LayerNorm, and the classifier head; shared core weights stay frozen.
-  patterns = (r"(^|/)(norm|norm1|norm2|patch_norm)/", r"^head/")
+  # Adjustment modules, every norm (norm, norm1, patch_norm, attn_norm ...) and, for `adjust_ln_head`,
+  # the head (a decoder's untied LM head; a tied one is the input embedding and stays frozen); shared
+  # core weights stay frozen.
+  patterns = (r"(^|/)([a-z]+_)?norm\d*/",)
+  if spec.trainable == "adjust_ln_head":
+    patterns += (r"^head/",)
   if spec.kind == "scalenet" and spec.adjust != "none":
     patterns += (r"/(adapter|lora)_",)
   if spec.kind in ("random", "stack", "interpolate", "swa"):

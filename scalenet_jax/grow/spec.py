@@ -18,7 +18,7 @@ from scalenet_jax.errors import ConfigError
 
 KINDS = ("scalenet", "random", "stack", "interpolate", "swa", "scratch")
 MAPPINGS = ("interpolate", "stack")
-TRAINABLE = ("all", "adjust_ln_head")
+TRAINABLE = ("all", "adjust_ln_head", "adjust_ln")  # adjust_ln: adjustment modules and norms only
 
 
 @dataclasses.dataclass(frozen=True)

@@ -105,6 +105,9 @@ class Entry:
   path: tuple[str, ...]  # Flax param path
   index: Optional[int]  # index along the stacked (scan / core) axis, None for unstacked params
   kind: str  # 'linear' (out, in) | 'conv' (O, I, kh, kw) | 'same'
+  # A second name of a param another entry already maps (a tied LM head): a checkpoint may omit it;
+  # when present it must equal that param.
+  optional: bool = False
 
 
 def linear_entries(key: str, path: tuple[str, ...], index: Optional[int] = None, bias: bool = True) -> list[Entry]:

@@ -1,7 +1,8 @@
-"""One registry of model architectures by (timm) name.
+"""One registry of model architectures by (timm / Hugging Face) name.
 
-Each entry is a family ('vit' or 'swin') and the architecture kwargs, named as timm names them so
-the same kwargs build the timm twin (used by the parity tests and the weight converter).
+Each entry is a family ('vit', 'swin' or 'llama') and the architecture kwargs, named as timm (vision)
+or `transformers.LlamaConfig` (decoder LM) names them so the same kwargs build the reference twin
+(used by the parity tests and the weight converter).
 """
 
 from __future__ import annotations
@@ -10,9 +11,13 @@ import dataclasses
 from typing import Any
 
 from scalenet_jax.errors import ConfigError
-from scalenet_jax.models import swin, vit
+from scalenet_jax.models import llama, swin, vit
 
-FAMILIES = {"vit": (vit.ViTConfig, vit.ViT), "swin": (swin.SwinConfig, swin.Swin)}
+FAMILIES = {
+    "vit": (vit.ViTConfig, vit.ViT),
+    "swin": (swin.SwinConfig, swin.Swin),
+    "llama": (llama.LlamaConfig, llama.Llama),
+}
 
 _VIT_SIZES = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}
 _SWIN_SIZES = {
@@ -42,6 +47,58 @@ REGISTRY["swin_micro_patch2_window4_32"] = (
         depths=(2, 2, 2),
         num_heads=(2, 4, 8),
         window_size=4,
+    ),
+)
+
+# Llama-3.2-1B (its config.json; the paper's §IV-E3 base model) and small decoders for CPU tests / runs.
+REGISTRY["llama3_2_1b"] = (
+    "llama",
+    dict(
+        vocab_size=128256,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=0,  # 64
+        rope_theta=500000.0,
+        rope_type="llama3",
+        rope_factor=32.0,
+        rope_low_freq_factor=1.0,
+        rope_high_freq_factor=4.0,
+        rope_original_max_position_embeddings=8192,
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+    ),
+)
+_SMALL_LLAMA = dict(rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=True, max_position_embeddings=1024)
+REGISTRY["llama_micro"] = (
+    "llama",
+    dict(
+        _SMALL_LLAMA,
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        # llama3 scaling with a short original context, so that the scaling changes some frequencies
+        rope_type="llama3",
+        rope_factor=4.0,
+        rope_original_max_position_embeddings=64,
+    ),
+)
+REGISTRY["llama_small"] = (  # a CPU-sized LM for the fortunes corpus (2048-token BPE)
+    "llama",
+    dict(
+        _SMALL_LLAMA,
+        vocab_size=2048,
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
     ),
 )
 

@@ -324,7 +324,7 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x, step_inputs, core_stack):
     idx, dpr, shifted = step_inputs
-    core = jax.tree.map(lambda a: jnp.asarray(a)[idx], core_stack)
+    core = take_core(core_stack, idx)
     # Adapters sit on fc1/fc2 only; LoRA (ablation) on all four linears.
     attn_adjust = self._adjust if self.adjust == "lora" else None
     mlp_adjust = self._adjust if self.adjust != "none" else None
@@ -379,29 +379,60 @@ class BlockStack(nn.Module):
       raise ValueError(f"drop_path has {len(dpr)} rates for a stack of depth {layout.depth}")
     # Block i of a stage shifts its windows when i is odd (position in the *scaled* stage).
     shifted = np.arange(layout.depth) % 2
-    mapping = np.asarray(layout.mapping, np.int32)
-    block = nn.remat(Block) if self.remat else Block
-    for i, (start, stop, kind) in enumerate(layout.segments()):
-      # 'intermediates': 0 stacks the sown block outputs of a segment along a leading layer axis.
-      scanned = nn.scan(
-          block,
-          variable_axes={"params": 0, "intermediates": 0},
-          split_rngs={"params": True, "dropout": True},
-          in_axes=(0, nn.broadcast),
-          length=stop - start,
-          unroll=(stop - start) if self.unroll else 1,
-      )
-      x, _ = scanned(
-          self.dim,
-          self.num_heads,
-          hidden,
-          kind,
-          self.rank,
-          self.adapter_act,
-          self.norm_eps,
-          self.window,
-          self.dtype,
-          train,
-          name=f"seg{i}",
-      )(x, (mapping[start:stop], dpr[start:stop], shifted[start:stop]), core)
+    x, _ = scan_blocks(
+        Block,
+        layout,
+        x,
+        (dpr, shifted),
+        core,
+        remat=self.remat,
+        unroll=self.unroll,
+        dim=self.dim,
+        num_heads=self.num_heads,
+        hidden=hidden,
+        rank=self.rank,
+        adapter_act=self.adapter_act,
+        norm_eps=self.norm_eps,
+        window=self.window,
+        dtype=self.dtype,
+        train=train,
+    )
     return x
+
+
+# ----------------------------------------------------------------------------------------------
+# The scan over a stack's segments, shared by every block type (ViT/Swin `Block`, the decoder's).
+# ----------------------------------------------------------------------------------------------
+def take_core(core_stack, idx):
+  """Core layer `idx` (traced) of the stacked core weights: gathered inside the scan, so the shared
+  tensors are held once and the gradient of a core layer sums over the blocks that use it."""
+  return jax.tree.map(lambda a: jnp.asarray(a)[idx], core_stack)
+
+
+def scan_blocks(block, layout: StackLayout, x, per_block=(), shared=None, *, remat=False, unroll=False, **fields):
+  """Runs the `layout.depth` blocks of one stack; call it inside the stack module's compact method.
+
+  Each segment of `layout` is one `nn.scan` named `seg{i}` whose params (and sown intermediates)
+  are stacked along a leading block axis. Block `l` is `block(adjust=kind, **fields)` called as
+  `(x, (mapping[l], *[a[l] for a in per_block]), shared) -> (x, y)`: `per_block` arrays have a
+  leading axis of `layout.depth`, `shared` (the core stack and anything else) is broadcast.
+  Returns the final `x` and the blocks' `y` stacked over all blocks (None when blocks return None).
+  `unroll` unrolls the scans (cost analysis only: XLA does not multiply loop bodies).
+  """
+  steps = (np.asarray(layout.mapping, np.int32),) + tuple(per_block)
+  cls = nn.remat(block) if remat else block
+  ys = []
+  for i, (start, stop, kind) in enumerate(layout.segments()):
+    # 'intermediates': 0 stacks the sown block outputs of a segment along a leading layer axis.
+    scanned = nn.scan(
+        cls,
+        variable_axes={"params": 0, "intermediates": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(0, nn.broadcast),
+        length=stop - start,
+        unroll=(stop - start) if unroll else 1,
+    )
+    seg_steps = jax.tree.map(lambda a: a[start:stop], steps)
+    x, y = scanned(adjust=kind, name=f"seg{i}", **fields)(x, seg_steps, shared)
+    ys.append(y)
+  return x, jax.tree.map(lambda *a: jnp.concatenate(a), *ys)
