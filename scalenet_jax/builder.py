@@ -20,6 +20,7 @@ import numpy as np
 from scalenet_jax import config_lib, convert, paths
 from scalenet_jax.errors import ConfigError
 from scalenet_jax.grow import expand as grow_lib
+from scalenet_jax.grow import spec as spec_lib
 from scalenet_jax.grow.spec import ExpansionSpec
 from scalenet_jax.models import registry
 from scalenet_jax.train import checkpoint as ckpt_lib
@@ -33,6 +34,7 @@ def expansion_spec(config) -> Optional[ExpansionSpec]:
   e = config.expansion
   if not e.kind:
     return None
+  scope = e.adjust_scope or spec_lib.default_adjust_scope(registry.family_of(config.model.name))
   mapping = e.mapping if e.mapping in ("interpolate", "stack") else config_lib.int_list(e.mapping, "expansion.mapping")
   return ExpansionSpec(
       kind=e.kind,
@@ -40,6 +42,7 @@ def expansion_spec(config) -> Optional[ExpansionSpec]:
       mapping=mapping,
       subset=config_lib.int_list(e.subset, "expansion.subset"),
       adjust=e.adjust,
+      adjust_scope=scope,
       rank=e.rank,
       act=e.act,
       trainable=e.trainable,

@@ -150,6 +150,7 @@ def expansion_config(**overrides) -> ml_collections.ConfigDict:
               mapping="interpolate",  # interpolate | stack | comma-separated explicit list "0,0,1,1,..."
               subset="",  # comma-separated: ViT layer indices (default all) / Swin stages (default last)
               adjust="adapter",  # adapter | lora | none
+              adjust_scope="",  # blocks with adjustment modules: reused | all | '' = the family's (Swin: all)
               rank=16,
               act="gelu",
               trainable="all",  # all | adjust_ln_head | adjust_ln (adjustment modules + norms)

@@ -150,13 +150,55 @@ def test_swin_2x_scalenet_param_arithmetic(model, dim, depths):
   base = _base(f"{model}_2x.py")
   s = summarize(f"{model}_2x.py")
   assert s["depths"] == [*depths[:-1], 2 * L]
-  assert s["unique_params"] == base + 2 * L * 10 * r * d + L * 4 * d
+  # Swin (corrected note §2): every block of the model carries adapters, reused or not; only the L new
+  # blocks add LayerNorms.
+  adapters = 10 * r * (sum(c * n for c, n in zip(dims[:-1], depths[:-1])) + 2 * L * d)
+  assert s["unique_params"] == base + adapters + L * 4 * d
   # Trainable: adapters + every LayerNorm (blocks, patch norm, patch-merging norms, final) + head.
   blocks_ln = sum(4 * c * n for c, n in zip(dims, [*depths[:-1], 2 * L]))
   merge_ln = sum(2 * 4 * dims[i - 1] for i in range(1, 4))
   ln = blocks_ln + 2 * dims[0] + merge_ln + 2 * d
   head = d * IMAGENET_CLASSES + IMAGENET_CLASSES
-  assert s["trainable_params"] == 2 * L * 10 * r * d + ln + head
+  assert s["trainable_params"] == adapters + ln + head
+
+
+# Paper Table I, unique params (M) of the ScaleNet 2x rows. Swin-T: the paper prints 29.37, 0.12M above
+# what its own rule gives for the other Swin rows (every block carries adapters); we count by the rule.
+TABLE_I = {
+    "deit_tiny": 6.45,
+    "deit_small": 23.53,
+    "deit_base": 89.55,
+    "swin_tiny": 29.25,
+    "swin_small": 51.30,
+    "swin_base": 90.03,
+}
+
+
+@pytest.mark.parametrize("model", sorted(TABLE_I))
+def test_table_i_unique_params(model):
+  assert summarize(f"{model}_2x.py")["unique_params"] / 1e6 == pytest.approx(TABLE_I[model], abs=0.02)
+
+
+@pytest.mark.parametrize(
+    "arg,want",
+    [
+        # Table II, "no sharing + Adapter": the pretrained Swin with adapters on every block (no new layers).
+        ("model=swin_base,share=0", 89_693_344),  # 89.69
+        ("model=swin_small,share=0", 51_050_098),  # 51.05
+        ("model=swin_tiny,share=0", 28_994_914),  # 28.99
+        # Table III, DeiT-B layers {1,2,3} (1-based) reused: 6 adapter instances + 3 new layers' LNs (87.31;
+        # the note prints the total as 87,313,192, but its own terms sum to 87,314,152).
+        ("model=deit_base,subset=0-2", 86_567_656 + 6 * 122_880 + 3 * 3_072),
+        # Table III, Swin-B stage 1 / stage 2 (1-based) expanded: 89.74 / 89.78.
+        ("model=swin_base,subset=0", 89_735_328),
+        ("model=swin_base,subset=1", 89_777_312),
+        # Table VI, LoRA r=4 on DeiT-B: the paper's 87.75 (= base + 24*16*4*768, 87,747,304) leaves out the
+        # 12 new layers' LayerNorms (12*4*768 = 36,864) that every ScaleNet layer owns; we count them.
+        ("model=deit_base,adjust=lora,rank=4", 87_747_304 + 36_864),
+    ],
+)
+def test_paper_ablation_rows_exact(arg, want):
+  assert summarize("ablation_grow.py", arg)["unique_params"] == want
 
 
 @pytest.mark.parametrize(
@@ -179,17 +221,12 @@ def test_ablation_param_arithmetic(arg, instances, new_layers, per_instance):
   assert s["depths"] == [12 + new_layers]
 
 
-def test_ablation_no_sharing_is_parameter_matched_baseline():
-  """share=0: independent new layers (interpolate baseline), as many as match the ScaleNet increment."""
+def test_ablation_no_sharing_is_adjustment_modules_only():
+  """share=0 (Table II "no WSPT"): no new layers; the 12 pretrained layers get adapters (10*r*d each)."""
   d, r = 768, 16
-  base = _base("ablation_grow.py")
   s = summarize("ablation_grow.py", "share=0")
-  block = 12 * d * d + 13 * d  # qkv, proj, fc1, fc2 weights and biases + two LNs
-  increment = 24 * 10 * r * d + 12 * 4 * d
-  k = max(1, round(increment / block))
-  assert s["expansion"] == "interpolate"
-  assert s["unique_params"] == s["params"] == base + k * block
-  assert s["depths"] == [12 + k]
+  assert s["expansion"] == "scalenet" and s["depths"] == [12]
+  assert s["unique_params"] == s["params"] == _base("ablation_grow.py") + 12 * 10 * r * d
 
 
 @pytest.mark.parametrize("kind", ["random", "stack", "interpolate", "swa", "scratch"])

@@ -4,7 +4,8 @@ Mappings (0-based; L = layers of the reused stack, R = reuse times, S = reused s
 * interpolate: every reused layer is followed by its R-1 copies: 0,0,1,1,2,2,...
 * stack:       the R-1 extra rounds of S follow the last layer of S (for S = all: 0..L-1,0..L-1).
 * explicit:    a list of core indices, one per scaled layer.
-Every instance of a reused layer gets an adjustment module; layers outside S get none.
+Adjustment scope: `reused` = every instance of a reused layer gets an adjustment module, layers outside S
+get none (the paper's DeiT counts); `all` = every block of the model gets one (the paper's Swin counts).
 For Swin, S is a set of *stages* (default: the last one) and each chosen stage is expanded as a whole.
 """
 
@@ -18,6 +19,16 @@ from scalenet_jax.errors import ConfigError
 
 KINDS = ("scalenet", "random", "stack", "interpolate", "swa", "scratch")
 MAPPINGS = ("interpolate", "stack")
+# Which blocks carry adjustment modules (scalenet_grow.md §2, the paper's parameter counts): the instances
+# of reused layers only (DeiT), or every block of the model, reused or not (Swin).
+ADJUST_SCOPES = ("reused", "all")
+FAMILY_ADJUST_SCOPE = {"swin": "all"}  # default of other families: reused
+
+
+def default_adjust_scope(family: str) -> str:
+  return FAMILY_ADJUST_SCOPE.get(family, "reused")
+
+
 TRAINABLE = ("all", "adjust_ln_head", "adjust_ln")  # adjust_ln: adjustment modules and norms only
 
 
@@ -28,6 +39,7 @@ class ExpansionSpec:
   mapping: Union[str, tuple[int, ...]] = "interpolate"
   subset: Optional[tuple[int, ...]] = None  # ViT: layer indices (default all); Swin: stages (default last)
   adjust: str = "adapter"
+  adjust_scope: str = "reused"  # reused | all (see ADJUST_SCOPES)
   rank: int = 16
   act: str = "gelu"
   trainable: str = "all"
@@ -43,6 +55,8 @@ class ExpansionSpec:
       raise ConfigError(f"unknown mapping {self.mapping!r}; choose one of {MAPPINGS} or give a list of layer indices")
     if self.adjust not in ADJUST_KINDS:
       raise ConfigError(f"unknown adjustment {self.adjust!r}; choose one of {ADJUST_KINDS}")
+    if self.adjust_scope not in ADJUST_SCOPES:
+      raise ConfigError(f"unknown adjustment scope {self.adjust_scope!r}; choose one of {ADJUST_SCOPES}")
     if self.adjust != "none" and self.rank <= 0:
       raise ConfigError(f"adjustment rank must be > 0, got {self.rank}")
     if self.trainable not in TRAINABLE:
@@ -76,8 +90,8 @@ def stack_layout(num_layers: int, spec: ExpansionSpec, subset: Optional[Sequence
   else:  # stack
     last = subset[-1]
     mapping = list(range(last + 1)) + subset * (r - 1) + list(range(last + 1, num_layers))
-  reused = set(subset)
-  adjust = tuple(spec.adjust if m in reused else "none" for m in mapping)
+  carries = set(range(num_layers)) if spec.adjust_scope == "all" else set(subset)
+  adjust = tuple(spec.adjust if m in carries else "none" for m in mapping)
   return StackLayout(num_layers, tuple(mapping), adjust)
 
 
@@ -99,4 +113,6 @@ def model_layouts(depths: Sequence[int], spec: ExpansionSpec) -> tuple[StackLayo
   if len(depths) == 1:
     return (stack_layout(depths[0], spec, spec.subset),)
   grown = expanded_stacks(depths, spec)
-  return tuple(stack_layout(d, spec) if i in grown else StackLayout.identity(d) for i, d in enumerate(depths))
+  # With scope 'all' the stages that do not grow still give every block an adjustment module.
+  kept = lambda d: StackLayout(d, tuple(range(d)), (spec.adjust,) * d if spec.adjust_scope == "all" else ("none",) * d)
+  return tuple(stack_layout(d, spec) if i in grown else kept(d) for i, d in enumerate(depths))
