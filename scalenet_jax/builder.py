@@ -100,12 +100,16 @@ def needs_initial_params(config) -> bool:
 
 
 def load_pretrained(config, model):
-  """Params of the plain `model` from `config.init_from` (a checkpoint file or an exported params dir)."""
+  """Params of the plain `model` from `config.init_from`: an exported params dir (Orbax) or a checkpoint
+  file / directory in a foreign layout (`convert.load_state_dict`). `init_new_head` keeps a fresh head."""
   path = config.init_from
-  if paths.path(path).is_dir():
-    return ckpt_lib.load_params(path)
-  skip = tuple(k for k in config.init_skip.split(",") if k)
-  return convert.timm_to_flax(convert.load_state_dict(path), model, ignore=skip)
+  if ckpt_lib.is_params_export(path):
+    params = ckpt_lib.load_params(path)
+    if config.init_new_head:
+      params = {**params, "head": model.init_params(config.seed)["head"]}
+    return params
+  init = model.init_params(config.seed) if config.init_new_head else None
+  return convert.timm_to_flax(convert.load_state_dict(path), model, new_head=config.init_new_head, init=init)
 
 
 def initial_params(config):

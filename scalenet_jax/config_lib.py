@@ -167,8 +167,10 @@ def train_config(model: str = "vit_micro_patch4_28", **overrides) -> ml_collecti
   c = base_config()
   c.model = model_config(model)
   c.expansion = expansion_config()
-  c.init_from = ""  # timm .safetensors/.pth, or an exported params dir (<workdir>/export/params)
-  c.init_skip = ""  # comma-separated timm keys allowed to be missing (e.g. the head when num_classes differs)
+  # The weights a fresh run starts from: a timm / Hugging Face `model.safetensors` (or its directory), an
+  # original DeiT / Swin release `.pth`, or an exported params dir (<workdir>/export/params).
+  c.init_from = ""
+  c.init_new_head = False  # True: a new, randomly initialised classifier head (another number of classes)
   c.ema_decay = 0.0
   c.eval_at_init = False  # also evaluate the starting params (saved in <workdir>/init_eval.json)
   c.init_eval_split = ""  # the split eval_at_init uses ('' = data.eval_split)

@@ -15,13 +15,13 @@ plain timm ignores only if loaded with `strict=False` (they are not part of a ti
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import warnings
 from typing import Any, Optional
 
 import jax
-import ml_dtypes
 import numpy as np
 
 from scalenet_jax.errors import CheckpointError, MissingInputError
@@ -45,18 +45,29 @@ def _get(tree, path):
   return tree
 
 
-def timm_to_flax(state_dict: dict[str, Any], model, ignore: tuple[str, ...] = ()) -> dict:
+def head_keys(model) -> tuple[str, ...]:
+  """The checkpoint keys of the model's classifier head (Flax params under `head`)."""
+  return tuple(e.key for e in model.key_table() if e.path[0] == "head")
+
+
+def timm_to_flax(state_dict: dict[str, Any], model, *, new_head: bool = False, init=None) -> dict:
   """Strictly convert a timm (or Hugging Face) state dict to Flax params of `model` (plain, unexpanded).
 
-  `ignore`: keys that may be missing from `state_dict` (their Flax params keep a fresh
-  init of zeros; typically the classifier head when fine-tuning to a new number of classes).
+  The state dict first goes through the family's `model.checkpoint_filter` (other layouts of the same
+  weights, e.g. the original Swin release). `new_head=True` does not load the classifier head (fine-tuning
+  to another number of classes): it keeps its values from `init` (a fresh init of `model`; default
+  zeros), and the checkpoint's head may have any shape.
   """
   if not model.is_plain:
     raise ValueError("checkpoint weights load into a plain model; expand it afterwards with scalenet_jax.grow")
-  sd = {k: np.asarray(_to_numpy(v)) for k, v in state_dict.items()}
+  sd = model.checkpoint_filter({k: np.asarray(_to_numpy(v)) for k, v in state_dict.items()})
   abstract = model.abstract_params()
-  params = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract)
+  params = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract) if init is None else init
+  params = jax.tree.map(lambda a: np.array(a, copy=True), params)
   table = model.key_table()
+  head = set(head_keys(model)) if new_head else set()
+  table = [e for e in table if e.key not in head]
+  sd = {k: v for k, v in sd.items() if k not in head}
   known = {e.key for e in table}
   unexpected = sorted(k for k in sd if k not in known and not _non_persistent(k))
   if unexpected:
@@ -66,7 +77,7 @@ def timm_to_flax(state_dict: dict[str, Any], model, ignore: tuple[str, ...] = ()
     )
   for e in sorted(table, key=lambda e: e.optional):  # aliases last: they are checked against the param
     if e.key not in sd:
-      if e.key in ignore or e.optional:
+      if e.optional:
         continue
       raise CheckpointError(f"missing key in checkpoint: {e.key!r}")
     value = _TO_FLAX[e.kind](sd[e.key])
@@ -74,12 +85,14 @@ def timm_to_flax(state_dict: dict[str, Any], model, ignore: tuple[str, ...] = ()
     target = leaf if e.index is None else leaf[e.index]
     if value.shape != target.shape:
       want = _TO_TIMM[e.kind](np.zeros(target.shape)).shape
+      hint = " (another number of classes? set --config.init_new_head=True)" if e.path[0] == "head" else ""
       raise CheckpointError(
-          f"shape mismatch for key {e.key!r}: checkpoint has {tuple(sd[e.key].shape)}," f" model expects {tuple(want)}"
+          f"shape mismatch for key {e.key!r}: checkpoint has {tuple(sd[e.key].shape)}, model expects {tuple(want)}"
+          + hint
       )
     if e.optional:
       if not np.array_equal(target, value):
-        raise ValueError(f"key {e.key!r} is tied to another key of the model but holds different values")
+        raise CheckpointError(f"key {e.key!r} is tied to another key of the model but holds different values")
       continue
     target[...] = value
   return params
@@ -127,20 +140,35 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
     import torch  # optional dependency: pip install -e .[torch]
 
     try:
-      with warnings.catch_warnings():  # e.g. pickle-protocol notices: the error below is the message
-        warnings.simplefilter("ignore")
+      # Training checkpoints of the DeiT release also pickle their argparse options: plain data, allowed.
+      with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
+        warnings.simplefilter("ignore")  # e.g. pickle-protocol notices: the error below is the message
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
       raise CheckpointError(
           f"refusing to load {path}: it is not a weights-only checkpoint "
           f"(unpickling would run arbitrary code): {str(e).splitlines()[0]}"
       ) from None
-    for wrapper in ("model", "state_dict", "model_ema"):
-      if isinstance(sd, dict) and wrapper in sd and isinstance(sd[wrapper], dict):
-        sd = sd[wrapper]
-        break
-    return {k: _to_numpy(v) for k, v in sd.items()}
+    return {k: _to_numpy(v) for k, v in _unwrap(sd, path).items()}
   raise CheckpointError(f"unsupported checkpoint format {path!r}: use .safetensors, .pth, .pt or .bin")
+
+
+# Where training checkpoints keep the weights: the DeiT and Swin releases and timm's train script use
+# `model` (next to `optimizer`, `epoch`, ...), others `state_dict`; `model_ema` only when nothing else is there.
+_WRAPPERS = ("model", "state_dict", "model_ema")
+
+
+def _unwrap(sd, path) -> dict:
+  """The state dict inside a training checkpoint (or `sd` itself when it is one)."""
+  if not isinstance(sd, dict):
+    raise CheckpointError(f"{path} holds a {type(sd).__name__}, not a state dict")
+  for wrapper in _WRAPPERS:
+    if isinstance(sd.get(wrapper), dict):
+      return sd[wrapper]
+  tensors = {k: v for k, v in sd.items() if hasattr(v, "shape")}
+  if not tensors:
+    raise CheckpointError(f"{path} holds no tensors (top-level keys: {sorted(sd)[:8]})")
+  return sd
 
 
 def save_safetensors(path: str, state_dict: dict[str, np.ndarray]):
@@ -154,52 +182,25 @@ def save_safetensors(path: str, state_dict: dict[str, np.ndarray]):
 # ----------------------------------------------------------------------------------------------------
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-# The format's dtype names. bfloat16 is why this reader exists: `safetensors.numpy` has no numpy bf16.
-_ST_DTYPES = {
-    "F64": np.float64,
-    "F32": np.float32,
-    "F16": np.float16,
-    "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64,
-    "I32": np.int32,
-    "I16": np.int16,
-    "I8": np.int8,
-    "U8": np.uint8,
-    "BOOL": np.bool_,
-}
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
-  """Every tensor of a `.safetensors` file as a read-only numpy view of the memory-mapped file.
+  """Every tensor of a `.safetensors` file (bfloat16 as `ml_dtypes.bfloat16`); a damaged file is a
+  `CheckpointError` naming it."""
+  from safetensors import SafetensorError  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
 
-  Layout: a little-endian u64 header size, a JSON header `{name: {dtype, shape, data_offsets}}`,
-  then the raw little-endian data (offsets relative to its start)."""
-  size = os.path.getsize(path)
-  with open(path, "rb") as f:
-    n = int.from_bytes(f.read(8), "little")
-    if size < 8 or not 0 < n <= size - 8:
-      raise ValueError(f"not a safetensors file (bad header size): {path}")
-    header = json.loads(f.read(n))
-  data = np.memmap(path, np.uint8, mode="r", offset=8 + n) if size > 8 + n else np.zeros(0, np.uint8)
-  out = {}
-  for key, info in header.items():
-    if key == "__metadata__":
-      continue
-    if info["dtype"] not in _ST_DTYPES:
-      raise ValueError(f"{path}: tensor {key!r} has unsupported dtype {info['dtype']}")
-    begin, end = info["data_offsets"]
-    dtype = np.dtype(_ST_DTYPES[info["dtype"]]).newbyteorder("<")
-    if end > len(data) or (end - begin) != dtype.itemsize * int(np.prod(info["shape"])):
-      raise ValueError(f"{path}: tensor {key!r} does not fit the file (truncated?)")
-    out[key] = np.frombuffer(data[begin:end], dtype).reshape(info["shape"])
-  return out
+  try:
+    return load_file(path)
+  except SafetensorError as e:
+    raise CheckpointError(f"cannot read safetensors file {path}: {e}") from None
 
 
 def _checkpoint_in_dir(directory: str) -> str:
   for name in (SINGLE_FILE, INDEX_FILE):
     if os.path.isfile(os.path.join(directory, name)):
       return os.path.join(directory, name)
-  raise FileNotFoundError(f"no {SINGLE_FILE} or {INDEX_FILE} in checkpoint directory {directory}")
+  raise MissingInputError(f"no {SINGLE_FILE} or {INDEX_FILE} in checkpoint directory {directory}")
 
 
 def _load_sharded(index_path: str) -> dict[str, np.ndarray]:
@@ -207,12 +208,12 @@ def _load_sharded(index_path: str) -> dict[str, np.ndarray]:
   with open(index_path) as f:
     weight_map = json.load(f).get("weight_map")
   if not isinstance(weight_map, dict) or not weight_map:
-    raise ValueError(f"{index_path} has no weight_map")
+    raise CheckpointError(f"{index_path} has no weight_map")
   root = os.path.dirname(index_path)
   shards = sorted(set(weight_map.values()))
   missing = [s for s in shards if not os.path.isfile(os.path.join(root, s))]
   if missing:
-    raise FileNotFoundError(
+    raise MissingInputError(
         f"shard {missing[0]} listed in {index_path} not found ({len(missing)} of {len(shards)} missing)"
     )
   out = {}
@@ -220,7 +221,7 @@ def _load_sharded(index_path: str) -> dict[str, np.ndarray]:
     tensors = read_safetensors(os.path.join(root, shard))
     want = {k for k, s in weight_map.items() if s == shard}
     if want - set(tensors):
-      raise ValueError(f"shard {shard} lacks key {sorted(want - set(tensors))[0]!r} that {index_path} puts there")
+      raise CheckpointError(f"shard {shard} lacks key {sorted(want - set(tensors))[0]!r} that {index_path} puts there")
     out.update((k, tensors[k]) for k in sorted(want))
   return out
 

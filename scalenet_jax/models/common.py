@@ -55,6 +55,11 @@ class StackedModel(nn.Module):
     """Every key of the family's foreign checkpoint format with the Flax param it maps to."""
     raise NotImplementedError
 
+  def checkpoint_filter(self, state_dict: dict) -> dict:
+    """The family's foreign state dict in the layout of `key_table` (e.g. an original-release layout);
+    a checkpoint of another variant it cannot load raises `CheckpointError` saying what it is."""
+    return state_dict
+
   def input_spec(self, batch: int = 1) -> jax.ShapeDtypeStruct:
     """Shape and dtype of a model input batch."""
     raise NotImplementedError

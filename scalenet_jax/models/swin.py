@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import ClassVar
 
 import flax.linen as nn
@@ -66,6 +67,22 @@ class Swin(common.StackedModel):
 
   def input_spec(self, batch: int = 1):
     return common.image_input_spec(self.config, batch)
+
+  def checkpoint_filter(self, state_dict):
+    """The original Swin release (microsoft/Swin-Transformer) keeps each patch merging at the *end* of
+    stage i (`layers.i.downsample`, i < last) and names the classifier `head`; timm puts it at the start
+    of stage i + 1 and names it `head.fc`. Same tensors, other names: renamed to timm's."""
+    if "head.fc.weight" in state_dict or "head.weight" not in state_dict:
+      return state_dict
+    out = {}
+    for k, v in state_dict.items():
+      m = re.match(r"layers\.(\d+)\.downsample\.(.*)", k)
+      if m:
+        k = f"layers.{int(m.group(1)) + 1}.downsample.{m.group(2)}"
+      elif k.startswith("head."):
+        k = "head.fc." + k[len("head.") :]
+      out[k] = v
+    return out
 
   def key_table(self):
     """timm `SwinTransformer` keys."""

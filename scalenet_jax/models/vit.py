@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from scalenet_jax.errors import CheckpointError
 from scalenet_jax.models import common
 from scalenet_jax.models import stack as stack_lib
 
@@ -48,6 +49,16 @@ class ViT(common.StackedModel):
 
   def input_spec(self, batch: int = 1):
     return common.image_input_spec(self.config, batch)
+
+  def checkpoint_filter(self, state_dict):
+    # The DeiT release's distilled models (deit_*_distilled_patch16_224) carry a distillation token and
+    # head: a different architecture (two output heads), not supported here.
+    if "dist_token" in state_dict or any(k.startswith("head_dist.") for k in state_dict):
+      raise CheckpointError(
+          "this is a distilled DeiT checkpoint (dist_token, head_dist): distilled models are not supported; "
+          "use the non-distilled release of the same model (e.g. deit_base_patch16_224)"
+      )
+    return state_dict
 
   def key_table(self):
     """timm `VisionTransformer` keys (DeiT / ViT with class token)."""

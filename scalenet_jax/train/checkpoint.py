@@ -293,6 +293,12 @@ def export_params(path, params, *, overwrite: bool = False) -> None:
     checkpointer.wait_until_finished()
 
 
+def is_params_export(path) -> bool:
+  """Whether `path` is a directory written by `export_params` (Orbax metadata), not a foreign checkpoint."""
+  path = epath.Path(path)
+  return path.is_dir() and (path / "_METADATA").exists()
+
+
 def load_params(path, abstract_params=None):
   """Reads params written by `export_params`.
 
