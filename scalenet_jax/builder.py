@@ -73,15 +73,17 @@ def build_model(config, unroll: bool = False):
   return model if spec is None else grow_lib.expanded_model(model, spec)
 
 
-def trainable(config, abstract_params) -> tuple:
-  """(optimizer patterns: 'all' or regexes, step mask: bool pytree) of the run's trainable set."""
+def trainable_mask(config, abstract_params):
+  """The run's trainable set as a bool pytree like the params (optimizer and step): the expansion's
+  trainable patterns, and for baselines under `adjust_ln_head` bool row arrays on the stacked core leaves
+  (only the new layers train, and only their rows hold optimizer state)."""
   spec = expansion_spec(config)
   patterns = "all" if spec is None or spec.trainable == "all" else list(grow_lib.trainable_patterns(spec))
   mask = optim.trainable_mask(abstract_params, patterns)
   rows = {} if spec is None else grow_lib.trainable_rows(base_model(config), spec)
   for name, r in rows.items():
     mask[name]["core"] = jax.tree.map(lambda _: r, mask[name]["core"])
-  return patterns, mask
+  return mask
 
 
 def count_trainable(abstract_params, mask) -> int:

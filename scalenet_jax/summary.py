@@ -27,7 +27,7 @@ def summarize(config, xla_check: bool = True) -> dict:
       "depths": [l.depth for l in model.stack_layouts],
       "params": _instance_params(model, abstract),
       "unique_params": counting.count_params(abstract),
-      "trainable_params": builder.count_trainable(abstract, builder.trainable(config, abstract)[1]),
+      "trainable_params": builder.count_trainable(abstract, builder.trainable_mask(config, abstract)),
       "macs": counting.model_flops(model, abstract),
   }
   out["gflops"] = out["macs"] / 1e9

@@ -79,7 +79,7 @@ def make_task(config, workdir, mode: str):
     init_eval_source = open_split(config.init_eval_split)
 
   abstract = model.abstract_params()
-  patterns, mask = builder.trainable(config, abstract)
+  mask = builder.trainable_mask(config, abstract)
   prep = from_config.preprocess(d, cfg.img_size, cfg.in_chans)
   x = model.input_spec()
   task = loop_lib.Task(
@@ -93,7 +93,6 @@ def make_task(config, workdir, mode: str):
       if builder.needs_initial_params(config)
       else None,
       tag=f"train/{config.model.name}",
-      trainable=patterns,
       trainable_mask=mask,
       batch_transform=batch_transform(config, cfg.num_classes),
       compute_dtype=builder.compute_dtype(config),

@@ -161,10 +161,10 @@ def test_missing_key_is_named(vit_sd):
     convert.timm_to_flax(sd, model)
 
 
-def test_ignored_key_may_be_missing(vit_sd):
+def test_new_head_may_be_missing(vit_sd):
   model, params, sd = vit_sd
   sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
-  out = convert.timm_to_flax(sd, model, ignore=("head.weight", "head.bias"))
+  out = convert.timm_to_flax(sd, model, new_head=True)
   np.testing.assert_array_equal(out["head"]["kernel"], 0)
   np.testing.assert_array_equal(out["blocks"]["core"]["qkv"]["kernel"], params["blocks"]["core"]["qkv"]["kernel"])
 

@@ -293,3 +293,43 @@ def test_soft_labels_and_batch_transform():
   soft = 0.3 * jax.nn.one_hot(y1, 5) + 0.7 * jax.nn.one_hot(y2, 5)
   mixed = 0.3 * step.cross_entropy(logits, y1, 0.1) + 0.7 * step.cross_entropy(logits, y2, 0.1)
   np.testing.assert_allclose(step.cross_entropy(logits, soft, 0.1), mixed, rtol=1e-6)
+
+
+def test_row_masked_leaves_hold_optimizer_state_for_their_trainable_rows_only():
+  """A stacked leaf with a row mask (a baseline's new layers): Adam moments exist for the true rows only,
+  those rows get exactly the update of an optimizer on the sliced leaf, the other rows exact zeros."""
+  rows = np.array([False, True, False, True])
+  params = {"core": jnp.arange(24.0).reshape(4, 6) / 10, "head": jnp.ones((3,)), "frozen": jnp.ones((5,))}
+  mask = {"core": rows, "head": True, "frozen": False}
+  cfg = dict(name="adamw", lr=0.1, total_steps=10, weight_decay=0.0)
+  tx = optim.make_optimizer(cfg, params, mask)
+  state = tx.init(params)
+  assert _leaf_sizes(state) == 2 * (2 * 6 + 3)  # mu + nu of two rows and the head; nothing for frozen
+  grads = jax.tree.map(lambda p: jnp.cos(p) + 0.5, params)
+  updates, _ = tx.update(grads, state, params)
+  np.testing.assert_array_equal(updates["core"][~rows], 0.0)
+  np.testing.assert_array_equal(updates["frozen"], 0.0)
+  sliced = {"core": params["core"][rows], "head": params["head"]}
+  ref_tx = optim.make_optimizer(cfg, sliced)
+  ref, _ = ref_tx.update(jax.tree.map(lambda p: jnp.cos(p) + 0.5, sliced), ref_tx.init(sliced), sliced)
+  np.testing.assert_allclose(updates["core"][rows], ref["core"], rtol=1e-6)
+  np.testing.assert_allclose(updates["head"], ref["head"], rtol=1e-6)
+
+
+def test_baseline_under_adjust_ln_head_holds_state_for_its_new_layers_only():
+  """The stack baseline of the micro ViT with the paper's frozen-core recipe: optimizer state = Adam's two
+  moments of exactly the trainable scalars (new layers' rows, every LayerNorm, the head)."""
+  from scalenet_jax import builder, config_lib
+
+  config = config_lib.override(
+      config_lib.train_config("vit_micro_patch4_28"),
+      {"expansion.kind": "stack", "expansion.trainable": "adjust_ln_head", "init_from": "unused.safetensors"},
+  )
+  abstract = builder.build_model(config).abstract_params()
+  mask = builder.trainable_mask(config, abstract)
+  assert any(isinstance(m, np.ndarray) for m in jax.tree.leaves(mask))  # row masks on the stacked core
+  tx = optim.make_optimizer(dict(total_steps=10), abstract, mask)
+  state = jax.eval_shape(tx.init, abstract)
+  n_train = builder.count_trainable(abstract, mask)
+  assert _leaf_sizes(state) == 2 * n_train
+  assert n_train < optim.count(abstract) // 2  # the pretrained rows are most of the model

@@ -44,8 +44,8 @@ class Task:
   initial_variables: `() -> variables` as host arrays (pretrained, expanded or host-built); used instead
     of `init_fn` on a fresh start. One of the two is required.
   tag: mixed into the checkpoint fingerprint, so a workdir of another task/model is refused.
-  trainable: 'all' or param-path regexes (optimizer: frozen params hold no state).
-  trainable_mask: bool pytree for the step (leaves may be row masks of stacked leaves); None = all.
+  trainable_mask: bool pytree like the params (leaves may be bool arrays over a stacked leaf's rows);
+    frozen leaves and rows get no update and hold no optimizer state. None = everything trains.
   eval_batches: `() -> iterator` of eval step batches with 'mask' (periodic and final evaluation:
     top-1, top-5, loss over every example), or None.
   export: `export(state) -> dict` written at the end of training, or None.
@@ -58,7 +58,6 @@ class Task:
   init_fn: Optional[Callable[[jax.Array], dict]] = None
   initial_variables: Optional[Callable[[], dict]] = None
   tag: str = ""
-  trainable: Any = "all"
   trainable_mask: Any = None
   batch_transform: Optional[Callable] = None
   compute_dtype: Any = jnp.float32
@@ -101,7 +100,8 @@ class Loop:
     # ---- Optimizer and sharded state
     abstract_params = task.abstract_variables["params"]
     self.optim_config = optimizer_config(config)
-    self.tx = optim.make_optimizer(self.optim_config, abstract_params, task.trainable)
+    trainable = "all" if task.trainable_mask is None else task.trainable_mask
+    self.tx = optim.make_optimizer(self.optim_config, abstract_params, trainable)
     if task.init_fn is None and task.initial_variables is None:
       raise ValueError("Task needs init_fn or initial_variables")
     # With host-side initial variables the on-device init only has to produce the right shapes.

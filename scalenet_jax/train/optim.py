@@ -22,7 +22,9 @@ import re
 from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from scalenet_jax import config_lib
@@ -139,12 +141,41 @@ def _weight_decay(c: ml_collections.ConfigDict) -> list[optax.GradientTransforma
   ]
 
 
-def make_optimizer(config, params_abstract, trainable: str | Sequence[str] = "all") -> optax.GradientTransformation:
+def _is_rows(m) -> bool:
+  return not isinstance(m, (bool, np.bool_))
+
+
+def rows_only(inner: optax.GradientTransformation, mask) -> optax.GradientTransformation:
+  """`inner` applied to the trainable rows of row-masked leaves only (and to other leaves as they are).
+
+  `mask` is a bool pytree like the params whose leaves are bools or bool arrays over a stacked leaf's
+  leading axis (e.g. only a baseline's new layers in a stacked core). Those leaves are gathered to their
+  true rows before `inner`, so its state (Adam moments, momentum, accumulation) exists for those rows
+  only; the updates of the other rows are exact zeros."""
+  # Row indices are static numpy: the gathers and scatters compile to fixed slices.
+  pick = lambda tree: jax.tree.map(lambda x, m: x[np.flatnonzero(m)] if _is_rows(m) else x, tree, mask)
+
+  def scatter(u, full, m):
+    return jnp.zeros(full.shape, u.dtype).at[np.flatnonzero(m)].set(u) if _is_rows(m) else u
+
+  def init(params):
+    return inner.init(pick(params))
+
+  def update(updates, state, params=None):
+    out, state = inner.update(pick(updates), state, None if params is None else pick(params))
+    return jax.tree.map(scatter, out, updates, mask), state
+
+  return optax.GradientTransformation(init, update)
+
+
+def make_optimizer(config, params_abstract, trainable="all") -> optax.GradientTransformation:
   """The full optimizer for `params_abstract` (a param pytree; `jax.ShapeDtypeStruct` leaves are fine).
 
-  Trainable branch: [clip] -> AdamW (scale_by_adam, decoupled decay) or SGD (decay added to the gradient,
-  Nesterov momentum) -> warmup-cosine learning rate, wrapped in `optax.MultiSteps` when
-  grad_accum_steps > 1. Frozen branch: `optax.set_to_zero()` (no state).
+  `trainable`: 'all', a list of param-path regexes, or a bool pytree like the params (`trainable_mask`),
+  whose leaves may be bool arrays over a stacked leaf's leading axis: only those rows train and hold
+  optimizer state (`rows_only`). Trainable branch: [clip] -> AdamW (scale_by_adam, decoupled decay) or
+  SGD (decay added to the gradient, Nesterov momentum) -> warmup-cosine learning rate, wrapped in
+  `optax.MultiSteps` when grad_accum_steps > 1. Frozen branch: `optax.set_to_zero()` (no state).
   """
   c = _resolve_config(config)
   schedule = make_lr_schedule(c)
@@ -158,5 +189,8 @@ def make_optimizer(config, params_abstract, trainable: str | Sequence[str] = "al
   if c.grad_accum_steps > 1:
     # Inside the trainable branch, so the accumulation buffer also exists only for trainable params.
     inner = optax.MultiSteps(inner, every_k_schedule=c.grad_accum_steps).gradient_transformation()
-  labels = param_labels(params_abstract, trainable)
-  return optax.multi_transform({TRAINABLE: inner, FROZEN: optax.set_to_zero()}, labels)
+  mask = trainable_mask(params_abstract, trainable) if isinstance(trainable, (str, list, tuple)) else trainable
+  labels = jax.tree.map(lambda m: TRAINABLE if np.any(m) else FROZEN, mask)
+  tx = optax.multi_transform({TRAINABLE: inner, FROZEN: optax.set_to_zero()}, labels)
+  has_rows = any(_is_rows(m) for m in jax.tree.leaves(mask))
+  return rows_only(tx, mask) if has_rows else tx
