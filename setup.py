@@ -24,6 +24,8 @@ INSTALL_REQUIRES = [
 # torch/timm are only needed to convert weights against timm and for the parity tests/benchmarks.
 # torch 2.14.1 + torchvision 0.29.1 are the pair that installs (and imports) together here.
 TORCH = ["torch==2.14.1", "torchvision==0.29.1", "timm==1.0.31"]
+# gs:// workdirs without TensorFlow: etils.epath reaches GCS through fsspec's gcsfs (Orbax through tensorstore).
+GCS = ["gcsfs==2026.10.1"]
 
 setuptools.setup(
     name="scalenet_jax",
@@ -34,7 +36,12 @@ setuptools.setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "torch": TORCH,
+        "gcs": GCS,
         # transformers: the Llama parity / checkpoint tests (LlamaForCausalLM as the reference)
-        "test": TORCH + ["transformers==5.24.0", "pytest==9.2.0", "pytest-xdist==3.8.0", "pyink==26.5.1"],
+        # gcp-storage-emulator: a local GCS bucket for the gs:// workdir test
+        "test": TORCH
+        + GCS
+        + ["transformers==5.24.0", "gcp-storage-emulator==2026.7.19", "pytest==9.2.0", "pytest-xdist==3.8.0"]
+        + ["pyink==26.5.1"],
     },
 )

@@ -2,7 +2,8 @@
 
 Every read and write of a workdir goes through `epath.Path` (Orbax uses it too); the helpers here add
 what runs need on top: JSON files, and atomic replacement of small files that are rewritten while a run
-goes on (a preempted write never leaves a truncated `metrics.jsonl` or `mcea.json`).
+goes on (a preempted write never leaves a truncated `metrics.jsonl` or `mcea.json`): a temp file and a
+rename on local disks; on object stores (gs://, s3://) an upload is already all-or-nothing.
 """
 
 from __future__ import annotations
@@ -26,21 +27,20 @@ def is_local(p: PathLike) -> bool:
   return "://" not in str(p)
 
 
-def write_text(p: PathLike, text: str) -> None:
-  """Writes `text` to `p` atomically (a temp file in the same directory, then a rename)."""
-  p = path(p)
-  p.parent.mkdir(parents=True, exist_ok=True)
-  tmp = p.parent / f".{p.name}.{uuid.uuid4().hex[:8]}.tmp"
-  tmp.write_text(text)
-  tmp.replace(p)
-
-
 def write_bytes(p: PathLike, data: bytes) -> None:
+  """Writes `data` to `p` atomically (see the module docstring)."""
   p = path(p)
   p.parent.mkdir(parents=True, exist_ok=True)
+  if not is_local(p):
+    p.write_bytes(data)
+    return
   tmp = p.parent / f".{p.name}.{uuid.uuid4().hex[:8]}.tmp"
   tmp.write_bytes(data)
   tmp.replace(p)
+
+
+def write_text(p: PathLike, text: str) -> None:
+  write_bytes(p, text.encode())
 
 
 def write_json(p: PathLike, obj: Any, indent: int | None = 1) -> None:

@@ -34,6 +34,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from scalenet_jax import paths
 from scalenet_jax.errors import CheckpointError, MissingInputError
 
 STATE, META = "state", "meta"
@@ -79,7 +80,7 @@ class Checkpointer:
 
   def __init__(self, workdir, *, max_to_keep: int | None = 3, save_interval_steps: int = 1, async_save: bool = True):
     # Orbax wants absolute paths; a relative --workdir (the README demo's) is relative to the cwd.
-    self.directory = (epath.Path(workdir) / "checkpoints").absolute()
+    self.directory = paths.path(workdir) / "checkpoints"
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep,
         save_interval_steps=save_interval_steps,
@@ -285,17 +286,17 @@ def _sync(name: str) -> None:
 # ----------------------------------------------------------------------------------------------------------
 def export_params(path, params, *, overwrite: bool = False) -> None:
   """Writes `params` (a pytree of arrays, possibly sharded) as a standalone Orbax checkpoint at `path`."""
-  path = epath.Path(path)
+  path = paths.path(path)
   if path.exists() and not overwrite:
     raise FileExistsError(f"params export {path} already exists (pass overwrite=True to replace it)")
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(path.absolute(), params, force=overwrite)
+    checkpointer.save(path, params, force=overwrite)
     checkpointer.wait_until_finished()
 
 
 def is_params_export(path) -> bool:
   """Whether `path` is a directory written by `export_params` (Orbax metadata), not a foreign checkpoint."""
-  path = epath.Path(path)
+  path = paths.path(path)
   return path.is_dir() and (path / "_METADATA").exists()
 
 
@@ -305,10 +306,10 @@ def load_params(path, abstract_params=None):
   With `abstract_params` (ShapeDtypeStructs with shardings) the arrays land directly in those shardings
   and shapes/dtypes are checked; without it they are restored as saved, on the default device.
   """
-  path = epath.Path(path)
+  path = paths.path(path)
   if not path.exists():
     raise MissingInputError(f"params export {path} does not exist")
   with ocp.StandardCheckpointer() as checkpointer:
     if abstract_params is not None:
-      _check_same_arrays(checkpointer.metadata(path.absolute()).item_metadata.tree, abstract_params, path)
-    return checkpointer.restore(path.absolute(), abstract_params)
+      _check_same_arrays(checkpointer.metadata(path).item_metadata.tree, abstract_params, path)
+    return checkpointer.restore(path, abstract_params)
