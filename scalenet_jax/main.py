@@ -37,11 +37,16 @@ def _run(argv):
     return
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required for --mode=train/eval/export")
+  run(config, FLAGS.workdir, FLAGS.mode)
+
+
+def run(config, workdir: str, mode: str = "train"):
+  """Runs `config` with the driver its `pipeline` field names (what the command line does)."""
   pipelines = _pipelines()
   name = config.get("pipeline", "train")
   if name not in pipelines:
     raise ConfigError(f"unknown pipeline {name!r}; choose one of {sorted(pipelines)}")
-  pipelines[name](config, FLAGS.workdir, FLAGS.mode)
+  return pipelines[name](config, workdir, mode)
 
 
 def main(argv):

@@ -104,7 +104,8 @@ def supernet_config(space: str = "fmnist", in_channels: int = 1, **overrides) ->
 
 
 def space_of(config) -> SearchSpace:
-  return get_space(config.space.name, **dict(config.space.kwargs))
+  kwargs = config.space.kwargs
+  return get_space(config.space.name, **{k: kwargs[k] for k in kwargs.keys()})
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -70,7 +70,7 @@ class Task:
 
 def optimizer_config(config) -> dict:
   """`config.optim` with `total_steps` filled from the run's steps when unset."""
-  c = {k: config.optim[k] for k in config.optim.keys()}
+  c = config.optim.to_dict()
   if c["total_steps"] is None:
     c["total_steps"] = max(config.steps // config.optim.grad_accum_steps, config.optim.warmup_steps + 1)
   return c
