@@ -283,3 +283,33 @@ def test_summary_of_expanded_model_without_xla_check(tmp_path_factory):
   assert "xla_ratio" not in last
   assert last["depths"] == [12]
   assert last["unique_params"] == 305034 + 12 * 10 * 4 * d + 6 * 4 * d
+
+
+def test_paper_config_without_imagenet_names_the_manual_files(tmp_path_factory):
+  """The design card's own command on a machine without ImageNet: one line saying what to put where."""
+  data_dir = tmp_path_factory.mktemp("no_imagenet")
+  workdir = tmp_path_factory.mktemp("deit_base_2x")
+  env = env_for(tmp_path_factory.getbasetemp() / "jax_cache")
+  env["TFDS_DATA_DIR"] = str(data_dir)
+  proc = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "scalenet_jax.main",
+          "--config",
+          str(REPO / "configs" / "deit_base_2x.py"),
+          "--workdir",
+          str(workdir),
+      ],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+  manual = str(data_dir / "downloads" / "manual")
+  for what in ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", manual):
+    assert what in lines[0], lines[0]
+  assert not any(workdir.iterdir())  # nothing written

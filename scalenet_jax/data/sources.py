@@ -23,6 +23,7 @@ import functools
 import gzip
 import hashlib
 import io
+import logging as logging_lib
 import os
 import threading
 import time
@@ -349,6 +350,7 @@ class TfdsSource(Source):
   ):
     import tensorflow_datasets as tfds  # Heavy import, only for TFDS users.
 
+    _quiet_tfds()
     try:
       builder = tfds.builder(name, data_dir=data_dir)
     except Exception as e:  # DatasetNotFoundError lists every dataset: keep the message one line.
@@ -454,6 +456,18 @@ def _record_label(record: bytes) -> int:
   return int(values[0])
 
 
+class _DropTfdsWarnings(logging_lib.Filter):
+  def filter(self, record):
+    return record.levelno >= logging_lib.ERROR or "tensorflow_datasets" not in record.pathname
+
+
+@functools.cache
+def _quiet_tfds() -> None:
+  """TFDS warns (through absl) about every missing metadata file of an unprepared dataset and about
+  optional decoders; our own error names what is missing, so only TFDS errors are shown."""
+  logging.get_absl_logger().addFilter(_DropTfdsWarnings())
+
+
 def _prepare(tfds, builder, name: str, manual_dir: str | None, download: bool) -> None:
   """Prepares an unprepared dataset, or raises naming what is missing (manual files, download=True)."""
   manual_dir = os.path.expanduser(manual_dir or os.path.join(builder.data_dir_root, "downloads", "manual"))
@@ -463,7 +477,8 @@ def _prepare(tfds, builder, name: str, manual_dir: str | None, download: bool) -
     if missing or not (os.path.isdir(manual_dir) and os.listdir(manual_dir)):
       what = ", ".join(missing or needed) or "the files from its manual download instructions"
       raise MissingInputError(
-          f"TFDS {name} is not prepared in {builder.data_dir}: put {what} in {manual_dir} (or pass manual_dir=...)"
+          f"TFDS {name} is not prepared in {builder.data_dir}: put {what} in {manual_dir} (the TFDS data dir "
+          f"{builder.data_dir_root} is TFDS_DATA_DIR or --config.data.root); the first run then prepares it"
       )
   elif not download:
     raise MissingInputError(
