@@ -133,7 +133,7 @@ def test_count_macs_matches_xla_cost_analysis(name, kernel, scale, monkeypatch):
   # see as a conv; count with the grouped-conv form it replaces (equal numerically, tested in
   # test_nas_pipeline.py::test_depthwise_conv_matches_grouped_conv).
   monkeypatch.setattr(
-      supernet, "depthwise_conv", lambda x, w, stride=1: supernet._conv(x, w, stride, groups=x.shape[-1])
+      supernet, "depthwise_conv", lambda x, w, stride=1, **_: supernet._conv(x, w, stride, groups=x.shape[-1])
   )
   space = get_space(name)
   S = space.scalings(scale)[-1]

@@ -12,6 +12,7 @@ from scalenet_jax.nas.supernet import (
     PathNet,
     SuperNet,
     buffer_arch,
+    depthwise_conv,
     bucket_of,
     init_pathnet,
     init_supernet,
@@ -244,3 +245,14 @@ def test_pathnet_running_stats_train_and_eval():
   assert "mean" in upd["batch_stats"]["net"]["stage1_layer0"]["bn_dw"]
   y_eval = jax.jit(lambda v, x: model.apply(v, x, train=False))({"params": variables["params"], **upd}, x)
   assert y.shape == y_eval.shape == (4, SPACE.num_classes)
+
+
+@pytest.mark.parametrize("k,stride,h", [(3, 1, 8), (7, 2, 9)])
+def test_unrolled_depthwise_equals_tap_loop(k, stride, h):
+  rng = np.random.default_rng(k)
+  x = jnp.asarray(rng.normal(size=(2, h, h, 6)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(k, k, 1, 6)), jnp.float32)
+  fast = jax.jit(lambda x, w: depthwise_conv(x, w, stride, impl="unrolled"))
+  np.testing.assert_allclose(fast(x, w), depthwise_conv(x, w, stride), atol=1e-4, rtol=1e-5)
+  with pytest.raises(ValueError, match="impl"):
+    depthwise_conv(x, w, stride, impl="fft")
