@@ -13,6 +13,7 @@ uniformly sampled supernet).
 
 import ml_collections
 
+from scalenet_jax.nas import mcea
 from scalenet_jax.nas.train_supernet import supernet_config
 
 
@@ -25,18 +26,9 @@ def get_config():
   c.supernet.optim.warmup_steps = 40
   c.supernet.data.minival_per_class = 10
   c.hist_samples = 5000
-  c.search = ml_collections.ConfigDict(
-      dict(
-          iterations=2,
-          n_base=3,
-          population=8,
-          generations=3,
-          parents=4,
-          mutation_prob=0.15,
-          seed=0,
-          vmap_size=8,
-          eval_batch_size=100,
-      )
+  # MCEA with the official operators, objective and penalty (mcea.MCEAConfig), sized for 2 CPU cores.
+  c.search = mcea.search_config(
+      iterations=2, n_base=3, population=8, generations=3, parents=4, mutation_prob=0.15, vmap_size=8
   )
   c.extra_stages = 2
   c.rank_corr = ml_collections.ConfigDict(dict(num_paths=0, steps=150, batch_size=32, seed=1234, compare_uniform=False))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from scalenet_jax.nas import generalize as gen
-from scalenet_jax.nas.export import S0_ALPHA
+from scalenet_jax.nas.export import RELEASED, S0_ALPHA
 from scalenet_jax.nas.space import Scaling, base_macs, get_space, path_macs
 
 
@@ -40,7 +40,7 @@ def test_linear_and_quadratic_fits_exact():
 @pytest.mark.parametrize("kind", ["exp", "linear", "quadratic"])
 def test_extrapolation_meets_budget_from_released_s0_s3(kind):
   space = get_space("imagenet")
-  released = [Scaling(1, 1, 224), Scaling(1.04, 1.04, 255), Scaling(1.36, 1.2, 304), Scaling(1.4, 1.4, 354)]
+  released = [RELEASED[k][1] for k in ("s0", "s1", "s2", "s3")]
   f0 = base_macs(S0_ALPHA, space)
   out = gen.extrapolate(S0_ALPHA, released, space, stages=[4, 5], kind=kind)
   for j, S in zip((4, 5), out):

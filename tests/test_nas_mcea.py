@@ -1,4 +1,5 @@
-"""MCEA on a toy objective with a known optimum; kill-and-resume reproduces the uninterrupted run."""
+"""MCEA: official and our GA on a toy objective with a known optimum, the official operators and
+penalty, kill-and-resume reproduces the uninterrupted run."""
 
 import dataclasses
 import json
@@ -7,38 +8,10 @@ import numpy as np
 import pytest
 
 from scalenet_jax.nas import mcea
-from scalenet_jax.nas.space import Alpha, base_macs, get_space, stage_feasible
+from scalenet_jax.nas.space import Alpha, Scaling, base_macs, path_macs
 
-BASE = get_space("fmnist")
-A_STAR = Alpha((1, 2, 3, 1), ((5,), (7, 3), (5, 5, 7), (3,)))
-# Centre the base budget on α* so that it is feasible; the rest of the space is partly infeasible.
-SPACE = dataclasses.replace(BASE, base_target=float(base_macs(A_STAR, BASE)))
-
-
-def _s_star(j):
-  """A stage-j grid point feasible for α* (the one closest to the middle of the budget)."""
-  grid = [S for S in SPACE.scalings(j) if stage_feasible(A_STAR, S, j, SPACE)]
-  f0 = base_macs(A_STAR, SPACE)
-  from scalenet_jax.nas.space import path_macs
-
-  return min(grid, key=lambda S: abs(path_macs(A_STAR, S, SPACE) - 2**j * f0))
-
-
-S_STAR = {j: _s_star(j) for j in (1, 2)}
-
-
-def toy_accuracy(alpha, S):
-  """Separable, maximal exactly at α* and S_j*; every term is a different scale so ties are impossible."""
-  acc = 0.9
-  for n, n_star in zip(alpha.depths, A_STAR.depths):
-    acc -= 0.05 * abs(n - n_star)
-  for ks, ks_star in zip(alpha.kernels, A_STAR.kernels):
-    acc -= 0.01 * sum(1 for a, b in zip(ks, ks_star) if a != b)
-  j = next((j for j, s in S_STAR.items() if S.d in SPACE.mult_candidates[j] and S.r in SPACE.res_candidates[j]), 0)
-  if j:
-    t = S_STAR[j]
-    acc -= 0.1 * abs(S.d - t.d) + 0.07 * abs(S.w - t.w) + 0.001 * abs(S.r - t.r)
-  return acc
+TOY = mcea.ToyProblem.make()
+SPACE = TOY.space
 
 
 class CountingEval:
@@ -51,22 +24,85 @@ class CountingEval:
     if self.fail_after is not None and self.calls > self.fail_after:
       raise KeyboardInterrupt("simulated kill")
     self.paths += len(pairs)
-    return [toy_accuracy(a, S) for a, S in pairs]
+    return TOY(pairs)
 
 
-CFG = mcea.MCEAConfig(iterations=2, n_base=6, population=24, generations=12, parents=8, mutation_prob=0.1, seed=0)
+SMALL = dict(iterations=2, n_base=6, population=24, generations=12, seed=0)
+CONFIGS = {
+    "official": mcea.MCEAConfig(**SMALL),
+    "ours": mcea.MCEAConfig(**SMALL, ga="ours", penalty="worst", include_s0=True, parents=8, mutation_prob=0.1),
+}
 
 
-def test_genome_round_trip():
-  g = mcea.encode(A_STAR, SPACE)
-  assert mcea.decode(g, SPACE) == A_STAR
+def test_defaults_are_the_official_search():
+  c = mcea.MCEAConfig()
+  assert (c.population, c.generations, c.iterations, c.n_base) == (64, 40, 8, 20)
+  assert (c.ga, c.penalty, c.include_s0, c.eta_mutation) == ("official", "official", False, 3.0)
+  cfg = {"ga": "ours", "population": 8, "vmap_size": 16, "pi": [1, 2]}  # evaluator fields are ignored
+  assert mcea.MCEAConfig.from_config(cfg) == mcea.MCEAConfig(ga="ours", population=8, pi=(1, 2))
+  with pytest.raises(ValueError, match="ga"):
+    mcea.MCEAConfig(ga="cmaes")
 
 
-def test_mcea_finds_known_optimum(tmp_path):
+def test_genome_round_trips():
+  assert mcea.decode(mcea.encode(TOY.alpha, SPACE), SPACE) == TOY.alpha
+  g = mcea.encode_official(TOY.alpha, SPACE)
+  assert g == [2, 3, 1, 0, 2, 2, 3, 1] and mcea.decode_official(g, SPACE) == TOY.alpha
+  # Identity genes anywhere after the first slot: the stage's other genes, in order, are its layers.
+  assert mcea.decode_official([1, 3, 0, 2, 0, 1, 2, 3], SPACE) == Alpha((1, 2, 2, 1), ((3,), (7, 5), (3, 5), (7,)))
+  lo, hi = mcea.official_bounds(SPACE)  # slots 1, 3, 3, 1; a stage's first slot is never identity
+  assert lo.tolist() == [1, 1, 0, 0, 1, 0, 0, 1] and hi.tolist() == [3] * 8
+
+
+def test_official_operators():
+  rng = np.random.default_rng(0)
+  fit = np.arange(10.0)
+  wins = np.concatenate([mcea.tournament(fit, 50, rng) for _ in range(20)])
+  assert np.mean(fit[wins]) > 5.5  # the better of two random individuals: E = 6 for 0..9
+  p1, p2 = np.zeros(8, int), np.ones(8, int)
+  c1, c2 = mcea.two_point_crossover(p1, p2, rng)
+  assert np.all(c1 + c2 == 1) and 0 < c1.sum() < 8  # a swapped segment, complementary children
+  seg = np.flatnonzero(c1)
+  assert np.all(np.diff(seg) == 1)  # one contiguous segment
+  lo, hi = mcea.official_bounds(SPACE)
+  x = np.asarray(mcea.encode_official(TOY.alpha, SPACE))
+  ys = np.stack([mcea.polynomial_mutation(x, lo, hi, 3.0, rng) for _ in range(4000)])
+  assert np.all((ys >= lo) & (ys <= hi)) and ys.dtype.kind == "i"
+  # A gene is picked with probability 1 / 8; with eta = 3 the step is often < 0.5 and rounds back, so
+  # fewer genes change (the official behaviour), and those that do mostly move by one.
+  changed = ys != x
+  assert 0.2 / len(x) < changed.mean() < 1 / len(x)
+  assert np.mean(np.abs(ys - x)[changed] == 1) > 0.6
+  pop = [x.copy() for _ in range(6)] + [np.asarray(mcea.encode_official(Alpha((1, 1, 1, 1), ((3,),) * 4), SPACE))]
+  off = mcea.official_offspring(pop, np.arange(7.0), lo, hi, 3.0, rng)
+  keys = [tuple(g) for g in off]
+  assert len(set(keys)) == len(keys) and not set(keys) & {tuple(g) for g in pop}
+
+
+def test_official_penalty_per_stage():
+  s = mcea._Search(SPACE, TOY, CONFIGS["official"])
+  ok = list((Scaling(1.0, 1.0, 32),) + TOY.scalings)
+  big = [ok[0], ok[1], Scaling(1.45, 1.45, 48)]  # stage 2 far over its budget
+  f_ok, f_big = s.fitness([TOY.alpha, TOY.alpha], ok)[0], s.fitness([TOY.alpha], big)[0]
+  assert f_ok == pytest.approx(0.9)  # mean over S_1, S_2 of the toy accuracies
+  f2 = path_macs(TOY.alpha, big[2], SPACE)
+  penalty = mcea.infeasible_score(f2, 4 * SPACE.base_target)
+  assert penalty < 0.03 and f_big == pytest.approx((TOY.accuracy(TOY.alpha, ok[1]) + penalty) / 2)
+  worst = mcea._Search(SPACE, TOY, CONFIGS["ours"])
+  assert worst.fitness([TOY.alpha], big)[0] == -np.inf
+  tiny = Alpha((1, 1, 1, 1), ((3,),) * 4)  # far below the base budget: a graded penalty above 3 %
+  assert s.fitness([tiny], ok)[0] == pytest.approx(mcea.infeasible_score(base_macs(tiny, SPACE), SPACE.base_target))
+  assert s.fitness([tiny], ok)[0] > 0.03
+  with pytest.raises(ValueError, match="stages"):
+    mcea._Search(SPACE, TOY, dataclasses.replace(CONFIGS["official"], pi=(1.0, 1.0, 1.0)))
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_mcea_finds_known_optimum(tmp_path, name):
   ev = CountingEval()
-  res = mcea.run_mcea(SPACE, ev, CFG, state_path=str(tmp_path / "s.json"))
-  assert res["alpha"] == A_STAR
-  assert res["scalings"][1:] == [S_STAR[1], S_STAR[2]]
+  res = mcea.run_mcea(SPACE, ev, CONFIGS[name], state_path=str(tmp_path / "s.json"))
+  assert res["alpha"] == TOY.alpha
+  assert tuple(res["scalings"][1:]) == TOY.scalings
   assert res["objective"] == pytest.approx(0.9)
   assert len(res["history"]) == 4 and res["phases_done"][-1] == "b1"
   pops = [h for h in res["history"] if h["phase"] == "alpha"]
@@ -76,14 +112,21 @@ def test_mcea_finds_known_optimum(tmp_path):
 
 
 def test_kill_and_resume_gives_same_result(tmp_path):
-  ref = mcea.run_mcea(SPACE, CountingEval(), CFG, state_path=str(tmp_path / "ref.json"))
+  cfg = CONFIGS["official"]
+  ref = mcea.run_mcea(SPACE, CountingEval(), cfg, state_path=str(tmp_path / "ref.json"))
   path = str(tmp_path / "run.json")
   with pytest.raises(KeyboardInterrupt):
-    mcea.run_mcea(SPACE, CountingEval(fail_after=20), CFG, state_path=path)
+    mcea.run_mcea(SPACE, CountingEval(fail_after=20), cfg, state_path=path)
   done = json.load(open(path))["phases_done"]
   assert 0 < len(done) < 5  # killed mid-run after some phases were saved
-  res = mcea.run_mcea(SPACE, CountingEval(), CFG, state_path=path)
+  res = mcea.run_mcea(SPACE, CountingEval(), cfg, state_path=path)
   assert res["alpha"] == ref["alpha"] and res["scalings"] == ref["scalings"]
   assert res["history"] == ref["history"]
   with pytest.raises(ValueError, match="another space/config"):
-    mcea.run_mcea(SPACE, CountingEval(), dataclasses.replace(CFG, seed=1), state_path=path)
+    mcea.run_mcea(SPACE, CountingEval(), dataclasses.replace(cfg, seed=1), state_path=path)
+
+
+def test_compare_on_toy():
+  res = mcea.compare_on_toy({k: dataclasses.replace(c, generations=6) for k, c in CONFIGS.items()}, seeds=[0, 1])
+  for r in res.values():
+    assert 0 <= r["found"] <= 1 and 0.8 < r["objective"] <= 0.9 + 1e-9 and r["paths"] > 50

@@ -94,9 +94,10 @@ def test_supernet_train_step_with_path_in_model_kwargs():
   # candidate of an active layer only gets weight decay, i.e. an exact multiple of itself).
   blk = "stage1_layer0"
   k = alpha.kernels[1][0]
-  assert not np.allclose(p1["net"][blk][f"dw{k}"], params["net"][blk][f"dw{k}"], rtol=1e-3)
+  dw = lambda p, c: p["net"][blk][f"k{c}"][f"dw{c}"]  # one op (k3/k5/k7) per candidate kernel
+  assert not np.allclose(dw(p1, k), dw(params, k), rtol=1e-3)
   for other in {3, 5, 7} - {k}:
-    np.testing.assert_allclose(p1["net"][blk][f"dw{other}"], params["net"][blk][f"dw{other}"], rtol=1e-3)
+    np.testing.assert_allclose(dw(p1, other), dw(params, other), rtol=1e-3)
 
 
 def test_supernet_resume_is_bit_identical(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from scalenet_jax.nas import sampling
-from scalenet_jax.nas.space import get_space, scaling_stage_of, validate_alpha
+from scalenet_jax.nas.space import get_space, left_sides, scaling_stage_of, validate_alpha, validate_sides
 
 
 def test_sample_is_function_of_seed_and_step():
@@ -60,3 +60,22 @@ def test_cli_writes_histogram(tmp_path):
   assert os.path.getsize(tmp_path / "flops_hist_fmnist.png") > 1000
   summary = json.loads((tmp_path / "flops_fmnist.json").read_text())
   assert set(summary) == set(sampling.METHODS)
+
+
+def test_bcnet_sides_are_a_function_of_seed_and_step():
+  space = get_space("tiny")
+  ref = left_sides(space)
+  a = [sampling.sample_sides(space, seed=3, step=s) for s in range(200)]
+  assert a == [sampling.sample_sides(space, seed=3, step=s) for s in range(200)]
+  validate_sides(a[0], space)
+  # asyn: modules draw independently; each is right-aligned about half of the time.
+  bits = np.array([[x["stem"], x["head"], *(v for st in x["stages"] for v in st)] for x in a])
+  assert 0.35 < bits.mean(0).min() and bits.mean(0).max() < 0.65
+  assert len({tuple(b) for b in bits[:20]}) > 10
+  # sync: every module on step % 2; 'left' coupling: always left. (α, S) do not depend on the sides.
+  sync = sampling.sample_sides(space, seed=3, step=5, asyn=False)
+  assert {sync["stem"], sync["head"], *(v for st in sync["stages"] for v in st)} == {1}
+  assert sampling.sample_sides(get_space("tiny", coupling="left"), 3, 5) == ref
+  assert sampling.sample_path(space, "hss", 3, 5) == sampling.sample_path(
+      get_space("tiny", coupling="left"), "hss", 3, 5
+  )

@@ -1,5 +1,6 @@
 """Tests of scalenet_jax.nas.space: scaling rules, JSON round trips, MACs/params counters vs XLA."""
 
+import dataclasses
 import json
 import math
 
@@ -21,7 +22,9 @@ def test_registered_spaces_have_paper_structure():
   assert [s.stride for s in im.stages] == [1, 2, 2, 2, 1, 2, 1]
   assert [s.t for s in im.stages] == [1, 6, 6, 6, 6, 6, 6]
   assert im.width_counts() == (1, 4, 5, 7)
-  assert [im.max_layers(s) for s in range(7)] == [1, 7, 7, 7, 7, 7, 1]  # ceil(4 * 1.64) = 7
+  # ceil(n_max * 1.64): 7 for the searched stages, 2 for the one-layer stages 1 and 7 (official supernet)
+  assert [im.max_layers(s) for s in range(7)] == [2, 7, 7, 7, 7, 7, 2]
+  assert [im.max_layers(s, 1) for s in range(7)] == [2, 5, 5, 5, 5, 5, 2]  # ceil(4 * 1.16)
   fm = get_space("fmnist", in_channels=3)
   assert fm.in_channels == 3 and fm.base_resolution == 32
   with pytest.raises(ValueError, match="unknown search space"):
@@ -33,8 +36,9 @@ def test_apply_scaling_rules():
   alpha = Alpha((1, 2, 1, 1, 1, 3, 1), ((3,), (5, 7), (3,), (3,), (3,), (3, 5, 7), (5,)))
   arch = apply_scaling(alpha, Scaling(1.4, 1.2, 320), space)
   depths = [len(s) for s in arch.stages]
-  # ceil(n*d) for searchable stages; fixed stages (single depth choice) are not depth-scaled.
-  assert depths == [1, math.ceil(2 * 1.4), 2, 2, 2, math.ceil(3 * 1.4), 1]
+  # ceil(n*d) in every stage: the fixed-depth stages 1 and 7 grow to 2 layers as well.
+  assert depths == [2, math.ceil(2 * 1.4), 2, 2, 2, math.ceil(3 * 1.4), 2]
+  assert [l.kernel for l in arch.stages[0]] == [3, 3] and arch.stages[0][1].residual
   assert [l.kernel for l in arch.stages[1]] == [5, 7, 7]  # extra layer copies last base kernel
   assert [l.kernel for l in arch.stages[5]] == [3, 5, 7, 7, 7]
   assert arch.stem_channels == math.ceil(32 * 1.2) and arch.head_channels == 1280
@@ -44,6 +48,11 @@ def test_apply_scaling_rules():
   assert not l0.residual and arch.stages[0][0].hidden == arch.stem_channels  # t = 1: dw on the input
   assert arch.stages[1][1].se == arch.stages[1][1].hidden // 4
   assert arch.resolution == 320
+  # The two official hidden-width rules: supernet ceil(round(C_in * t) * w), subnet round(ceil(C_in * w) * t).
+  sub = apply_scaling(alpha, Scaling(1.4, 1.04, 320), space, hidden_rule="subnet")
+  sup = apply_scaling(alpha, Scaling(1.4, 1.04, 320), space)
+  assert (sup.stages[1][0].hidden, sub.stages[1][0].hidden) == (math.ceil(96 * 1.04), 17 * 6)  # 100, 102
+  assert sub.stages[0][0].hidden == sup.stages[0][0].hidden == math.ceil(32 * 1.04)  # t = 1: c_in
   with pytest.raises(ValueError, match="depth 5"):
     apply_scaling(Alpha((1, 5, 1, 1, 1, 1, 1), ((3,),) * 7), Scaling(1, 1, 224), space)
 
@@ -85,6 +94,12 @@ def test_counters_by_hand_and_against_param_tree():
   arch, macs, params = _hand_macs_single_block()
   assert count_macs(arch) == macs
   assert count_params(arch) == params
+  # The official output size (h + 2p - k + 1) // s: the same on even maps, one short on odd ones.
+  assert count_macs(arch, out_size="official") == macs
+  odd = dataclasses.replace(arch, resolution=9)  # 9 -> 4 (official) instead of 5 after the stride
+  h, ho = 9, 4
+  by_hand = h * h * 9 * 4 + h * h * 4 * 12 + ho * ho * (25 * 12 + 12 * 6 + 6 * 16) + 2 * 12 * 3 + 16 * 10
+  assert count_macs(odd, out_size="official") == by_hand < count_macs(odd)
   space = get_space("fmnist")
   arch = apply_scaling(sp_lib.largest_alpha(space, 7), Scaling(1.45, 1.45, 48), space)
   shapes = jax.eval_shape(PathNet(arch).init, jax.random.key(0), jax.ShapeDtypeStruct((1, 48, 48, 1), jnp.float32))
@@ -118,7 +133,7 @@ def test_count_macs_matches_xla_cost_analysis(name, kernel, scale, monkeypatch):
   # see as a conv; count with the grouped-conv form it replaces (equal numerically, tested in
   # test_nas_pipeline.py::test_depthwise_conv_matches_grouped_conv).
   monkeypatch.setattr(
-      supernet, "depthwise_conv", lambda x, w, stride=1: supernet._conv(x, w, stride, groups=x.shape[-1])
+      supernet, "depthwise_conv", lambda x, w, stride=1, **_: supernet._conv(x, w, stride, groups=x.shape[-1])
   )
   space = get_space(name)
   S = space.scalings(scale)[-1]

@@ -1,26 +1,41 @@
-"""Batched evaluation of supernet paths: `jax.vmap` over path masks, and a sequential reference.
+"""Batched evaluation of supernet paths: width/depth buckets × `jax.vmap` over paths, and a sequential
+reference.
 
 # Usage
 
 ```python
 ev = PathEvaluator(SuperNet(space), params, space, batches=minival)   # minival: list of (images, labels)
-accs = ev([(alpha, S), ...])            # vmap evaluator; also the MCEA objective
+accs = ev([(alpha, S), ...])            # batched evaluator; also the MCEA objective
 accs_ref = ev.evaluate_sequential([(alpha, S), ...])
 ```
 
 * `batches`: list of `(images NHWC float32, labels int)` at any resolution, or a dict
   `{resolution: list of (images, labels)}` (e.g. center crops made by the input pipeline at each
   resolution). A list is resized to each path's resolution with `jax.image.resize` (bilinear).
-* Paths are grouped by resolution; each group is run in chunks of `vmap_size` paths with one compiled
-  function `vmap(apply, in_axes=path)` per resolution (the last chunk is padded by repeating its last
-  path so the shape, hence the compiled program, never changes). Accuracy = correct / total over all
-  batches.
+* Paths are grouped by resolution and by *bucket* (`supernet.bucket_of`: the smallest scaling stage
+  whose widest path holds them), so a stage-0 path runs at the width and depth of stage 0's widest
+  path, not of the whole supernet (same parameters; `buckets=False` turns this off). Each group runs in
+  chunks of at most `vmap_size` paths, one compiled call per chunk on the shared evaluation batch.
+  Accuracy = correct / total over all batches.
+* `batching`: how a call evaluates its chunk. `'vmap'`: `vmap(apply, in_axes=path)`; chunk sizes are
+  `vmap_size` and the binary digits of the remainder (16 + 4 + 1 for 21 paths), so no path is
+  computed twice and at most log2(vmap_size) + 1 programs exist per (resolution, bucket). `'loop'`: a
+  loop over the chunk's paths inside the compiled call, with the number of real paths as an input
+  (padding is free), so one program per (resolution, bucket). `'auto'` (default): 'loop' on CPU,
+  'vmap' on accelerators. On CPU, vmap over paths does not add parallelism (one path already keeps the
+  cores busy) and multiplies the working set of the memory-bound depthwise convs by the number of
+  paths, which made it slower per path than a Python loop (`benchmarks/nas_vmap.py`).
+* `depthwise='unrolled'` (default) evaluates with the fused depthwise sum (`supernet.depthwise_conv`),
+  which is the fast form for forward passes, and much faster under `vmap` than the tap loop.
 * BN uses the statistics of each evaluated batch (per path), as the official one-shot evaluation does.
   `calib_batches` (list of (images, labels) from the training set) switches to *BN recalibration*: each
   evaluation batch is concatenated with the calibration images and BN statistics are taken from the
   calibration images only (`stat_weights`), in the same single pass.
-* `evaluate_sequential` runs a Python loop over paths with the single-path compiled function; it gives
-  the same accuracies (tested) and is the baseline of `benchmarks/nas_vmap.py`.
+* Paths are evaluated with every BCNet module left-aligned (the official evaluation keeps flipping
+  each module's side on every forward pass, which has no fixed meaning to reproduce).
+* `evaluate_sequential` runs a Python loop over paths with the single-path compiled function of the
+  `model` as given (full supernet width, its depthwise impl): the reference. It gives the same
+  accuracies (tested) and is the baseline of `benchmarks/nas_vmap.py`.
 """
 
 from __future__ import annotations
@@ -33,9 +48,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from scalenet_jax.nas.space import Alpha, Scaling, SearchSpace, apply_scaling
-from scalenet_jax.nas.supernet import SuperNet, path_arrays, stack_paths
+from scalenet_jax.nas.supernet import SuperNet, bucket_of, path_arrays, stack_paths
 
 Batch = tuple[np.ndarray, np.ndarray]
+BATCHING = ("loop", "vmap")
 
 
 def resize_images(images, r: int):
@@ -44,6 +60,28 @@ def resize_images(images, r: int):
   if images.shape[1] == r and images.shape[2] == r:
     return images
   return jax.image.resize(images, (images.shape[0], r, r, images.shape[3]), "bilinear")
+
+
+def chunk_sizes(n: int, vmap_size: int) -> list[int]:
+  """Chunks of a group of n paths: full `vmap_size` chunks, then the binary digits of the rest."""
+  out = [vmap_size] * (n // vmap_size)
+  rest, bit = n % vmap_size, 1 << max(vmap_size.bit_length() - 1, 0)
+  while rest:
+    if rest >= bit:
+      out.append(bit)
+      rest -= bit
+    bit >>= 1
+  return out
+
+
+def _correct(model):
+  """correct(params, images, labels, path, stat_weights, n_eval): hits among the last n_eval images."""
+
+  def correct(params, images, labels, path, stat_weights, n_eval):
+    y = model.apply({"params": params}, images, path=path, train=False, stat_weights=stat_weights)
+    return jnp.sum(jnp.argmax(y[-n_eval:], -1) == labels)
+
+  return correct
 
 
 class PathEvaluator:
@@ -57,25 +95,56 @@ class PathEvaluator:
       batches: Sequence[Batch] | Mapping[int, Sequence[Batch]],
       vmap_size: int = 16,
       calib_batches: Sequence[Batch] | None = None,
+      buckets: bool = True,
+      depthwise: str = "unrolled",
+      batching: str = "auto",
   ):
     if vmap_size < 1:
       raise ValueError(f"vmap_size must be >= 1, got {vmap_size}")
     if not batches:
       raise ValueError("PathEvaluator: no evaluation batches")
     self.model, self.params, self.space, self.vmap_size = model, params, space, vmap_size
+    if batching == "auto":
+      batching = "loop" if jax.default_backend() == "cpu" else "vmap"
+    if batching not in BATCHING:
+      raise ValueError(f"batching must be 'auto' or one of {BATCHING}, got {batching!r}")
+    self.buckets, self.depthwise, self.batching = buckets, depthwise, batching
     self._batches, self._calib = batches, calib_batches
     self._cache: dict[int, list] = {}
-
-    def logits(params, images, path, stat_weights):
-      return model.apply({"params": params}, images, path=path, train=False, stat_weights=stat_weights)
-
-    def correct(params, images, labels, path, stat_weights, n_eval):
-      y = logits(params, images, path, stat_weights)[-n_eval:]
-      return jnp.sum(jnp.argmax(y, -1) == labels)
-
     # n_eval is static: the evaluation images are the last n_eval of the (calibration ++ eval) batch.
-    self._single = jax.jit(correct, static_argnums=5)
-    self._vmapped = jax.jit(jax.vmap(correct, in_axes=(None, None, None, 0, None, None)), static_argnums=5)
+    self._single = jax.jit(_correct(model), static_argnums=5)
+    self._vmapped: dict[int | None, Callable] = {}
+
+  def _batched(self, bucket: int | None) -> Callable:
+    """fn(params, images, labels, stacked paths, n_real, stat_weights, n_eval) -> hits per path, jitted,
+    for one bucket's model (built on first use); entries past n_real are padding ('loop')."""
+    if bucket not in self._vmapped:
+      model = self.model.clone(bucket=bucket, depthwise=self.depthwise)
+      correct = _correct(model)
+      if self.batching == "vmap":
+        vm = jax.vmap(correct, in_axes=(None, None, None, 0, None, None))
+        fn = lambda params, x, y, paths, n_real, w, n: vm(params, x, y, paths, w, n)
+      else:
+
+        def fn(params, x, y, paths, n_real, w, n):
+          # A loop with a traced trip count: the padding paths are never computed, and one program
+          # serves every chunk of the (resolution, bucket).
+          def body(i, hits):
+            path = jax.tree.map(lambda a: a[i], paths)
+            return hits.at[i].set(correct(params, x, y, path, w, n))
+
+          size = jax.tree.leaves(paths)[0].shape[0]
+          return jax.lax.fori_loop(0, n_real, body, jnp.zeros((size,), jnp.int32))
+
+      self._vmapped[bucket] = jax.jit(fn, static_argnums=6)
+    return self._vmapped[bucket]
+
+  def _chunks(self, n: int) -> list[tuple[int, int]]:
+    """(real paths, stacked size) per call: 'vmap' computes every stacked path, so its chunks are
+    `vmap_size` and the binary digits of the rest; 'loop' pads to `vmap_size` (padding costs nothing)."""
+    if self.batching == "vmap":
+      return [(k, k) for k in chunk_sizes(n, self.vmap_size)]
+    return [(min(self.vmap_size, n - i), self.vmap_size) for i in range(0, n, self.vmap_size)]
 
   # -- data --------------------------------------------------------------------------------------------
   def batches_at(self, r: int) -> list:
@@ -102,31 +171,32 @@ class PathEvaluator:
     return data
 
   # -- evaluation --------------------------------------------------------------------------------------
-  def _group(self, pairs: Sequence[tuple[Alpha, Scaling]]) -> dict[int, list[int]]:
+  def groups(self, pairs: Sequence[tuple[Alpha, Scaling]]) -> dict[tuple[int, int | None], list[int]]:
+    """{(resolution, bucket): indices into pairs}; bucket None when `buckets` is off."""
     groups = defaultdict(list)
     for i, (_, S) in enumerate(pairs):
-      groups[int(S.r)].append(i)
+      groups[(int(S.r), bucket_of(S, self.space) if self.buckets else None)].append(i)
     return groups
 
   def __call__(self, pairs: Sequence[tuple[Alpha, Scaling]]) -> list[float]:
-    """Accuracies of the (α, S) pairs, vmapped over paths (the MCEA objective)."""
+    """Accuracies of the (α, S) pairs, batched by resolution and bucket (the MCEA objective)."""
     pairs = list(pairs)
     acc = np.zeros(len(pairs))
-    for r, idx in self._group(pairs).items():
-      data = self.batches_at(r)
-      paths = [path_arrays(apply_scaling(*pairs[i], self.space), self.space) for i in idx]
+    for (r, bucket), idx in self.groups(pairs).items():
+      data, fn = self.batches_at(r), self._batched(bucket)
       total = sum(n for _, _, n, _ in data)
-      for c in range(0, len(idx), self.vmap_size):
-        chunk = paths[c : c + self.vmap_size]
-        n_real = len(chunk)
-        chunk = chunk + [chunk[-1]] * (self.vmap_size - n_real)
-        stacked = stack_paths(chunk)
-        hits = sum(self._vmapped(self.params, x, y, stacked, w, n) for x, y, n, w in data)
-        acc[idx[c : c + n_real]] = np.asarray(hits)[:n_real] / total
+      start = 0
+      for n_real, size in self._chunks(len(idx)):
+        chunk = idx[start : start + n_real]
+        paths = [path_arrays(apply_scaling(*pairs[i], self.space), self.space, bucket=bucket) for i in chunk]
+        stacked = stack_paths(paths + [paths[-1]] * (size - n_real))
+        hits = sum(fn(self.params, x, y, stacked, n_real, w, n) for x, y, n, w in data)
+        acc[chunk] = np.asarray(hits)[:n_real] / total
+        start += n_real
     return acc.tolist()
 
   def evaluate_sequential(self, pairs: Sequence[tuple[Alpha, Scaling]]) -> list[float]:
-    """Same as `__call__` with a Python loop over paths (single-path compiled function)."""
+    """Same as `__call__` with a Python loop over paths (the full model's single-path function)."""
     out = []
     for alpha, S in pairs:
       data = self.batches_at(int(S.r))

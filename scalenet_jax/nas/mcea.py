@@ -1,23 +1,43 @@
 """Markov-chain evolutionary algorithm (MCEA): joint search of the base model α and scalings S_1..S_M.
 
 # Objective
-max_{α, S_1..S_M} Σ_{j=0..M} π_j · ACC(S_j(α)) subject to the base budget on F(α) and the stage budgets
-|F(S_j(α)) − 2^j F(α)| ≤ 2^j·stage_tol (S_0 = (1, 1, r_0)). ACC comes from a *batched* callable
-`evaluate(list of (Alpha, Scaling)) -> list of float` (e.g. `evaluate.PathEvaluator`); every call
-carries all the paths of one generation / grid, so a vmap evaluator sees large batches.
+max_{α, S_1..S_M} Σ_{j=1..M} π_j · score_j(α, S_j) subject to the base budget |F(α) − base_target| ≤
+base_tol and the stage budgets |F(S_j(α)) − 2^j F(α)| ≤ 2^j·tol (S_0 = (1, 1, r_0) is fixed;
+`include_s0=True` adds it to the sum, the earlier form of this module). score_j is ACC(S_j(α)) from a
+*batched* callable `evaluate(list of (Alpha, Scaling)) -> list of float` (e.g. `evaluate.PathEvaluator`,
+accuracies in [0, 1]); every call carries all the paths of one generation / grid, so a batched
+evaluator sees large batches. Infeasible points (`penalty`):
+* `'official'` (the official code, where the paper is silent): a base-infeasible α scores
+  (3 + (base_target − F(α)) / base_target) / 100, and each infeasible stage of a feasible α scores
+  (3 + (T_j − F_j) / T_j) / 100 with T_j = 2^j·base_target, averaged with the feasible stages' accuracies
+  (the official 3 + relative error is in accuracy percent; /100 puts it on our [0, 1] scale). While α
+  evolves, a stage counts as feasible within 2^j·base_tol, as the official code checks it there (the
+  S_j grid search uses 2^j·stage_tol).
+* `'worst'`: an α infeasible at the base or at any stage gets −inf and is not evaluated.
 
 # Algorithm (a coupled Markov chain; `MCEAConfig` holds every knob)
-1. *init*: K random base-feasible α; every S of each stage grid j ≥ 1 gets the mean ACC over the α
-   for which it is stage-feasible; S_j ← best.
-2. for t < T: *(a)* evolve α with the S_j fixed: population P, G generations, truncation selection of
-   the top `parents`, uniform crossover, per-gene mutation, the best individual kept (elitism);
-   infeasible α (base or any stage budget with the fixed S_j) get fitness −inf and are not evaluated.
-   *(b)* with α fixed, re-search each S_j by enumerating its grid (feasible points only).
+1. *init*: K = `n_base` random base-feasible α; every S of each stage grid j ≥ 1 is scored by the mean
+   over the α (`'official'`: S kept if the mean |F − 2^j F(α)| over the K α is within budget, mean of
+   accuracies and penalties; `'worst'`: mean accuracy over the α it is feasible for); S_j ← best.
+2. for t < T = `iterations`: *(a)* evolve α with the S_j fixed (`ga`, below) for `generations`
+   generations of `population`; *(b)* with α fixed, re-search each S_j by enumerating its grid
+   (feasible points only).
 3. Output α, S_0..S_M, the objective, and per-iteration accuracy mean/std of the final population
    (`history`; it should shrink as the chain converges).
 
-α genome: per stage one gene for the depth index and one kernel-index gene per base-depth slot (genes
-beyond the depth are carried but not expressed).
+`ga='official'` (the official NSGA-Net engine, pymoo 0.3, with one objective): genome = one op gene
+per base layer slot, 0 = identity, 1..3 = kernel (the first slot of a stage ≥ 1); decoding keeps the
+non-identity genes in order (depth = their count; the official repair swaps only one gene per run of
+identities, which can leave a hole, so we compact fully). A fresh population of random base-feasible α
+each iteration; generation 1 is that population, each further one makes `population` offspring by
+binary tournament selection, two-point crossover (both children) and polynomial mutation of the
+integer genes (index `eta_mutation`, probability 1 / genes per gene, bounds widened by ±0.5 and the
+result rounded), drops offspring already in the population or made twice, and keeps the best
+`population` of parents + offspring (ties at random). `ga='ours'`: genome = per stage a depth gene
+and one kernel gene per slot, the population seeded with the previous best α plus random α feasible
+with the fixed S_j, truncation selection of the top `parents`, uniform crossover, per-gene random
+reset with `mutation_prob`, elitism. `compare_on_toy` runs both on a known-optimum toy objective
+(`python -m scalenet_jax.nas.mcea`).
 
 # Resumability
 The run is split into phases `init, a0, b0, a1, b1, ...`; phase p uses the RNG
@@ -29,6 +49,7 @@ uninterrupted run. A state file written with another config is refused (ValueErr
 ```python
 result = run_mcea(space, evaluate, MCEAConfig(iterations=4), state_path='workdir/mcea.json')
 result['alpha'], result['scalings'], result['history']
+cfg = MCEAConfig.from_config(config.search)    # the MCEAConfig fields of a search ConfigDict
 ```
 """
 
@@ -41,40 +62,79 @@ import math
 import os
 from typing import Callable, Sequence
 
+import ml_collections
 import numpy as np
 
-from scalenet_jax.nas.space import (Alpha, Scaling, SearchSpace, base_feasible, stage_feasible)
+from scalenet_jax.nas.space import Alpha, Scaling, SearchSpace, base_feasible, base_macs, path_macs
 
 Evaluate = Callable[[Sequence[tuple[Alpha, Scaling]]], Sequence[float]]
 log = logging.getLogger(__name__)
 
 
+GAS = ("official", "ours")
+PENALTIES = ("official", "worst")
+
+
 @dataclasses.dataclass(frozen=True)
 class MCEAConfig:
-  iterations: int = 4  # T (the official code runs 8)
+  """Every knob of `run_mcea`; the defaults are the official ImageNet search (`mcea_searching.yaml`)."""
+
+  iterations: int = 8  # T (the paper finds 4 enough)
   n_base: int = 20  # K random base models for the init scores
   population: int = 64
-  generations: int = 40
-  parents: int = 16  # truncation selection size
-  mutation_prob: float = 0.1  # per gene
-  pi: tuple[float, ...] | None = None  # weights over j = 0..M; None = uniform
+  generations: int = 40  # including the initial population (pymoo's n_gen)
+  ga: str = "official"  # 'official' | 'ours' (module docstring)
+  penalty: str = "official"  # 'official' | 'worst'
+  include_s0: bool = False  # objective over S_0..S_M instead of S_1..S_M
+  eta_mutation: float = 3.0  # ga='official': polynomial mutation index
+  parents: int = 16  # ga='ours': truncation selection size
+  mutation_prob: float = 0.1  # ga='ours': per gene
+  pi: tuple[float, ...] | None = None  # weights of the objective's stages; None = uniform
   seed: int = 0
   max_tries: int = 100_000  # rejection-sampling limit for feasible random α
+
+  def __post_init__(self):
+    if self.ga not in GAS or self.penalty not in PENALTIES:
+      raise ValueError(f"MCEAConfig: ga {self.ga!r} not in {GAS} or penalty {self.penalty!r} not in {PENALTIES}")
 
   def to_dict(self) -> dict:
     d = dataclasses.asdict(self)
     d["pi"] = None if self.pi is None else list(self.pi)
     return d
 
+  @classmethod
+  def from_config(cls, cfg) -> "MCEAConfig":
+    """The MCEAConfig fields present in a mapping (e.g. a search ConfigDict with evaluator fields too)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    kw = {k: v for k, v in dict(cfg).items() if k in names}
+    if kw.get("pi") is not None:
+      kw["pi"] = tuple(kw["pi"])
+    return cls(**kw)
+
+
+def search_config(**overrides) -> ml_collections.ConfigDict:
+  """The `search` section of a search config (`configs/nas_*_search.py`): every `MCEAConfig` field
+  with its default (the official ImageNet search; `pi` only when given) plus the evaluator's
+  `vmap_size` and `eval_batch_size`. Unknown keys are refused."""
+  c = ml_collections.ConfigDict({k: v for k, v in MCEAConfig().to_dict().items() if k != "pi"})
+  c.vmap_size = 16
+  c.eval_batch_size = 100
+  for k, v in overrides.items():
+    if k not in c and k != "pi":
+      raise KeyError(f"unknown search config field {k!r}")
+    c[k] = v
+  return c
+
 
 # ----------------------------------------------------------------------------------------------------
-# Genome
+# Genomes
 # ----------------------------------------------------------------------------------------------------
 def _slots(space: SearchSpace) -> list[int]:
   return [max(st.depth_choices) for st in space.stages]
 
 
 def decode(genome: Sequence[int], space: SearchSpace) -> Alpha:
+  """`ga='ours'` genome → α: per stage a depth-index gene, then one kernel-index gene per slot."""
   depths, kernels, i = [], [], 0
   for st, n_slots in zip(space.stages, _slots(space)):
     n = st.depth_choices[genome[i]]
@@ -104,21 +164,119 @@ def _random_genome(sizes, rng) -> list[int]:
   return [int(rng.integers(n)) for n in sizes]
 
 
+def _check_official_genome(space: SearchSpace) -> None:
+  for s, st in enumerate(space.stages):
+    if tuple(st.depth_choices) != tuple(range(1, max(st.depth_choices) + 1)):
+      raise ValueError(f"ga='official' needs depth choices 1..n (identity genes); stage {s} has {st.depth_choices}")
+
+
+def official_bounds(space: SearchSpace) -> tuple[np.ndarray, np.ndarray]:
+  """(lower, upper) of the `ga='official'` genes: 0 (identity) or 1..3 per slot, the first slot ≥ 1."""
+  lo, hi = [], []
+  for n_slots in _slots(space):
+    lo += [1] + [0] * (n_slots - 1)
+    hi += [len(space.kernels)] * n_slots
+  return np.asarray(lo), np.asarray(hi)
+
+
+def decode_official(genome: Sequence[int], space: SearchSpace) -> Alpha:
+  """`ga='official'` genome → α: the non-identity genes of a stage, in order, are its layers."""
+  depths, kernels, i = [], [], 0
+  for n_slots in _slots(space):
+    ops = [int(g) for g in genome[i : i + n_slots] if g > 0]
+    depths.append(len(ops))
+    kernels.append(tuple(space.kernels[g - 1] for g in ops))
+    i += n_slots
+  return Alpha(tuple(depths), tuple(kernels))
+
+
+def encode_official(alpha: Alpha, space: SearchSpace) -> list[int]:
+  g = []
+  for n_slots, ks in zip(_slots(space), alpha.kernels):
+    g += [space.kernels.index(k) + 1 for k in ks] + [0] * (n_slots - len(ks))
+  return g
+
+
+# ----------------------------------------------------------------------------------------------------
+# Official GA operators (pymoo 0.3 NSGA-Net with one objective, restated)
+# ----------------------------------------------------------------------------------------------------
+def tournament(fit: np.ndarray, n: int, rng) -> np.ndarray:
+  """n winners of binary tournaments over random permutations of the population (higher fitness wins,
+  ties at random)."""
+  pool = np.concatenate([rng.permutation(len(fit)) for _ in range(-(-2 * n // len(fit)))])[: 2 * n]
+  a, b = pool[0::2], pool[1::2]
+  tie = fit[a] == fit[b]
+  return np.where(tie, np.where(rng.random(n) < 0.5, a, b), np.where(fit[a] > fit[b], a, b))
+
+
+def two_point_crossover(p1: np.ndarray, p2: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
+  """Both children of swapping the genes between two distinct random cut points."""
+  n = len(p1)
+  a, b = sorted(rng.permutation(np.arange(1, n))[:2]) if n > 2 else (1, n)
+  c1, c2 = p1.copy(), p2.copy()
+  c1[a:b], c2[a:b] = p2[a:b], p1[a:b]
+  return c1, c2
+
+
+def polynomial_mutation(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, eta: float, rng) -> np.ndarray:
+  """Deb's polynomial mutation of integer genes: each gene with probability 1 / len(x) moves by a
+  polynomially distributed step inside [lo − 0.5, hi + 0.5) and is rounded back into [lo, hi]."""
+  y = x.astype(np.float64)
+  do = rng.random(len(x)) < 1.0 / len(x)
+  xl, xu = lo[do] - 0.5, hi[do] + 0.5 - 1e-16
+  v, u = y[do], rng.random(int(do.sum()))
+  d1, d2 = (v - xl) / (xu - xl), (xu - v) / (xu - xl)
+  p = 1.0 / (eta + 1.0)
+  down = np.power(2 * u + (1 - 2 * u) * np.power(1 - d1, eta + 1), p) - 1
+  up = 1 - np.power(2 * (1 - u) + 2 * (u - 0.5) * np.power(1 - d2, eta + 1), p)
+  y[do] = np.clip(v + np.where(u <= 0.5, down, up) * (xu - xl), xl, xu)
+  return np.clip(np.rint(y), lo, hi).astype(np.int64)
+
+
+def official_offspring(pop: list[np.ndarray], fit: np.ndarray, lo, hi, eta: float, rng) -> list[np.ndarray]:
+  """len(pop) new genomes: tournament → two-point crossover → polynomial mutation, dropping any genome
+  already in the population or already made (up to 100 mating rounds, as pymoo)."""
+  seen = {tuple(g) for g in pop}
+  off = []
+  for _ in range(100):
+    need = len(pop) - len(off)
+    if need <= 0:
+      break
+    parents = tournament(fit, 2 * -(-need // 2), rng)
+    for a, b in zip(parents[0::2], parents[1::2]):
+      for child in two_point_crossover(pop[a], pop[b], rng):
+        child = polynomial_mutation(child, lo, hi, eta, rng)
+        if tuple(child) not in seen and len(off) < len(pop):
+          seen.add(tuple(child))
+          off.append(child)
+  return off
+
+
 # ----------------------------------------------------------------------------------------------------
 # Search
 # ----------------------------------------------------------------------------------------------------
+def infeasible_score(macs: float, target: float) -> float:
+  """The official score of a point off its budget, 3 + relative FLOPs shortfall, in accuracy percent
+  (so / 100 here): ≈ 0.03, a little higher for smaller networks."""
+  return (3.0 + (target - macs) / target) / 100.0
+
+
 class _Search:
 
   def __init__(self, space: SearchSpace, evaluate: Evaluate, cfg: MCEAConfig):
     self.space, self.evaluate, self.cfg = space, evaluate, cfg
-    M1 = space.num_scaling_stages
-    pi = np.ones(M1) if cfg.pi is None else np.asarray(cfg.pi, np.float64)
-    if pi.shape != (M1,) or (pi < 0).any() or pi.sum() <= 0:
-      raise ValueError(f"MCEAConfig.pi must be {M1} non-negative weights, got {cfg.pi}")
+    self.js = list(range(0 if cfg.include_s0 else 1, space.num_scaling_stages))
+    pi = np.ones(len(self.js)) if cfg.pi is None else np.asarray(cfg.pi, np.float64)
+    if pi.shape != (len(self.js),) or (pi < 0).any() or pi.sum() <= 0:
+      raise ValueError(f"MCEAConfig.pi must be {len(self.js)} non-negative weights (stages {self.js}), got {cfg.pi}")
     self.pi = pi / pi.sum()
     self.sizes = _gene_sizes(space)
+    if cfg.ga == "official":
+      _check_official_genome(space)
     self.cache: dict[tuple[Alpha, Scaling], float] = {}
     self.S0 = Scaling(1.0, 1.0, space.base_resolution)
+    # The official code checks the stages against the base tolerance while α evolves.
+    self.alpha_stage_tol = space.base_tol if cfg.penalty == "official" else space.stage_tol
 
   def acc(self, pairs: Sequence[tuple[Alpha, Scaling]]) -> list[float]:
     """Cached, batched accuracies (one `evaluate` call for all missing pairs)."""
@@ -129,6 +287,9 @@ class _Search:
         raise ValueError(f"evaluate returned {len(vals)} accuracies for {len(todo)} paths")
       self.cache.update(zip(todo, (float(v) for v in vals)))
     return [self.cache[p] for p in pairs]
+
+  def stage_ok(self, alpha: Alpha, S: Scaling, j: int, tol: float) -> bool:
+    return abs(path_macs(alpha, S, self.space) - 2**j * base_macs(alpha, self.space)) <= 2**j * tol
 
   def random_feasible_alpha(self, rng, scalings: Sequence[Scaling] | None = None) -> Alpha:
     """Random α meeting the base budget and, if `scalings` are given, preferably every stage budget
@@ -144,17 +305,35 @@ class _Search:
 
   def feasible(self, alpha: Alpha, scalings: Sequence[Scaling]) -> bool:
     return base_feasible(alpha, self.space) and all(
-        stage_feasible(alpha, S, j, self.space) for j, S in enumerate(scalings) if j > 0
+        self.stage_ok(alpha, S, j, self.alpha_stage_tol) for j, S in enumerate(scalings) if j > 0
     )
 
   def fitness(self, alphas: Sequence[Alpha], scalings: Sequence[Scaling]) -> np.ndarray:
-    ok = [self.feasible(a, scalings) for a in alphas]
-    pairs = [(a, S) for a, f in zip(alphas, ok) if f for S in scalings]
-    accs = iter(self.acc(pairs))
+    """π-weighted objective of every α with the S_j fixed (module docstring: infeasible points)."""
+    sp, official = self.space, self.cfg.penalty == "official"
+    scores = []  # per α: None (−inf) or a list with a score or a pair to evaluate per stage
+    for a in alphas:
+      if not base_feasible(a, sp):
+        scores.append(infeasible_score(base_macs(a, sp), sp.base_target) if official else None)
+        continue
+      row = []
+      for j in self.js:
+        if self.stage_ok(a, scalings[j], j, self.alpha_stage_tol):
+          row.append((a, scalings[j]))
+        elif official:
+          row.append(infeasible_score(path_macs(a, scalings[j], sp), 2**j * sp.base_target))
+        else:
+          row = None
+          break
+      scores.append(row)
+    pairs = [x for row in scores if isinstance(row, list) for x in row if isinstance(x, tuple)]
+    accs = dict(zip(pairs, self.acc(pairs)))
     out = np.full(len(alphas), -np.inf)
-    for i, f in enumerate(ok):
-      if f:
-        out[i] = sum(self.pi[j] * next(accs) for j in range(len(scalings)))
+    for i, row in enumerate(scores):
+      if isinstance(row, float):
+        out[i] = row
+      elif row is not None:
+        out[i] = sum(w * (accs[x] if isinstance(x, tuple) else x) for w, x in zip(self.pi, row))
     return out
 
   # -- phases ------------------------------------------------------------------------------------------
@@ -163,19 +342,63 @@ class _Search:
     best, scores = [self.S0], {}
     for j in range(1, self.space.num_scaling_stages):
       grid = self.space.scalings(j)
-      pairs = [(a, S) for S in grid for a in alphas if stage_feasible(a, S, j, self.space)]
+      pairs = [(a, S) for S in grid for a in alphas if self.stage_ok(a, S, j, self.space.stage_tol)]
       accs = dict(zip(pairs, self.acc(pairs)))
-      sc = []
-      for S in grid:
-        v = [accs[(a, S)] for a in alphas if (a, S) in accs]
-        sc.append(float(np.mean(v)) if v else -math.inf)
+      sc = [self._init_score(alphas, S, j, accs) for S in grid]
       if not np.isfinite(max(sc)):
         raise RuntimeError(f"no S of scaling stage {j} is feasible for any of {len(alphas)} random α")
       best.append(grid[int(np.argmax(sc))])
       scores[j] = [[S.to_dict(), s] for S, s in zip(grid, sc)]
     return best, scores
 
+  def _init_score(self, alphas, S: Scaling, j: int, accs: dict) -> float:
+    """Score of S over the K bases: 'official' keeps S if the bases' mean FLOPs error is in budget and
+    averages accuracies and penalties; 'worst' averages the accuracies of the bases it fits."""
+    sp = self.space
+    if self.cfg.penalty == "worst":
+      v = [accs[(a, S)] for a in alphas if (a, S) in accs]
+      return float(np.mean(v)) if v else -math.inf
+    err = np.mean([abs(path_macs(a, S, sp) - 2**j * base_macs(a, sp)) for a in alphas])
+    if err > 2**j * sp.stage_tol:
+      return -math.inf
+    v = [accs.get((a, S), infeasible_score(path_macs(a, S, sp), 2**j * sp.base_target)) for a in alphas]
+    return float(np.mean(v))
+
   def evolve_alpha(self, rng, scalings, start: Alpha | None):
+    """(best α, its objective, mean and std of the final population's accuracy objective)."""
+    if self.cfg.ga == "official":
+      pop, fit = self._evolve_official(rng, scalings)
+    else:
+      pop, fit = self._evolve_ours(rng, scalings, start)
+    alphas = [self._decode(g) for g in pop]
+    i = int(np.argmax(fit))
+    if not np.isfinite(fit).any():
+      raise RuntimeError("MCEA: no feasible α in the final population; widen the budgets or max_tries")
+    # Spread of the accuracy objective over the individuals feasible at every stage (penalties would
+    # dominate the std otherwise), or over all scored ones if none is.
+    ok = np.array([self.feasible(a, scalings) for a in alphas]) & np.isfinite(fit)
+    ok = ok if ok.any() else np.isfinite(fit)
+    return alphas[i], float(fit[i]), float(fit[ok].mean()), float(fit[ok].std())
+
+  def _decode(self, genome) -> Alpha:
+    return decode_official(genome, self.space) if self.cfg.ga == "official" else decode(genome, self.space)
+
+  def _evolve_official(self, rng, scalings):
+    cfg = self.cfg
+    lo, hi = official_bounds(self.space)
+    pop = [np.asarray(encode_official(self.random_feasible_alpha(rng), self.space)) for _ in range(cfg.population)]
+    fit = self.fitness([self._decode(g) for g in pop], scalings)
+    for _ in range(cfg.generations - 1):
+      off = official_offspring(pop, fit, lo, hi, cfg.eta_mutation, rng)
+      if not off:
+        break
+      pop = pop + off
+      fit = np.concatenate([fit, self.fitness([self._decode(g) for g in off], scalings)])
+      keep = np.lexsort((rng.random(len(pop)), -fit))[: cfg.population]  # best first, ties at random
+      pop, fit = [pop[k] for k in keep], fit[keep]
+    return pop, fit
+
+  def _evolve_ours(self, rng, scalings, start: Alpha | None):
     cfg = self.cfg
     pop = [] if start is None else [encode(start, self.space)]
     while len(pop) < cfg.population:
@@ -195,16 +418,12 @@ class _Search:
         child = [int(rng.integers(n)) if m else x for x, n, m in zip(child, self.sizes, mut)]
         children.append(child)
       pop = children
-    best = decode(pop[int(order[0])], self.space)
-    finite = fit[np.isfinite(fit)]
-    if not len(finite):
-      raise RuntimeError("MCEA: no feasible α in the final population; widen the budgets or max_tries")
-    return best, float(fit[order[0]]), float(finite.mean()), float(finite.std())
+    return pop, fit
 
   def search_scalings(self, alpha: Alpha):
     best, stats = [self.S0], []
     for j in range(1, self.space.num_scaling_stages):
-      grid = [S for S in self.space.scalings(j) if stage_feasible(alpha, S, j, self.space)]
+      grid = [S for S in self.space.scalings(j) if self.stage_ok(alpha, S, j, self.space.stage_tol)]
       if not grid:
         raise RuntimeError(f"no S of scaling stage {j} is feasible for α={alpha}")
       accs = self.acc([(alpha, S) for S in grid])
@@ -291,3 +510,104 @@ def run_mcea(
   out = dict(state)
   out["alpha"], out["scalings"] = alpha, scalings
   return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# A toy objective with a known optimum, and the GA comparison on it
+# ----------------------------------------------------------------------------------------------------
+TOY_ALPHA = Alpha((1, 2, 3, 1), ((5,), (7, 3), (5, 5, 7), (3,)))
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyProblem:
+  """A separable accuracy on the 'fmnist' space (base budget centred on `alpha`), maximal (0.9) exactly
+  at `alpha` and at `scalings[j]` = the stage-j grid point closest to its budget; every term has its own
+  scale, so ties are impossible. `self(pairs)` is a batched `evaluate`."""
+
+  space: SearchSpace
+  alpha: Alpha
+  scalings: tuple[Scaling, ...]  # S_1..S_M
+
+  @classmethod
+  def make(cls, alpha: Alpha = TOY_ALPHA) -> "ToyProblem":
+    from scalenet_jax.nas.space import get_space  # pylint: disable=g-import-not-at-top
+
+    base = get_space("fmnist")
+    space = dataclasses.replace(base, base_target=float(base_macs(alpha, base)))
+    f0 = base_macs(alpha, space)
+    best = []
+    for j in range(1, space.num_scaling_stages):
+      best.append(min(space.scalings(j), key=lambda S, j=j: abs(path_macs(alpha, S, space) - 2**j * f0)))
+    return cls(space, alpha, tuple(best))
+
+  def accuracy(self, alpha: Alpha, S: Scaling) -> float:
+    acc = 0.9
+    for n, n_star in zip(alpha.depths, self.alpha.depths):
+      acc -= 0.05 * abs(n - n_star)
+    for ks, ks_star in zip(alpha.kernels, self.alpha.kernels):
+      acc -= 0.01 * sum(1 for a, b in zip(ks, ks_star) if a != b)
+    sp = self.space
+    j = next(
+        (j for j in range(1, sp.num_scaling_stages) if S.d in sp.mult_candidates[j] and S.r in sp.res_candidates[j]), 0
+    )
+    if j:
+      t = self.scalings[j - 1]
+      acc -= 0.1 * abs(S.d - t.d) + 0.07 * abs(S.w - t.w) + 0.001 * abs(S.r - t.r)
+    return acc
+
+  def __call__(self, pairs):
+    return [self.accuracy(a, S) for a, S in pairs]
+
+
+def compare_on_toy(configs: dict[str, MCEAConfig], seeds: Sequence[int], problem: ToyProblem | None = None) -> dict:
+  """{name: {'found': fraction of seeds reaching the optimum, 'objective': mean, 'paths': mean distinct
+  paths evaluated}} of each config over `seeds` (its seed field replaced)."""
+  problem = problem or ToyProblem.make()
+  out = {}
+  for name, cfg in configs.items():
+    found, objective, paths = [], [], []
+    for seed in seeds:
+      seen = set()
+
+      def evaluate(pairs):
+        seen.update(pairs)
+        return problem(pairs)
+
+      res = run_mcea(problem.space, evaluate, dataclasses.replace(cfg, seed=seed), progress=lambda _: None)
+      found.append(res["alpha"] == problem.alpha and tuple(res["scalings"][1:]) == problem.scalings)
+      objective.append(res["objective"])
+      paths.append(len(seen))
+    out[name] = {"found": float(np.mean(found)), "objective": float(np.mean(objective)), "paths": float(np.mean(paths))}
+  return out
+
+
+def main(argv=None) -> None:
+  import argparse  # pylint: disable=g-import-not-at-top
+
+  ap = argparse.ArgumentParser(description="Official vs our MCEA operators on the toy objective.")
+  ap.add_argument("--seeds", type=int, default=10)
+  ap.add_argument("--population", type=int, default=16)
+  ap.add_argument("--generations", type=int, default=8)
+  ap.add_argument("--iterations", type=int, default=2)
+  ap.add_argument("--n-base", type=int, default=6)
+  args = ap.parse_args(argv)
+  common = dict(
+      iterations=args.iterations, n_base=args.n_base, population=args.population, generations=args.generations
+  )
+  configs = {
+      "official (ga, penalty, S_1..S_M)": MCEAConfig(**common),
+      "ours ga, official objective": MCEAConfig(**common, ga="ours", parents=max(2, args.population // 3)),
+      "ours (ga, worst, S_0..S_M)": MCEAConfig(
+          **common, ga="ours", penalty="worst", include_s0=True, parents=max(2, args.population // 3)
+      ),
+  }
+  res = compare_on_toy(configs, range(args.seeds))
+  print(f"toy objective, {args.seeds} seeds, {common}")
+  print("| config | optimum found | mean objective | mean distinct paths evaluated |")
+  print("|---|---|---|---|")
+  for name, r in res.items():
+    print(f"| {name} | {r['found']:.0%} | {r['objective']:.4f} | {r['paths']:.0f} |")
+
+
+if __name__ == "__main__":
+  main()

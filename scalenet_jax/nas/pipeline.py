@@ -178,15 +178,7 @@ def run_search(config, workdir: str) -> dict:
   def progress(line):
     _log(f"{line} [{n_evals[0]} paths evaluated, {time.time() - t:.0f}s]")
 
-  mcfg = mcea.MCEAConfig(
-      iterations=s.iterations,
-      n_base=s.n_base,
-      population=s.population,
-      generations=s.generations,
-      parents=s.parents,
-      mutation_prob=s.mutation_prob,
-      seed=s.seed,
-  )
+  mcfg = mcea.MCEAConfig.from_config(s)  # every MCEAConfig field of config.search (ga, penalty, ...)
   res = mcea.run_mcea(space, evaluate, mcfg, state_path=os.path.join(workdir, "mcea.json"), progress=progress)
   alpha, scalings = res["alpha"], list(res["scalings"])
   timings["mcea"] = time.time() - t

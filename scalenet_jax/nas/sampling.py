@@ -13,9 +13,22 @@
 Randomness is a numpy `Generator` seeded by `(seed, step)`: `sample_path(space, 'hss', seed, step)`
 always returns the same (α, S), so a resumed run draws the same paths as an uninterrupted one.
 
+# BCNet slice sides
+
+`sample_sides(space, seed, step, asyn=True)` gives the step's left/right slice side of every module
+(stem, each layer slot, head) for a `'bcnet'` space (`supernet.py`), from its own generator
+`(seed, step, SIDE_STREAM)` so that (α, S) do not depend on it. The official code (config
+`n_laterally_couplng: 2, asyn: True`) flips each op module's side every time that module runs; a pure
+function of (seed, step) cannot count past uses, so with `asyn` every module draws a fair side per
+step instead (independent across modules, as the official counters drift apart; each module is
+right-aligned half of the time in both). `asyn=False` is the synchronous form: every module takes
+step % 2 (the official one runs both sides in the same step, with half the loss each; alternating
+steps gives the two slices the same share of updates with one pass per step).
+
 ```python
 alpha, S = sample_path(space, method='hss', seed=0, step=step)   # method: 'hss' | 'hss_uniform' | 'uniform'
-arch = apply_scaling(alpha, S, space); path = path_arrays(arch, space); images at S.r
+sides = sample_sides(space, seed=0, step=step)
+arch = apply_scaling(alpha, S, space); path = path_arrays(arch, space, sides); images at S.r
 ```
 
 # CLI
@@ -33,9 +46,10 @@ from typing import Sequence
 
 import numpy as np
 
-from scalenet_jax.nas.space import Alpha, Scaling, SearchSpace, get_space, path_macs
+from scalenet_jax.nas.space import Alpha, Scaling, SearchSpace, get_space, left_sides, path_macs
 
 METHODS = ("hss", "hss_uniform", "uniform")
+SIDE_STREAM = 1  # third seed word of the sides' generator (the path's generator has two)
 
 
 def step_rng(seed: int, step: int) -> np.random.Generator:
@@ -97,6 +111,21 @@ def sample_path(
   else:
     raise ValueError(f"unknown sampling method {method!r}; known: {METHODS}")
   return alpha, S
+
+
+def sample_sides(space: SearchSpace, seed: int = 0, step: int = 0, asyn: bool = True) -> dict:
+  """BCNet slice sides of step `step` (`space.left_sides` format; see module docstring). All left for
+  a `'left'`-coupling space."""
+  ref = left_sides(space)
+  if space.coupling == "left":
+    return ref
+  n = [len(x) for x in ref["stages"]]
+  if asyn:
+    bits = [int(b) for b in np.random.default_rng([int(seed), int(step), SIDE_STREAM]).integers(0, 2, 2 + sum(n))]
+  else:
+    bits = [int(step) % 2] * (2 + sum(n))
+  ends = np.cumsum([2] + n)
+  return {"stem": bits[0], "head": bits[1], "stages": tuple(tuple(bits[a:b]) for a, b in zip(ends[:-1], ends[1:]))}
 
 
 def sample_macs(space: SearchSpace, method: str, n: int, seed: int = 0) -> np.ndarray:

@@ -7,9 +7,10 @@ stem conv k×k (stride `stem_stride`) + BN + h-swish → stages of IR+SE blocks 
 h-swish → global average pool → linear classifier.
 
 * `SearchSpace.stages[s]` is a `StageSpec(c_out, stride, t, depth_choices)`. A stage with a single depth
-  choice is *fixed*: it is never depth-scaled (the official code only scales stages whose depth is
-  searched). The first layer of a stage carries the stride and the channel change; the others are
-  stride-1 residual blocks.
+  choice has a fixed *base* depth (it is not searched) but is depth-scaled like every other stage: the
+  official supernet gives every backbone stage ceil(n_max · m_max) layer slots (2 for the one-layer
+  stages 1 and 7 of the ImageNet space) and its path builder scales all of them. The first layer of a
+  stage carries the stride and the channel change; the others are stride-1 residual blocks.
 * Per layer the kernel is one of `space.kernels` (3, 5, 7).
 * Scaling stage j = 0..M has candidate lists `mult_candidates[j]` (shared by depth and width) and
   `res_candidates[j]` (pixels). S_0 = (1, 1, base resolution).
@@ -24,9 +25,16 @@ in_channels=3)`) and `'tiny'` (16×16 inputs, 3 stages; for unit tests).
 * `Alpha(depths, kernels)`: `depths[s]` is the base depth of stage s, `kernels[s]` the kernel size of
   each of its `depths[s]` base layers.
 * `Scaling(d, w, r)`: global depth/width multipliers and the input resolution.
-* `apply_scaling(alpha, S, space) -> Arch`: the concrete network (per stage n = ceil(n_base·d) for
-  searchable stages, extra layers copy the kernel of the last base layer; channels ceil(C·w); hidden
-  ceil(round(C_in_base·t)·w); SE squeeze = hidden // 4; head channels not scaled; resolution r).
+* `apply_scaling(alpha, S, space, hidden_rule='supernet') -> Arch`: the concrete network (per stage
+  n = ceil(n_base·d) in every stage, extra layers copy the kernel of the last base layer; channels
+  ceil(C·w); SE squeeze = hidden // 4; head channels not scaled; resolution r). The hidden (expanded)
+  width has two official forms: `'supernet'` = ceil(round(C_in·t)·w), what the official supernet slices
+  (and ours masks) during training and search; `'subnet'` = round(ceil(C_in·w)·t), what the official
+  FLOPs counter of the search (and a stand-alone model of the scaled channels) uses. They differ by at
+  most a few channels (≤ 0.7 % MACs on the released models, `docs/nas_flops.md`). `se_rule` sets the SE
+  squeeze width: `'hidden'` = hidden // 4 (the official supernet and FLOPs counter), `'input'` =
+  round(hidden / (4·t)) ≈ C_in / 4 (timm's EfficientNet blocks, which the paper's retrained models and
+  their parameter counts follow, `docs/nas_flops.md`).
 
 All three are frozen dataclasses of ints/floats/tuples; `to_dict()` / `from_dict()` give JSON.
 
@@ -35,9 +43,23 @@ All three are frozen dataclasses of ints/floats/tuples; `to_dict()` / `from_dict
 `count_macs(arch)` counts multiply-accumulates of every conv and linear (SE 1×1 convs included; BN,
 activations, pooling and biases ignored). Convolutions are counted over all output positions × full
 k×k window (zero padding included, the usual convention), with symmetric padding k//2 so the output
-size is ceil(H / stride); `count_macs(arch, include_padding=False)` counts only in-image taps (what
-XLA's cost analysis counts; the test checks both against XLA). `count_params(arch)` counts conv/linear weights and biases plus BN scale/bias.
-`path_macs(alpha, S, space)` is a cached shortcut.
+size is ceil(H / stride), what the network computes; `count_macs(arch, include_padding=False)` counts
+only in-image taps (what XLA's cost analysis counts; the test checks both against XLA).
+`count_macs(arch, out_size='official')` uses the official counter's output size (h + 2p − k + 1) // s
+instead, one row and column short of the real output after a stride-2 layer on an odd map.
+`official_macs(alpha, S, space)` is the official search-time counter: `'subnet'` hidden widths and
+that output size; it reproduces the paper's FLOPs of the released models (`docs/nas_flops.md`).
+`count_params(arch)` counts conv/linear weights and biases plus BN scale/bias.
+
+`path_macs(alpha, S, space)` (cached) is the counter the budgets use: `space.counter` names it,
+`'official'` for the ImageNet space (budgets as the official search checks them), `'conv'`
+(`count_macs` of `apply_scaling`) for the small spaces.
+
+# Supernet buffers
+
+`space.coupling` chooses how the supernet shares channels (`supernet.py`): `'bcnet'` (default, the
+official code) allocates ceil(C·m_max) + C channels per stage and slices paths left- or right-aligned
+per layer (BCNet); `'left'` allocates ceil(C·m_max) and slices left-aligned only.
 """
 
 from __future__ import annotations
@@ -48,6 +70,10 @@ import math
 from typing import Any, Sequence
 
 KERNELS = (3, 5, 7)
+COUPLINGS = ("bcnet", "left")
+COUNTERS = ("conv", "official")
+HIDDEN_RULES = ("supernet", "subnet")
+SE_RULES = ("hidden", "input")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -64,7 +90,7 @@ class StageSpec:
 
   @property
   def searchable(self) -> bool:
-    """Only stages with several depth choices are depth-searched and depth-scaled."""
+    """Only stages with several depth choices have their base depth searched (all are depth-scaled)."""
     return len(self.depth_choices) > 1
 
 
@@ -87,12 +113,18 @@ class SearchSpace:
   stage_tol: float
   kernels: tuple[int, ...] = KERNELS
   se_reduction: int = 4
+  coupling: str = "bcnet"  # 'bcnet' | 'left' (module docstring)
+  counter: str = "conv"  # MACs counter of the budgets: 'conv' | 'official'
 
   def __post_init__(self):
     if len(self.mult_candidates) != len(self.res_candidates):
       raise ValueError(f"space {self.name!r}: mult_candidates and res_candidates differ in length")
     if self.mult_candidates[0] != (1.0,):
       raise ValueError(f"space {self.name!r}: scaling stage 0 must have the single multiplier 1.0")
+    if self.coupling not in COUPLINGS:
+      raise ValueError(f"space {self.name!r}: coupling {self.coupling!r} not in {COUPLINGS}")
+    if self.counter not in COUNTERS:
+      raise ValueError(f"space {self.name!r}: counter {self.counter!r} not in {COUNTERS}")
 
   @property
   def num_scaling_stages(self) -> int:
@@ -107,12 +139,10 @@ class SearchSpace:
   def base_resolution(self) -> int:
     return self.res_candidates[0][0]
 
-  def max_layers(self, s: int) -> int:
-    """Layer slots the supernet allocates for stage s."""
-    st = self.stages[s]
-    if not st.searchable:
-      return st.depth_choices[0]
-    return math.ceil(max(st.depth_choices) * self.max_mult)
+  def max_layers(self, s: int, j: int | None = None) -> int:
+    """Layer slots of stage s in the supernet (or, with `j`, in the paths of scaling stages 0..j)."""
+    m = self.max_mult if j is None else max(self.mult_candidates[j])
+    return scaled_depth(max(self.stages[s].depth_choices), m)
 
   def stage_budget(self, j: int, base_macs: float) -> tuple[float, float]:
     """(target, tolerance) MACs of scaling stage j for a base model of `base_macs`."""
@@ -127,7 +157,7 @@ class SearchSpace:
     return [Scaling(d, w, r) for d in m for w in m for r in rs]
 
 
-def _imagenet_space() -> SearchSpace:
+def _imagenet_space(coupling: str = "bcnet") -> SearchSpace:
   def st(c, s, t, deps):
     return StageSpec(c, s, t, tuple(deps))
 
@@ -159,10 +189,12 @@ def _imagenet_space() -> SearchSpace:
       base_target=306e6,
       base_tol=25e6,
       stage_tol=50e6,
+      counter="official",
+      coupling=coupling,
   )
 
 
-def _fmnist_space(in_channels: int = 1) -> SearchSpace:
+def _fmnist_space(in_channels: int = 1, coupling: str = "bcnet") -> SearchSpace:
   """Small space for 32×32 Fashion-MNIST (28 padded to 32). The budget is centred on the median base
   model (≈9.1 MMACs at 32 px; range 5.3–13.9M) so that a good share of random α are feasible; the
   stage-1/2 grids span ≈1.2–2.7× and ≈3–7× the base MACs so that 2× and 4× sit inside them."""
@@ -184,10 +216,11 @@ def _fmnist_space(in_channels: int = 1) -> SearchSpace:
       base_target=9.0e6,
       base_tol=1.5e6,
       stage_tol=2.0e6,
+      coupling=coupling,
   )
 
 
-def _tiny_space(in_channels: int = 1) -> SearchSpace:
+def _tiny_space(in_channels: int = 1, coupling: str = "bcnet") -> SearchSpace:
   """Same structure, a few thousand MACs-scale layers: for unit tests and one-step trainer tests."""
 
   def st(c, s, t, deps):
@@ -207,6 +240,7 @@ def _tiny_space(in_channels: int = 1) -> SearchSpace:
       base_target=110e3,
       base_tol=45e3,
       stage_tol=60e3,
+      coupling=coupling,
   )
 
 
@@ -214,7 +248,8 @@ _SPACES = {"imagenet": _imagenet_space, "fmnist": _fmnist_space, "tiny": _tiny_s
 
 
 def get_space(name: str, **kwargs) -> SearchSpace:
-  """Returns a registered search space by name ('imagenet' | 'fmnist')."""
+  """A registered search space by name ('imagenet' | 'fmnist' | 'tiny'); kwargs: `coupling` (all),
+  `in_channels` ('fmnist', 'tiny')."""
   if name not in _SPACES:
     raise ValueError(f"unknown search space {name!r}; known: {sorted(_SPACES)}")
   return _SPACES[name](**kwargs)
@@ -268,6 +303,24 @@ def validate_alpha(alpha: Alpha, space: SearchSpace) -> None:
         raise ValueError(f"alpha stage {s}: kernel {k} not in {space.kernels}")
 
 
+def left_sides(space: SearchSpace) -> dict:
+  """BCNet slice sides with every module left-aligned: {'stem': 0, 'head': 0, 'stages': per stage one
+  0/1 per layer slot (`space.max_layers(s)`)} (1 = right-aligned)."""
+  return {"stem": 0, "head": 0, "stages": tuple((0,) * space.max_layers(s) for s in range(len(space.stages)))}
+
+
+def validate_sides(sides: dict, space: SearchSpace) -> None:
+  """Raises ValueError unless `sides` has the `left_sides` structure with 0/1 values (only 0 when
+  `space.coupling` is 'left', whose supernet has no right-aligned slices)."""
+  ref = left_sides(space)
+  if set(sides) != set(ref) or [len(x) for x in sides["stages"]] != [len(x) for x in ref["stages"]]:
+    raise ValueError(f"sides must have the structure of left_sides(space) {ref}, got {sides}")
+  values = {sides["stem"], sides["head"], *(v for st in sides["stages"] for v in st)}
+  allowed = {0} if space.coupling == "left" else {0, 1}
+  if not values <= allowed:
+    raise ValueError(f"sides take values {sorted(allowed)} with coupling {space.coupling!r}, got {sorted(values)}")
+
+
 # ----------------------------------------------------------------------------------------------------
 # Concrete architecture
 # ----------------------------------------------------------------------------------------------------
@@ -306,16 +359,39 @@ class Arch:
     return cls(**d)
 
 
-def scaled_depth(n_base: int, d: float, stage: StageSpec) -> int:
-  return math.ceil(n_base * d - 1e-9) if stage.searchable else n_base
+def scaled_depth(n_base: int, d: float) -> int:
+  # The -1e-9 guards against float products such as 50 * 1.1 = 55.00000000000001. The official code
+  # takes a plain ceil; no product of the ImageNet grid (depths, channels, multipliers) lands on such
+  # a value, so both agree there.
+  return math.ceil(n_base * d - 1e-9)
 
 
 def scaled_channels(c: int, w: float) -> int:
-  # The -1e-9 guards against float products such as 40 * 1.2 = 48.000000000000004.
+  # Same guard and the same agreement with the official ceil on the ImageNet grid.
   return math.ceil(c * w - 1e-9)
 
 
-def apply_scaling(alpha: Alpha, S: Scaling, space: SearchSpace) -> Arch:
+def hidden_channels(c_in_base: int, t: int, w: float, rule: str = "supernet") -> int:
+  """Expanded width of an IR block with base input `c_in_base` (module docstring: the two rules)."""
+  if rule == "supernet":
+    return scaled_channels(int(round(c_in_base * t)), w)
+  if rule == "subnet":
+    return int(round(scaled_channels(c_in_base, w) * t))
+  raise ValueError(f"hidden_rule {rule!r} not in {HIDDEN_RULES}")
+
+
+def se_channels(hidden: int, t: int, space: SearchSpace, rule: str = "hidden") -> int:
+  """SE squeeze width of a block with `hidden` expanded channels (module docstring: the two rules)."""
+  if rule == "hidden":
+    return hidden // space.se_reduction
+  if rule == "input":
+    return max(1, round(hidden / (space.se_reduction * t)))
+  raise ValueError(f"se_rule {rule!r} not in {SE_RULES}")
+
+
+def apply_scaling(
+    alpha: Alpha, S: Scaling, space: SearchSpace, hidden_rule: str = "supernet", se_rule: str = "hidden"
+) -> Arch:
   """Concrete architecture of base model `alpha` scaled by `S` (see module docstring)."""
   validate_alpha(alpha, space)
   stem = scaled_channels(space.stem_channels, S.w)
@@ -323,22 +399,20 @@ def apply_scaling(alpha: Alpha, S: Scaling, space: SearchSpace) -> Arch:
   stages = []
   for s, st in enumerate(space.stages):
     n_base = alpha.depths[s]
-    n = scaled_depth(n_base, S.d, st)
+    n = scaled_depth(n_base, S.d)
     kernels = tuple(alpha.kernels[s]) + (alpha.kernels[s][-1],) * (n - n_base)
     c_out = scaled_channels(st.c_out, S.w)
     layers = []
     for l in range(n):
-      if st.t == 1:
-        hidden = c_in  # depthwise acts on the input directly
-      else:
-        hidden = scaled_channels(int(round(c_in_base * st.t)), S.w)
+      # t = 1: the depthwise acts on the input directly (both rules give c_in).
+      hidden = hidden_channels(c_in_base, st.t, S.w, hidden_rule)
       stride = st.stride if l == 0 else 1
       layers.append(
           LayerArch(
               c_in=c_in,
               c_out=c_out,
               hidden=hidden,
-              se=hidden // space.se_reduction,
+              se=se_channels(hidden, st.t, space, se_rule),
               kernel=kernels[l],
               stride=stride,
               expand=st.t != 1,
@@ -362,13 +436,19 @@ def apply_scaling(alpha: Alpha, S: Scaling, space: SearchSpace) -> Arch:
 # ----------------------------------------------------------------------------------------------------
 # Counting
 # ----------------------------------------------------------------------------------------------------
-def _out(h: int, stride: int) -> int:
+def _out(h: int, stride: int, k: int = 1, out_size: str = "conv") -> int:
+  """Output size of a k×k conv with padding k//2: ceil(h / stride) ('conv'), or the official counter's
+  (h + 2p − k + 1) // stride ('official'; floor(h / stride) for odd k)."""
+  if out_size == "official":
+    return (h + 2 * (k // 2) - k + 1) // stride
+  if out_size != "conv":
+    raise ValueError(f"out_size must be 'conv' or 'official', got {out_size!r}")
   return -(-h // stride)
 
 
-def _taps(h: int, k: int, stride: int, include_padding: bool) -> int:
+def _taps(h: int, k: int, stride: int, include_padding: bool, out_size: str = "conv") -> int:
   """Σ over output positions of the kernel taps that are multiplied (2-D, square), padding k//2."""
-  n = _out(h, stride)
+  n = _out(h, stride, k, out_size)
   if include_padding:
     return n * n * k * k
   p = k // 2
@@ -376,21 +456,24 @@ def _taps(h: int, k: int, stride: int, include_padding: bool) -> int:
   return t1 * t1
 
 
-def count_macs(arch: Arch, include_padding: bool = True) -> int:
+def count_macs(arch: Arch, include_padding: bool = True, out_size: str = "conv") -> int:
   """Multiply-accumulates of all convs and linears of `arch` at `arch.resolution` (one image).
 
   `include_padding=False` counts only the taps that fall inside the image (what XLA's cost analysis
-  counts); the default counts the full k×k window at every output position (the usual convention)."""
-  ip = include_padding
+  counts); the default counts the full k×k window at every output position (the usual convention).
+  `out_size='official'`: the official counter's output-size formula (module docstring)."""
+  if out_size == "official" and not include_padding:
+    raise ValueError("out_size='official' counts full windows; it has no include_padding=False form")
+  ip, o = include_padding, out_size
   h = arch.resolution
-  macs = _taps(h, arch.stem_kernel, arch.stem_stride, ip) * arch.in_channels * arch.stem_channels
-  h = _out(h, arch.stem_stride)
+  macs = _taps(h, arch.stem_kernel, arch.stem_stride, ip, o) * arch.in_channels * arch.stem_channels
+  h = _out(h, arch.stem_stride, arch.stem_kernel, o)
   for st in arch.stages:
     for l in st:
       if l.expand:
         macs += h * h * l.c_in * l.hidden
-      macs += _taps(h, l.kernel, l.stride, ip) * l.hidden  # depthwise
-      h = _out(h, l.stride)
+      macs += _taps(h, l.kernel, l.stride, ip, o) * l.hidden  # depthwise
+      h = _out(h, l.stride, l.kernel, o)
       macs += 2 * l.hidden * l.se  # SE squeeze + excite on the pooled vector
       macs += h * h * l.hidden * l.c_out  # project
   c_last = arch.stages[-1][-1].c_out
@@ -415,13 +498,20 @@ def count_params(arch: Arch) -> int:
   return int(p)
 
 
+def official_macs(alpha: Alpha, S: Scaling, space: SearchSpace) -> int:
+  """The official search-time FLOPs counter: `'subnet'` hidden widths, (h + 2p − k + 1) // s outputs."""
+  return count_macs(apply_scaling(alpha, S, space, hidden_rule="subnet"), out_size="official")
+
+
 @functools.lru_cache(maxsize=200_000)
 def _path_macs_cached(alpha: Alpha, S: Scaling, space: SearchSpace) -> int:
+  if space.counter == "official":
+    return official_macs(alpha, S, space)
   return count_macs(apply_scaling(alpha, S, space))
 
 
 def path_macs(alpha: Alpha, S: Scaling, space: SearchSpace) -> int:
-  """count_macs(apply_scaling(alpha, S, space)), memoised (all three arguments are hashable)."""
+  """MACs of path (α, S) by the budgets' counter `space.counter`, memoised (all arguments hashable)."""
   return _path_macs_cached(alpha, S, space)
 
 

@@ -1,13 +1,13 @@
-"""Super-supernet (Flax linen) whose paths are selected by mask arrays, and the stand-alone `PathNet`.
+"""Super-supernet (Flax linen) whose paths are selected by arrays, and the stand-alone `PathNet`.
 
 # Usage
 
 ```python
 space = get_space('fmnist')
 model = SuperNet(space)
-params = init_supernet(model, jax.random.key(0))
+params = init_supernet(model, seed=0)
 arch = apply_scaling(alpha, S, space)           # S.r is the image size to feed
-path = path_arrays(arch, space)                 # pytree of float32 numpy arrays (fixed shapes)
+path = path_arrays(arch, space, sides)          # pytree of numpy arrays (fixed shapes); sides: BCNet
 logits = model.apply({'params': params}, images_NHWC, path=path, train=True)
 ```
 
@@ -15,45 +15,81 @@ One `jax.jit` of `model.apply` serves *every* path of a given resolution (only t
 the compiled program), and `jax.vmap` over a stacked batch of path pytrees (`stack_paths`) evaluates
 many paths at once.
 
-# Path arrays (same structure and shapes at every resolution)
+# Parameters: one set per candidate op
+
+As in the official supernet, every layer slot holds one complete inverted-residual op per kernel size
+(`k3`, `k5`, `k7`: each with its own expand, depthwise, SE, project and BN affine weights); identity
+(a skipped slot) has none. The stem, head and classifier are shared by all paths.
 
 ```
-{'stem': f32[C_stem_max],
+net/stem, net/bn_stem/{scale,bias}
+net/stage{s}_layer{l}/k{k}/{expand, dw{k}, se_reduce, se_reduce_bias, se_expand, se_expand_bias, project}
+net/stage{s}_layer{l}/k{k}/{bn_expand, bn_dw, bn_project}/{scale,bias}
+net/head, net/bn_head/{scale,bias}, net/classifier/{kernel,bias}
+```
+A path realises its op choice by *weight mixing*: each weight of the slot is Σ_k onehot_k · W_k with the
+path's exact one-hot (depthwise kernels zero-padded to 7×7, centred), then one conv runs. This costs
+one op's compute (running all three ops and mixing outputs would cost three), the output equals the
+chosen op's exactly, and the other ops get exactly zero gradient. BN mixes the affine parameters and
+normalises with the statistics of the batch it sees, hence exactly the chosen op's statistics.
+
+# Channel buffers and BCNet coupling (`space.coupling`)
+
+`buffer_arch(space)` gives the parameter shapes, `supernet_arch(space)` the widest path (the compute
+shapes). With `'bcnet'` (the official code) a stage of base width C has a buffer of ceil(C·m_max) + C
+channels (stem likewise; the hidden buffer is round(C_in buffer · t), SE = hidden // 4); a path of width
+c uses either the first c channels of a weight (left-aligned) or the last c (right-aligned), chosen per
+layer slot by the path's `side` arrays (per op module and per step in the official code; the sampler
+draws them from (seed, step), `sampling.sample_sides`). Activations are always kept left-aligned in the
+first c of the compute width; a right-aligned layer reads its weights at an offset (buffer − c) along
+each channel axis (a gather whose indices are path inputs, so no recompiles). `'left'` allocates
+ceil(C·m_max) channels, always left-aligned (no gathers).
+
+# Path arrays (same structure and shapes for every path of a bucket)
+
+```
+{'stem': f32[C_stem],  'stem_side': f32[],  'head_side': f32[],   # side: 0 = left, 1 = right
  'stages': ({'active': f32[L_s],          # 1 = layer runs, 0 = identity (layer 0 always 1)
              'kernel': f32[L_s, 3],       # one-hot over space.kernels; all-zero for inactive layers
-             'out':    f32[C_s_max],      # left-aligned channel mask of the stage output
-             'hidden': (f32[H_{s,l}_max] for l),  # hidden (expanded) channel mask per layer
-             'se':     (f32[H_{s,l}_max // 4] for l)},   # SE squeeze channel mask per layer
+             'side':   f32[L_s],          # BCNet slice side of each layer slot
+             'out':    f32[C_s],          # left-aligned channel mask of the stage output
+             'hidden': (f32[H_{s,l}] for l),    # hidden (expanded) channel mask per layer
+             'se':     (f32[H_{s,l} // 4] for l)},  # SE squeeze channel mask per layer
             ... one dict per stage)}
 ```
-`L_s = space.max_layers(s)`; maxima are those of `supernet_arch(space)` (largest α scaled by the
-largest multipliers).
+Sizes are those of `supernet_arch(space, bucket)`. A *bucket* j (`SuperNet(space, bucket=j)`) computes
+at the widest path of scaling stages 0..j (largest α, max multiplier of stage j): same parameters, fewer
+slots and channels, so small paths do not run at the full supernet width (`bucket_of(S, space)`; the
+evaluator groups paths by bucket). `bucket=None` is the whole supernet.
 
 # How a path is realised
-* **Kernel**: one depthwise conv with a 7×7 weight that is the one-hot mix of the zero-padded 3×3, 5×5
-  and 7×7 candidate weights (each candidate keeps its own parameters `dw3`, `dw5`, `dw7`). Padding is
-  symmetric k//2 (PyTorch convention), so the centred, zero-padded kernels give the same result as the
-  small conv at stride 1 and 2.
+* **Kernel / op**: weight mixing (above). Padding is symmetric k//2 (PyTorch convention), so the
+  centred, zero-padded kernels give the same result as the small conv at stride 1 and 2.
 * **Width**: activations are multiplied by left-aligned channel masks *after* each BN (BN of an all-zero
   channel would otherwise output its bias). SE squeeze outputs are masked too (their bias would leak).
-  Masked channels are exactly zero, so they contribute exactly nothing to the next conv.
-* **Depth**: non-first layers are stride-1 residual blocks; an inactive layer computes x + 0·f(x) = x.
-  Its parameters get zero gradient.
+  Masked channels are exactly zero, so they contribute exactly nothing to the next conv (nor to the
+  gradient of the weights a right-aligned gather wraps around onto them).
+* **Depth**: non-first layers are stride-1 residual blocks; an inactive layer selects its input x over
+  f(x), so it is exactly the identity and its parameters get zero gradient.
 * **BN**: always batch statistics, per path (no running averages are kept; the one-shot evaluation of
   the official code also uses batch statistics). Statistics are per channel, so masked BN equals BN on
   the sliced channels. `stat_weights` (f32[N], 0/1) restricts the statistics to a subset of the batch:
   concatenating a few training images (weight 1) with evaluation images (weight 0) gives BN
   *recalibration* in one pass (see `evaluate.py`).
 
-`PathNet(arch)` is the stand-alone network built with exactly the sliced shapes (same module names;
-its depthwise conv is named `dw{k}` after its kernel) and standard BN with running averages
-(`batch_stats` collection). `slice_params(supernet_params, arch)` returns its parameters, cut
-left-aligned out of the supernet's. With `PathNet(arch, bn_batch_stats=True)` it uses batch statistics
-in eval mode too, which is what the equivalence test compares against.
+`PathNet(arch)` is the stand-alone network built with exactly the sliced shapes (same parameter names:
+one op per layer, `k{kernel}`) and standard BN with running averages (`batch_stats` collection, at
+`stage{s}_layer{l}/bn_*` and `bn_stem`, `bn_head`). `slice_params(supernet_params, arch, sides)` returns
+its parameters, cut left- or right-aligned (per `sides`) out of the supernet's. With
+`PathNet(arch, bn_batch_stats=True)` it uses batch statistics in eval mode too, which is what the
+equivalence tests compare against.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import re
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -61,7 +97,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scalenet_jax.nas.space import Arch, LayerArch, Scaling, SearchSpace, apply_scaling, largest_alpha
+from scalenet_jax.nas.space import (
+    Arch,
+    LayerArch,
+    Scaling,
+    SearchSpace,
+    apply_scaling,
+    largest_alpha,
+    left_sides,
+    scaled_channels,
+    validate_sides,
+)
 
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 _dense_init = nn.initializers.variance_scaling(1.0 / 3, "fan_in", "uniform")
@@ -81,6 +127,8 @@ def hsigmoid(x):
 class BatchNorm(nn.Module):
   """BN over N,H,W with optional output channel mask and per-sample statistic weights.
 
+  The affine parameters are its own `scale`/`bias` unless `affine=(scale, bias)` is given (the mixed
+  weights of an op); `window` maps them before use (a path's slice of a BCNet buffer).
   `track_running=True` keeps `batch_stats/{mean,var}` (updated when that collection is mutable, used
   when `use_running_average`)."""
 
@@ -90,12 +138,13 @@ class BatchNorm(nn.Module):
   eps: float = 1e-5
 
   @nn.compact
-  def __call__(self, x, *, use_running_average=False, mask=None, stat_weights=None):
-    scale = self.param("scale", nn.initializers.ones, (self.features,))
-    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+  def __call__(self, x, *, affine=None, window=None, use_running_average=False, mask=None, stat_weights=None):
+    if affine is None:
+      affine = Affine(self.features).make(self)
+    scale, bias = affine if window is None else (window(a) for a in affine)
     if self.track_running:
-      ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (self.features,))
-      ra_var = self.variable("batch_stats", "var", jnp.ones, (self.features,))
+      ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (x.shape[-1],))
+      ra_var = self.variable("batch_stats", "var", jnp.ones, (x.shape[-1],))
     if use_running_average:
       if not self.track_running:
         raise ValueError("BatchNorm: use_running_average needs track_running=True")
@@ -114,6 +163,29 @@ class BatchNorm(nn.Module):
         ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
     y = (x - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
     return y if mask is None else y * mask
+
+
+@dataclasses.dataclass(frozen=True)
+class Affine:
+  """BN `scale` (ones) and `bias` (zeros) of `features` channels, declared in a module's scope."""
+
+  features: int
+
+  def make(self, module: nn.Module):
+    return (
+        module.param("scale", nn.initializers.ones, (self.features,)),
+        module.param("bias", nn.initializers.zeros, (self.features,)),
+    )
+
+
+class _AffineParams(nn.Module):
+  """A named scope holding one BN's affine parameters (an op's `bn_*`)."""
+
+  features: int
+
+  @nn.compact
+  def __call__(self):
+    return Affine(self.features).make(self)
 
 
 def _conv(x, kernel, stride=1, groups=1):
@@ -187,129 +259,221 @@ def _depthwise_s1_bwd(res, g):
 _depthwise_s1.defvjp(_depthwise_s1_fwd, _depthwise_s1_bwd)
 
 
-def depthwise_conv(x, kernel, stride: int = 1):
-  """Depthwise k×k conv (HWIO kernel with I = 1, symmetric padding k//2) as k² shifted multiply-adds.
+def _shift_sum_unrolled(xp, w, h: int, wd: int):
+  """`_shift_sum` with the k² taps unrolled into one expression, which XLA fuses into a single pass
+  over the output reading the taps from cache. Measured on 2 CPU cores (7×7, 96 channels, batch 32,
+  16 px): ≈2× faster than the tap loop for one path and ≈5× under `vmap` over 8 paths, where the tap
+  loop's P× larger working set no longer fits in cache; the price is a larger program (slower to
+  compile), so it is an option for forward-only evaluation, not the training default."""
+  k = w.shape[0]
+  return sum(xp[:, i : i + h, j : j + wd, :] * w[i, j] for i in range(k) for j in range(k))
+
+
+DEPTHWISE = ("loop", "unrolled")
+
+
+def depthwise_conv(x, kernel, stride: int = 1, impl: str = "loop"):
+  """Depthwise k×k conv (HWIO kernel with I = 1, symmetric padding k//2) as k² shifted multiply-adds;
+  `impl` 'loop' (a tap loop with a hand-written gradient, the default) or 'unrolled' (one fused sum).
 
   Why not `lax.conv_general_dilated(feature_group_count=C)`: XLA's CPU backend runs grouped
   convolutions on a slow generic path (≈10× slower forward, ≈4× slower gradient at these sizes), and
   the depthwise convs dominated the supernet step. Stride s = the stride-1 result subsampled (with
   padding k//2 the stride-s output positions are exactly every s-th stride-1 position)."""
-  y = _depthwise_s1(x, kernel[:, :, 0, :])
+  w = kernel[:, :, 0, :]
+  if impl == "unrolled":
+    y = _shift_sum_unrolled(_pad_same(x, w.shape[0] // 2), w, x.shape[1], x.shape[2])
+  elif impl == "loop":
+    y = _depthwise_s1(x, w)
+  else:
+    raise ValueError(f"depthwise impl {impl!r} not in {DEPTHWISE}")
   return y if stride == 1 else y[:, ::stride, ::stride, :]
 
 
-class IRBlock(nn.Module):
-  """Inverted residual + SE. `kernels` holds the candidate kernel sizes (3 in the supernet, 1 in a
-  PathNet); `c_in/hidden/se/c_out` are the allocated (maximum) channel counts."""
+# ----------------------------------------------------------------------------------------------------
+# One layer slot: candidate ops, weight mixing, BCNet windows
+# ----------------------------------------------------------------------------------------------------
+# Channel group of each axis of an op's weights (BN entries are (scale, bias) pairs).
+_OP_AXES = {
+    "expand": ((2, "in"), (3, "hidden")),
+    "bn_expand": ((0, "hidden"),),
+    "dw": ((3, "hidden"),),
+    "bn_dw": ((0, "hidden"),),
+    "se_reduce": ((0, "hidden"), (1, "se")),
+    "se_reduce_bias": ((0, "se"),),
+    "se_expand": ((0, "se"), (1, "hidden")),
+    "se_expand_bias": ((0, "hidden"),),
+    "project": ((2, "hidden"), (3, "out")),
+    "bn_project": ((0, "out"),),
+}
 
-  c_in: int
-  c_out: int
-  hidden: int
-  se: int
-  stride: int
-  expand: bool
-  residual: bool
-  kernels: tuple[int, ...]
-  track_running: bool = False
+
+def _sizes(la: LayerArch) -> dict[str, int]:
+  return {"in": la.c_in, "hidden": la.hidden, "se": la.se, "out": la.c_out}
+
+
+def window(w, axis: int, size: int, offset=None):
+  """`size` entries of `w` along `axis` from `offset` on, wrapping round the buffer: a path's slice.
+
+  `offset=None` is the static left-aligned slice. A right-aligned slice of c channels of a buffer of B
+  has offset B − c; its entries past c wrap onto the buffer's start, where they only ever meet masked
+  (zero) channels, so they change neither the output nor any gradient."""
+  if offset is None:
+    return w if w.shape[axis] == size else jax.lax.slice_in_dim(w, 0, size, axis=axis)
+  idx = (jnp.arange(size) + offset) % w.shape[axis]
+  return jnp.take(w, idx, axis=axis)
+
+
+def side_offset(side, buffer: int, mask):
+  """Window offset of a BCNet side (0 left, 1 right) for the channels `mask` keeps in a buffer."""
+  return (side * (buffer - jnp.sum(mask))).astype(jnp.int32)
+
+
+class IROp(nn.Module):
+  """Parameters of one candidate op (kernel `kernel`) of a layer slot, at buffer shapes `buf`;
+  `__call__()` returns them as a dict keyed like `_OP_AXES` (BN entries as (scale, bias))."""
+
+  buf: LayerArch
+  kernel: int
 
   @nn.compact
-  def __call__(
-      self,
-      x,
-      *,
-      use_ra=False,
-      stat_weights=None,
-      kernel_onehot=None,
-      hidden_mask=None,
-      se_mask=None,
-      out_mask=None,
-      active=None,
-  ):
-    bn = lambda n, name: BatchNorm(n, self.track_running, name=name)
+  def __call__(self) -> dict:
+    b, k = self.buf, self.kernel
+    w = {}
+    if b.expand:
+      w["expand"] = self.param("expand", _conv_init, (1, 1, b.c_in, b.hidden))
+      w["bn_expand"] = _AffineParams(b.hidden, name="bn_expand")()
+    w["dw"] = self.param(f"dw{k}", _conv_init, (k, k, 1, b.hidden))
+    w["bn_dw"] = _AffineParams(b.hidden, name="bn_dw")()
+    w["se_reduce"] = self.param("se_reduce", _conv_init, (b.hidden, b.se))
+    w["se_reduce_bias"] = self.param("se_reduce_bias", nn.initializers.zeros, (b.se,))
+    w["se_expand"] = self.param("se_expand", _conv_init, (b.se, b.hidden))
+    w["se_expand_bias"] = self.param("se_expand_bias", nn.initializers.zeros, (b.hidden,))
+    w["project"] = self.param("project", _conv_init, (1, 1, b.hidden, b.c_out))
+    w["bn_project"] = _AffineParams(b.c_out, name="bn_project")()
+    return w
+
+
+def mix_ops(ops: Sequence[dict], kernels: Sequence[int], onehot) -> dict:
+  """Σ_k onehot_k · W_k for every weight of the candidate ops (depthwise kernels zero-padded, centred,
+  to the largest size). With a path's exact one-hot this *is* the chosen op's weights, and the
+  gradient reaching W_k is onehot_k times the mixed weight's: exactly zero for the other ops."""
+  if len(ops) == 1:
+    return ops[0]
+  kmax = max(kernels)
+
+  def pad(w, k):
+    p = (kmax - k) // 2
+    return jnp.pad(w, ((p, p), (p, p), (0, 0), (0, 0)))
+
+  ops = [dict(o, dw=pad(o["dw"], k)) for o, k in zip(ops, kernels)]
+  return jax.tree.map(lambda *ws: sum(onehot[i] * w for i, w in enumerate(ws)), *ops)
+
+
+class IRBlock(nn.Module):
+  """Inverted residual + SE in one layer slot. `la`: compute shapes (a bucket's widest path, or a
+  PathNet's own); `buf`: parameter shapes; `kernels`: the candidate ops (one in a PathNet)."""
+
+  la: LayerArch
+  buf: LayerArch
+  kernels: tuple[int, ...]
+  track_running: bool = False
+  depthwise: str = "loop"
+
+  @nn.compact
+  def __call__(self, x, *, use_ra=False, stat_weights=None, sel=None):
+    """`sel`: the path's choices for this slot (None in a PathNet): `kernel` one-hot, `in`, `hidden`,
+    `se`, `out` masks, `active` (None for a stage's first layer) and `side` (None without BCNet)."""
+    la = self.la
+    ops = [IROp(self.buf, k, name=f"k{k}")() for k in self.kernels]
+    w = self._windows(mix_ops(ops, self.kernels, None if sel is None else sel["kernel"]), sel)
+    sel = sel or {}
     bn_kw = dict(use_running_average=use_ra, stat_weights=stat_weights)
+
+    def bn(name, h, n, mask):
+      return BatchNorm(n, self.track_running, name=name)(h, affine=w[name], mask=mask, **bn_kw)
+
     h = x
-    if self.expand:
-      w = self.param("expand", _conv_init, (1, 1, self.c_in, self.hidden))
-      h = hswish(bn(self.hidden, "bn_expand")(_conv(h, w), mask=hidden_mask, **bn_kw))
-    # Depthwise: one conv whose weight mixes the zero-padded candidates by the one-hot.
-    kmax = max(self.kernels)
-    ws = [self.param(f"dw{k}", _conv_init, (k, k, 1, self.hidden)) for k in self.kernels]
-    if len(ws) == 1:
-      dw = ws[0]
-    else:
-      dw = 0.0
-      for i, (k, wk) in enumerate(zip(self.kernels, ws)):
-        p = (kmax - k) // 2
-        dw = dw + kernel_onehot[i] * jnp.pad(wk, ((p, p), (p, p), (0, 0), (0, 0)))
-    h = depthwise_conv(h, dw, self.stride)
-    h = hswish(bn(self.hidden, "bn_dw")(h, mask=hidden_mask, **bn_kw))
+    if la.expand:
+      h = hswish(bn("bn_expand", _conv(h, w["expand"]), la.hidden, sel.get("hidden")))
+    h = depthwise_conv(h, w["dw"], la.stride, impl=self.depthwise)
+    h = hswish(bn("bn_dw", h, la.hidden, sel.get("hidden")))
     # Squeeze-excite on the hidden channels (biases: the squeeze output must be masked).
-    pooled = jnp.mean(h, axis=(1, 2))
-    w1 = self.param("se_reduce", _conv_init, (self.hidden, self.se))
-    b1 = self.param("se_reduce_bias", nn.initializers.zeros, (self.se,))
-    s = jax.nn.relu(pooled @ w1 + b1)
-    if se_mask is not None:
-      s = s * se_mask
-    w2 = self.param("se_expand", _conv_init, (self.se, self.hidden))
-    b2 = self.param("se_expand_bias", nn.initializers.zeros, (self.hidden,))
-    h = h * hsigmoid(s @ w2 + b2)[:, None, None, :]
-    w3 = self.param("project", _conv_init, (1, 1, self.hidden, self.c_out))
-    y = bn(self.c_out, "bn_project")(_conv(h, w3), mask=out_mask, **bn_kw)
-    if self.residual:
+    s = jax.nn.relu(jnp.mean(h, axis=(1, 2)) @ w["se_reduce"] + w["se_reduce_bias"])
+    if sel.get("se") is not None:
+      s = s * sel["se"]
+    h = h * hsigmoid(s @ w["se_expand"] + w["se_expand_bias"])[:, None, None, :]
+    y = bn("bn_project", _conv(h, w["project"]), la.c_out, sel.get("out"))
+    if la.residual:
       y = x + y
-    if active is not None:
-      y = x + active * (y - x)
+    if sel.get("active") is not None:
+      # A select, not x + a·(y − x): exactly x (and exactly y), and y gets zero gradient when skipped.
+      y = jnp.where(sel["active"] > 0, y, x)
     return y
+
+  def _windows(self, w: dict, sel) -> dict:
+    """The path's slice (compute shapes) of every mixed weight: static, or at its side's offsets."""
+    size, buf = _sizes(self.la), _sizes(self.buf)
+    offs = dict.fromkeys(size)
+    if sel is not None and sel.get("side") is not None:
+      offs = {g: side_offset(sel["side"], buf[g], sel[g]) for g in size}
+
+    def cut(name, a):
+      for axis, g in _OP_AXES[name]:
+        a = window(a, axis, size[g], offs[g])
+      return a
+
+    return {name: jax.tree.map(lambda a, n=name: cut(n, a), v) for name, v in w.items()}
 
 
 class _Net(nn.Module):
-  """Shared trunk: `arch` gives the allocated shapes; `kernels` is None for a PathNet (use the layer's
-  own kernel) or the candidate tuple for the supernet."""
+  """Shared trunk. `arch`: compute shapes; `buffer`: parameter shapes; `kernels`: the candidate ops of
+  every slot (None: a PathNet, each layer its own kernel); `bcnet`: read weights at the path's sides;
+  `depthwise`: `depthwise_conv` impl."""
 
   arch: Arch
+  buffer: Arch
   kernels: tuple[int, ...] | None = None
   track_running: bool = False
+  bcnet: bool = False
+  depthwise: str = "loop"
 
   @nn.compact
   def __call__(self, x, path, use_ra, stat_weights):
-    a = self.arch
+    a, b = self.arch, self.buffer
     if x.ndim != 4 or x.shape[-1] != a.in_channels:
       raise ValueError(f"expected NHWC images with {a.in_channels} channels, got shape {x.shape}")
+    bcnet = self.bcnet and path is not None
     bn_kw = dict(use_running_average=use_ra, stat_weights=stat_weights)
-    w = self.param("stem", _conv_init, (a.stem_kernel, a.stem_kernel, a.in_channels, a.stem_channels))
-    x = _conv(x, w, a.stem_stride)
-    x = hswish(
-        BatchNorm(a.stem_channels, self.track_running, name="bn_stem")(
-            x, mask=None if path is None else path["stem"], **bn_kw
-        )
-    )
+    in_mask = None if path is None else path["stem"]
+    off = side_offset(path["stem_side"], b.stem_channels, in_mask) if bcnet else None
+    w = self.param("stem", _conv_init, (a.stem_kernel, a.stem_kernel, a.in_channels, b.stem_channels))
+    x = _conv(x, window(w, 3, a.stem_channels, off), a.stem_stride)
+    cut = lambda v: window(v, 0, a.stem_channels, off)
+    x = hswish(BatchNorm(b.stem_channels, self.track_running, name="bn_stem")(x, window=cut, mask=in_mask, **bn_kw))
     for s, layers in enumerate(a.stages):
       sp = None if path is None else path["stages"][s]
       for l, la in enumerate(layers):
-        masks = {}
+        sel = None
         if sp is not None:
-          masks = dict(
-              kernel_onehot=sp["kernel"][l],
-              hidden_mask=sp["hidden"][l],
-              se_mask=sp["se"][l],
-              out_mask=sp["out"],
-              active=None if l == 0 else sp["active"][l],
-          )
-        x = IRBlock(
-            la.c_in,
-            la.c_out,
-            la.hidden,
-            la.se,
-            la.stride,
-            la.expand,
-            la.residual,
-            self.kernels or (la.kernel,),
-            self.track_running,
-            name=f"stage{s}_layer{l}",
-        )(x, use_ra=use_ra, stat_weights=stat_weights, **masks)
-    c_last = a.stages[-1][-1].c_out
-    w = self.param("head", _conv_init, (1, 1, c_last, a.head_channels))
-    x = hswish(BatchNorm(a.head_channels, self.track_running, name="bn_head")(_conv(x, w), **bn_kw))
+          sel = {
+              "kernel": sp["kernel"][l],
+              "in": in_mask,
+              "hidden": sp["hidden"][l],
+              "se": sp["se"][l],
+              "out": sp["out"],
+              "active": None if l == 0 else sp["active"][l],
+              "side": sp["side"][l] if bcnet else None,
+          }
+          in_mask = sp["out"]
+        kernels = self.kernels or (la.kernel,)
+        block = IRBlock(la, b.stages[s][l], kernels, self.track_running, self.depthwise, name=f"stage{s}_layer{l}")
+        x = block(x, use_ra=use_ra, stat_weights=stat_weights, sel=sel)
+    c_last, c_buf = a.stages[-1][-1].c_out, b.stages[-1][-1].c_out
+    off = side_offset(path["head_side"], c_buf, in_mask) if bcnet else None
+    w = self.param("head", _conv_init, (1, 1, c_buf, a.head_channels))
+    x = _conv(x, window(w, 2, c_last, off))
+    x = hswish(BatchNorm(a.head_channels, self.track_running, name="bn_head")(x, **bn_kw))
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(a.num_classes, kernel_init=_dense_init, name="classifier")(x)
 
@@ -317,24 +481,67 @@ class _Net(nn.Module):
 # ----------------------------------------------------------------------------------------------------
 # Supernet
 # ----------------------------------------------------------------------------------------------------
-def supernet_arch(space: SearchSpace) -> Arch:
-  """The allocated shapes: largest α, largest depth/width multipliers (resolution irrelevant)."""
-  m = space.max_mult
+@functools.lru_cache(maxsize=64)
+def supernet_arch(space: SearchSpace, bucket: int | None = None) -> Arch:
+  """Compute shapes: the widest path of scaling stages 0..`bucket` (all stages for None): largest α
+  scaled by that stage's largest multiplier (resolution irrelevant)."""
+  m = space.max_mult if bucket is None else max(space.mult_candidates[bucket])
   return apply_scaling(largest_alpha(space), Scaling(m, m, space.base_resolution), space)
+
+
+@functools.lru_cache(maxsize=64)
+def buffer_arch(space: SearchSpace) -> Arch:
+  """Parameter shapes: the widest path for `'left'` coupling; for `'bcnet'` the official buffers
+  ceil(C·m_max) + C per stage and stem, hidden round(C_in buffer · t), SE hidden // 4."""
+  sup = supernet_arch(space)
+  if space.coupling == "left":
+    return sup
+  grow = lambda c: scaled_channels(c, space.max_mult) + c
+  stem = c_in = grow(space.stem_channels)
+  stages = []
+  for st, layers in zip(space.stages, sup.stages):
+    c_out, out = grow(st.c_out), []
+    for la in layers:
+      hidden = int(round(c_in * st.t))
+      out.append(dataclasses.replace(la, c_in=c_in, c_out=c_out, hidden=hidden, se=hidden // space.se_reduction))
+      c_in = c_out
+    stages.append(tuple(out))
+  return dataclasses.replace(sup, stem_channels=stem, stages=tuple(stages))
+
+
+def bucket_of(S: Scaling, space: SearchSpace) -> int:
+  """The smallest bucket whose compute shapes hold every path scaled by S."""
+  m = max(S.d, S.w)
+  for j, cands in enumerate(space.mult_candidates):
+    if m <= max(cands) + 1e-9:
+      return j
+  raise ValueError(f"scaling {S} exceeds the largest multiplier {space.max_mult} of space {space.name!r}")
 
 
 class SuperNet(nn.Module):
   """Super-supernet of `space`; `__call__(images, *, path, train=False, stat_weights=None)`.
 
-  `train` does not change the computation (BN always uses batch statistics); it is accepted for the
-  project's apply convention."""
+  `bucket` (None = all) restricts the compute shapes to the paths of scaling stages 0..bucket; the
+  parameters are the same. `depthwise`: `depthwise_conv` impl ('unrolled' for fast forward-only
+  evaluation). `train` does not change the computation (BN always uses batch statistics); it is
+  accepted for the project's apply convention."""
 
   space: SearchSpace
+  bucket: int | None = None
+  depthwise: str = "loop"
 
   @nn.compact
   def __call__(self, images, *, path, train: bool = False, stat_weights=None):
     del train
-    trunk = _Net(supernet_arch(self.space), kernels=tuple(self.space.kernels), name="net")
+    sp = self.space
+    trunk = _Net(
+        supernet_arch(sp, self.bucket),
+        buffer_arch(sp),
+        kernels=tuple(sp.kernels),
+        bcnet=sp.coupling == "bcnet",
+        depthwise=self.depthwise,
+        name="net",
+    )
     return trunk(images, path, False, stat_weights)
 
 
@@ -369,10 +576,11 @@ def init_params(module: nn.Module, seed: int, *args, **kwargs) -> dict:
 
 
 def init_supernet(model: "SuperNet", seed: int = 0) -> dict:
-  """Supernet parameters (the `params` collection; shapes do not depend on the resolution)."""
+  """Supernet parameters (the `params` collection; shapes depend on neither resolution nor bucket)."""
   sp = model.space
   images = jax.ShapeDtypeStruct((2, sp.base_resolution, sp.base_resolution, sp.in_channels), jnp.float32)
-  return init_params(model, seed, images, path=path_arrays(supernet_arch(sp), sp))["params"]
+  full = SuperNet(sp)  # every slot of every bucket
+  return init_params(full, seed, images, path=path_arrays(supernet_arch(sp), sp))["params"]
 
 
 def init_pathnet(arch: Arch, seed: int = 0) -> dict:
@@ -381,43 +589,52 @@ def init_pathnet(arch: Arch, seed: int = 0) -> dict:
   return init_params(PathNet(arch), seed, images)
 
 
-def path_arrays(arch: Arch, space: SearchSpace) -> dict:
-  """Mask pytree (numpy float32, see module docstring) selecting `arch` inside the supernet of `space`."""
-  sup = supernet_arch(space)
+def _mask(n: int, nmax: int, what: str) -> np.ndarray:
+  if n > nmax:
+    raise ValueError(f"path needs {n} {what} but the supernet allocates {nmax}")
+  m = np.zeros((nmax,), np.float32)
+  m[:n] = 1.0
+  return m
 
-  def mask(n, nmax, what):
-    if n > nmax:
-      raise ValueError(f"path needs {n} {what} but the supernet allocates {nmax}")
-    m = np.zeros((nmax,), np.float32)
-    m[:n] = 1.0
-    return m
 
+def path_arrays(arch: Arch, space: SearchSpace, sides: dict | None = None, bucket: int | None = None) -> dict:
+  """Path pytree (numpy, see module docstring) selecting `arch` inside the supernet of `space` (in
+  bucket `bucket`'s compute shapes). `sides`: BCNet slice sides (`space.left_sides` format, e.g. from
+  `sampling.sample_sides`); None = all left-aligned."""
+  sup = supernet_arch(space, bucket)
+  sides = left_sides(space) if sides is None else sides
+  validate_sides(sides, space)
   if len(arch.stages) != len(sup.stages):
     raise ValueError(f"arch has {len(arch.stages)} stages, space {space.name!r} has {len(sup.stages)}")
   stages = []
   for s, (layers, slots) in enumerate(zip(arch.stages, sup.stages)):
     if len(layers) > len(slots):
-      raise ValueError(f"stage {s}: {len(layers)} layers but only {len(slots)} slots")
+      raise ValueError(f"stage {s}: {len(layers)} layers but only {len(slots)} slots (bucket {bucket})")
     kernel = np.zeros((len(slots), len(space.kernels)), np.float32)
     hidden, se = [], []
     for l, slot in enumerate(slots):
-      if l < len(layers):
+      here = l < len(layers)
+      if here:
         kernel[l, space.kernels.index(layers[l].kernel)] = 1.0
-        hidden.append(mask(layers[l].hidden, slot.hidden, f"hidden channels (stage {s} layer {l})"))
-        se.append(mask(layers[l].se, slot.se, f"SE channels (stage {s} layer {l})"))
-      else:
-        hidden.append(np.zeros((slot.hidden,), np.float32))
-        se.append(np.zeros((slot.se,), np.float32))
+      where = f"(stage {s} layer {l})"
+      hidden.append(_mask(layers[l].hidden if here else 0, slot.hidden, f"hidden channels {where}"))
+      se.append(_mask(layers[l].se if here else 0, slot.se, f"SE channels {where}"))
     stages.append(
         {
-            "active": mask(len(layers), len(slots), f"layers (stage {s})"),
+            "active": _mask(len(layers), len(slots), f"layers (stage {s})"),
             "kernel": kernel,
-            "out": mask(layers[0].c_out, slots[0].c_out, f"channels (stage {s})"),
+            "side": np.asarray(sides["stages"][s][: len(slots)], np.float32),
+            "out": _mask(layers[0].c_out, slots[0].c_out, f"channels (stage {s})"),
             "hidden": tuple(hidden),
             "se": tuple(se),
         }
     )
-  return {"stem": mask(arch.stem_channels, sup.stem_channels, "stem channels"), "stages": tuple(stages)}
+  return {
+      "stem": _mask(arch.stem_channels, sup.stem_channels, "stem channels"),
+      "stem_side": np.asarray(sides["stem"], np.float32),
+      "head_side": np.asarray(sides["head"], np.float32),
+      "stages": tuple(stages),
+  }
 
 
 def stack_paths(paths: Sequence[dict]) -> dict:
@@ -443,14 +660,23 @@ class PathNet(nn.Module):
   @nn.compact
   def __call__(self, images, *, train: bool = False, stat_weights=None):
     use_ra = not train and not self.bn_batch_stats
-    return _Net(self.arch, kernels=None, track_running=not self.bn_batch_stats, name="net")(
+    return _Net(self.arch, self.arch, kernels=None, track_running=not self.bn_batch_stats, name="net")(
         images, None, use_ra, stat_weights
     )
 
 
-def slice_params(supernet_params: Any, arch: Arch) -> Any:
-  """Parameters of `PathNet(arch)` cut left-aligned out of the supernet's (strict: every PathNet
-  parameter must exist in the supernet and fit in it)."""
+def _module_side(module: str, sides: dict) -> int:
+  """The BCNet side of a top-level module of `net` (`stem`, `stage{s}_layer{l}`, `head`, ...)."""
+  m = re.fullmatch(r"stage(\d+)_layer(\d+)", module)
+  if m:
+    return int(sides["stages"][int(m[1])][int(m[2])])
+  return int({"stem": sides["stem"], "bn_stem": sides["stem"], "head": sides["head"]}.get(module, 0))
+
+
+def slice_params(supernet_params: Any, arch: Arch, sides: dict | None = None) -> Any:
+  """Parameters of `PathNet(arch)` cut out of the supernet's: per module left-aligned (the first n
+  channels of every axis) or right-aligned (the last n) as `sides` says (None = all left). Strict:
+  every PathNet parameter must exist in the supernet and fit in it."""
   images = jax.ShapeDtypeStruct((1, arch.resolution, arch.resolution, arch.in_channels), jnp.float32)
   target = jax.eval_shape(PathNet(arch).init, jax.random.key(0), images)["params"]
   flat_sup = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(supernet_params)}
@@ -462,6 +688,7 @@ def slice_params(supernet_params: Any, arch: Arch) -> Any:
     src = flat_sup[name]
     if src.ndim != len(t.shape) or any(n > m for n, m in zip(t.shape, src.shape)):
       raise ValueError(f"slice_params: {name} needs shape {t.shape}, supernet has {src.shape}")
-    return src[tuple(slice(0, n) for n in t.shape)]
+    right = sides is not None and _module_side(str(getattr(keypath[1], "key", keypath[1])), sides)
+    return src[tuple(slice(m - n, m) if right else slice(0, n) for n, m in zip(t.shape, src.shape))]
 
   return jax.tree_util.tree_map_with_path(cut, target)

@@ -4,7 +4,8 @@ Both run through the shared training loop (`train/loop.py`: sharded step, Orbax 
 and the deterministic data sources (`data/`):
 
 * `train_supernet(config, workdir) -> params`: at step s the path (α, S) is
-  `sampling.sample_path(space, config.sampling, config.seed, s)`; its masks go to the model as
+  `sampling.sample_path(space, config.sampling, config.seed, s)` with BCNet sides
+  `sampling.sample_sides(space, config.seed, s)`; its arrays go to the model as
   `batch['model_kwargs']['path']` (replicated numpy arrays) and the images of the step are produced at
   the path's resolution S.r by the host pipeline (a resolution is a different image shape, so
   `jax.jit` compiles one program per resolution and reuses it for every path of that resolution).
@@ -156,7 +157,8 @@ def path_plan(space: SearchSpace, method: str, seed: int, eta="width"):
 
   def plan(step):
     alpha, S = sampling.sample_path(space, method, seed, step, eta)
-    return int(S.r), {"path": path_arrays(apply_scaling(alpha, S, space), space)}
+    sides = sampling.sample_sides(space, seed, step)  # BCNet slice sides (all left for 'left' coupling)
+    return int(S.r), {"path": path_arrays(apply_scaling(alpha, S, space), space, sides)}
 
   return plan
 
