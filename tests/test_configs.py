@@ -22,6 +22,8 @@ IMAGENET_CLASSES = 1000
 # (file, get_config args): every documented argument form (module docstrings) and the default.
 TRAINER_CONFIGS = [
     ("vit_micro_fmnist.py", None),
+    ("pretrain_fmnist.py", "vit"),
+    ("pretrain_fmnist.py", "swin"),
     *[
         (f"{m}_2x.py", a)
         for m in ("deit_tiny", "deit_small", "deit_base", "swin_tiny", "swin_small", "swin_base")

@@ -65,15 +65,11 @@ def _load_config(name):
 
 
 def test_configs():
-  from scalenet_jax.nas.space import Alpha, apply_scaling
+  from scalenet_jax.nas.space import Alpha
 
   archs = _load_config("nas_scalenet_archs")
   for k in export.RELEASED:
     c = archs.get_config(k)
     assert (Alpha.from_dict(c.alpha), Scaling.from_dict(c.scaling)) == export.RELEASED[k]
-  spaces = _load_config("nas_spaces")
-  for k in ("imagenet", "fmnist", "fmnist3", "tiny"):
-    c = spaces.get_config(k)
-    get_space(c.name, **c.kwargs)
   with pytest.raises(ValueError):
-    spaces.get_config("nope")
+    archs.get_config("nope")
