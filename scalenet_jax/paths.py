@@ -8,6 +8,7 @@ rename on local disks; on object stores (gs://, s3://) an upload is already all-
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
 from typing import Any
@@ -49,3 +50,11 @@ def write_json(p: PathLike, obj: Any, indent: int | None = 1) -> None:
 
 def read_json(p: PathLike) -> Any:
   return json.loads(path(p).read_text())
+
+
+def save_figure(fig, p: PathLike, dpi: int = 120) -> str:
+  """A matplotlib figure as PNG at `p` (rendered in memory: matplotlib writes local files only)."""
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=dpi)
+  write_bytes(p, buf.getvalue())
+  return str(p)

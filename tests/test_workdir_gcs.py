@@ -127,3 +127,28 @@ def test_train_resume_eval_export_in_a_bucket(bucket, tmp_path):
   assert len((wd / "export" / "model.safetensors").read_bytes()) > 1_000_000
   # Nothing of the workdir was written through local file APIs.
   assert not any(p.name.startswith("gs:") for p in tmp_path.iterdir()), list(tmp_path.iterdir())
+
+
+def test_nas_state_files_and_reports_in_a_bucket(bucket):
+  """The NAS pipeline's own files (MCEA state, exported architectures, figures) through the path API."""
+  import numpy as np
+
+  from scalenet_jax.nas import export, mcea, sampling
+  from scalenet_jax.nas.space import get_space
+
+  _, root = bucket
+  wd = "gs://bucket/nas"
+  toy = mcea.ToyProblem.make()
+  config = mcea.MCEAConfig(iterations=1, n_base=2, population=4, generations=2, seed=0)
+  first = mcea.run_mcea(toy.space, toy, config, state_path=f"{wd}/mcea.json")
+  again = mcea.run_mcea(
+      toy.space, lambda pairs: pytest.fail("resumed run re-evaluated"), config, state_path=f"{wd}/mcea.json"
+  )
+  assert again["objective"] == first["objective"]  # read back from the bucket, nothing recomputed
+  space = get_space("tiny")
+  rec = export.save_arch(f"{wd}/archs/s0.json", first["alpha"], first["scalings"][0], toy.space)
+  assert export.load_record(f"{wd}/archs/s0.json") == json.loads(json.dumps(rec))
+  macs = {m: sampling.sample_macs(space, m, 200, 0) for m in ("hss", "uniform")}
+  sampling.plot_histograms(space, macs, f"{wd}/flops_hist.png")
+  assert (root / "nas" / "flops_hist.png").read_bytes()[:4] == b"\x89PNG"
+  assert np.isfinite(first["objective"])

@@ -10,10 +10,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 
+from scalenet_jax import paths
+
 
 def _save(fig, path):
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  paths.save_figure(fig, path)
   plt.close(fig)
   return path
 

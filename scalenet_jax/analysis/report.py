@@ -16,15 +16,13 @@ independent layers, the block at the same relative depth of the same stack.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 from typing import Optional
 
 import jax
 import numpy as np
 
-from scalenet_jax import counting
+from scalenet_jax import counting, paths
 from scalenet_jax import data as data_lib
 from scalenet_jax.analysis import cka as cka_lib
 from scalenet_jax.analysis import plots, probes
@@ -241,7 +239,7 @@ def _representations(cfg, variants, fns, batches, pairs, layers):
 
 def run(cfg: AnalysisConfig) -> dict:
   """Runs every analysis, writes `FIGURES` and `results.json` into `cfg.out`, returns the results."""
-  os.makedirs(cfg.out, exist_ok=True)
+  paths.path(cfg.out).mkdir(parents=True, exist_ok=True)
   model = create_model(cfg.model)
   tag = cfg.expansion
   # Validate the layer selection on the (cheap, param-free) structure before any real work.
@@ -309,18 +307,17 @@ def run(cfg: AnalysisConfig) -> dict:
   out = cfg.out
   figs = [
       plots.grad_norms_figure(
-          os.path.join(out, FIGURES[0]), grads, f"{cfg.model}: gradient norms on one batch of {len(first['label'])}"
+          str(paths.path(out) / FIGURES[0]), grads, f"{cfg.model}: gradient norms on one batch of {len(first['label'])}"
       ),
-      plots.histogram_figure(os.path.join(out, FIGURES[1]), hists),
-      plots.cka_figure(os.path.join(out, FIGURES[2]), panels, cfg.unbiased_cka),
+      plots.histogram_figure(str(paths.path(out) / FIGURES[1]), hists),
+      plots.cka_figure(str(paths.path(out) / FIGURES[2]), panels, cfg.unbiased_cka),
       plots.accuracy_figure(
-          os.path.join(out, FIGURES[3]),
+          str(paths.path(out) / FIGURES[3]),
           accuracy,
           results["accuracy"]["examples"],
           chance=1.0 / model.config.num_classes,
       ),
   ]
   results["figures"] = figs
-  with open(os.path.join(out, "results.json"), "w") as f:
-    json.dump(_finite_or_none(results), f, indent=1)
+  paths.write_json(paths.path(out) / "results.json", _finite_or_none(results))
   return results

@@ -457,6 +457,7 @@ def _record_label(record: bytes) -> int:
 
 
 class _DropTfdsWarnings(logging_lib.Filter):
+
   def filter(self, record):
     return record.levelno >= logging_lib.ERROR or "tensorflow_datasets" not in record.pathname
 

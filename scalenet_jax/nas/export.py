@@ -35,10 +35,10 @@ this table. `released_arch(name, definition)` builds either definition.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 
+from scalenet_jax import paths
+from scalenet_jax.errors import ConfigError, MissingInputError
 from scalenet_jax.nas.space import (
     Alpha,
     Arch,
@@ -89,19 +89,16 @@ def arch_record(alpha: Alpha, S: Scaling, space: SearchSpace) -> dict:
 
 def save_arch(path: str, alpha: Alpha, S: Scaling, space: SearchSpace) -> dict:
   rec = arch_record(alpha, S, space)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(rec, f, indent=1)
+  paths.write_json(path, rec)
   return rec
 
 
 def load_record(path: str) -> dict:
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"architecture file not found: {path}")
-  with open(path) as f:
-    rec = json.load(f)
+  if not paths.path(path).exists():
+    raise MissingInputError(f"architecture file not found: {path}")
+  rec = paths.read_json(path)
   if rec.get("format") != FORMAT:
-    raise ValueError(f"{path}: format {rec.get('format')!r} is not {FORMAT!r}")
+    raise ConfigError(f"{path}: format {rec.get('format')!r} is not {FORMAT!r}")
   return rec
 
 

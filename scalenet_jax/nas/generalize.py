@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 from scipy import optimize
 
+from scalenet_jax import paths
 from scalenet_jax.nas.space import Alpha, Scaling, SearchSpace, base_macs, path_macs
 
 DIMS = ("d", "w", "r")
@@ -169,5 +170,5 @@ def plot_fits(
     ax.set_xlabel("scaling stage j")
   axes[0].legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  paths.save_figure(fig, path, dpi=110)
   plt.close(fig)

@@ -56,15 +56,15 @@ cfg = MCEAConfig.from_config(config.search)    # the MCEAConfig fields of a sear
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import os
 from typing import Callable, Sequence
 
 import ml_collections
 import numpy as np
 
+from scalenet_jax import paths
+from scalenet_jax.errors import ConfigError
 from scalenet_jax.nas.space import Alpha, Scaling, SearchSpace, base_feasible, base_macs, path_macs
 
 Evaluate = Callable[[Sequence[tuple[Alpha, Scaling]]], Sequence[float]]
@@ -439,10 +439,7 @@ PHASE_NAMES = {"i": "K random bases", "a": "evolve α, iteration", "b": "search 
 
 
 def _save(path: str, state: dict) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(state, f, indent=1)
-  os.replace(tmp, path)  # atomic: a kill never leaves a half-written state
+  paths.write_json(path, state)  # atomic: a kill never leaves a half-written state
 
 
 def run_mcea(
@@ -468,11 +465,10 @@ def run_mcea(
       "history": [],
       "init_scores": None,
   }
-  if state_path and os.path.exists(state_path):
-    with open(state_path) as f:
-      old = json.load(f)
+  if state_path and paths.path(state_path).exists():
+    old = paths.read_json(state_path)
     if old.get("config") != state["config"] or old.get("space") != space.name:
-      raise ValueError(f"MCEA state {state_path} was written with another space/config; " f"use a new state path")
+      raise ConfigError(f"MCEA state {state_path} was written with another space/config; " f"use a new state path")
     state = old
   alpha = Alpha.from_dict(state["alpha"]) if state["alpha"] else None
   scalings = [Scaling.from_dict(d) for d in state["scalings"]] if state["scalings"] else None

@@ -22,15 +22,13 @@ Only mode 'train' is supported for these configs.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 
 import jax
 import ml_collections
 import numpy as np
 
-from scalenet_jax import config_lib
+from scalenet_jax import config_lib, paths
 from scalenet_jax import data as data_lib
 from scalenet_jax.data import from_config
 from scalenet_jax.errors import ConfigError
@@ -78,9 +76,9 @@ def retrain(config, workdir: str) -> dict:
   info = ts.train_standalone(config, workdir, arch)
   variables = info.pop("variables")
   if jax.process_index() == 0:
-    ckpt_lib.export_params(os.path.join(workdir, "export", "params"), jax.device_get(variables), overwrite=True)
+    ckpt_lib.export_params(paths.path(workdir) / "export" / "params", jax.device_get(variables), overwrite=True)
   info.update(arch=config.arch, macs=count_macs(arch), params=count_params(arch), resolution=arch.resolution)
-  _write_json(os.path.join(workdir, "result.json"), info)
+  _write_json(paths.path(workdir) / "result.json", info)
   _log(f"done: {config.arch} top1 {info['top1']:.4f} on {info['eval_split']} ({workdir})")
   return info
 
@@ -124,7 +122,7 @@ def _standalone_accs(sn_cfg, pairs, space, rc, workdir) -> list[float]:
             "optim.total_steps": None,
         },
     )
-    info = ts.train_standalone(c, os.path.join(workdir, f"path{i}"), apply_scaling(alpha, S, space))
+    info = ts.train_standalone(c, str(paths.path(workdir) / f"path{i}"), apply_scaling(alpha, S, space))
     accs.append(info["top1"])
   return accs
 
@@ -134,7 +132,7 @@ def rank_correlation(config, space, evaluators: dict, workdir: str) -> dict:
   one-shot accuracy (`evaluators`: {sampling method: PathEvaluator})."""
   rc = config.rank_corr
   pairs = [sampling.sample_path(space, "hss", rc.seed, i) for i in range(rc.num_paths)]
-  alone = _standalone_accs(config.supernet, pairs, space, rc, os.path.join(workdir, "rank_corr"))
+  alone = _standalone_accs(config.supernet, pairs, space, rc, str(paths.path(workdir) / "rank_corr"))
   out = {
       "standalone_accs": alone,
       "paths": [{"alpha": a.to_dict(), "scaling": S.to_dict(), "macs": path_macs(a, S, space)} for a, S in pairs],
@@ -146,7 +144,8 @@ def rank_correlation(config, space, evaluators: dict, workdir: str) -> dict:
 
 def run_search(config, workdir: str) -> dict:
   t_start = time.time()
-  os.makedirs(workdir, exist_ok=True)
+  wd = paths.path(workdir)
+  wd.mkdir(parents=True, exist_ok=True)
   sn = config.supernet
   space = ts.space_of(sn)
   timings, results = {}, {"space": space.name, "quick": bool(config.quick)}
@@ -154,13 +153,13 @@ def run_search(config, workdir: str) -> dict:
   # ---- 1. Sampling histograms
   _stage(1, f"MACs histograms of {config.hist_samples} HSS and uniform samples")
   t = time.time()
-  results["flops_hist"] = flops_histograms(space, config.hist_samples, sn.seed, os.path.join(workdir, "flops_hist.png"))
+  results["flops_hist"] = flops_histograms(space, config.hist_samples, sn.seed, wd / "flops_hist.png")
   timings["histograms"] = time.time() - t
 
   # ---- 2. Supernet
   _stage(2, f"super-supernet training, {sn.steps} steps")
   t = time.time()
-  params = ts.train_supernet(sn, os.path.join(workdir, "supernet"))
+  params = ts.train_supernet(sn, str(wd / "supernet"))
   timings["supernet"] = time.time() - t
 
   # ---- 3. MCEA on the mini-val split
@@ -179,7 +178,7 @@ def run_search(config, workdir: str) -> dict:
     _log(f"{line} [{n_evals[0]} paths evaluated, {time.time() - t:.0f}s]")
 
   mcfg = mcea.MCEAConfig.from_config(s)  # every MCEAConfig field of config.search (ga, penalty, ...)
-  res = mcea.run_mcea(space, evaluate, mcfg, state_path=os.path.join(workdir, "mcea.json"), progress=progress)
+  res = mcea.run_mcea(space, evaluate, mcfg, state_path=str(wd / "mcea.json"), progress=progress)
   alpha, scalings = res["alpha"], list(res["scalings"])
   timings["mcea"] = time.time() - t
   results.update(alpha=alpha.to_dict(), objective=res["objective"], history=res["history"], paths_evaluated=n_evals[0])
@@ -189,14 +188,15 @@ def run_search(config, workdir: str) -> dict:
   t = time.time()
   M = len(scalings) - 1
   extra = generalize.extrapolate(alpha, scalings, space, stages=list(range(M + 1, M + 1 + config.extra_stages)))
-  generalize.plot_fits(scalings, space, os.path.join(workdir, "fits.png"), extra_stages=config.extra_stages)
+  generalize.plot_fits(scalings, space, wd / "fits.png", extra_stages=config.extra_stages)
   results["fits"] = {k: list(v) for k, v in generalize.fit_all(scalings, space).items()}
   timings["generalize"] = time.time() - t
 
   # ---- 5. Export (every file is re-loaded and built as a stand-alone model)
   rows = []
   for j, S in enumerate(scalings + extra):
-    path = os.path.join(workdir, "archs", f"s{j}.json")
+    rel = f"archs/s{j}.json"
+    path = str(wd / rel)
     rec = export.save_arch(path, alpha, S, space)
     arch = export.load_arch(path)
     model = export.build_model(arch)
@@ -209,7 +209,7 @@ def run_search(config, workdir: str) -> dict:
             **S.to_dict(),
             "macs": rec["macs"],
             "params": rec["params"],
-            "file": os.path.relpath(path, workdir),
+            "file": rel,
             "minival_acc": evaluator([(alpha, S)])[0] if j <= M else None,
         }
     )
@@ -222,17 +222,17 @@ def run_search(config, workdir: str) -> dict:
     evaluators = {sn.sampling: evaluator}
     if config.rank_corr.compare_uniform and sn.sampling != "uniform":
       c = config_lib.override(ml_collections.ConfigDict(sn.to_dict()), {"sampling": "uniform"})
-      p_u = ts.train_supernet(c, os.path.join(workdir, "supernet_uniform"))
+      p_u = ts.train_supernet(c, str(wd / "supernet_uniform"))
       evaluators["uniform"] = PathEvaluator(SuperNet(space), p_u, space, minival, vmap_size=s.vmap_size)
     results["rank_corr"] = rank_correlation(config, space, evaluators, workdir)
     timings["rank_corr"] = time.time() - t
 
   timings["total"] = time.time() - t_start
   results["timings_sec"] = timings
-  _write_json(os.path.join(workdir, "results.json"), results)
-  with open(os.path.join(workdir, "report.md"), "w") as f:
-    f.write(render_report(config, space, results))
-  _log(f"done: report in {os.path.join(workdir, 'report.md')} ({timings['total']:.0f}s)")
+  _write_json(wd / "results.json", results)
+  if jax.process_index() == 0:
+    paths.write_text(wd / "report.md", render_report(config, space, results))
+  _log(f"done: report in {wd / 'report.md'} ({timings['total']:.0f}s)")
   return results
 
 
@@ -245,8 +245,7 @@ def _stage(k: int, what: str):
 
 def _write_json(path, obj):
   if jax.process_index() == 0:
-    with open(path, "w") as f:
-      json.dump(obj, f, indent=1, default=float)
+    paths.write_json(path, obj)
 
 
 def render_report(config, space, r: dict) -> str:

@@ -41,11 +41,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from typing import Sequence
 
 import numpy as np
 
+from scalenet_jax import paths
 from scalenet_jax.nas.space import Alpha, Scaling, SearchSpace, get_space, left_sides, path_macs
 
 METHODS = ("hss", "hss_uniform", "uniform")
@@ -164,7 +164,7 @@ def plot_histograms(space: SearchSpace, macs: dict, path: str) -> None:
   ax.set_title(f"Sampled path MACs, space '{space.name}' (n={len(allv) // len(macs)})")
   ax.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  paths.save_figure(fig, path)
   plt.close(fig)
 
 
@@ -176,9 +176,9 @@ def main(argv=None) -> None:
   ap.add_argument("--out", required=True)
   args = ap.parse_args(argv)
   space = get_space(args.space)
-  os.makedirs(args.out, exist_ok=True)
+  out = paths.path(args.out)
   macs = {m: sample_macs(space, m, args.n, args.seed) for m in METHODS}
-  png = os.path.join(args.out, f"flops_hist_{space.name}.png")
+  png = out / f"flops_hist_{space.name}.png"
   plot_histograms(space, macs, png)
   summary = {
       m: {
@@ -189,8 +189,7 @@ def main(argv=None) -> None:
       }
       for m, v in macs.items()
   }
-  with open(os.path.join(args.out, f"flops_{space.name}.json"), "w") as f:
-    json.dump(summary, f, indent=1)
+  paths.write_json(out / f"flops_{space.name}.json", summary)
   print(json.dumps(summary, indent=1))
   print(f"wrote {png}")
 
