@@ -1,0 +1,110 @@
+r"""Release a trained base as a timm-format `.safetensors` file with its provenance (pretrained/).
+
+  python -m scalenet_jax.release --config configs/pretrain_fmnist.py:vit --workdir /tmp/pretrain_vit \
+      --out pretrained/vit_micro_patch4_28_fmnist.safetensors
+
+The file holds the timm-named weights of the workdir's final params and, as safetensors metadata (str ->
+str), everything a user of the weights needs: `timm_kwargs` (JSON kwargs that build the timm twin,
+`VisionTransformer(**kwargs)` / `SwinTransformer(**kwargs)`, loadable with `strict=True`), `timm_class`,
+`model` (our registry name), `mean` / `std` (JSON lists: normalisation of [0, 1] pixels), `pad` (zero
+padding in pixels before normalisation), `top1` (test-set accuracy of the final params), `steps`, `seed`,
+`dataset`, `eval_split` and `command` (the command that reproduces the training run). `read(path)` gives
+back (state dict, metadata) with the JSON fields decoded.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from scalenet_jax import builder, config_lib, convert, paths
+from scalenet_jax.errors import UserError
+from scalenet_jax.models import registry
+from scalenet_jax.train import checkpoint as ckpt_lib
+
+TIMM_CLASS = {"vit": "VisionTransformer", "swin": "SwinTransformer"}
+JSON_FIELDS = ("timm_kwargs", "mean", "std", "pad", "top1", "steps", "seed")
+
+
+def metadata(config, workdir, command: str) -> dict:
+  """The release metadata of the run in `workdir` (its final evaluation from metrics.jsonl)."""
+  lines = [json.loads(l) for l in (paths.path(workdir) / "metrics.jsonl").read_text().splitlines()]
+  final = [l for l in lines if "top1" in l and l["step"] == config.steps]
+  if not final:
+    raise UserError(f"{workdir} has no final evaluation at step {config.steps}: is the training run finished?")
+  name = config.model.name
+  arch = {k: config.model[k] for k in ("num_classes", "img_size", "in_chans") if config.model[k] is not None}
+  return {
+      "model": name,
+      "timm_class": TIMM_CLASS[registry.family_of(name)],
+      "timm_kwargs": registry.arch_kwargs(name, **arch),
+      "mean": list(config.data.mean),
+      "std": list(config.data.std),
+      "pad": config.data.pad,
+      "top1": final[-1]["top1"],
+      "steps": config.steps,
+      "seed": config.seed,
+      "dataset": config.data.name,
+      "eval_split": config.data.eval_split,
+      "command": command,
+  }
+
+
+def write(config, workdir, out, command: str) -> dict:
+  model = builder.base_model(config)
+  params = ckpt_lib.load_params(paths.path(workdir) / "export" / "params", model.abstract_params())
+  meta = metadata(config, workdir, command)
+  encoded = {k: json.dumps(v) if k in JSON_FIELDS else str(v) for k, v in meta.items()}
+  tensors = {k: np.ascontiguousarray(v) for k, v in convert.flax_to_timm(params, model).items()}
+  from safetensors.numpy import save  # pylint: disable=g-import-not-at-top
+
+  paths.write_bytes(out, save(tensors, metadata=encoded))
+  return meta
+
+
+def read(path) -> tuple[dict, dict]:
+  """(timm-named state dict, decoded metadata) of a release file."""
+  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+
+  with safe_open(str(path), framework="numpy") as f:
+    meta = dict(f.metadata() or {})
+    tensors = {k: f.get_tensor(k) for k in f.keys()}
+  return tensors, {k: json.loads(v) if k in JSON_FIELDS else v for k, v in meta.items()}
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  config_flags.DEFINE_config_file("config", None, "The training run's config file.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "The finished training run.")
+  flags.DEFINE_string("out", None, "The release file (.safetensors).")
+
+
+def main(argv):
+  del argv
+  config = config_lib.resolve(FLAGS.config)
+  # The training command: this command's --config and overrides (the run must have used the same ones).
+  argv, config_args = sys.argv[1:], []
+  for i, a in enumerate(argv):
+    if a == "--config" and i + 1 < len(argv):
+      config_args += ["--config", argv[i + 1]]
+    elif a.startswith(("--config=", "--config.")):
+      config_args.append(a)
+  command = " ".join(["python -m scalenet_jax.main", *config_args, "--workdir WORKDIR"])
+  try:
+    meta = write(config, FLAGS.workdir, FLAGS.out, command)
+  except UserError as e:
+    print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(json.dumps(meta))
+
+
+if __name__ == "__main__":
+  define_flags()
+  flags.mark_flags_as_required(["config", "workdir", "out"])
+  app.run(main)
