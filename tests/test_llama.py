@@ -15,6 +15,7 @@ import pytest
 
 from conftest import random_params
 from scalenet_jax import convert, counting
+from scalenet_jax.errors import CheckpointError, MissingInputError
 from scalenet_jax.grow import expand
 from scalenet_jax.grow.spec import ExpansionSpec
 from scalenet_jax.models import llama, registry
@@ -322,16 +323,16 @@ def micro_sd():
 def test_missing_unexpected_misshaped_keys(micro_sd):
   model, sd = micro_sd
   sd = dict(sd)
-  with pytest.raises(ValueError, match=r"missing key in checkpoint: 'model\.layers\.1\.mlp\.up_proj\.weight'"):
+  with pytest.raises(CheckpointError, match=r"missing key in checkpoint: 'model\.layers\.1\.mlp\.up_proj\.weight'"):
     convert.hf_to_flax({k: v for k, v in sd.items() if k != "model.layers.1.mlp.up_proj.weight"}, model)
   extra = {**sd, "model.layers.4.input_layernorm.weight": sd["model.norm.weight"]}
-  with pytest.raises(ValueError, match=r"unexpected key in checkpoint: 'model\.layers\.4\.input_layernorm.*llama"):
+  with pytest.raises(CheckpointError, match=r"unexpected key in checkpoint: 'model\.layers\.4\.input_layernorm.*llama"):
     convert.hf_to_flax(extra, model)
   bad = {**sd, "model.layers.0.self_attn.k_proj.weight": np.zeros((64, 64), np.float32)}  # MHA k in a GQA model
-  with pytest.raises(ValueError, match=r"shape mismatch for key 'model\.layers\.0\.self_attn\.k_proj\.weight': "):
+  with pytest.raises(CheckpointError, match=r"shape mismatch for key 'model\.layers\.0\.self_attn\.k_proj\.weight': "):
     convert.hf_to_flax(bad, model)
   untied = {**sd, "lm_head.weight": sd["model.embed_tokens.weight"] + 1}
-  with pytest.raises(ValueError, match=r"'lm_head\.weight' is tied to another key .* different values"):
+  with pytest.raises(CheckpointError, match=r"'lm_head\.weight' is tied to another key .* different values"):
     convert.hf_to_flax(untied, model)
 
 
@@ -339,18 +340,18 @@ def test_checkpoint_of_another_architecture(micro_sd, tmp_path):
   model, sd = micro_sd
   vit = registry.create_model("vit_micro_patch4_28")
   vit_sd = convert.flax_to_timm(random_params(vit.abstract_params()), vit)
-  with pytest.raises(ValueError, match=r"unexpected key in checkpoint: .*is this a llama checkpoint"):
+  with pytest.raises(CheckpointError, match=r"unexpected key in checkpoint: .*is this a llama checkpoint"):
     convert.hf_to_flax(vit_sd, model)
   d = tmp_path / "gpt2"
   convert.save_state_dict_dir(str(d), sd)
   (d / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 64}))
-  with pytest.raises(ValueError, match=r"checkpoint config is a 'gpt2' model, not a Llama-style decoder"):
+  with pytest.raises(CheckpointError, match=r"checkpoint config is a 'gpt2' model, not a Llama-style decoder"):
     llama.load_hf(str(d))
   (d / "config.json").write_text(json.dumps(dataclasses.replace(model.config, hidden_size=128).to_hf()))
-  with pytest.raises(ValueError, match=r"checkpoint has hidden_size=128 but the model has hidden_size=64"):
+  with pytest.raises(CheckpointError, match=r"checkpoint has hidden_size=128 but the model has hidden_size=64"):
     llama.load_hf(str(d), model)
   (d / "config.json").write_text(json.dumps({**model.config.to_hf(), "mlp_bias": True}))
-  with pytest.raises(ValueError, match=r"mlp_bias=True is not supported"):
+  with pytest.raises(CheckpointError, match=r"mlp_bias=True is not supported"):
     llama.load_hf(str(d))
 
 
@@ -361,16 +362,16 @@ def test_missing_files(micro_sd, tmp_path):
   index = json.loads((d / "model.safetensors.index.json").read_text())
   shard = sorted(set(index["weight_map"].values()))[1]
   os.remove(d / shard)
-  with pytest.raises(FileNotFoundError, match=rf"shard {shard} listed in .*model\.safetensors\.index\.json not found"):
+  with pytest.raises(MissingInputError, match=rf"shard {shard} listed in .*model\.safetensors\.index\.json not found"):
     llama.load_hf(str(d))
   os.remove(d / "model.safetensors.index.json")
-  with pytest.raises(FileNotFoundError, match=r"no model\.safetensors or model\.safetensors\.index\.json in"):
+  with pytest.raises(MissingInputError, match=r"no model\.safetensors or model\.safetensors\.index\.json in"):
     llama.load_hf(str(d))
   os.remove(d / "config.json")
-  with pytest.raises(FileNotFoundError, match=r"no config\.json in checkpoint directory"):
+  with pytest.raises(MissingInputError, match=r"no config\.json in checkpoint directory"):
     llama.load_hf(str(d))
   (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 16)
-  with pytest.raises(ValueError, match=r"not a safetensors file"):
+  with pytest.raises(CheckpointError, match=r"cannot read safetensors file"):
     convert.load_state_dict(str(tmp_path / "junk.safetensors"))
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from scalenet_jax.data import text
+from scalenet_jax.errors import ConfigError, DataError, MissingInputError
 
 pytest.importorskip("tokenizers")
 
@@ -30,9 +31,9 @@ def test_fortunes_parser(tmp_path):
   os.symlink(tmp_path / "a", tmp_path / "a.u8")  # the .u8 twins are links: read once
   (tmp_path / "notes").write_text("no .dat index: not a fortune database\n%\n")
   assert text.fortunes(str(tmp_path)) == ["bold and Bold, ONLY", "Café ünïcode", "Second file.", "Two\nlines."]
-  with pytest.raises(FileNotFoundError, match=r"apt-get install fortunes"):
+  with pytest.raises(MissingInputError, match=r"apt-get install fortunes"):
     text.fortunes(str(tmp_path / "missing"))
-  with pytest.raises(ValueError, match=r"unknown text corpus 'wiki'"):
+  with pytest.raises(ConfigError, match=r"unknown text corpus 'wiki'"):
     text.load_corpus("wiki")
 
 
@@ -62,7 +63,7 @@ def test_split_is_deterministic_disjoint_and_order_free():
   assert text.split_documents(docs, 0.1, seed=4)[1] != held
   dup_train, dup_held = text.split_documents(docs + docs, 0.1, seed=3)  # duplicates stay together
   assert set(dup_held) == set(held) and set(dup_train) == set(train)
-  with pytest.raises(ValueError, match=r"held_out_fraction must be in \(0, 1\)"):
+  with pytest.raises(ConfigError, match=r"held_out_fraction must be in \(0, 1\)"):
     text.split_documents(docs, 0.0)
 
 
@@ -93,13 +94,13 @@ def test_tokenizer_round_trip_save_load(tmp_path):
 
 def test_tokenizer_errors(tmp_path):
   text.save_tokenizer(tokenizer(), str(tmp_path))
-  with pytest.raises(ValueError, match=r"has 320 tokens but the model's vocab_size is 256: train the tokenizer"):
+  with pytest.raises(DataError, match=r"has 320 tokens but the model's vocab_size is 256: train the tokenizer"):
     text.load_tokenizer(str(tmp_path), vocab_size=256)
-  with pytest.raises(FileNotFoundError, match=r"tokenizer not found: .*nowhere$"):
+  with pytest.raises(MissingInputError, match=r"tokenizer not found: .*nowhere$"):
     text.load_tokenizer(str(tmp_path / "nowhere"))
-  with pytest.raises(ValueError, match=r"yields only \d+ BPE tokens, fewer than vocab_size=100000"):
+  with pytest.raises(DataError, match=r"yields only \d+ BPE tokens, fewer than vocab_size=100000"):
     text.train_tokenizer(CORPUS[:5], 100_000)
-  with pytest.raises(ValueError, match=r"no token '<\|sep\|>'"):
+  with pytest.raises(DataError, match=r"no token '<\|sep\|>'"):
     text.token_id(tokenizer(), "<|sep|>")
 
 
@@ -123,7 +124,7 @@ def test_encode_documents_and_windows():
   np.testing.assert_array_equal(b["tokens"][1], stream[24:32])
   np.testing.assert_array_equal(b["labels"][1], stream[25:33])  # labels = next tokens
   assert b["mask"].all() and b["tokens"].dtype == np.int32
-  with pytest.raises(ValueError, match=r"do not fill one window of seq_len=8"):
+  with pytest.raises(DataError, match=r"do not fill one window of seq_len=8"):
     text.TokenWindows(stream[:8], 8)
   with pytest.raises(IndexError, match=r"window index out of range"):
     src.get_batch([len(src)])
@@ -204,10 +205,11 @@ def test_instruction_reader_and_loss_mask(tmp_path):
         ('{"instruction": "x"}\n', r"line 1: missing string field 'output'"),
         ('{"instruction": "x", "output": "y", "input": 3}\n', r"line 1: field 'input' must be a string"),
         ('["a list"]', r"record 0: expected an object"),
+        ('[{"instruction": "x", "output": "y"},', r"alpaca\.jsonl is not valid JSON"),
     ],
 )
 def test_instruction_reader_errors(tmp_path, content, msg):
   path = tmp_path / "alpaca.jsonl"
   path.write_text(content)
-  with pytest.raises(ValueError, match=msg):
+  with pytest.raises(DataError, match=msg):
     text.read_instructions(str(path))

@@ -4,7 +4,7 @@
   it is missing, `python_stdlib` (the standard library's own source). `split_documents` puts each
   document in train or held-out by a hash of its text, so the split does not depend on file order.
 * Tokenizer: byte-level BPE (`tokenizers`) trained on the train split, saved as `tokenizer.json`
-  next to the model; `load_tokenizer` checks it against the model's vocabulary size.
+  next to the model; `load_tokenizer` checks it against the model's vocabulary size (`DataError` if they differ).
 * Sources, with the image sources' random-access interface (`len`, `get_batch(indices)`):
   `TokenWindows` (fixed-length windows of one token stream; labels are the next tokens) and
   `InstructionSource` (Alpaca-format examples: prompt template, loss mask on the response).
@@ -28,6 +28,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from scalenet_jax.data import pipeline
+from scalenet_jax.errors import ConfigError, DataError, MissingInputError
 
 FORTUNES_DIR = "/usr/share/games/fortunes"  # Debian package `fortunes`
 TOKENIZER_FILE = "tokenizer.json"
@@ -43,7 +44,7 @@ def fortunes(root: Optional[str] = None) -> list[str]:
   (underlining with `_` and backspace, bold by printing twice) is removed."""
   root = root or os.environ.get("SCALENET_FORTUNES_DIR", FORTUNES_DIR)
   if not os.path.isdir(root):
-    raise FileNotFoundError(f"fortunes directory not found: {root} (apt-get install fortunes, or pass root=...)")
+    raise MissingInputError(f"fortunes directory not found: {root} (apt-get install fortunes, or pass root=...)")
   docs = []
   for name in sorted(os.listdir(root)):
     path = os.path.join(root, name)
@@ -54,7 +55,7 @@ def fortunes(root: Optional[str] = None) -> list[str]:
       text = _strip_overstrike(f.read().decode("utf-8", errors="replace"))
     docs += [d.strip("\n") for d in re.split(r"^%\n", text, flags=re.M) if d.strip()]
   if not docs:
-    raise FileNotFoundError(f"no fortune databases (files with a .dat index) in {root}")
+    raise MissingInputError(f"no fortune databases (files with a .dat index) in {root}")
   return docs
 
 
@@ -75,7 +76,7 @@ def python_stdlib(root: Optional[str] = None) -> list[str]:
         with open(os.path.join(d, name), "rb") as f:
           docs.append(f.read().decode("utf-8", errors="replace"))
   if not docs:
-    raise FileNotFoundError(f"no .py files under {root}")
+    raise MissingInputError(f"no .py files under {root}")
   return docs
 
 
@@ -84,7 +85,7 @@ CORPORA = {"fortunes": fortunes, "python_stdlib": python_stdlib}
 
 def load_corpus(name: str, root: Optional[str] = None) -> list[str]:
   if name not in CORPORA:
-    raise ValueError(f"unknown text corpus {name!r}; choose one of {sorted(CORPORA)}")
+    raise ConfigError(f"unknown text corpus {name!r}; choose one of {sorted(CORPORA)}")
   return CORPORA[name](root)
 
 
@@ -94,7 +95,7 @@ def split_documents(docs: Sequence[str], held_out_fraction: float = 0.05, seed: 
   Deterministic across machines and Python runs, independent of order, and duplicates of one text
   land in the same split (no train/held-out leakage). Both keep the corpus order."""
   if not 0.0 < held_out_fraction < 1.0:
-    raise ValueError(f"held_out_fraction must be in (0, 1), got {held_out_fraction}")
+    raise ConfigError(f"held_out_fraction must be in (0, 1), got {held_out_fraction}")
   train, held = [], []
   for d in docs:
     h = int.from_bytes(hashlib.sha256(f"{seed}\0{d}".encode()).digest()[:8], "little") / 2.0**64
@@ -121,7 +122,7 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int, special_tokens: Seque
   )
   tok.train_from_iterator(texts, trainer)
   if tok.get_vocab_size() != vocab_size:
-    raise ValueError(
+    raise DataError(
         f"the corpus yields only {tok.get_vocab_size()} BPE tokens, fewer than vocab_size={vocab_size}: "
         "use a smaller vocabulary or more text"
     )
@@ -142,12 +143,12 @@ def load_tokenizer(path: str, vocab_size: Optional[int] = None):
 
   file = os.path.join(path, TOKENIZER_FILE) if os.path.isdir(path) else path
   if not os.path.isfile(file):
-    raise FileNotFoundError(f"tokenizer not found: {file}")
+    raise MissingInputError(f"tokenizer not found: {file}")
   tok = Tokenizer.from_file(file)
   if vocab_size is not None:
     n = tok.get_vocab_size(with_added_tokens=True)
     if n != vocab_size:
-      raise ValueError(
+      raise DataError(
           f"tokenizer {file} has {n} tokens but the model's vocab_size is {vocab_size}: train the tokenizer "
           f"with vocab_size={vocab_size} or build the model with vocab_size={n}"
       )
@@ -157,7 +158,7 @@ def load_tokenizer(path: str, vocab_size: Optional[int] = None):
 def token_id(tok, token: str) -> int:
   i = tok.token_to_id(token)
   if i is None:
-    raise ValueError(f"tokenizer has no token {token!r}")
+    raise DataError(f"tokenizer has no token {token!r}")
   return i
 
 
@@ -180,7 +181,7 @@ class TokenWindows:
     if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
       raise ValueError(f"tokens must be a 1-D integer array, got {tokens.dtype} {tokens.shape}")
     if seq_len < 1 or len(tokens) < seq_len + 1:
-      raise ValueError(f"{len(tokens)} tokens do not fill one window of seq_len={seq_len} (+1 label)")
+      raise DataError(f"{len(tokens)} tokens do not fill one window of seq_len={seq_len} (+1 label)")
     self.tokens, self.seq_len = tokens.astype(np.int32), seq_len
 
   def __len__(self):
@@ -223,13 +224,17 @@ class Instruction:
 
 def read_instructions(path: str) -> list[Instruction]:
   """Alpaca-format examples from JSON lines (one object a line) or one JSON array: `instruction` and
-  `output` strings, `input` optional. A malformed record raises `ValueError` naming its line / index."""
+  `output` strings, `input` optional. A malformed record raises `DataError` naming its line / index."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"instruction data not found: {path}")
+    raise MissingInputError(f"instruction data not found: {path}")
   with open(path, encoding="utf-8") as f:
     text = f.read()
   if text.lstrip().startswith("["):
-    records = [(f"record {i}", r) for i, r in enumerate(json.loads(text))]
+    try:
+      array = json.loads(text)
+    except json.JSONDecodeError as e:
+      raise DataError(f"{path} is not valid JSON: {e.msg} at line {e.lineno}") from None
+    records = [(f"record {i}", r) for i, r in enumerate(array)]
   else:
     records = []
     for n, line in enumerate(text.splitlines(), 1):
@@ -237,18 +242,18 @@ def read_instructions(path: str) -> list[Instruction]:
         try:
           records.append((f"line {n}", json.loads(line)))
         except json.JSONDecodeError as e:
-          raise ValueError(f"{path}: line {n} is not JSON: {e.msg}") from None
+          raise DataError(f"{path}: line {n} is not JSON: {e.msg}") from None
   return [_instruction(r, f"{path}: {where}") for where, r in records]
 
 
 def _instruction(r, where) -> Instruction:
   if not isinstance(r, dict):
-    raise ValueError(f"{where}: expected an object with instruction / input / output, got {type(r).__name__}")
+    raise DataError(f"{where}: expected an object with instruction / input / output, got {type(r).__name__}")
   for k in ("instruction", "output"):
     if not isinstance(r.get(k), str):
-      raise ValueError(f"{where}: missing string field {k!r}")
+      raise DataError(f"{where}: missing string field {k!r}")
   if not isinstance(r.get("input", ""), str):
-    raise ValueError(f"{where}: field 'input' must be a string")
+    raise DataError(f"{where}: field 'input' must be a string")
   return Instruction(r["instruction"], r["output"], r.get("input", ""))
 
 
@@ -259,7 +264,7 @@ class InstructionSource:
 
   def __init__(self, examples: Sequence[Instruction], tok, seq_len: int, eos_id: int, pad_id: int, bos_id=None):
     if not examples:
-      raise ValueError("no instruction examples")
+      raise DataError("no instruction examples")
     prompts = tok.encode_batch([e.prompt for e in examples], add_special_tokens=False)
     responses = tok.encode_batch([e.output for e in examples], add_special_tokens=False)
     n = seq_len + 1

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scalenet_jax.errors import CheckpointError, ConfigError, MissingInputError
 from scalenet_jax.models import common
 from scalenet_jax.models import stack as stack_lib
 from scalenet_jax.models.common import Entry
@@ -69,14 +70,14 @@ class LlamaConfig:
 
   def __post_init__(self):
     if self.num_attention_heads % self.num_key_value_heads:
-      raise ValueError(
+      raise ConfigError(
           f"num_attention_heads ({self.num_attention_heads}) must be a multiple of num_key_value_heads"
           f" ({self.num_key_value_heads})"
       )
     if self.rope_type not in ROPE_TYPES:
-      raise ValueError(f"unknown rope_type {self.rope_type!r}; choose one of {ROPE_TYPES}")
+      raise ConfigError(f"unknown rope_type {self.rope_type!r}; choose one of {ROPE_TYPES}")
     if self.dim_head % 2:
-      raise ValueError(f"rotary embeddings need an even head_dim, got {self.dim_head}")
+      raise ConfigError(f"rotary embeddings need an even head_dim, got {self.dim_head}")
 
   @property
   def dim_head(self) -> int:
@@ -87,16 +88,18 @@ class LlamaConfig:
   def from_hf(cls, hf: dict[str, Any]) -> "LlamaConfig":
     """From a `config.json` dict (rope as `rope_scaling` + `rope_theta`, or transformers 5's `rope_parameters`)."""
     if hf.get("model_type") != "llama":
-      raise ValueError(f"checkpoint config is a {hf.get('model_type')!r} model, not a Llama-style decoder ('llama')")
+      raise CheckpointError(
+          f"checkpoint config is a {hf.get('model_type')!r} model, not a Llama-style decoder ('llama')"
+      )
     unsupported = {"attention_bias": False, "mlp_bias": False, "hidden_act": "silu", "pretraining_tp": 1}
     for k, want in unsupported.items():
       if hf.get(k, want) != want:
-        raise ValueError(f"Llama config with {k}={hf[k]!r} is not supported (only {k}={want!r})")
+        raise CheckpointError(f"Llama config with {k}={hf[k]!r} is not supported (only {k}={want!r})")
     rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
     theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ROPE_TYPES:
-      raise ValueError(f"rope type {rope_type!r} is not supported (only {ROPE_TYPES})")
+      raise CheckpointError(f"rope type {rope_type!r} is not supported (only {ROPE_TYPES})")
     llama3 = (
         dict(
             rope_factor=float(rope["factor"]),
@@ -362,7 +365,7 @@ class Llama(common.StackedModel):
     """
     cfg = self.config
     if self.drop_path_rate:
-      raise ValueError("the Llama decoder has no stochastic depth: set drop_path_rate=0")
+      raise ConfigError("the Llama decoder has no stochastic depth: set drop_path_rate=0")
     b, t = tokens.shape
     mask = jnp.ones((b, t), bool) if mask is None else jnp.asarray(mask, bool)
     if cache is None:
@@ -505,19 +508,19 @@ def read_hf_config(path: str) -> LlamaConfig:
   """The `LlamaConfig` of a Hugging Face checkpoint directory (its `config.json`)."""
   file = os.path.join(path, "config.json")
   if not os.path.isfile(file):
-    raise FileNotFoundError(f"no config.json in checkpoint directory {path}")
+    raise MissingInputError(f"no config.json in checkpoint directory {path}")
   with open(file) as f:
     return LlamaConfig.from_hf(json.load(f))
 
 
 def check_config(model: Llama, cfg: LlamaConfig):
-  """`ValueError` naming the first architecture field where a checkpoint's config differs from the model's."""
+  """`CheckpointError` naming the first architecture field where a checkpoint's config differs from the model's."""
   for f in dataclasses.fields(LlamaConfig):
     if f.name in ("max_position_embeddings",):  # does not change the weights or the function up to it
       continue
     have, want = getattr(cfg, f.name), getattr(model.config, f.name)
     if have != want:
-      raise ValueError(f"checkpoint has {f.name}={have!r} but the model has {f.name}={want!r}")
+      raise CheckpointError(f"checkpoint has {f.name}={have!r} but the model has {f.name}={want!r}")
 
 
 def load_hf(path: str, model: Optional[Llama] = None) -> tuple[Llama, dict]:
