@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scalenet_jax import config_lib, convert, paths
-from scalenet_jax.errors import ConfigError
+from scalenet_jax.errors import ConfigError, MissingInputError
 from scalenet_jax.grow import expand as grow_lib
 from scalenet_jax.grow import spec as spec_lib
 from scalenet_jax.grow.spec import ExpansionSpec
@@ -27,6 +27,8 @@ from scalenet_jax.train import checkpoint as ckpt_lib
 from scalenet_jax.train import optim
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# `config.model` fields that override the registry's architecture (image models; decoders).
+ARCH_FIELDS = ("num_classes", "img_size", "in_chans", *config_lib.LLAMA_ARCH_FIELDS)
 
 
 def expansion_spec(config) -> Optional[ExpansionSpec]:
@@ -60,7 +62,7 @@ def compute_dtype(config):
 def base_model(config, unroll: bool = False):
   """The plain (unexpanded) model of `config.model`."""
   m = config.model
-  arch = {k: m[k] for k in ("num_classes", "img_size", "in_chans") if m[k] is not None}
+  arch = {k: m[k] for k in ARCH_FIELDS if k in m and m[k] is not None}
   return registry.create_model(
       m.name, arch, drop_path_rate=m.drop_path_rate, dtype=compute_dtype(config), remat=m.remat, unroll=unroll
   )
@@ -101,10 +103,26 @@ def needs_initial_params(config) -> bool:
   return bool(config.init_from) or expansion_spec(config) is not None
 
 
+def check_pretrained(config, model) -> None:
+  """Fails fast on an `init_from` that cannot load into `model` without reading its weights: a missing
+  path, or a decoder's Hugging Face directory (the one with a `config.json`) of another architecture
+  (`CheckpointError` naming the first differing field)."""
+  path = paths.path(config.init_from)
+  if not path.exists():
+    raise MissingInputError(f"init_from not found: {config.init_from}")
+  if model.family == "llama" and path.is_dir() and (path / "config.json").exists():
+    from scalenet_jax.models import llama  # pylint: disable=g-import-not-at-top
+
+    llama.check_config(model, llama.read_hf_config(str(path)))
+
+
 def load_pretrained(config, model):
   """Params of the plain `model` from `config.init_from`: an exported params dir (Orbax) or a checkpoint
-  file / directory in a foreign layout (`convert.load_state_dict`). `init_new_head` keeps a fresh head."""
+  file / directory in a foreign layout (`convert.load_state_dict`). `init_new_head` keeps a fresh head.
+  A decoder's Hugging Face directory is the one with a `config.json`: its architecture must be the
+  model's (`CheckpointError` naming the first differing field) before any weight is read."""
   path = config.init_from
+  check_pretrained(config, model)
   if ckpt_lib.is_params_export(path):
     params = ckpt_lib.load_params(path)
     if config.init_new_head:

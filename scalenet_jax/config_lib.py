@@ -3,7 +3,8 @@
 * `base_config()`: what every training run has (seed, batch, steps, optimizer, data, mesh, sharding,
   logging, checkpoints, XLA options, the `quick` switch). The ScaleNet-grow trainer extends it with
   `train_config()` (model, expansion, initial weights); the NAS configs with
-  `scalenet_jax.nas.train_supernet.supernet_config()` (search space, path sampling).
+  `scalenet_jax.nas.train_supernet.supernet_config()` (search space, path sampling); the decoder-LM
+  trainer with `lm_config()` (the same model / expansion pieces, text data).
 * `override(config, {...})`: the one way to change fields (dotted keys; unknown fields are errors).
 * `resolve(config)`: the one place that reads `quick`: it merges `quick_overrides` into a copy.
 * `parse_arg()` / `int_list()`: typed parsing of config-file arguments and comma-separated lists.
@@ -97,7 +98,7 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
 def base_config(**overrides) -> ml_collections.ConfigDict:
   """The fields of every training run (grow, NAS super-supernet, stand-alone retraining)."""
   c = ml_collections.ConfigDict()
-  c.pipeline = "train"  # which driver `main` runs: train | nas_search | nas_supernet | nas_retrain
+  c.pipeline = "train"  # which driver `main` runs: train | lm | nas_search | nas_supernet | nas_retrain
   c.seed = 0
   c.data = data_config()
   c.optim = optim_config()
@@ -175,6 +176,99 @@ def train_config(model: str = "vit_micro_patch4_28", **overrides) -> ml_collecti
   c.eval_at_init = False  # also evaluate the starting params (saved in <workdir>/init_eval.json)
   c.init_eval_split = ""  # the split eval_at_init uses ('' = data.eval_split)
   return override(c, overrides)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The decoder-LM trainer (pipeline 'lm': pretraining, ScaleNet-grow expansion, fine-tuning on text)
+# ----------------------------------------------------------------------------------------------------
+LLAMA_ARCH_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+)
+
+
+def lm_model_config(name: str, **overrides) -> ml_collections.ConfigDict:
+  """A registry decoder (`llama_*`) with optional architecture overrides (None = the registry's value)."""
+  c = ml_collections.ConfigDict(dict(name=name, drop_path_rate=0.0, dtype="float32", remat=False))
+  for field in LLAMA_ARCH_FIELDS:
+    c[field] = config_dict.placeholder(int)
+  return override(c, overrides)
+
+
+def text_data_config(**overrides) -> ml_collections.ConfigDict:
+  """Text for `scalenet_jax.lm_trainer` (see `data/text.py`)."""
+  return override(
+      ml_collections.ConfigDict(
+          dict(
+              # fortunes | python_stdlib: a corpus split by a hash of each document, windows of seq_len;
+              # instructions: Alpaca-format JSON / JSON lines at `root` (loss on the responses only).
+              name="fortunes",
+              root="",  # corpus directory ('' = its default) / the instruction file
+              eval_path="",  # instructions: a held-out file ('' = a hash split of `root`)
+              held_out_fraction=0.05,
+              split_seed=0,
+              # tokenizer.json (or its directory); '' = init_from's tokenizer.json if it has one, else a
+              # byte-level BPE of the model's vocab size trained on the train split, saved in the workdir.
+              tokenizer="",
+              seq_len=128,
+              bos_token="",  # instructions: prepended to every example ('' = none)
+              eos_token="<|eos|>",  # ends every document / response
+              pad_token="",  # instructions: right padding ('' = the eos token; padding has no loss)
+              num_threads=2,
+          )
+      ),
+      overrides,
+  )
+
+
+def lm_config(model: str = "llama_small", **overrides) -> ml_collections.ConfigDict:
+  """A run of `scalenet_jax.lm_trainer`: train (or grow, then fine-tune) a decoder on text."""
+  c = base_config()
+  c.pipeline = "lm"
+  c.model = lm_model_config(model)
+  c.data = text_data_config()
+  # Defaults of the expansion for decoders: adapters on the MLP linears, adapters + norms trainable.
+  c.expansion = expansion_config(trainable="adjust_ln")
+  # A Hugging Face `LlamaForCausalLM` directory (config.json + safetensors, checked against `model`),
+  # safetensors with HF keys, or an exported params dir (<workdir>/export/params).
+  c.init_from = ""
+  c.init_new_head = False
+  c.ema_decay = 0.0
+  c.eval_at_init = False  # also evaluate the starting params (<workdir>/init_eval.json)
+  c.batch_size = 32
+  c.eval_batch_size = 32
+  c.optim.weight_decay = 0.1
+  return override(c, overrides)
+
+
+# The arms of a decoder comparison at equal budgets (same data, steps, batch and schedule):
+# pretrain: the base from scratch; scalenet: ScaleNet 2x of the base; stack: the parameter-matched
+# stacked baseline (new layers appended as copies of the first ones, no sharing); further: the base
+# itself trained for the same budget.
+LM_RUNS = ("pretrain", "scalenet", "stack", "further")
+
+
+def lm_run(c, run: str, base: str, *, mapping="interpolate", adjust="adapter", rank=16, trainable="adjust_ln"):
+  """Sets `c` (an `lm_config`) up as one arm of `LM_RUNS`, growing from / continuing `base`."""
+  if run not in LM_RUNS:
+    raise ConfigError(f"unknown run {run!r}; choose one of {LM_RUNS}")
+  if run == "pretrain":
+    c.init_from, c.expansion.kind = "", ""
+    return c
+  c.init_from = base
+  if run == "scalenet":
+    c.expansion = expansion_config(kind="scalenet", mapping=mapping, adjust=adjust, rank=rank, trainable=trainable)
+  elif run == "stack":
+    # num_new_layers=0: as many new layers as match ScaleNet's added parameters; they and every norm train
+    # under adjust_ln (adjust_ln_head: + an untied head), the pretrained layers stay frozen like ScaleNet's.
+    c.expansion = expansion_config(kind="stack", adjust=adjust, rank=rank, trainable=trainable)
+  else:
+    c.expansion.kind = ""  # no expansion: every parameter of the base trains
+  return c
 
 
 # ----------------------------------------------------------------------------------------------------

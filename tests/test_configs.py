@@ -37,6 +37,8 @@ TRAINER_CONFIGS = [
     ("ablation_grow.py", "mapping=stack"),
     ("ablation_grow.py", "share=0"),
     ("ablation_grow.py", "model=swin_tiny,subset=2"),
+    *[("llama_fortunes_2x.py", a) for a in (None, "run=pretrain", "run=stack", "run=further", "adjust=lora")],
+    *[("llama3_1b_2x.py", a) for a in (None, "run=stack", "run=further", "mapping=stack")],
 ]
 
 
@@ -241,3 +243,17 @@ def test_deit_tiny_baselines_add_independent_layers(kind):
   k = s["depths"][0] - 12
   assert k == (12 if kind == "scratch" else max(1, round((24 * 10 * 16 * d + 12 * 4 * d) / block)))
   assert s["unique_params"] == s["params"] == base + k * block
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoder configs: the counts of docs/llama.md
+# ----------------------------------------------------------------------------------------------
+def test_llama3_1b_2x_summary():
+  """Llama-3.2-1B 1,235,814,400; its ScaleNet 2x adds 32 instances x 491,520 adapter params (r=16 on gate,
+  up, down) and two RMSNorms (2 x 2048) per new layer; adapters + every norm train."""
+  base = 1_235_814_400
+  assert summarize("llama3_1b_2x.py", **{"expansion.kind": ""})["unique_params"] == base
+  s = summarize("llama3_1b_2x.py")
+  assert s["depths"] == [32]
+  assert s["unique_params"] == base + 32 * 491_520 + 16 * 4096 == 1_251_608_576
+  assert s["trainable_params"] == 32 * 491_520 + 32 * 4096 + 2048 == 15_861_760

@@ -89,16 +89,18 @@ def load_corpus(name: str, root: Optional[str] = None) -> list[str]:
   return CORPORA[name](root)
 
 
-def split_documents(docs: Sequence[str], held_out_fraction: float = 0.05, seed: int = 0):
+def split_documents(docs: Sequence, held_out_fraction: float = 0.05, seed: int = 0, key=None):
   """(train, held_out): a document is held out when a hash of (seed, its text) falls below the fraction.
 
   Deterministic across machines and Python runs, independent of order, and duplicates of one text
-  land in the same split (no train/held-out leakage). Both keep the corpus order."""
+  land in the same split (no train/held-out leakage). Both keep the corpus order. `key(doc)` gives the
+  text to hash for documents that are not strings (e.g. an `Instruction`)."""
   if not 0.0 < held_out_fraction < 1.0:
     raise ConfigError(f"held_out_fraction must be in (0, 1), got {held_out_fraction}")
   train, held = [], []
   for d in docs:
-    h = int.from_bytes(hashlib.sha256(f"{seed}\0{d}".encode()).digest()[:8], "little") / 2.0**64
+    t = d if key is None else key(d)
+    h = int.from_bytes(hashlib.sha256(f"{seed}\0{t}".encode()).digest()[:8], "little") / 2.0**64
     (held if h < held_out_fraction else train).append(d)
   return train, held
 
