@@ -6,11 +6,12 @@ One process instead of one per invocation saves the ~7 s of imports each would p
 invocations reuse programs the earlier ones compiled), which is what lets the suite run every config's
 train / resume / eval / export on 2 cores.
 
-    python tests/tfds_mock.py tests/cli_session.py SESSION.json
+    python tests/tfds_mock.py tests/cli_session.py SESSION.json [--keep-going]
     SESSION.json: [["--config", "configs/x.py", "--workdir", "W", ...], ...]
 
 Each invocation's stdout/stderr go to `<SESSION>.<i>.out` / `.err` and its exit code to
-`<SESSION>.codes.json`; the session stops at the first nonzero exit.
+`<SESSION>.codes.json`; the session stops at the first nonzero exit, unless `--keep-going` (a session of
+invocations that are each expected to fail, with one import of the package for all of them).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import traceback
 from pathlib import Path
 
 
-def main(session: str) -> int:
+def main(session: str, keep_going: bool = False) -> int:
   from absl import flags
 
   from scalenet_jax import main as cli_main
@@ -52,10 +53,10 @@ def main(session: str) -> int:
     seconds.append(round(time.perf_counter() - t0, 1))
     Path(f"{session}.codes.json").write_text(json.dumps(codes))
     Path(f"{session}.seconds.json").write_text(json.dumps(seconds))
-    if code:
+    if code and not keep_going:
       break
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1]))
+  sys.exit(main(sys.argv[1], "--keep-going" in sys.argv[2:]))

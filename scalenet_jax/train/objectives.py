@@ -1,0 +1,123 @@
+"""What the one train / eval step optimises and reports: the objective of a task.
+
+An `Objective` names the batch entry the model reads (`inputs`), turns logits into the training loss
+(plus train metrics), and turns logits into per-batch *sums* for evaluation, which the loop adds over
+batches on the host and finishes into metrics. Sums, not means, so that padded eval batches and
+unequal token counts weigh every real example / token once.
+
+* `Classification` (images, the NAS supernet): softmax cross-entropy with optional label smoothing;
+  eval top-1 / top-5 / loss over the real examples (`mask` (B,)).
+* `NextToken` (decoder LMs): the token-weighted next-token cross-entropy over the positions where
+  `mask` (B, T) is true (padding and prompt tokens carry no loss); eval loss = total NLL / tokens,
+  perplexity = exp(eval loss), token accuracy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+  """Per-example softmax cross-entropy; `labels` int (B,) or soft (B, K).
+
+  Smoothing is applied to soft targets too: for mixup targets lam*y1 + (1-lam)*y2 this equals mixing the
+  smoothed one-hots (timm's convention), so a mixup batch_transform should not smooth by itself.
+  """
+  num_classes = logits.shape[-1]
+  targets = jax.nn.one_hot(labels, num_classes) if labels.ndim == logits.ndim - 1 else labels
+  targets = targets.astype(jnp.float32)
+  if label_smoothing:
+    targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+@dataclasses.dataclass(frozen=True)
+class Classification:
+  """One label per example (`labels` int (B,) or soft targets (B, K)); inputs `images`."""
+
+  label_smoothing: float = 0.0
+  inputs: str = "images"
+
+  def loss(self, logits, batch):
+    labels = batch["labels"]
+    loss = cross_entropy(logits, labels, self.label_smoothing).mean()
+    hard = labels if labels.ndim == 1 else jnp.argmax(labels, -1)  # soft targets: their argmax
+    return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == hard)}
+
+  def eval_sums(self, logits, batch):
+    labels = batch["labels"]
+    mask = batch.get("mask", jnp.ones(labels.shape, jnp.float32)).astype(jnp.float32)
+    label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
+    rank = jnp.sum(logits > label_logit, axis=-1)  # how many classes score strictly higher
+    return {
+        "correct1": jnp.sum((rank < 1) * mask),
+        "correct5": jnp.sum((rank < 5) * mask),
+        "loss_sum": jnp.sum(cross_entropy(logits, labels) * mask),
+        "count": jnp.sum(mask),
+    }
+
+  def metrics(self, sums) -> dict:
+    n = float(sums["count"])
+    return {
+        "top1": float(sums["correct1"]) / n,
+        "top5": float(sums["correct5"]) / n,
+        "eval_loss": float(sums["loss_sum"]) / n,
+        "eval_examples": int(n),
+    }
+
+  def describe(self, m) -> str:
+    return f"top1 {m['top1']:.4f} top5 {m['top5']:.4f}"
+
+
+@dataclasses.dataclass(frozen=True)
+class NextToken:
+  """Next-token prediction: `tokens` (B, T) in, `labels` (B, T) the next tokens, `mask` (B, T) bool where
+  a label counts (all when absent). Label smoothing mixes in the mean NLL over the vocabulary."""
+
+  label_smoothing: float = 0.0
+  inputs: str = "tokens"
+
+  def _nll(self, logits, batch, smoothing):
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, batch["labels"][..., None].astype(jnp.int32), axis=-1)[..., 0]
+    if smoothing:
+      nll = (1.0 - smoothing) * nll - smoothing * logp.mean(-1)
+    labels = batch["labels"]
+    mask = batch.get("mask", jnp.ones(labels.shape, bool)).astype(jnp.float32)
+    return nll, mask
+
+  def loss(self, logits, batch):
+    nll, mask = self._nll(logits, batch, self.label_smoothing)
+    tokens = mask.sum()
+    # Token-weighted: every counted token weighs the same, however the mask spreads them over rows.
+    loss = (nll * mask).sum() / jnp.maximum(tokens, 1.0)
+    correct = (jnp.argmax(logits, -1) == batch["labels"]) * mask
+    return loss, {"accuracy": correct.sum() / jnp.maximum(tokens, 1.0), "tokens": tokens}
+
+  def eval_sums(self, logits, batch):
+    nll, mask = self._nll(logits, batch, 0.0)
+    return {
+        "loss_sum": jnp.sum(nll * mask),
+        "correct": jnp.sum((jnp.argmax(logits, -1) == batch["labels"]) * mask),
+        "count": jnp.sum(mask),
+        "examples": jnp.sum(jnp.any(mask > 0, axis=-1)),
+    }
+
+  def metrics(self, sums) -> dict:
+    n = float(sums["count"])
+    loss = float(sums["loss_sum"]) / n
+    return {
+        "eval_loss": loss,
+        "perplexity": math.exp(loss),
+        "token_accuracy": float(sums["correct"]) / n,
+        "eval_tokens": int(n),
+        "eval_examples": int(sums["examples"]),
+    }
+
+  def describe(self, m) -> str:
+    return f"perplexity {m['perplexity']:.3f} (loss {m['eval_loss']:.4f} over {m['eval_tokens']} tokens)"
