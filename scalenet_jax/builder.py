@@ -49,8 +49,9 @@ def expansion_spec(config) -> Optional[ExpansionSpec]:
   )
 
 
-def base_model(config, unroll: bool = False):
-  """The plain (unexpanded) model of `config.model`."""
+def base_model(config, unroll: bool | None = None):
+  """The plain (unexpanded) model of `config.model`; `unroll` None = the per-stack default
+  (`models.stack.unroll_segment`), True / False = unroll / scan every block stack."""
   m = config.model
   if m.dtype not in DTYPES:
     raise ValueError(f"unknown model dtype {m.dtype!r}; choose one of {sorted(DTYPES)}")
@@ -60,7 +61,7 @@ def base_model(config, unroll: bool = False):
   )
 
 
-def build_model(config, unroll: bool = False):
+def build_model(config, unroll: bool | None = None):
   """The model a run trains: the base model, expanded when `config.expansion.kind` is set."""
   model = base_model(config, unroll)
   spec = expansion_spec(config)

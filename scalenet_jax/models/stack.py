@@ -192,13 +192,21 @@ def activation(name: str):
 
 
 def linear(x, w, dtype):
-  y = jnp.dot(x.astype(dtype), w["kernel"].astype(dtype))
-  return y if w["bias"] is None else y + w["bias"].astype(dtype)
+  """`x @ kernel + bias` over the last axis, computed as one 2-D matmul.
+
+  Why 2-D: for a (B, N, C) input, XLA's CPU backend builds the weight gradient (a contraction over both B
+  and N) from an explicit transposed copy of the output gradient; flattened to (B*N, C) it contracts the
+  rows in place (DeiT-S: one fewer 3152 x 1536 copy per linear and step). Same products, same values."""
+  lead = x.shape[:-1]
+  y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(dtype), w["kernel"].astype(dtype))
+  if w["bias"] is not None:
+    y = y + w["bias"].astype(dtype)
+  return y.reshape(*lead, y.shape[-1])
 
 
 def drop_path(x, rate, rng, train: bool):
-  """Stochastic depth with a traced per-block rate (so it can be scanned)."""
-  if not train:
+  """Stochastic depth with a traced per-block rate (so it can be scanned); `rng` None = no drop path."""
+  if not train or rng is None:
     return x
   keep = 1.0 - rate
   mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
@@ -260,17 +268,27 @@ def window_reverse(x, w, b, h, wd):
 
 
 def multihead_attention(x, core, num_heads, dtype, bias=None, adjust=None):
-  """x: (B, N, C). `bias` is added to the logits, broadcast as (B?, heads, N, N)."""
+  """x: (B, N, C). `bias` is added to the logits: (1 | W, heads, N, N), W = windows per image (the B
+  windows are image-major, so the logits are viewed as (B / W, W, heads, N, N) rather than tiling `bias`).
+
+  Layout (why): q, k, v are split from the fused qkv with `jnp.split`, whose transpose is one concatenate
+  (indexing a (B, N, 3, H, D) view transposes to three zero-padded full-size buffers that are then summed),
+  and are moved once to head-major (B, H, N, D), so both attention products are plain batched matmuls."""
   b, n, c = x.shape
+  d = c // num_heads
   qkv = linear(x, core["qkv"], dtype)
   if adjust is not None:
     qkv = qkv + adjust("qkv", x, 3 * c)
-  q, k, v = jnp.moveaxis(qkv.reshape(b, n, 3, num_heads, c // num_heads), 2, 0)
-  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (c // num_heads) ** -0.5
+  q, k, v = (t.reshape(b, n, num_heads, d).transpose(0, 2, 1, 3) for t in jnp.split(qkv, 3, axis=-1))
+  logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) * d**-0.5
   if bias is not None:
-    logits = logits + bias
+    if bias.shape[0] > 1:
+      w = bias.shape[0]
+      logits = (logits.reshape(b // w, w, *logits.shape[1:]) + bias).reshape(logits.shape)
+    else:
+      logits = logits + bias
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
-  out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, n, c)
+  out = jnp.einsum("bhqk,bhkd->bhqd", probs, v).transpose(0, 2, 1, 3).reshape(b, n, c)
   y = linear(out, core["proj"], dtype)
   if adjust is not None:
     y = y + adjust("proj", out, c)
@@ -294,9 +312,7 @@ def window_attention(x, core, num_heads, spec: WindowSpec, shifted, dtype, adjus
   bias = jnp.transpose(bias, (2, 0, 1))[None]  # (1, heads, area, area)
   if s:
     mask = jnp.asarray(spec.shift_mask()) * shifted  # (nW, area, area)
-    nw = mask.shape[0]
-    bias = (bias + mask[:, None]).astype(jnp.float32)  # (nW, heads, area, area)
-    bias = jnp.tile(bias, (b, 1, 1, 1))  # windows are ordered batch-major
+    bias = (bias + mask[:, None]).astype(jnp.float32)  # (nW, heads, area, area), broadcast over images
   out = multihead_attention(windows, core, num_heads, dtype, bias=bias, adjust=adjust)
   grid = window_reverse(out, spec.window, b, h, w)
   if s:
@@ -317,18 +333,23 @@ class Block(nn.Module):
   window: Optional[WindowSpec] = None
   dtype: Dtype = jnp.float32
   train: bool = False
+  drop_path: bool = True  # False: every rate of the segment is 0, so no masks are drawn (same values)
 
   def _adjust(self, name, x, d_out):
     return Adjust(self.adjust, d_out, self.rank, self.adapter_act, self.dtype, name=f"{self.adjust}_{name}")(x)
 
   @nn.compact
   def __call__(self, x, step_inputs, core_stack):
-    idx, dpr, shifted = step_inputs
-    core = jax.tree.map(lambda a: jnp.asarray(a)[idx], core_stack)
+    """`step_inputs` = (core index, drop-path rate, shifted, this block's core weights or None); with
+    None the block gathers its weights from the broadcast `core_stack`."""
+    idx, dpr, shifted, core = step_inputs
+    if core is None:
+      core = jax.tree.map(lambda a: jnp.asarray(a)[idx], core_stack)
     # Adapters sit on fc1/fc2 only; LoRA (ablation) on all four linears.
     attn_adjust = self._adjust if self.adjust == "lora" else None
     mlp_adjust = self._adjust if self.adjust != "none" else None
-    rngs = jax.random.split(self.make_rng("dropout"), 2) if self.train else (None, None)
+    active = self.train and self.drop_path
+    rngs = jax.random.split(self.make_rng("dropout"), 2) if active else (None, None)
 
     y = nn.LayerNorm(self.norm_eps, dtype=self.dtype, name="norm1")(x)
     if self.window is None:
@@ -351,6 +372,36 @@ class Block(nn.Module):
     return x, None
 
 
+# Segments of at most this many blocks are unrolled by default. A scanned segment stacks every residual the
+# backward needs into (length, ...) loop buffers: zero-filled, written by dynamic-update-slice and copied out
+# again by dynamic-slice, which cost DeiT-S ~12% and the micro ViT ~30% of a CPU train step. Unrolled,
+# compile time grows with depth (~2x at 12 blocks), so deeper segments (ScaleNet-expanded stacks, 24-layer
+# baselines) stay scanned and compile in about constant time.
+UNROLL_MAX_BLOCKS = 12
+
+
+def unroll_segment(length: int, unroll: Optional[bool] = None) -> bool:
+  """Whether a segment of `length` blocks is unrolled (`unroll` None = the `UNROLL_MAX_BLOCKS` rule)."""
+  return length <= UNROLL_MAX_BLOCKS if unroll is None else bool(unroll)
+
+
+def segment_core(core, seg_mapping: np.ndarray, unroll: bool):
+  """(per-block core weights scanned as xs, or None; the broadcast core stack, or None) of one segment.
+
+  Why not always gather `core[idx]` inside the scan body: unrolled, the transpose of each block's gather
+  is a zero-padded full-size copy of the whole core stack, summed over blocks (O(depth^2) memory traffic;
+  DeiT-S: ~1 GB per step). Scanned as xs instead, the per-block weight gradients are concatenated and
+  reach the core through one slice (contiguous mapping) or one scatter-add (`jnp.take`). A rolled scan
+  with a non-contiguous mapping (ScaleNet's shared layers) keeps the in-loop gather: its gradient
+  accumulates in place in the loop carry, and no (depth, ...) copy of the weights is materialised."""
+  lo, n = int(seg_mapping[0]), len(seg_mapping)
+  if np.array_equal(seg_mapping, np.arange(lo, lo + n)):
+    return jax.tree.map(lambda a: a[lo : lo + n], core), None
+  if unroll:
+    return jax.tree.map(lambda a: jnp.take(a, seg_mapping, axis=0), core), None
+  return None, core
+
+
 class BlockStack(nn.Module):
   """`layout.depth` blocks over `layout.num_core` shared core layers (see module doc)."""
 
@@ -366,7 +417,8 @@ class BlockStack(nn.Module):
   qkv_bias: bool = True
   dtype: Dtype = jnp.float32
   remat: bool = False
-  unroll: bool = False  # unrolled scan: only for cost analysis (XLA does not multiply loop bodies)
+  # None: `unroll_segment` decides per segment; True / False: unroll / scan every segment.
+  unroll: Optional[bool] = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -382,6 +434,8 @@ class BlockStack(nn.Module):
     mapping = np.asarray(layout.mapping, np.int32)
     block = nn.remat(Block) if self.remat else Block
     for i, (start, stop, kind) in enumerate(layout.segments()):
+      unroll = unroll_segment(stop - start, self.unroll)
+      seg_core, broadcast_core = segment_core(core, mapping[start:stop], unroll)
       # 'intermediates': 0 stacks the sown block outputs of a segment along a leading layer axis.
       scanned = nn.scan(
           block,
@@ -389,7 +443,7 @@ class BlockStack(nn.Module):
           split_rngs={"params": True, "dropout": True},
           in_axes=(0, nn.broadcast),
           length=stop - start,
-          unroll=(stop - start) if self.unroll else 1,
+          unroll=(stop - start) if unroll else 1,
       )
       x, _ = scanned(
           self.dim,
@@ -402,6 +456,7 @@ class BlockStack(nn.Module):
           self.window,
           self.dtype,
           train,
+          bool(np.any(dpr[start:stop] > 0)),
           name=f"seg{i}",
-      )(x, (mapping[start:stop], dpr[start:stop], shifted[start:stop]), core)
+      )(x, (mapping[start:stop], dpr[start:stop], shifted[start:stop], seg_core), broadcast_core)
     return x

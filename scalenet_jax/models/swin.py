@@ -58,7 +58,7 @@ class Swin(nn.Module):
   adapter_act: str = "gelu"
   dtype: stack_lib.Dtype = jnp.float32
   remat: bool = False
-  unroll: bool = False
+  unroll: Optional[bool] = None  # None: unroll short block stacks (stack.UNROLL_MAX_BLOCKS)
 
   @property
   def stack_layouts(self):
