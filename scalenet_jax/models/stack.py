@@ -340,9 +340,10 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x, step_inputs, core_stack):
-    """`step_inputs` = (core index, drop-path rate, shifted, this block's core weights or None); with
-    None the block gathers its weights from the broadcast `core_stack`."""
-    idx, dpr, shifted, core = step_inputs
+    """`step_inputs` = (core index, drop-path rate, shifted[, this block's core weights]); without the
+    weights (or None) the block gathers them from the broadcast `core_stack`."""
+    idx, dpr, shifted, *own = step_inputs
+    core = own[0] if own else None
     if core is None:
       core = jax.tree.map(lambda a: jnp.asarray(a)[idx], core_stack)
     # Adapters sit on fc1/fc2 only; LoRA (ablation) on all four linears.
