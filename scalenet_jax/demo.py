@@ -193,5 +193,6 @@ def define_flags():
 
 
 if __name__ == "__main__":
+  jax_utils.configure_cpu()  # before jax starts: XLA:CPU flags, allocator (docs/performance.md)
   define_flags()
   app.run(main)

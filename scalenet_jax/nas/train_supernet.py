@@ -41,6 +41,7 @@ from ml_collections import config_dict
 
 from scalenet_jax import config_lib
 from scalenet_jax import data as data_lib
+from scalenet_jax import jax_utils
 from scalenet_jax.nas import sampling
 from scalenet_jax.nas.space import Arch, SearchSpace, apply_scaling, get_space
 from scalenet_jax.nas.supernet import PathNet, SuperNet, init_pathnet, init_supernet, path_arrays
@@ -238,7 +239,7 @@ def _fit(
     ms = jax.device_put(init, shardings.model_state) if init else None
     state = state.replace(params=params, model_state=ms)
 
-  xla = {"xla_backend_optimization_level": config.xla_opt_level} if config.xla_opt_level >= 0 else None
+  xla = jax_utils.compile_options(config.xla_opt_level)
   train_step = step_lib.make_train_step(
       step_lib.flax_apply_fn(model),
       tx,
@@ -354,7 +355,7 @@ def train_standalone(config, workdir: str, arch: Arch) -> dict:
       ),
       tag,
   )
-  xla = {"xla_backend_optimization_level": config.xla_opt_level} if config.xla_opt_level >= 0 else None
+  xla = jax_utils.compile_options(config.xla_opt_level)
   eval_step = step_lib.make_eval_step(step_lib.flax_apply_fn(model), mesh, shardings, compiler_options=xla)
   sums = None
   for b in eval_sources(config.data, config.data.eval_split, arch.resolution, arch.in_channels, config.eval_batch_size):

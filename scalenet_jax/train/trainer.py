@@ -22,6 +22,7 @@ from scalenet_jax.train import checkpoint as ckpt_lib
 from scalenet_jax.train import distributed, optim
 from scalenet_jax.train import sharding as sh
 from scalenet_jax.train import step as step_lib
+from scalenet_jax import jax_utils
 from scalenet_jax.jax_utils import print0 as _log
 
 
@@ -205,7 +206,7 @@ def run(config, workdir: str, mode: str = "train") -> dict:
       state = state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params) if use_ema else None)
 
   compute_dtype = builder.DTYPES[config.model.dtype]
-  xla = {"xla_backend_optimization_level": config.xla_opt_level} if config.xla_opt_level >= 0 else None
+  xla = jax_utils.compile_options(config.xla_opt_level)
   eval_step = step_lib.make_eval_step(
       step_lib.flax_apply_fn(model), mesh, shardings, compute_dtype=compute_dtype, use_ema=use_ema, compiler_options=xla
   )
