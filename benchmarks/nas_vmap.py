@@ -9,6 +9,8 @@ Prints per-call times and the ratio loop / vmap.
 import argparse
 import time
 
+import common  # noqa: I001  (puts the repo root on sys.path, configures the runtime before jax starts)
+
 import jax
 import jax.numpy as jnp
 import numpy as np
