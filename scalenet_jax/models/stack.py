@@ -164,6 +164,9 @@ class Adjust(nn.Module):
   def __call__(self, x):
     if self.rank <= 0:
       raise ValueError(f"adjustment rank must be > 0, got {self.rank}")
+    # 2-D for the same reason as `linear`: on a (B, N, C) input XLA:CPU builds A's weight gradient from a
+    # transposed copy of x (for the fc2 adapter of DeiT-S, a (1536, B*N) copy per block: 20% of the step).
+    lead, x = x.shape[:-1], x.reshape(-1, x.shape[-1])
     if self.kind == "adapter":
       h = nn.Dense(self.rank, use_bias=False, dtype=self.dtype, name="A")(x)
       h = activation(self.act)(h)
@@ -173,7 +176,8 @@ class Adjust(nn.Module):
       )(x)
     else:
       raise ValueError(f"unknown adjustment {self.kind!r}")
-    return nn.Dense(self.d_out, use_bias=False, dtype=self.dtype, name="B", kernel_init=nn.initializers.zeros)(h)
+    y = nn.Dense(self.d_out, use_bias=False, dtype=self.dtype, name="B", kernel_init=nn.initializers.zeros)(h)
+    return y.reshape(*lead, self.d_out)
 
 
 def gelu(x):
