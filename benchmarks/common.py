@@ -5,8 +5,9 @@ its outputs) and report the **median**; the machine may be shared, so medians ar
 means, and `interleaved` alternates the contenders call by call so a burst of foreign load hits both.
 
 Runtime: importing this module calls `jax_utils.configure_cpu()` (the project's default XLA:CPU flags and
-allocator policy, as every entry point does) before jax starts; the header of every script prints what
-that set, with the CPU, core count, library versions, torch threads and the load average.
+allocator policy, as every entry point does; a script is re-run once with glibc's huge-page tunable) before
+jax starts; the header of every script prints what that set, with the CPU, core count, library versions,
+torch threads and the load average.
 
 Each script accepts `--json PATH` and writes its numbers there; `run_all.py` collects those files.
 """
@@ -34,8 +35,15 @@ if _ROOT not in sys.path:
 
 from scalenet_jax import jax_utils  # noqa: E402  (after the sys.path fix)
 
-# Before jax initialises a backend (the scripts import jax only after this module).
-RUNTIME = jax_utils.configure_cpu()
+
+def _main_is_a_benchmark_script() -> bool:
+  main = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+  return os.path.dirname(main) == os.path.dirname(os.path.abspath(__file__))
+
+
+# Before jax initialises a backend (the scripts import jax only after this module). Only a benchmark run as
+# a script may be re-run with the huge-page tunable; an importer (a test, run_all's renderer) is left alone.
+RUNTIME = jax_utils.configure_cpu(huge_pages=_main_is_a_benchmark_script())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -123,7 +131,7 @@ def machine_info() -> dict:
       backend=jax.default_backend(),
       devices=len(jax.devices()),
       xla_flags=os.environ.get("XLA_FLAGS", ""),
-      allocator="keep freed memory (jax_utils.keep_freed_memory)" if RUNTIME["allocator"] else "glibc default",
+      allocator=RUNTIME["allocator"],
       date=datetime.datetime.now().isoformat(timespec="seconds"),
       loadavg=" ".join(f"{x:.2f}" for x in load_average()),
   )
@@ -325,11 +333,20 @@ class JaxTrainStep:
   """One model's sharded train state + jitted step (`step.make_train_step`) on a 1-device mesh.
 
   `trainable` (param-path regexes) freezes everything else, as the expansion recipes do; `params`
-  replaces the fresh init (e.g. expanded weights). The batch is random and device-resident unless a
+  replaces the fresh init (e.g. expanded weights); `compiler_options` are XLA options of this one program. The batch is random and device-resident unless a
   different one is passed to `run`.
   """
 
-  def __init__(self, model, batch_size: int, *, trainable: Sequence[str] | None = None, params=None, seed: int = 0):
+  def __init__(
+      self,
+      model,
+      batch_size: int,
+      *,
+      trainable: Sequence[str] | None = None,
+      params=None,
+      seed: int = 0,
+      compiler_options: Mapping[str, Any] | None = None,
+  ):
     import jax
     import jax.numpy as jnp
     from scalenet_jax import convert
@@ -351,7 +368,12 @@ class JaxTrainStep:
     if params is not None:
       self.load_params(params)
     self.step = step_lib.make_train_step(
-        step_lib.flax_apply_fn(model), tx, self.mesh, self.shardings, trainable_mask=self.mask
+        step_lib.flax_apply_fn(model),
+        tx,
+        self.mesh,
+        self.shardings,
+        trainable_mask=self.mask,
+        compiler_options=dict(compiler_options) if compiler_options else None,
     )
     rng = np.random.default_rng(seed)
     host = {

@@ -16,6 +16,8 @@ import sys
 
 import pytest
 
+from scalenet_jax import jax_utils
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "benchmarks")
 MICRO = "vit_micro_patch4_28"
@@ -86,7 +88,9 @@ def test_train_step_reports_mfu_with_stated_convention(run):
   assert d["loader_slowdown_pct"] == pytest.approx(100 * (d["loader_step_s"] / d["resident_step_s"] - 1))
   m = d["machine"]
   assert m["cores"] >= 1 and len(m["loadavg"].split()) == 3 and m["cpu"]
-  assert m["jax"] and m["jaxlib"] and m["flax"] and "xla_cpu" in m["xla_flags"]  # the project's defaults
+  assert m["jax"] and m["jaxlib"] and m["flax"] and "xla_flags" in m and m["allocator"]
+  if jax_utils._thp_mode() in ("madvise", "always"):  # the script re-ran itself with the huge-page tunable
+    assert m["allocator"].startswith("transparent huge pages"), m["allocator"]
 
 
 @pytest.mark.skipif(not _has_torch_timm(), reason="needs torch and timm")
@@ -135,7 +139,7 @@ def test_run_all_renders_every_result(run):
   assert f"{100 * run('train_step')['mfu']:.1f}%" in md
   assert f"**{run('scalenet_step')['time_ratio']:.2f}**" in md
   assert "| broken | failed (exit 1) |" in md and "## broken" in md
-  assert run("train_step")["machine"]["xla_flags"] in md  # flags are part of every result
+  assert "XLA_FLAGS:" in md and "allocator:" in md  # flags are part of every result
   block = run_all.readme_block(runs, run("train_step")["machine"], quick=True)
   assert block.startswith(run_all.README_BEGIN) and block.endswith(run_all.README_END)
   assert f"**{run('scalenet_step')['time_ratio']:.2f}**" in block
