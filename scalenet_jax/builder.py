@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scalenet_jax import config_lib, convert, paths
+from scalenet_jax import config_lib, convert
 from scalenet_jax.errors import ConfigError
 from scalenet_jax.grow import expand as grow_lib
 from scalenet_jax.grow import spec as spec_lib
@@ -57,8 +57,9 @@ def compute_dtype(config):
   return DTYPES[config.model.dtype]
 
 
-def base_model(config, unroll: bool = False):
-  """The plain (unexpanded) model of `config.model`."""
+def base_model(config, unroll: bool | None = None):
+  """The plain (unexpanded) model of `config.model`; `unroll` None = the per-stack default
+  (`models.stack.unroll_segment`), True / False = unroll / scan every block stack."""
   m = config.model
   arch = {k: m[k] for k in ("num_classes", "img_size", "in_chans") if m[k] is not None}
   return registry.create_model(
@@ -66,7 +67,7 @@ def base_model(config, unroll: bool = False):
   )
 
 
-def build_model(config, unroll: bool = False):
+def build_model(config, unroll: bool | None = None):
   """The model a run trains: the base model, expanded when `config.expansion.kind` is set."""
   model = base_model(config, unroll)
   spec = expansion_spec(config)

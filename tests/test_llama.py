@@ -15,6 +15,7 @@ import pytest
 
 from conftest import random_params
 from scalenet_jax import convert, counting
+from scalenet_jax.errors import CheckpointError
 from scalenet_jax.grow import expand
 from scalenet_jax.grow.spec import ExpansionSpec
 from scalenet_jax.models import llama, registry
@@ -370,7 +371,7 @@ def test_missing_files(micro_sd, tmp_path):
   with pytest.raises(FileNotFoundError, match=r"no config\.json in checkpoint directory"):
     llama.load_hf(str(d))
   (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 16)
-  with pytest.raises(ValueError, match=r"not a safetensors file"):
+  with pytest.raises(CheckpointError, match=r"cannot read safetensors file"):
     convert.load_state_dict(str(tmp_path / "junk.safetensors"))
 
 
