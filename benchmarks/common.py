@@ -4,6 +4,11 @@ Timing protocol (every script): compile and warm up first, then time each call s
 its outputs) and report the **median**; the machine may be shared, so medians are far more stable than
 means, and `interleaved` alternates the contenders call by call so a burst of foreign load hits both.
 
+Runtime: importing this module calls `jax_utils.configure_cpu()` (the project's default XLA:CPU flags and
+allocator policy, as every entry point does; a script is re-run once with glibc's huge-page tunable) before
+jax starts; the header of every script prints what that set, with the CPU, core count, library versions,
+torch threads and the load average.
+
 Each script accepts `--json PATH` and writes its numbers there; `run_all.py` collects those files.
 """
 
@@ -15,6 +20,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -26,6 +32,18 @@ import numpy as np
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
+
+from scalenet_jax import jax_utils  # noqa: E402  (after the sys.path fix)
+
+
+def _main_is_a_benchmark_script() -> bool:
+  main = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+  return os.path.dirname(main) == os.path.dirname(os.path.abspath(__file__))
+
+
+# Before jax initialises a backend (the scripts import jax only after this module). Only a benchmark run as
+# a script may be re-run with the huge-page tunable; an importer (a test, run_all's renderer) is left alone.
+RUNTIME = jax_utils.configure_cpu(huge_pages=_main_is_a_benchmark_script())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -89,38 +107,66 @@ def num_cores() -> int:
     return os.cpu_count() or 1
 
 
+def _version(module: str) -> str | None:
+  try:
+    return __import__(module).__version__
+  except ImportError:
+    return None
+
+
 def machine_info() -> dict:
-  """What a reader needs to compare numbers across machines."""
+  """What a reader needs to compare numbers across machines: CPU, cores, versions, flags, load."""
   import jax
+  import jaxlib
 
   info = dict(
       cpu=cpu_model(),
       cores=num_cores(),
       python=platform.python_version(),
       jax=jax.__version__,
+      jaxlib=jaxlib.__version__,
+      flax=_version("flax"),
+      optax=_version("optax"),
+      numpy=np.__version__,
       backend=jax.default_backend(),
       devices=len(jax.devices()),
+      xla_flags=os.environ.get("XLA_FLAGS", ""),
+      allocator=RUNTIME["allocator"],
       date=datetime.datetime.now().isoformat(timespec="seconds"),
       loadavg=" ".join(f"{x:.2f}" for x in load_average()),
   )
   try:
     import torch
 
-    info["torch"] = torch.__version__
+    info.update(torch=torch.__version__, torch_threads=torch.get_num_threads(), timm=_version("timm"))
+    info["torch_flags"] = (
+        f"mkldnn={torch.backends.mkldnn.is_available()} mkl={torch.backends.mkl.is_available()} "
+        f"capability={torch.backends.cpu.get_cpu_capability()} interop_threads={torch.get_num_interop_threads()}"
+    )
   except ImportError:
-    info["torch"] = None
+    info.update(torch=None, torch_threads=None, timm=None, torch_flags=None)
   return info
 
 
+def machine_lines(info: Mapping[str, Any]) -> list[str]:
+  """The machine / library / flag lines printed by every script and written into RESULTS.md."""
+  return [
+      f"machine: {info['cpu']} x{info['cores']} cores, load average {info['loadavg']} ({info['date']})",
+      f"libraries: python {info['python']}, jax {info['jax']} / jaxlib {info['jaxlib']} ({info['backend']}), "
+      f"flax {info['flax']}, optax {info['optax']}, numpy {info['numpy']}, torch {info['torch']}, timm {info['timm']}",
+      f"XLA_FLAGS: {info['xla_flags'] or '(none)'}; allocator: {info['allocator']}",
+      f"torch: {info['torch_threads']} intra-op threads, {info['torch_flags']}",
+  ]
+
+
 def print_header(title: str, args: argparse.Namespace) -> dict:
-  """Print the title, flags and machine line (load average included: the numbers are only as good as it)."""
+  """Print the title, machine/library/flag lines (load average included: the numbers are only as good as
+  it) and the script's flags; returns the machine info (stored in every --json)."""
   info = machine_info()
   flags = {k: v for k, v in vars(args).items() if k != "json"}
   print(f"== {title}")
-  print(
-      f"machine: {info['cpu']} x{info['cores']} cores, jax {info['jax']} ({info['backend']}), "
-      f"torch {info['torch']}, load average {info['loadavg']}"
-  )
+  for line in machine_lines(info):
+    print(line)
   print(f"flags: {flags}")
   return info
 
@@ -181,14 +227,23 @@ def interleaved(fns: Mapping[str, Callable[[], Any]], *, warmup: int, iters: int
 # ----------------------------------------------------------------------------------------------
 # Matmul peak (the MFU denominator)
 # ----------------------------------------------------------------------------------------------
-def matmul_peak_jax(n: int = 2048, iters: int = 5) -> float:
-  """Achieved fp32 FLOP/s of a jitted n x n x n `jnp.dot` (2 n^3 FLOPs per product), median of `iters`."""
+# XLA:CPU matmul paths besides this process's default, measured per program (`compiler_options`), so the
+# MFU denominator is the fastest matmul any of them reaches here.
+JAX_MATMUL_VARIANTS = {
+    "jax_onednn": {"xla_cpu_experimental_onednn_custom_call": True},
+    "jax_xnn_greedy": {"xla_cpu_experimental_xnn_graph_fusion_mode": "XNN_GRAPH_FUSION_MODE_GREEDY"},
+}
+
+
+def matmul_peak_jax(n: int = 2048, iters: int = 5, options: Mapping[str, Any] | None = None) -> float:
+  """Achieved fp32 FLOP/s of a jitted n x n x n `jnp.dot` (2 n^3 FLOPs per product), median of `iters`;
+  `options`: XLA compiler options of this one program."""
   import jax
   import jax.numpy as jnp
 
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  dot = jax.jit(jnp.dot)
+  dot = jax.jit(jnp.dot).lower(a, b).compile(compiler_options=dict(options) if options else None)
   t = time_calls(lambda: dot(a, b).block_until_ready(), warmup=1, iters=iters)
   return 2.0 * n**3 / t.median
 
@@ -202,9 +257,44 @@ def matmul_peak_numpy(n: int = 2048, iters: int = 5) -> float:
   return 2.0 * n**3 / t.median
 
 
+def matmul_peak_torch(n: int = 2048, iters: int = 5) -> float | None:
+  """Achieved fp32 FLOP/s of `torch.mm` (MKL) at torch's current thread count; None without torch."""
+  try:
+    import torch
+  except ImportError:
+    return None
+  a, b = torch.randn(n, n), torch.randn(n, n)
+  t = time_calls(lambda: torch.mm(a, b), warmup=1, iters=iters)
+  return 2.0 * n**3 / t.median
+
+
+def matmul_peaks(n: int = 2048, iters: int = 5) -> dict[str, float]:
+  """fp32 matmul FLOP/s of jax (this process's XLA flags, and `JAX_MATMUL_VARIANTS`), numpy and torch, and
+  `best` of them: the MFU denominator, measured in the same run as the train steps it divides."""
+  peaks = dict(jax=matmul_peak_jax(n, iters))
+  for name, options in JAX_MATMUL_VARIANTS.items():
+    peaks[name] = matmul_peak_jax(n, iters, options)
+  peaks["numpy"] = matmul_peak_numpy(n, iters)
+  torch_peak = matmul_peak_torch(n, iters)
+  if torch_peak is not None:
+    peaks["torch"] = torch_peak
+  peaks["best"] = max(peaks.values())
+  return peaks
+
+
+def peaks_line(peaks: Mapping[str, float], n: int = 2048) -> str:
+  parts = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in peaks.items() if k != "best")
+  return f"fp32 matmul ({n}^3) GFLOP/s: {parts}; best {peaks['best'] / 1e9:.1f}"
+
+
 # ----------------------------------------------------------------------------------------------
 # Memory
 # ----------------------------------------------------------------------------------------------
+def minor_faults() -> int:
+  """Minor page faults of this process so far (first touches of freshly mapped memory)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def peak_rss_bytes() -> int:
   """This process's peak resident set size (VmHWM), in bytes."""
   with open("/proc/self/status") as f:
@@ -243,11 +333,20 @@ class JaxTrainStep:
   """One model's sharded train state + jitted step (`step.make_train_step`) on a 1-device mesh.
 
   `trainable` (param-path regexes) freezes everything else, as the expansion recipes do; `params`
-  replaces the fresh init (e.g. expanded weights). The batch is random and device-resident unless a
+  replaces the fresh init (e.g. expanded weights); `compiler_options` are XLA options of this one program. The batch is random and device-resident unless a
   different one is passed to `run`.
   """
 
-  def __init__(self, model, batch_size: int, *, trainable: Sequence[str] | None = None, params=None, seed: int = 0):
+  def __init__(
+      self,
+      model,
+      batch_size: int,
+      *,
+      trainable: Sequence[str] | None = None,
+      params=None,
+      seed: int = 0,
+      compiler_options: Mapping[str, Any] | None = None,
+  ):
     import jax
     import jax.numpy as jnp
     from scalenet_jax.train import optim
@@ -268,7 +367,12 @@ class JaxTrainStep:
     if params is not None:
       self.load_params(params)
     self.step = step_lib.make_train_step(
-        step_lib.flax_apply_fn(model), tx, self.mesh, self.shardings, trainable_mask=self.mask
+        step_lib.flax_apply_fn(model),
+        tx,
+        self.mesh,
+        self.shardings,
+        trainable_mask=self.mask,
+        compiler_options=dict(compiler_options) if compiler_options else None,
     )
     rng = np.random.default_rng(seed)
     host = {

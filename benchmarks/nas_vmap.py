@@ -24,6 +24,8 @@ import os
 import platform
 import time
 
+import common  # noqa: I001  (puts the repo root on sys.path, configures the runtime before jax starts)
+
 import flax
 import jax
 import numpy as np
@@ -32,14 +34,6 @@ from scalenet_jax.nas.evaluate import PathEvaluator
 from scalenet_jax.nas.sampling import sample_path
 from scalenet_jax.nas.space import Scaling, get_space
 from scalenet_jax.nas.supernet import SuperNet, bucket_of, init_supernet
-
-
-def cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      return next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-  except (OSError, StopIteration):
-    return platform.processor() or "unknown"
 
 
 def variants(space, params, batches, vmap_size):
@@ -95,7 +89,7 @@ def main():
   load1 = os.getloadavg()
   med = {name: float(np.median(v)) for name, v in times.items()}
 
-  print(f"machine: {cpu_model()}, {os.cpu_count()} cores, load average before {load0}, after {load1}")
+  print(f"machine: {common.cpu_model()}, {os.cpu_count()} cores, load average before {load0}, after {load1}")
   print(
       f"versions: jax {jax.__version__}, jaxlib {jax.lib.__version__}, flax {flax.__version__}, "
       f"numpy {np.__version__}, python {platform.python_version()}, backend {jax.devices()[0].platform}"

@@ -57,10 +57,10 @@ def build(variant: str, args) -> common.JaxTrainStep:
   spec = ExpansionSpec(kind="scalenet", reuse=args.reuse, rank=args.rank, trainable="adjust_ln_head")
   scalenet = grow.expanded_model(base, spec)
   if variant == "full":
-    return common.JaxTrainStep(grow.with_depths(base, grow.depths(scalenet)), args.batch)
+    return common.JaxTrainStep(base.with_plain_depths(scalenet.depths), args.batch)
   bench = common.JaxTrainStep(scalenet, args.batch, trainable=grow.trainable_patterns(spec))
   # The state's fresh init supplies the new params (adapters with B = 0), as the trainer does.
-  _, params = grow.expand(grow.init_params(base, seed=1), base, spec, fresh=jax.device_get(bench.state.params))
+  _, params = grow.expand(base.init_params(seed=1), base, spec, fresh=jax.device_get(bench.state.params))
   bench.load_params(params)
   return bench
 
@@ -97,7 +97,7 @@ def rss_of(variant: str, args) -> int:
 
 
 def describe(name: str, bench: common.JaxTrainStep, compile_s: float) -> dict:
-  depth = sum(grow.depths(bench.model))
+  depth = sum(bench.model.depths)
   total, trainable = bench.num_params(), bench.num_params(trainable_only=True)
   mem, macs = bench.memory(), bench.step_macs()
   print(
@@ -132,10 +132,10 @@ def main(argv=None) -> dict:
   out["memory_ratio"] = out["scalenet"]["memory"]["peak"] / out["full"]["memory"]["peak"]
   out["macs_ratio"] = out["scalenet"]["step_macs"] / out["full"]["step_macs"]
   print(
-      f"step time ratio scalenet/full: {out['time_ratio']:.2f} (goal <= 0.60); "
+      f"step time ratio scalenet/full: {out['time_ratio']:.2f} (target <= 0.76); "
       f"step MACs ratio (load-independent): {out['macs_ratio']:.2f}"
   )
-  print(f"compiled peak memory ratio scalenet/full: {out['memory_ratio']:.2f}")
+  print(f"compiled peak memory ratio scalenet/full: {out['memory_ratio']:.2f} (target <= 0.70)")
   if args.rss:
     for v in VARIANTS:
       out[v]["peak_rss"] = rss_of(v, args)

@@ -59,8 +59,9 @@ def compute_dtype(config):
   return DTYPES[config.model.dtype]
 
 
-def base_model(config, unroll: bool = False):
-  """The plain (unexpanded) model of `config.model`."""
+def base_model(config, unroll: bool | None = None):
+  """The plain (unexpanded) model of `config.model`; `unroll` None = the per-stack default
+  (`models.stack.unroll_segment`), True / False = unroll / scan every block stack."""
   m = config.model
   arch = {k: m[k] for k in ARCH_FIELDS if k in m and m[k] is not None}
   return registry.create_model(
@@ -68,7 +69,7 @@ def base_model(config, unroll: bool = False):
   )
 
 
-def build_model(config, unroll: bool = False):
+def build_model(config, unroll: bool | None = None):
   """The model a run trains: the base model, expanded when `config.expansion.kind` is set."""
   model = base_model(config, unroll)
   spec = expansion_spec(config)

@@ -20,7 +20,7 @@ import time
 
 from absl import app, flags, logging
 
-from scalenet_jax import config_lib, summary, trainer
+from scalenet_jax import config_lib, jax_utils, summary, trainer
 
 FLAGS = flags.FLAGS
 
@@ -192,5 +192,6 @@ def define_flags():
 
 
 if __name__ == "__main__":
+  jax_utils.configure_cpu()  # before jax starts: XLA:CPU flags, allocator (docs/performance.md)
   define_flags()
   app.run(main)

@@ -1,6 +1,147 @@
-"""Small JAX helpers shared across the package."""
+"""Small JAX helpers shared across the package, and the one place where the CPU runtime is configured.
+
+`configure_cpu()` is called first thing by the entry points (`main`, `demo`, `reproduce`, the analysis CLI
+and the benchmark scripts), before jax starts its backend: it sets this project's default XLA:CPU flags
+(`CPU_XLA_FLAGS`, currently none: XLA's own were measured best) and, once, re-runs the program with glibc's
+transparent-huge-page tunable (`HUGE_PAGES_TUNABLE`), so the per-call temporary buffer of a compiled step
+is faulted in 2 MiB pages instead of 4 KiB ones. `compile_options(level)` is the per-program option dict
+the train and eval steps hand to XLA. Why each setting, and what it buys: docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+import sys
+from typing import Mapping
 
 import jax
+
+# Default XLA:CPU flags for this project's programs (a flag already in $XLA_FLAGS wins). Empty on purpose:
+# on the train steps of the micro ViT and DeiT-S, XLA's defaults (YNNPACK dots with fused epilogues) ran as
+# fast as or faster than every alternative tried, and wrote fewer bytes: YNN restricted to dots (+36% ops,
+# +17% bytes on DeiT-S), Eigen dots, oneDNN custom calls, XNN greedy graph fusion, 512-bit vectors for
+# XLA's own loops (benchmarks/xla_flags.py measures them all side by side; docs/performance.md).
+CPU_XLA_FLAGS: Mapping[str, str] = {}
+
+# XLA:CPU allocates a compiled program's temporary buffer on every call (DeiT-S train step, batch 16:
+# 1.5 GiB) and frees it afterwards; glibc maps such blocks fresh each time, so every step page-faults its
+# whole working set again (~420k faults, ~1 s of kernel time per DeiT-S step). With this tunable glibc asks
+# for transparent huge pages on those mappings: ~30x fewer faults, the memory still returned after each call.
+HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
+_REEXEC_ENV = "SCALENET_RUNTIME_REEXEC"  # set in the re-run program: never re-run twice
+
+# glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+
+
+def _accelerator_plugin_installed() -> bool:
+  """Whether a GPU/TPU jax plugin is installed (then the train step's buffers do not live in host malloc)."""
+  names = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin", "libtpu")
+  return any(importlib.util.find_spec(n) is not None for n in names)
+
+
+def _thp_mode() -> str:
+  """The kernel's transparent-huge-page mode ('always', 'madvise', 'never'; '' if unknown)."""
+  try:
+    with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+      text = f.read()
+  except OSError:
+    return ""
+  return text[text.find("[") + 1 : text.find("]")] if "[" in text else ""
+
+
+def huge_pages_active() -> bool:
+  """Whether this process's malloc gets transparent huge pages for large blocks."""
+  return _thp_mode() == "always" or (HUGE_PAGES_TUNABLE in os.environ.get("GLIBC_TUNABLES", "") and bool(_thp_mode()))
+
+
+def exec_with_huge_pages() -> None:
+  """Re-run this program (same interpreter and command line) with `HUGE_PAGES_TUNABLE` in $GLIBC_TUNABLES.
+
+  glibc reads its tunables only at process start, hence the re-run; call it before any real work. It does
+  nothing where it cannot help or was done already: not Linux, the kernel's THP mode is not 'madvise'
+  ('always' already covers malloc, 'never' cannot), a GPU/TPU plugin is installed, the tunable is set, or
+  this is the re-run itself. Set SCALENET_RUNTIME_REEXEC=0 to opt out.
+  """
+  if not sys.platform.startswith("linux") or _thp_mode() != "madvise" or _accelerator_plugin_installed():
+    return
+  if HUGE_PAGES_TUNABLE in os.environ.get("GLIBC_TUNABLES", "") or os.environ.get(_REEXEC_ENV):
+    return
+  tunables = ":".join(t for t in (os.environ.get("GLIBC_TUNABLES", ""), HUGE_PAGES_TUNABLE) if t)
+  env = dict(os.environ, GLIBC_TUNABLES=tunables, **{_REEXEC_ENV: "1"})
+  sys.stdout.flush()
+  sys.stderr.flush()
+  try:
+    os.execve(sys.executable, list(sys.orig_argv), env)
+  except OSError:  # e.g. an embedded interpreter: run on without
+    return
+
+
+def keep_freed_memory() -> bool:
+  """Opt-in alternative to huge pages: glibc keeps freed memory in its heap and reuses it (no mmap, one arena,
+  no trimming), so a step's temporary buffer is page-faulted only while the heap grows. Fastest (no kernel
+  time at all in steady state) but not the default: aligned blocks fragment the heap, so the process keeps
+  one to several temporary buffers' worth of extra RSS (DeiT-S train step: +1.5 GiB; a synthetic loop grew
+  to 10x its buffer). Must run before the process starts threads. Returns whether it was applied.
+  """
+  if not sys.platform.startswith("linux"):
+    return False
+  try:
+    libc = ctypes.CDLL("libc.so.6")
+  except OSError:
+    return False
+  if not hasattr(libc, "mallopt"):
+    return False
+  ok = libc.mallopt(_M_ARENA_MAX, 1) and libc.mallopt(_M_MMAP_MAX, 0)
+  return bool(ok and libc.mallopt(_M_TRIM_THRESHOLD, -1))  # -1: never trim (mallopt(3))
+
+
+def _merge_xla_flags(current: str, defaults: Mapping[str, str]) -> str:
+  given = {f.split("=", 1)[0].lstrip("-") for f in current.split()}
+  extra = [f"--{k}={v}" for k, v in defaults.items() if k not in given]
+  return " ".join([current.strip(), *extra]).strip()
+
+
+def configure_cpu(xla_flags: Mapping[str, str] | None = None, huge_pages: bool = True) -> dict:
+  """Set the project's XLA:CPU defaults (`CPU_XLA_FLAGS`, or `xla_flags`) and the allocator policy.
+
+  Call once, first thing in a program's `__main__`, before jax initialises a backend (flags are read
+  then). With `huge_pages` the program may be re-run once with glibc's huge-page tunable
+  (`exec_with_huge_pages`); pass False where re-running is not wanted (a library or test importing this).
+  Later calls change nothing and return the first call's result. Flags already in $XLA_FLAGS are kept.
+  Returns what was configured: `xla_flags` (the resulting $XLA_FLAGS) and `allocator` (a description).
+  """
+  from jax._src import xla_bridge
+
+  global _CONFIGURED
+  if _CONFIGURED is not None:  # the first call decides (e.g. a script that asked for XLA's own defaults)
+    return _CONFIGURED
+  if xla_bridge.backends_are_initialized():
+    return dict(xla_flags=os.environ.get("XLA_FLAGS", ""), allocator=allocator_policy(), late=True)
+  if huge_pages:
+    exec_with_huge_pages()
+  flags = _merge_xla_flags(os.environ.get("XLA_FLAGS", ""), CPU_XLA_FLAGS if xla_flags is None else xla_flags)
+  os.environ["XLA_FLAGS"] = flags
+  _CONFIGURED = dict(xla_flags=flags, allocator=allocator_policy(), late=False)
+  return _CONFIGURED
+
+
+def allocator_policy() -> str:
+  """A one-line description of how this process's malloc serves large blocks (printed by the benchmarks)."""
+  if huge_pages_active():
+    return f"transparent huge pages (GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')}; THP {_thp_mode()})"
+  return f"glibc default (4 KiB pages; THP {_thp_mode() or 'unknown'})"
+
+
+_CONFIGURED: dict | None = None
+
+
+def compile_options(opt_level: int = -1) -> dict | None:
+  """Per-program XLA options of a train/eval step: `opt_level` >= 0 sets XLA's backend optimisation level
+  (1 compiles a CPU step ~3x faster, for short runs), -1 keeps XLA's default (None: no options)."""
+  return {"xla_backend_optimization_level": opt_level} if opt_level >= 0 else None
 
 
 def run_once(fn, *args, **jit_kwargs):
@@ -8,7 +149,7 @@ def run_once(fn, *args, **jit_kwargs):
 
   On CPU, XLA's backend optimisations cost ~5x more compile time than they save on a single run.
   """
-  options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+  options = compile_options(0) if jax.default_backend() == "cpu" else None
   return jax.jit(fn, **jit_kwargs).lower(*args).compile(compiler_options=options)(*args)
 
 

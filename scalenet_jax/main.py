@@ -78,6 +78,9 @@ def _parse_flags(argv):
 
 
 def cli():
+  from scalenet_jax import jax_utils
+
+  jax_utils.configure_cpu()  # before jax starts: XLA:CPU flags, allocator (docs/performance.md)
   app.run(main, flags_parser=_parse_flags)
 
 

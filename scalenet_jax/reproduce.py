@@ -18,7 +18,7 @@ import statistics
 
 from absl import app, flags, logging
 
-from scalenet_jax import config_lib, demo, summary
+from scalenet_jax import config_lib, demo, jax_utils, summary
 
 FLAGS = flags.FLAGS
 
@@ -235,5 +235,6 @@ def define_flags():
 
 
 if __name__ == "__main__":
+  jax_utils.configure_cpu()  # before jax starts: XLA:CPU flags, allocator (docs/performance.md)
   define_flags()
   app.run(main)

@@ -148,7 +148,7 @@ def test_block_outputs_follow_layout(three_segments, batch):
         cfg.embed_dim, cfg.num_heads, 4 * cfg.embed_dim, layout.adjust[l], model.rank, norm_eps=cfg.norm_eps
     )
     own = jax.tree.map(lambda a: a[pos], stack[f"seg{seg}"])
-    x, _ = block.apply({"params": own}, x, (core, 0.0, 0), stack["core"])
+    x, _ = block.apply({"params": own}, x, (core, None, 0.0, 0), (stack["core"],))
     np.testing.assert_allclose(outs[l], x, rtol=1e-4, atol=1e-4, err_msg=f"block {l}")
   # The sown output of the last block is what the final LayerNorm + head see.
   norm = jax.vmap(lambda t: jax.nn.standardize(t, epsilon=1e-6))(outs[-1][:, 0])

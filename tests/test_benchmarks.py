@@ -16,6 +16,8 @@ import sys
 
 import pytest
 
+from scalenet_jax import jax_utils
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "benchmarks")
 MICRO = "vit_micro_patch4_28"
@@ -33,9 +35,11 @@ ARGS = {
         "--loader-threads",
         "1",
     ],
-    "vs_timm": ["--models", MICRO],
+    "vs_timm": ["--models", MICRO, "--no-torch-compile", "--peak-n", "128"],
     "scalenet_step": ["--model", MICRO],
+    "compile_depth": ["--depths", "2,4", "--unroll-depths", "2", "--repeats", "1"],
 }
+NO_TINY = {"compile_depth"}  # not a timed train step: no --batch/--steps/--warmup
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +57,8 @@ def run(tmp_path_factory):
   @functools.lru_cache(maxsize=None)
   def go(name):
     out = tmp / f"{name}.json"
-    cmd = [sys.executable, os.path.join(BENCH, f"{name}.py"), *ARGS[name], *TINY, "--json", str(out)]
+    tiny = [] if name in NO_TINY else TINY
+    cmd = [sys.executable, os.path.join(BENCH, f"{name}.py"), *ARGS[name], *tiny, "--json", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert r.returncode == 0, f"{name} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     with open(out) as f:
@@ -76,11 +81,16 @@ def test_train_step_reports_mfu_with_stated_convention(run):
   assert d["model"] == MICRO and d["batch"] == 2 and d["img_size"] == 28
   assert d["images_per_s"] > 0 and d["peak_jax_flops"] > 0 and d["peak_numpy_flops"] > 0
   assert d["images_per_s"] == pytest.approx(d["batch"] / d["step_s"])
-  # 3 x forward MACs x 2 FLOP/MAC per image, over the measured jnp.dot peak.
+  # 3 x forward MACs x 2 FLOP/MAC per image, over the best matmul rate measured in the run.
   assert d["model_flops_per_s"] == pytest.approx(6 * d["fwd_macs"] * d["images_per_s"])
-  assert d["mfu"] == pytest.approx(d["model_flops_per_s"] / d["peak_jax_flops"])
+  assert d["peak_best_flops"] == max(v for k, v in d["peaks"].items() if k != "best") == d["peaks"]["best"]
+  assert d["mfu"] == pytest.approx(d["model_flops_per_s"] / d["peak_best_flops"])
   assert d["loader_slowdown_pct"] == pytest.approx(100 * (d["loader_step_s"] / d["resident_step_s"] - 1))
-  assert d["machine"]["cores"] >= 1 and len(d["machine"]["loadavg"].split()) == 3
+  m = d["machine"]
+  assert m["cores"] >= 1 and len(m["loadavg"].split()) == 3 and m["cpu"]
+  assert m["jax"] and m["jaxlib"] and m["flax"] and "xla_flags" in m and m["allocator"]
+  if jax_utils._thp_mode() in ("madvise", "always"):  # the script re-ran itself with the huge-page tunable
+    assert m["allocator"].startswith("transparent huge pages"), m["allocator"]
 
 
 @pytest.mark.skipif(not _has_torch_timm(), reason="needs torch and timm")
@@ -89,6 +99,8 @@ def test_vs_timm_compares_the_same_model(run):
   assert r["model"] == MICRO and r["batch"] == 2
   assert r["jax_images_per_s"] > 0 and r["torch_images_per_s"] > 0
   assert r["ratio"] == pytest.approx(r["jax_images_per_s"] / r["torch_images_per_s"])
+  assert r["jax_mfu"] == pytest.approx(r["flops_per_image"] * r["jax_images_per_s"] / run("vs_timm")["peaks"]["best"])
+  assert r["torch_compile_s"] is None and "ratio_compile" not in r  # --no-torch-compile
 
 
 def test_scalenet_step_freezes_the_core_at_equal_depth(run):
@@ -104,6 +116,14 @@ def test_scalenet_step_freezes_the_core_at_equal_depth(run):
   assert s["memory"]["argument"] < f["memory"]["argument"]
 
 
+def test_compile_depth_reports_every_mode(run):
+  d = run("compile_depth")
+  modes = {(r["mode"], r["depth"]) for r in d["rows"]}
+  assert modes == {("scan", 2), ("scan", 4), ("unrolled", 2), ("default", 2), ("default", 4), ("scalenet2x", 24)}
+  assert all(r["total_s"] == pytest.approx(r["lower_s"] + r["compile_s"]) for r in d["rows"])
+  assert d["ratio_24_12"] == {}  # neither 12 nor 24 was compiled
+
+
 def test_run_all_renders_every_result(run):
   sys.path.insert(0, BENCH)
   try:
@@ -112,11 +132,30 @@ def test_run_all_renders_every_result(run):
     sys.path.remove(BENCH)
   assert {"train_step", "vs_timm", "scalenet_step"} <= set(run_all.discover())
   assert not {"common", "run_all"} & set(run_all.discover())
-  names = ["train_step", "scalenet_step"] + (["vs_timm"] if _has_torch_timm() else [])
+  names = ["train_step", "scalenet_step", "compile_depth"] + (["vs_timm"] if _has_torch_timm() else [])
   runs = [dict(name=n, cmd=f"{n}.py --quick", status="ok", runtime_s=1.0, output="printed", data=run(n)) for n in names]
   runs.append(dict(name="broken", cmd="broken.py", status="failed (exit 1)", runtime_s=0.5, output="Trace", data=None))
   md = run_all.render(runs, run("train_step")["machine"], quick=True)
   assert f"{100 * run('train_step')['mfu']:.1f}%" in md
   assert f"**{run('scalenet_step')['time_ratio']:.2f}**" in md
   assert "| broken | failed (exit 1) |" in md and "## broken" in md
+  assert "XLA_FLAGS:" in md and "allocator:" in md  # flags are part of every result
+  block = run_all.readme_block(runs, run("train_step")["machine"], quick=True)
+  assert block.startswith(run_all.README_BEGIN) and block.endswith(run_all.README_END)
+  assert f"**{run('scalenet_step')['time_ratio']:.2f}**" in block
   assert not math.isnan(run("train_step")["loader_slowdown_pct"])
+
+
+def test_update_readme_replaces_only_the_marked_block(tmp_path):
+  sys.path.insert(0, BENCH)
+  try:
+    import run_all
+  finally:
+    sys.path.remove(BENCH)
+  readme = tmp_path / "README.md"
+  readme.write_text(f"# Title\n\nbefore\n{run_all.README_BEGIN}\nold table\n{run_all.README_END}\nafter\n")
+  assert run_all.update_readme(f"{run_all.README_BEGIN}\nnew table\n{run_all.README_END}", str(readme))
+  assert readme.read_text() == f"# Title\n\nbefore\n{run_all.README_BEGIN}\nnew table\n{run_all.README_END}\nafter\n"
+  (tmp_path / "plain.md").write_text("no markers\n")
+  assert not run_all.update_readme("x", str(tmp_path / "plain.md"))
+  assert (tmp_path / "plain.md").read_text() == "no markers\n"

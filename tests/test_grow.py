@@ -351,7 +351,7 @@ def test_swin_shift_follows_position_in_scaled_stage():
   core = {k: v for k, v in stage["core"].items() if k != "rel_pos_bias_table"}
   core["rel_pos"] = stage["core"]["rel_pos_bias_table"]
   block = stack_lib.Block(32, 2, 128, "lora", rank=spec.rank, window=window)
-  run_block = jax.jit(lambda p, h, idx, shift: block.apply({"params": p}, h, (idx, 0.0, shift), core)[0])
+  run_block = jax.jit(lambda p, h, idx, shift: block.apply({"params": p}, h, (idx, None, 0.0, shift), (core,))[0])
 
   def run(shifts):
     h = x

@@ -1,7 +1,6 @@
 """Batched path evaluator (buckets × vmap, fused depthwise) == sequential reference; chunking;
 recalibration option."""
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

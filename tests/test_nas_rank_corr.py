@@ -1,6 +1,5 @@
 """Rank correlations between supernet and stand-alone accuracies."""
 
-import numpy as np
 import pytest
 
 from scalenet_jax.nas.rank_corr import path_rank_correlation, rank_correlations

@@ -17,7 +17,6 @@ reuse the programs the first run compiled.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 

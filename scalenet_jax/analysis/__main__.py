@@ -14,6 +14,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from scalenet_jax import jax_utils
 from scalenet_jax.analysis import report
 
 
@@ -111,4 +112,5 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
+  jax_utils.configure_cpu()  # before jax starts: XLA:CPU flags, allocator (docs/performance.md)
   main()

@@ -25,7 +25,8 @@ class StackedModel(nn.Module):
   """Base of the models in this package: one `BlockStack` per entry of `layouts`.
 
   `layouts` (one per stack, None = identity) make a model ScaleNet-expanded; `rank`/`adapter_act`
-  configure its adjustment modules; `unroll` unrolls the scans (cost analysis only).
+  configure its adjustment modules; `unroll` None unrolls short block stacks (`stack.unroll_segment`),
+  True every stack (cost analysis: XLA does not multiply loop bodies), False none.
   """
 
   layouts: Optional[tuple[Optional[StackLayout], ...]] = None
@@ -34,7 +35,7 @@ class StackedModel(nn.Module):
   adapter_act: str = "gelu"
   dtype: Dtype = jnp.float32
   remat: bool = False
-  unroll: bool = False
+  unroll: Optional[bool] = None
 
   family: ClassVar[str] = ""
 

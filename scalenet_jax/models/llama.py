@@ -278,9 +278,9 @@ class DecoderBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, step, shared):
-    idx, *cache = step
+    idx, own_core, *cache = step
     core_stack, ctx = shared
-    core = stack_lib.take_core(core_stack, idx)
+    core = stack_lib.block_core(idx, own_core, core_stack)
     eps = self.config.rms_norm_eps
     y, new_cache = self._attention(RMSNorm(eps, self.dtype, name="attn_norm")(x), core, ctx, cache or None)
     x = x + y
@@ -301,7 +301,7 @@ class DecoderStack(nn.Module):
   adapter_act: str = "gelu"
   dtype: stack_lib.Dtype = jnp.float32
   remat: bool = False
-  unroll: bool = False
+  unroll: Optional[bool] = None
 
   @nn.compact
   def __call__(self, x, ctx: _Context, cache=None):
@@ -311,8 +311,9 @@ class DecoderStack(nn.Module):
         DecoderBlock,
         self.layout,
         x,
+        core,
         per_block,
-        (core, ctx),
+        (ctx,),
         remat=self.remat,
         unroll=self.unroll,
         config=self.config,

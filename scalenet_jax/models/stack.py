@@ -18,6 +18,7 @@ A stack of L' transformer blocks is described by a `StackLayout`:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from typing import Any, Optional, Sequence
 
@@ -164,6 +165,9 @@ class Adjust(nn.Module):
   def __call__(self, x):
     if self.rank <= 0:
       raise ValueError(f"adjustment rank must be > 0, got {self.rank}")
+    # 2-D for the same reason as `linear`: on a (B, N, C) input XLA:CPU builds A's weight gradient from a
+    # transposed copy of x (for the fc2 adapter of DeiT-S, a (1536, B*N) copy per block: 20% of the step).
+    lead, x = x.shape[:-1], x.reshape(-1, x.shape[-1])
     if self.kind == "adapter":
       h = nn.Dense(self.rank, use_bias=False, dtype=self.dtype, name="A")(x)
       h = activation(self.act)(h)
@@ -173,15 +177,100 @@ class Adjust(nn.Module):
       )(x)
     else:
       raise ValueError(f"unknown adjustment {self.kind!r}")
-    return nn.Dense(self.d_out, use_bias=False, dtype=self.dtype, name="B", kernel_init=nn.initializers.zeros)(h)
+    y = nn.Dense(self.d_out, use_bias=False, dtype=self.dtype, name="B", kernel_init=nn.initializers.zeros)(h)
+    return y.reshape(*lead, self.d_out)
 
 
+@jax.custom_vjp
 def gelu(x):
   """Exact (erf) GELU in PyTorch's form, x/2 · (1 + erf(x/√2)).
 
   Not `nn.gelu(approximate=False)`: that goes through erfc, which XLA's CPU backend runs slowly; this
-  form made the micro ViT's MLP forward+backward ~1.9x faster on CPU (values agree to ~1e-6)."""
+  form made the micro ViT's MLP forward+backward ~1.9x faster on CPU (values agree to ~1e-6).
+  Custom VJP: the backward keeps only `x` and recomputes Φ(x) and φ(x); autodiff of the formula keeps
+  three (B, N, 4C) intermediates per block (x/2, exp(-x²/2) from erf's derivative, 1 + erf)."""
   return 0.5 * x * (1 + jax.lax.erf(x * np.asarray(1 / np.sqrt(2), x.dtype)))
+
+
+def _gelu_fwd(x):
+  return gelu(x), x
+
+
+def _gelu_bwd(x, g):
+  cdf = 0.5 * (1 + jax.lax.erf(x * np.asarray(1 / np.sqrt(2), x.dtype)))
+  pdf = jnp.exp(-0.5 * x * x) * np.asarray(1 / np.sqrt(2 * np.pi), x.dtype)
+  return (g * (cdf + x * pdf),)
+
+
+gelu.defvjp(_gelu_fwd, _gelu_bwd)
+
+
+@jax.custom_vjp
+def softmax(x):
+  """`jax.nn.softmax(x, axis=-1)` (same values); the backward keeps only the probabilities.
+
+  Autodiff of jax's formula keeps exp(x - max), the probabilities and 1/sum² (two (B, H, N, N)
+  arrays per block)."""
+  return jax.nn.softmax(x, axis=-1)
+
+
+def _softmax_fwd(x):
+  p = softmax(x)
+  return p, p
+
+
+def _softmax_bwd(p, g):
+  return (p * (g - jnp.sum(g * p, axis=-1, keepdims=True)),)
+
+
+softmax.defvjp(_softmax_fwd, _softmax_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _layer_norm(x, scale, bias, epsilon):
+  """flax's `nn.LayerNorm` forward over the last axis, op for op (fast variance, float32 statistics)."""
+  xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  mean, mean2 = xf.mean(-1, keepdims=True), jax.lax.square(xf).mean(-1, keepdims=True)
+  var = jnp.maximum(0.0, mean2 - jax.lax.square(mean))
+  return (x - mean) * (jax.lax.rsqrt(var + epsilon) * scale) + bias
+
+
+def _layer_norm_fwd(x, scale, bias, epsilon):
+  xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  mean, mean2 = xf.mean(-1, keepdims=True), jax.lax.square(xf).mean(-1, keepdims=True)
+  var = jnp.maximum(0.0, mean2 - jax.lax.square(mean))
+  rstd = jax.lax.rsqrt(var + epsilon)
+  y = (x - mean) * (rstd * scale) + bias
+  return y, ((xf - mean) * rstd, rstd, scale, jnp.zeros((), x.dtype))  # the scalar carries x's dtype
+
+
+def _layer_norm_bwd(epsilon, res, g):
+  del epsilon
+  xhat, rstd, scale, x_like = res
+  g = g.astype(xhat.dtype)
+  dxhat = g * scale
+  dx = rstd * (dxhat - dxhat.mean(-1, keepdims=True) - xhat * (dxhat * xhat).mean(-1, keepdims=True))
+  lead = tuple(range(g.ndim - 1))
+  return dx.astype(x_like.dtype), jnp.sum(g * xhat, lead).astype(scale.dtype), jnp.sum(g, lead).astype(scale.dtype)
+
+
+_layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+class LayerNorm(nn.Module):
+  """`nn.LayerNorm` over the last axis: same params ('scale' ones, 'bias' zeros, float32), same forward
+  values; the backward keeps x̂ and 1/σ only (autodiff of flax's keeps x², x - mean and the output: three
+  (B, N, C) arrays per norm)."""
+
+  epsilon: float = 1e-6
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+    return _layer_norm(x, scale, bias, self.epsilon).astype(self.dtype)
 
 
 def activation(name: str):
@@ -192,13 +281,21 @@ def activation(name: str):
 
 
 def linear(x, w, dtype):
-  y = jnp.dot(x.astype(dtype), w["kernel"].astype(dtype))
-  return y if w["bias"] is None else y + w["bias"].astype(dtype)
+  """`x @ kernel + bias` over the last axis, computed as one 2-D matmul.
+
+  Why 2-D: for a (B, N, C) input, XLA's CPU backend builds the weight gradient (a contraction over both B
+  and N) from an explicit transposed copy of the output gradient; flattened to (B*N, C) it contracts the
+  rows in place (DeiT-S: one fewer 3152 x 1536 copy per linear and step). Same products, same values."""
+  lead = x.shape[:-1]
+  y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(dtype), w["kernel"].astype(dtype))
+  if w["bias"] is not None:
+    y = y + w["bias"].astype(dtype)
+  return y.reshape(*lead, y.shape[-1])
 
 
 def drop_path(x, rate, rng, train: bool):
-  """Stochastic depth with a traced per-block rate (so it can be scanned)."""
-  if not train:
+  """Stochastic depth with a traced per-block rate (so it can be scanned); `rng` None = no drop path."""
+  if not train or rng is None:
     return x
   keep = 1.0 - rate
   mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
@@ -260,17 +357,27 @@ def window_reverse(x, w, b, h, wd):
 
 
 def multihead_attention(x, core, num_heads, dtype, bias=None, adjust=None):
-  """x: (B, N, C). `bias` is added to the logits, broadcast as (B?, heads, N, N)."""
+  """x: (B, N, C). `bias` is added to the logits: (1 | W, heads, N, N), W = windows per image (the B
+  windows are image-major, so the logits are viewed as (B / W, W, heads, N, N) rather than tiling `bias`).
+
+  Layout (why): q, k, v are split from the fused qkv with `jnp.split`, whose transpose is one concatenate
+  (indexing a (B, N, 3, H, D) view transposes to three zero-padded full-size buffers that are then summed),
+  and are moved once to head-major (B, H, N, D), so both attention products are plain batched matmuls."""
   b, n, c = x.shape
+  d = c // num_heads
   qkv = linear(x, core["qkv"], dtype)
   if adjust is not None:
     qkv = qkv + adjust("qkv", x, 3 * c)
-  q, k, v = jnp.moveaxis(qkv.reshape(b, n, 3, num_heads, c // num_heads), 2, 0)
-  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (c // num_heads) ** -0.5
+  q, k, v = (t.reshape(b, n, num_heads, d).transpose(0, 2, 1, 3) for t in jnp.split(qkv, 3, axis=-1))
+  logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) * d**-0.5
   if bias is not None:
-    logits = logits + bias
-  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
-  out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, n, c)
+    if bias.shape[0] > 1:
+      w = bias.shape[0]
+      logits = (logits.reshape(b // w, w, *logits.shape[1:]) + bias).reshape(logits.shape)
+    else:
+      logits = logits + bias
+  probs = softmax(logits.astype(jnp.float32)).astype(dtype)
+  out = jnp.einsum("bhqk,bhkd->bhqd", probs, v).transpose(0, 2, 1, 3).reshape(b, n, c)
   y = linear(out, core["proj"], dtype)
   if adjust is not None:
     y = y + adjust("proj", out, c)
@@ -294,9 +401,7 @@ def window_attention(x, core, num_heads, spec: WindowSpec, shifted, dtype, adjus
   bias = jnp.transpose(bias, (2, 0, 1))[None]  # (1, heads, area, area)
   if s:
     mask = jnp.asarray(spec.shift_mask()) * shifted  # (nW, area, area)
-    nw = mask.shape[0]
-    bias = (bias + mask[:, None]).astype(jnp.float32)  # (nW, heads, area, area)
-    bias = jnp.tile(bias, (b, 1, 1, 1))  # windows are ordered batch-major
+    bias = (bias + mask[:, None]).astype(jnp.float32)  # (nW, heads, area, area), broadcast over images
   out = multihead_attention(windows, core, num_heads, dtype, bias=bias, adjust=adjust)
   grid = window_reverse(out, spec.window, b, h, w)
   if s:
@@ -317,38 +422,77 @@ class Block(nn.Module):
   window: Optional[WindowSpec] = None
   dtype: Dtype = jnp.float32
   train: bool = False
+  drop_path: bool = True  # False: every rate of the segment is 0, so no masks are drawn (same values)
+
+  def _mlp_out(self, h, fc2):
+    """fc2(gelu(h)) plus the fc2 adjustment, if any."""
+    h = gelu(h)
+    out = linear(h, fc2, self.dtype)
+    if self.adjust != "none":
+      out = out + self._adjust("fc2", h, self.dim)
+    return out
 
   def _adjust(self, name, x, d_out):
     return Adjust(self.adjust, d_out, self.rank, self.adapter_act, self.dtype, name=f"{self.adjust}_{name}")(x)
 
   @nn.compact
-  def __call__(self, x, step_inputs, core_stack):
-    idx, dpr, shifted = step_inputs
-    core = take_core(core_stack, idx)
+  def __call__(self, x, step_inputs, shared):
+    idx, own_core, dpr, shifted = step_inputs
+    core = block_core(idx, own_core, shared[0])
     # Adapters sit on fc1/fc2 only; LoRA (ablation) on all four linears.
     attn_adjust = self._adjust if self.adjust == "lora" else None
     mlp_adjust = self._adjust if self.adjust != "none" else None
-    rngs = jax.random.split(self.make_rng("dropout"), 2) if self.train else (None, None)
+    active = self.train and self.drop_path
+    rngs = jax.random.split(self.make_rng("dropout"), 2) if active else (None, None)
 
-    y = nn.LayerNorm(self.norm_eps, dtype=self.dtype, name="norm1")(x)
+    y = LayerNorm(self.norm_eps, dtype=self.dtype, name="norm1")(x)
     if self.window is None:
       y = multihead_attention(y, core, self.num_heads, self.dtype, adjust=attn_adjust)
     else:
       y = window_attention(y, core, self.num_heads, self.window, shifted, self.dtype, adjust=attn_adjust)
     x = x + drop_path(y, dpr, rngs[0], self.train)
 
-    y = nn.LayerNorm(self.norm_eps, dtype=self.dtype, name="norm2")(x)
+    y = LayerNorm(self.norm_eps, dtype=self.dtype, name="norm2")(x)
     h = linear(y, core["fc1"], self.dtype)
     if mlp_adjust is not None:
       h = h + mlp_adjust("fc1", y, self.hidden)
-    h = gelu(h)
-    out = linear(h, core["fc2"], self.dtype)
-    if mlp_adjust is not None:
-      out = out + mlp_adjust("fc2", h, self.dim)
+    # Rematerialised: the backward recomputes gelu(h) (elementwise) rather than keeping the (B, N, 4C)
+    # activation that fc2's weight gradient and the fc2 adapter need; only `h` is kept.
+    out = nn.remat(Block._mlp_out)(self, h, core["fc2"])
     x = x + drop_path(out, dpr, rngs[1], self.train)
     # For analysis (apply(..., mutable=['intermediates'])); a no-op unless that collection is mutable.
     self.sow("intermediates", "block_out", x)
     return x, None
+
+
+# Segments of at most this many blocks are unrolled by default. A scanned segment stacks every residual the
+# backward needs into (length, ...) loop buffers: zero-filled, written by dynamic-update-slice and copied out
+# again by dynamic-slice, which cost DeiT-S ~12% and the micro ViT ~30% of a CPU train step. Unrolled,
+# compile time grows with depth (~2x at 12 blocks), so deeper segments (ScaleNet-expanded stacks, 24-layer
+# baselines) stay scanned and compile in about constant time.
+UNROLL_MAX_BLOCKS = 12
+
+
+def unroll_segment(length: int, unroll: Optional[bool] = None) -> bool:
+  """Whether a segment of `length` blocks is unrolled (`unroll` None = the `UNROLL_MAX_BLOCKS` rule)."""
+  return length <= UNROLL_MAX_BLOCKS if unroll is None else bool(unroll)
+
+
+def segment_core(core, seg_mapping: np.ndarray, unroll: bool):
+  """(per-block core weights scanned as xs, or None; the broadcast core stack, or None) of one segment.
+
+  Why not always gather `core[idx]` inside the scan body: unrolled, the transpose of each block's gather
+  is a zero-padded full-size copy of the whole core stack, summed over blocks (O(depth^2) memory traffic;
+  DeiT-S: ~1 GB per step). Scanned as xs instead, the per-block weight gradients are concatenated and
+  reach the core through one slice (contiguous mapping) or one scatter-add (`jnp.take`). A rolled scan
+  with a non-contiguous mapping (ScaleNet's shared layers) keeps the in-loop gather: its gradient
+  accumulates in place in the loop carry, and no (depth, ...) copy of the weights is materialised."""
+  lo, n = int(seg_mapping[0]), len(seg_mapping)
+  if np.array_equal(seg_mapping, np.arange(lo, lo + n)):
+    return jax.tree.map(lambda a: a[lo : lo + n], core), None
+  if unroll:
+    return jax.tree.map(lambda a: jnp.take(a, seg_mapping, axis=0), core), None
+  return None, core
 
 
 class BlockStack(nn.Module):
@@ -366,7 +510,8 @@ class BlockStack(nn.Module):
   qkv_bias: bool = True
   dtype: Dtype = jnp.float32
   remat: bool = False
-  unroll: bool = False  # unrolled scan: only for cost analysis (XLA does not multiply loop bodies)
+  # None: `unroll_segment` decides per segment; True / False: unroll / scan every segment.
+  unroll: Optional[bool] = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -383,8 +528,8 @@ class BlockStack(nn.Module):
         Block,
         layout,
         x,
-        (dpr, shifted),
         core,
+        (dpr, shifted),
         remat=self.remat,
         unroll=self.unroll,
         dim=self.dim,
@@ -396,6 +541,8 @@ class BlockStack(nn.Module):
         window=self.window,
         dtype=self.dtype,
         train=train,
+        # One flag per stack: a segment whose rates are all 0 draws masks that keep everything (same values).
+        drop_path=bool(np.any(dpr > 0)),
     )
     return x
 
@@ -409,20 +556,28 @@ def take_core(core_stack, idx):
   return jax.tree.map(lambda a: jnp.asarray(a)[idx], core_stack)
 
 
-def scan_blocks(block, layout: StackLayout, x, per_block=(), shared=None, *, remat=False, unroll=False, **fields):
+def block_core(idx, own_core, core_stack):
+  """A block's core weights: its own scanned slice when `segment_core` gave one, else gathered."""
+  return own_core if own_core is not None else take_core(core_stack, idx)
+
+
+def scan_blocks(block, layout: StackLayout, x, core, per_block=(), shared=(), *, remat=False, unroll=None, **fields):
   """Runs the `layout.depth` blocks of one stack; call it inside the stack module's compact method.
 
   Each segment of `layout` is one `nn.scan` named `seg{i}` whose params (and sown intermediates)
   are stacked along a leading block axis. Block `l` is `block(adjust=kind, **fields)` called as
-  `(x, (mapping[l], *[a[l] for a in per_block]), shared) -> (x, y)`: `per_block` arrays have a
-  leading axis of `layout.depth`, `shared` (the core stack and anything else) is broadcast.
+  `(x, (mapping[l], own_core, *[a[l] for a in per_block]), (core_or_None, *shared)) -> (x, y)`;
+  it takes its weights with `block_core(mapping[l], own_core, core_or_None)` (`segment_core` decides
+  which of the two is set). `per_block` arrays have a leading axis of `layout.depth`; `shared` is
+  broadcast. `unroll`: None = `unroll_segment`'s rule per segment, True / False = every segment.
   Returns the final `x` and the blocks' `y` stacked over all blocks (None when blocks return None).
-  `unroll` unrolls the scans (cost analysis only: XLA does not multiply loop bodies).
   """
-  steps = (np.asarray(layout.mapping, np.int32),) + tuple(per_block)
+  mapping = np.asarray(layout.mapping, np.int32)
   cls = nn.remat(block) if remat else block
   ys = []
   for i, (start, stop, kind) in enumerate(layout.segments()):
+    seg_unroll = unroll_segment(stop - start, unroll)
+    own_core, broadcast_core = segment_core(core, mapping[start:stop], seg_unroll)
     # 'intermediates': 0 stacks the sown block outputs of a segment along a leading layer axis.
     scanned = nn.scan(
         cls,
@@ -430,9 +585,9 @@ def scan_blocks(block, layout: StackLayout, x, per_block=(), shared=None, *, rem
         split_rngs={"params": True, "dropout": True},
         in_axes=(0, nn.broadcast),
         length=stop - start,
-        unroll=(stop - start) if unroll else 1,
+        unroll=(stop - start) if seg_unroll else 1,
     )
-    seg_steps = jax.tree.map(lambda a: a[start:stop], steps)
-    x, y = scanned(adjust=kind, name=f"seg{i}", **fields)(x, seg_steps, shared)
+    steps = (mapping[start:stop], own_core) + tuple(a[start:stop] for a in per_block)
+    x, y = scanned(adjust=kind, name=f"seg{i}", **fields)(x, steps, (broadcast_core,) + tuple(shared))
     ys.append(y)
   return x, jax.tree.map(lambda *a: jnp.concatenate(a), *ys)

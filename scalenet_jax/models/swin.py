@@ -47,7 +47,11 @@ class PatchMerging(nn.Module):
     b, h, w, c = x.shape
     x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 4, 2, 5).reshape(b, h // 2, w // 2, 4 * c)
     x = nn.LayerNorm(self.norm_eps, dtype=self.dtype, name="norm")(x)
-    return nn.Dense(2 * c, use_bias=False, dtype=self.dtype, name="reduction", kernel_init=stack_lib.trunc_normal())(x)
+    # Flattened to 2-D: XLA:CPU builds a (4C, tokens) transposed copy for the weight gradient otherwise.
+    y = nn.Dense(2 * c, use_bias=False, dtype=self.dtype, name="reduction", kernel_init=stack_lib.trunc_normal())(
+        x.reshape(-1, 4 * c)
+    )
+    return y.reshape(b, h // 2, w // 2, 2 * c)
 
 
 class Swin(common.StackedModel):

@@ -32,7 +32,6 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
 
 from scalenet_jax import paths
 from scalenet_jax.errors import CheckpointError, MissingInputError

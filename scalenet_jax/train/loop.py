@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Optional
 import jax
 import jax.numpy as jnp
 
-from scalenet_jax import paths
+from scalenet_jax import jax_utils, paths
 from scalenet_jax.errors import ConfigError, TrainingDiverged
 from scalenet_jax.jax_utils import print0
 from scalenet_jax.train import checkpoint as ckpt_lib
@@ -74,11 +74,6 @@ def optimizer_config(config) -> dict:
   if c["total_steps"] is None:
     c["total_steps"] = max(config.steps // config.optim.grad_accum_steps, config.optim.warmup_steps + 1)
   return c
-
-
-def compiler_options(config) -> Optional[dict]:
-  """XLA options of the train/eval steps (`config.xla_opt_level`; -1 = XLA's defaults)."""
-  return {"xla_backend_optimization_level": config.xla_opt_level} if config.xla_opt_level >= 0 else None
 
 
 class Loop:
@@ -144,7 +139,7 @@ class Loop:
           self.shardings,
           compute_dtype=self.task.compute_dtype,
           use_ema=self.task.use_ema,
-          compiler_options=compiler_options(self.config),
+          compiler_options=jax_utils.compile_options(self.config.xla_opt_level),
       )
     return self._eval_step
 
@@ -182,7 +177,7 @@ class Loop:
         ema_decay=c.ema_decay if t.use_ema else None,
         batch_transform=t.batch_transform,
         compute_dtype=t.compute_dtype,
-        compiler_options=compiler_options(c),
+        compiler_options=jax_utils.compile_options(c.xla_opt_level),
     )
 
   def save(self, step: int) -> None:

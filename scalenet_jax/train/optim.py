@@ -3,8 +3,8 @@
 Freezing is optimizer configuration, not model code: a list of param-path regexes names the trainable
 parameters; everything else is routed to `optax.set_to_zero()` inside `optax.multi_transform`, so frozen
 parameters receive a zero update *and hold no optimizer state* (no Adam moments, no momentum, no
-accumulation buffer). The train step additionally stops their gradients (see `step.py`), so XLA never
-computes weight gradients for them.
+accumulation buffer). The train step differentiates only the trainable parameters (frozen ones are
+constants of its loss; `step._Partition`), so XLA never computes weight gradients for them.
 
 Param paths are the flax dict keys joined by '/', e.g. 'blocks/mlp/fc1/kernel'. Patterns are matched with
 `re.search`, so anchor them when needed: r'(^|/)bias$', r'^head/'.

@@ -19,6 +19,7 @@ run reproduces the same randomness and the result does not depend on the number 
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Callable, Sequence
 
 import flax
@@ -163,6 +164,81 @@ def _select(trainable, a, b):
   return jnp.where(t.reshape(t.shape + (1,) * (a.ndim - t.ndim)), a, b)
 
 
+def _row_runs(rows) -> list[tuple[int, int, bool]]:
+  """Maximal runs (start, stop, trainable) of a leading-axis row mask."""
+  out, start = [], 0
+  for value, group in itertools.groupby(np.asarray(rows, bool).tolist()):
+    n = len(list(group))
+    out.append((start, start + n, value))
+    start += n
+  return out
+
+
+class _Partition:
+  """Trainable / frozen split of a param tree by a `trainable_mask` (static: built once per step function).
+
+  Only the trainable part is differentiated; frozen leaves (and the frozen rows of a row-masked stacked
+  leaf) enter the loss as constants, so the backward pass builds no weight gradient for them at all —
+  inside scanned or unrolled block stacks too — and no zero gradient is materialised for them (a
+  `stop_gradient` mask still leaves a full-size zero cotangent per frozen leaf). A row-masked leaf is
+  rebuilt by concatenating its trainable and frozen row runs, so the gradient reaches only the trainable
+  runs (XLA can drop the frozen rows' weight gradients where the stack is unrolled; in a rolled scan
+  they are computed and discarded, as before).
+  """
+
+  def __init__(self, params, trainable_mask):
+    self.treedef = jax.tree_util.tree_structure(params)
+    mask = [True] * self.treedef.num_leaves if trainable_mask is None else jax.tree_util.tree_leaves(trainable_mask)
+    if len(mask) != self.treedef.num_leaves:
+      raise ValueError(f"trainable_mask has {len(mask)} leaves but params have {self.treedef.num_leaves}")
+    # Per leaf: True (trainable), False (frozen), or the row runs of a row-masked stacked leaf.
+    self.kinds = []
+    for t in mask:
+      if isinstance(t, (bool, np.bool_)):
+        self.kinds.append(bool(t))
+      else:
+        runs = _row_runs(t)
+        self.kinds.append(runs if len(runs) > 1 else runs[0][2])
+
+  def split(self, params):
+    """(trainable parts, frozen parts): lists with one entry per leaf (None where the leaf has none)."""
+    trainable, frozen = [], []
+    for p, kind in zip(self.treedef.flatten_up_to(params), self.kinds):
+      if isinstance(kind, bool):
+        trainable.append(p if kind else None)
+        frozen.append(None if kind else p)
+      else:
+        trainable.append(jnp.concatenate([p[a:b] for a, b, t in kind if t]))
+        frozen.append([p[a:b] for a, b, t in kind if not t])
+    return trainable, frozen
+
+  def _leaf(self, kind, t, f):
+    if isinstance(kind, bool):
+      return t if kind else f
+    pieces, used, frozen = [], 0, iter(f)
+    for a, b, trainable in kind:
+      if trainable:
+        pieces.append(t[used : used + b - a])
+        used += b - a
+      else:
+        pieces.append(next(frozen))
+    return jnp.concatenate(pieces)
+
+  def merge(self, trainable, frozen):
+    """The full param tree from `split`'s parts."""
+    return self.treedef.unflatten([self._leaf(k, t, f) for k, t, f in zip(self.kinds, trainable, frozen)])
+
+  def full_grads(self, grads, params):
+    """Gradients shaped like the params: zeros for frozen leaves / rows (the optimizer ignores them)."""
+    out = []
+    for kind, g, p in zip(self.kinds, grads, self.treedef.flatten_up_to(params)):
+      if isinstance(kind, bool):
+        out.append(g if kind else jnp.zeros_like(p))
+      else:
+        out.append(self._leaf(kind, g, [jnp.zeros_like(p[a:b]) for a, b, t in kind if not t]))
+    return self.treedef.unflatten(out)
+
+
 def make_train_step(
     apply_fn: Callable,
     tx: optax.GradientTransformation,
@@ -182,8 +258,9 @@ def make_train_step(
   """Jitted `step(state, batch) -> (state, metrics)`; `state` is donated.
 
   trainable_mask: bool pytree like params (`optim.trainable_mask`); a leaf may also be a bool array over
-    its leading (stacked) axis to train only some rows. Frozen leaves/rows get stop_gradient (no
-    weight-gradient compute) and are passed through untouched (bit-identical). None = all trainable.
+    its leading (stacked) axis to train only some rows. Only trainable leaves/rows are differentiated
+    (frozen ones are constants of the loss: no weight-gradient compute, see `_Partition`), and frozen
+    ones are passed through untouched (bit-identical). None = all trainable.
   lr_fn: learning rate as a function of `state.step` for the metrics (`optim.make_train_lr_fn(config)`).
   grad_accum_steps: must equal the optimizer's; EMA is updated only on steps that update the params.
   ema_decay: requires a state created with `use_ema=True`.
@@ -202,14 +279,17 @@ def make_train_step(
       batch = batch_transform(rng_batch, batch)
     rngs = dict(zip(rng_names, jax.random.split(rng_model, len(rng_names))))
     is_trainable = jax.tree_util.tree_map(lambda _: True, state.params) if trainable_mask is None else trainable_mask
+    part = _Partition(state.params, trainable_mask)
+    trainable, frozen = part.split(state.params)
 
-    def loss_fn(params):
-      params = jax.tree_util.tree_map(lambda p, t: _select(t, p, jax.lax.stop_gradient(p)), params, is_trainable)
+    def loss_fn(trainable):
+      params = part.merge(trainable, frozen)
       logits, new_ms = _forward(apply_fn, params, state.model_state, batch, True, rngs, compute_dtype)
       return cross_entropy(logits, batch["labels"], label_smoothing).mean(), (logits, new_ms)
 
-    (loss, (logits, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grad_norm = optax.tree.norm(grads)  # frozen grads are exact zeros
+    (loss, (logits, new_model_state)), trainable_grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+    grad_norm = optax.tree.norm(trainable_grads)  # frozen leaves / rows contribute exact zeros
+    grads = part.full_grads(trainable_grads, state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = jax.tree_util.tree_map(
         lambda p, u, t: _select(t, p + u.astype(p.dtype), p), state.params, updates, is_trainable

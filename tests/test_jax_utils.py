@@ -1,0 +1,66 @@
+"""The CPU runtime configuration (`jax_utils.configure_cpu`): flag merging, one-time effect, the allocator."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from scalenet_jax import jax_utils
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A program whose temporary buffer (~275 MiB) is far above glibc's largest mmap threshold (32 MiB): with
+# 4 KiB pages every call maps and page-faults it afresh (~70k faults).
+_FAULTS = r"""
+import json, os, resource, sys
+from scalenet_jax import jax_utils
+info = jax_utils.configure_cpu(huge_pages=sys.argv[1] == "1")
+import jax, jax.numpy as jnp
+x = jnp.ones((6000, 6000))
+f = jax.jit(lambda x: x * 0.5 + jnp.tanh(x[::-1] * x.T).sum(0), donate_argnums=0)
+for _ in range(3):  # compile and warm up
+  x = f(x).block_until_ready()
+start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(4):
+  x = f(x).block_until_ready()
+faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / 4
+print(json.dumps(dict(info=info, faults_per_call=faults, tunables=os.environ.get("GLIBC_TUNABLES", ""))))
+"""
+
+
+def test_merge_keeps_given_flags_and_adds_the_missing_defaults():
+  merged = jax_utils._merge_xla_flags("--xla_a=1 --xla_b=2", {"xla_b": "9", "xla_c": "3"})
+  assert merged.split() == ["--xla_a=1", "--xla_b=2", "--xla_c=3"]
+  assert jax_utils._merge_xla_flags("", {}) == ""
+
+
+def test_configure_cpu_after_jax_started_changes_nothing():
+  import jax
+
+  jax.devices()  # the backend is up in this test process
+  before = os.environ.get("XLA_FLAGS")
+  out = jax_utils.configure_cpu(xla_flags={"xla_cpu_enable_fast_math": "false"}, huge_pages=False)
+  assert os.environ.get("XLA_FLAGS") == before
+  assert out.get("late") or out == jax_utils.configure_cpu()  # late, or an earlier call already decided
+
+
+@pytest.mark.skipif(jax_utils._thp_mode() != "madvise", reason="the re-run only applies to THP mode 'madvise'")
+def test_huge_pages_rerun_cuts_per_call_page_faults():
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  for key in ("XLA_FLAGS", "GLIBC_TUNABLES", "SCALENET_RUNTIME_REEXEC"):
+    env.pop(key, None)
+  out = {}
+  for huge in ("0", "1"):
+    r = subprocess.run(
+        [sys.executable, "-c", _FAULTS, huge], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    out[huge] = json.loads(r.stdout.strip().splitlines()[-1])
+  assert jax_utils.HUGE_PAGES_TUNABLE in out["1"]["tunables"] and not out["0"]["tunables"]  # it re-ran itself
+  assert out["1"]["info"]["allocator"].startswith("transparent huge pages"), out
+  assert out["0"]["faults_per_call"] > 30_000, out  # 4 KiB pages: the whole buffer, every call
+  assert out["1"]["faults_per_call"] < 0.1 * out["0"]["faults_per_call"], out
