@@ -108,27 +108,29 @@ def make_task(config, workdir, mode: str):
   return task, init_eval_batches, info
 
 
-def _eval_at_init(config, loop, batches) -> dict:
-  """Accuracy of the starting params (e.g. an expanded model before fine-tuning, doc §6), computed once
+def eval_at_init(loop, batches, split: str) -> dict:
+  """Metrics of the starting params (e.g. an expanded model before fine-tuning, doc §6), computed once
   and kept in `<workdir>/init_eval.json` (a resumed run reads it back)."""
   path = loop.workdir / "init_eval.json"
   if not path.exists():
     if loop.start != 0:
       raise ConfigError(f"eval_at_init: {path} is missing but the run resumes at step {loop.start}")
     ev = loop.evaluate(batches())
-    ev["split"] = config.init_eval_split or config.data.eval_split
+    ev["split"] = split
     if jax.process_index() == 0:
       paths.write_json(path, ev, indent=None)
     return ev
   return paths.read_json(path)
 
 
-def run(config, workdir, mode: str = "train") -> dict:
-  if mode not in MODES:
-    raise ConfigError(f"unknown mode {mode!r} for the trainer; choose one of {MODES}")
-  config = config_lib.resolve(config)
-  task, init_eval_batches, info = make_task(config, workdir, mode)
+def drive(config, workdir, mode: str, task, info: dict, init_eval=None, on_ready=None) -> dict:
+  """Runs a task the way every trainer does: `mode` eval / export of the workdir's latest checkpoint (or
+  the initial params), else optional eval at init and training. `init_eval`: `(batches_fn, split)` when
+  `config.eval_at_init` is set; `on_ready()` runs once the loop has accepted the workdir (restored or
+  initialised). Shared by this trainer and `lm_trainer`."""
   loop = loop_lib.Loop(config, workdir, task)
+  if on_ready is not None:
+    on_ready()
   result = {"workdir": str(loop.workdir), **info}
   try:
     if mode in ("eval", "export") and loop.start == 0:
@@ -144,11 +146,20 @@ def run(config, workdir, mode: str = "train") -> dict:
       result.update(task.export(loop.state))
       print0(f"exported step {loop.start} of {loop.workdir} to {result['export']}")
       return result
-    if config.eval_at_init:
-      result["init_eval"] = _eval_at_init(config, loop, init_eval_batches)
-      print0(f"  eval at init: top1 {result['init_eval']['top1']:.4f}")
+    if init_eval is not None:
+      result["init_eval"] = eval_at_init(loop, *init_eval)
+      print0(f"  eval at init: {loop.objective.describe(result['init_eval'])}")
     result.update(loop.train())
   finally:
     loop.close()
-  print0(f"done: top1 {result['top1']:.4f} top5 {result['top5']:.4f} ({workdir})")
+  print0(f"done: {loop.objective.describe(result)} ({workdir})")
   return result
+
+
+def run(config, workdir, mode: str = "train") -> dict:
+  if mode not in MODES:
+    raise ConfigError(f"unknown mode {mode!r} for the trainer; choose one of {MODES}")
+  config = config_lib.resolve(config)
+  task, init_eval_batches, info = make_task(config, workdir, mode)
+  split = config.init_eval_split or config.data.eval_split
+  return drive(config, workdir, mode, task, info, (init_eval_batches, split) if config.eval_at_init else None)

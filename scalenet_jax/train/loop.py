@@ -46,8 +46,10 @@ class Task:
   tag: mixed into the checkpoint fingerprint, so a workdir of another task/model is refused.
   trainable_mask: bool pytree like the params (leaves may be bool arrays over a stacked leaf's rows);
     frozen leaves and rows get no update and hold no optimizer state. None = everything trains.
-  eval_batches: `() -> iterator` of eval step batches with 'mask' (periodic and final evaluation:
-    top-1, top-5, loss over every example), or None.
+  eval_batches: `() -> iterator` of eval step batches with 'mask' (periodic and final evaluation: the
+    objective's metrics over every real example / token), or None.
+  objective: what the step optimises and evaluates (`train/objectives.py`); None = classification with
+    `config.label_smoothing`.
   export: `export(state) -> dict` written at the end of training, or None.
   label: shown in progress lines.
   """
@@ -65,6 +67,7 @@ class Task:
   eval_batches: Optional[Callable[[], Iterator[dict]]] = None
   export: Optional[Callable[[step_lib.TrainState], dict]] = None
   label: str = ""
+  objective: Any = None
   meta: dict = dataclasses.field(default_factory=dict)  # extra JSON saved with every checkpoint
 
 
@@ -82,6 +85,7 @@ class Loop:
   def __init__(self, config, workdir, task: Task):
     distributed.maybe_initialize()
     self.config, self.task = config, task
+    self.objective = step_lib.Classification(config.label_smoothing) if task.objective is None else task.objective
     self.workdir = paths.path(workdir)
     self.workdir.mkdir(parents=True, exist_ok=True)
 
@@ -140,12 +144,14 @@ class Loop:
           compute_dtype=self.task.compute_dtype,
           use_ema=self.task.use_ema,
           compiler_options=jax_utils.compile_options(self.config.xla_opt_level),
+          objective=self.objective,
       )
     return self._eval_step
 
   def evaluate(self, batches: Optional[Iterator[dict]] = None) -> dict:
-    """top-1 / top-5 / mean loss of the current params over `batches` (default: the task's eval batches;
-    {} when the task has none). Padded examples (mask 0) are excluded."""
+    """The objective's metrics of the current params over `batches` (default: the task's eval batches;
+    {} when the task has none): top-1 / top-5 / mean loss, or next-token loss and perplexity. Padded
+    examples / tokens (mask 0) are excluded."""
     if batches is None:
       if self.task.eval_batches is None:
         return {}
@@ -154,14 +160,7 @@ class Loop:
     for b in batches:
       out = self.eval_step(self.state, sh.make_global_batch(b, self.mesh))
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-    sums = jax.device_get(sums)
-    n = float(sums["count"])
-    return {
-        "top1": float(sums["correct1"]) / n,
-        "top5": float(sums["correct5"]) / n,
-        "eval_loss": float(sums["loss_sum"]) / n,
-        "eval_examples": int(n),
-    }
+    return self.objective.metrics(jax.device_get(sums))
 
   def _train_step(self):
     c, t = self.config, self.task
@@ -173,7 +172,7 @@ class Loop:
         trainable_mask=t.trainable_mask,
         lr_fn=optim.make_train_lr_fn(self.optim_config),
         grad_accum_steps=self.optim_config["grad_accum_steps"],
-        label_smoothing=c.label_smoothing,
+        objective=self.objective,
         ema_decay=c.ema_decay if t.use_ema else None,
         batch_transform=t.batch_transform,
         compute_dtype=t.compute_dtype,

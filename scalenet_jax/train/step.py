@@ -1,13 +1,18 @@
 """The generic sharded train / eval step (model-agnostic; serves the expansion recipes and the NAS supernet).
 
-Model contract. `apply_fn(params, images, train, rngs, **model_kwargs) -> logits` for stateless models.
+Model contract. `apply_fn(params, inputs, train, rngs, **model_kwargs) -> logits` for stateless models.
 Models with extra variable collections (BatchNorm's 'batch_stats') keep them in `TrainState.model_state`;
-then the step calls `apply_fn(params, images, train, rngs, model_state=..., **model_kwargs)` and expects
+then the step calls `apply_fn(params, inputs, train, rngs, model_state=..., **model_kwargs)` and expects
 `(logits, new_model_state)`. `flax_apply_fn(module)` builds a conforming function from a linen module.
 
-Batch contract. A dict with 'images' (B, H, W, C), 'labels' (B,) int or (B, K) soft targets, optionally
-'mask' (B,) for padded eval examples and 'model_kwargs' (a dict of arrays replicated on every device, passed
-as keyword arguments to `apply_fn`, e.g. the NAS path masks). All other entries are split over 'data'.
+Objective (`train/objectives.py`). What the step optimises and reports: the batch entry the model reads
+(`objective.inputs`), the training loss (+ train metrics) and the eval sums. `Classification` (default;
+'images' (B, H, W, C), 'labels' (B,) int or (B, K) soft targets) or `NextToken` ('tokens' / 'labels'
+(B, T), 'mask' (B, T): the positions whose label counts).
+
+Batch contract. A dict with the objective's entries, optionally 'mask' for padded eval examples and
+'model_kwargs' (a dict of arrays replicated on every device, passed as keyword arguments to `apply_fn`,
+e.g. the NAS path masks). All other entries are split over 'data'.
 Pass numpy arrays (single process) or global arrays from `sharding.make_global_batch`: the jit boundary has
 explicit shardings, so a jax.Array committed to another sharding is rejected rather than silently moved.
 Train batches are assumed full (no 'mask'); a new batch structure or image size compiles a new program.
@@ -32,6 +37,7 @@ from jax.sharding import Mesh
 
 from scalenet_jax import jax_utils
 from scalenet_jax.train import sharding as sh
+from scalenet_jax.train.objectives import Classification, cross_entropy  # noqa: F401 (cross_entropy: API)
 
 
 @flax.struct.dataclass
@@ -102,32 +108,19 @@ def create_train_state(
 
 
 # ----------------------------------------------------------------------------------------------- Loss
-def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
-  """Per-example softmax cross-entropy; `labels` int (B,) or soft (B, K).
-
-  Smoothing is applied to soft targets too: for mixup targets lam*y1 + (1-lam)*y2 this equals mixing the
-  smoothed one-hots (timm's convention), so a mixup batch_transform should not smooth by itself.
-  """
-  num_classes = logits.shape[-1]
-  targets = jax.nn.one_hot(labels, num_classes) if labels.ndim == logits.ndim - 1 else labels
-  targets = targets.astype(jnp.float32)
-  if label_smoothing:
-    targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
-  return optax.softmax_cross_entropy(logits, targets)
-
-
 def _cast_floats(tree, dtype):
   return jax.tree_util.tree_map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
-def _forward(apply_fn, params, model_state, batch, train, rngs, compute_dtype):
-  """Logits in float32 (and the new model state, or None) with params/images cast to compute_dtype."""
+def _forward(apply_fn, params, model_state, batch, train, rngs, compute_dtype, inputs="images"):
+  """Logits in float32 (and the new model state, or None) with params and float inputs (images, not
+  token ids) cast to compute_dtype; `inputs` is the batch entry the model reads."""
   kwargs = dict(batch.get(sh.MODEL_KWARGS, {}))
   if model_state is not None:
     kwargs["model_state"] = model_state
-  out = apply_fn(
-      _cast_floats(params, compute_dtype), batch["images"].astype(compute_dtype), train=train, rngs=rngs, **kwargs
-  )
+  x = batch[inputs]
+  x = x.astype(compute_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+  out = apply_fn(_cast_floats(params, compute_dtype), x, train=train, rngs=rngs, **kwargs)
   logits, new_model_state = out if model_state is not None else (out, None)
   return logits.astype(jnp.float32), new_model_state
 
@@ -249,6 +242,7 @@ def make_train_step(
     lr_fn: Callable | None = None,
     grad_accum_steps: int = 1,
     label_smoothing: float = 0.0,
+    objective=None,
     ema_decay: float | None = None,
     batch_transform: Callable | None = None,
     compute_dtype=jnp.float32,
@@ -265,12 +259,15 @@ def make_train_step(
   grad_accum_steps: must equal the optimizer's; EMA is updated only on steps that update the params.
   ema_decay: requires a state created with `use_ema=True`.
   compute_dtype: e.g. jnp.bfloat16 runs the forward/backward in bf16 on float32 master weights.
-  Metrics (device arrays, no host sync): loss (mean, with smoothing), accuracy (argmax vs the labels, or
-  vs the argmax of soft targets), grad_norm (of this micro-batch's trainable gradients, before clipping),
-  lr (only with lr_fn), is_finite (loss and grad_norm finite; the loop should stop when False).
+  objective: `objectives.Classification(label_smoothing)` when None, or e.g. `objectives.NextToken()`.
+  Metrics (device arrays, no host sync): loss (the objective's, e.g. mean with smoothing), the
+  objective's train metrics (accuracy: argmax vs the labels, or vs the argmax of soft targets; tokens),
+  grad_norm (of this micro-batch's trainable gradients, before clipping), lr (only with lr_fn),
+  is_finite (loss and grad_norm finite; the loop should stop when False).
   """
   if (ema_decay is None) != (state_shardings.ema_params is None):
     raise ValueError("ema_decay must be set exactly when the state was created with use_ema=True")
+  objective = Classification(label_smoothing) if objective is None else objective
 
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -284,10 +281,11 @@ def make_train_step(
 
     def loss_fn(trainable):
       params = part.merge(trainable, frozen)
-      logits, new_ms = _forward(apply_fn, params, state.model_state, batch, True, rngs, compute_dtype)
-      return cross_entropy(logits, batch["labels"], label_smoothing).mean(), (logits, new_ms)
+      logits, new_ms = _forward(apply_fn, params, state.model_state, batch, True, rngs, compute_dtype, objective.inputs)
+      loss, aux = objective.loss(logits, batch)
+      return loss, (aux, new_ms)
 
-    (loss, (logits, new_model_state)), trainable_grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+    (loss, (aux, new_model_state)), trainable_grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
     grad_norm = optax.tree.norm(trainable_grads)  # frozen leaves / rows contribute exact zeros
     grads = part.full_grads(trainable_grads, state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -303,11 +301,9 @@ def make_train_step(
           params,
           is_trainable,
       )
-    labels = batch["labels"]
-    hard = labels if labels.ndim == 1 else jnp.argmax(labels, -1)  # soft targets: their argmax
     metrics = dict(
         loss=loss,
-        accuracy=jnp.mean(jnp.argmax(logits, -1) == hard),
+        **aux,
         grad_norm=grad_norm,
         is_finite=jnp.isfinite(loss) & jnp.isfinite(grad_norm),
     )
@@ -341,28 +337,22 @@ def make_eval_step(
     compute_dtype=jnp.float32,
     use_ema: bool = False,
     compiler_options=None,
+    objective=None,
 ):
-  """Jitted `eval_step(state, batch) -> sums` with sums {correct1, correct5, loss_sum, count}.
+  """Jitted `eval_step(state, batch) -> sums`: the objective's eval sums (default `Classification`:
+  {correct1, correct5, loss_sum, count}; labels int (B,)).
 
-  Padded examples are excluded via batch['mask'] (1 = real). Labels must be int (B,). Sum over batches
-  on the host and divide by `count`. `use_ema` evaluates `state.ema_params` instead of `state.params`.
+  Padded examples / tokens are excluded via batch['mask'] (true = real). Add the sums over batches on
+  the host and finish them with `objective.metrics(sums)`. `use_ema` evaluates `state.ema_params`.
   """
+  objective = Classification() if objective is None else objective
   if use_ema and state_shardings.ema_params is None:
     raise ValueError("use_ema=True but the state has no ema_params (create it with use_ema=True)")
 
   def eval_step(state: TrainState, batch):
     params = state.ema_params if use_ema else state.params
-    logits, _ = _forward(apply_fn, params, state.model_state, batch, False, {}, compute_dtype)
-    labels = batch["labels"]
-    mask = batch.get("mask", jnp.ones(labels.shape, jnp.float32)).astype(jnp.float32)
-    label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
-    rank = jnp.sum(logits > label_logit, axis=-1)  # how many classes score strictly higher
-    return dict(
-        correct1=jnp.sum((rank < 1) * mask),
-        correct5=jnp.sum((rank < 5) * mask),
-        loss_sum=jnp.sum(cross_entropy(logits, labels) * mask),
-        count=jnp.sum(mask),
-    )
+    logits, _ = _forward(apply_fn, params, state.model_state, batch, False, {}, compute_dtype, objective.inputs)
+    return objective.eval_sums(logits, batch)
 
   return _jit_per_batch_structure(
       eval_step, state_shardings, mesh, sh.replicated(mesh), compiler_options=compiler_options
