@@ -1,6 +1,6 @@
 r"""ScaleNet 2x of a small decoder pretrained here on Debian's `fortunes` (real English text), vs baselines.
 
-Pretrain the base (llama_small: width 256, 4 layers, 2048-token byte-level BPE trained on the train
+Pretrain the base (llama_tiny: width 128, 4 layers, 1024-token byte-level BPE trained on the train
 split and saved next to the model), then grow it 2x (all layers reused, interpolate, adapters r=16 on
 the MLP linears, adapters + norms trainable) or run a baseline at the same budget:
 
@@ -19,8 +19,8 @@ import ml_collections
 
 from scalenet_jax import config_lib
 
-PRETRAIN_STEPS = 1200
-GROW_STEPS = 300
+PRETRAIN_STEPS = 600
+GROW_STEPS = 100
 
 
 def get_config(arg=None):
@@ -34,9 +34,9 @@ def get_config(arg=None):
       adjust="adapter",
       trainable="adjust_ln",
   )
-  c = config_lib.lm_config("llama_small")
+  c = config_lib.lm_config("llama_tiny")
   c.data = config_lib.text_data_config(name="fortunes", seq_len=128, held_out_fraction=0.05)
-  c.batch_size = 32
+  c.batch_size = 16
   c.eval_batch_size = 64
   pretrain = a["run"] == "pretrain"
   c.steps = a["steps"] or (PRETRAIN_STEPS if pretrain else GROW_STEPS)
@@ -57,6 +57,13 @@ def get_config(arg=None):
   c.expansion.seed = a["seed"]
   # --config.quick=True: a smoke run of a minute on a CPU (a few steps, a shorter context).
   c.quick_overrides = ml_collections.ConfigDict(
-      {"steps": 20, "batch_size": 8, "eval_batch_size": 16, "data": {"seq_len": 32}, "log_every": 10}
+      {
+          "steps": 20,
+          "batch_size": 8,
+          "eval_batch_size": 16,
+          "data": {"seq_len": 32},
+          "log_every": 10,
+          "optim": {"warmup_steps": 2},
+      }
   )
   return c

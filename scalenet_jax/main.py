@@ -1,5 +1,8 @@
 r"""Entry point: `python -m scalenet_jax.main --config configs/deit_base_2x.py --workdir DIR`.
 
+The config's `pipeline` field picks the driver: `train` (image models, `trainer`), `lm` (decoder LMs,
+`lm_trainer`; e.g. configs/llama_fortunes_2x.py), or one of the NAS pipelines.
+
 Modes: `train` (default; resumes from the workdir), `eval`, `summary` (params/FLOPs table and a
 final JSON line), `export` (final params as Orbax + timm-format safetensors).
 Config fields are overridden with `--config.key=value`; unknown keys and bad types are rejected.
@@ -20,10 +23,10 @@ flags.DEFINE_bool("xla_check", True, "summary: cross-check FLOPs with XLA's cost
 
 
 def _pipelines():
-  from scalenet_jax import trainer  # pylint: disable=g-import-not-at-top
+  from scalenet_jax import lm_trainer, trainer  # pylint: disable=g-import-not-at-top
   from scalenet_jax.nas import pipeline  # pylint: disable=g-import-not-at-top
 
-  return {"train": trainer.run, **{name: pipeline.run for name in pipeline.PIPELINES}}
+  return {"train": trainer.run, "lm": lm_trainer.run, **{name: pipeline.run for name in pipeline.PIPELINES}}
 
 
 def _run(argv):
