@@ -218,8 +218,11 @@ def main(argv):
       FLAGS.budget, FLAGS.seeds, pre, runs, abl, nas_section(FLAGS.workdir, FLAGS.nas_workdir), paper_configs_table()
   )
   os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
+  from scalenet_jax import lm_study  # pylint: disable=g-import-not-at-top
+
+  kept = lm_study.section_of(FLAGS.out)  # the decoder study's section has its own command: keep it
   with open(FLAGS.out, "w") as f:
-    f.write(report)
+    f.write(report + (f"\n{kept}\n" if kept else ""))
   with open(os.path.join(FLAGS.workdir, "reproduction.json"), "w") as f:
     json.dump({"pretrain": pre, "table1": runs, "ablations": abl}, f, indent=1)
   print(report)
