@@ -112,6 +112,11 @@ def flow(transformers, torch, tmp_path_factory):
       ["--config", f"{CONFIG}:run=stack,base={hf}", "--workdir", str(wd["stack"]), *common, "--config.steps=2"],
       ["--config", f"{CONFIG}:run=further,base={hf}", "--workdir", str(wd["further"]), *common, "--config.steps=2"],
       ["--config", f"{CONFIG}:base={hf}", *MICRO, "--mode=summary", "--noxla_check"],
+      # Alpaca-format JSON lines (the paper's data path): loss on the responses only
+      ["--config", f"{CONFIG}:run=further,base={hf}", "--workdir", str(root / "alpaca"), *common, "--config.steps=2"]
+      + ["--config.data.name=instructions", f"--config.data.root={inputs['alpaca']}", "--config.data.bos_token=<|bos|>"]
+      + ["--config.data.seq_len=128"]
+      + ["--config.data.pad_token=<|pad|>", "--config.data.held_out_fraction=0.1"],
   ]
   bad, before = {}, {}
   for case, (arg, extra) in BAD.items():
@@ -159,6 +164,13 @@ def bad_inputs(root: Path, hf: Path) -> dict:
   out["sharded"] = sharded
   out["tok300"] = root / "tok300"
   text.save_tokenizer(text.train_tokenizer(text.fortunes(str(root / "corpus")), 300), str(out["tok300"]))
+  out["alpaca"] = root / "alpaca_ok.jsonl"
+  fortunes = text.fortunes(str(root / "corpus"))[:120]
+  records = [
+      {"instruction": "Tell me a fortune.", "input": f"Number {i}." if i % 2 else "", "output": d}
+      for i, d in enumerate(fortunes)
+  ]
+  out["alpaca"].write_text("".join(json.dumps(r) + "\n" for r in records))
   out["jsonl"] = root / "alpaca.jsonl"
   out["jsonl"].write_text('{"instruction": "x", "output": "y"}\n{not json}\n')
   return out
@@ -192,7 +204,7 @@ def test_grow_train_resume_eval(flow):
   codes, outs = flow["good"]
   for i, code in enumerate(codes):
     assert code == 0, outs[i][1][-4000:]
-  assert len(codes) == 7
+  assert len(codes) == 8
   w = flow["wd"]["scalenet"]
   assert f"resumed from {w} at step 2" in outs[1][0]
   ev = json.loads(outs[2][0].strip().splitlines()[-1])
@@ -202,6 +214,15 @@ def test_grow_train_resume_eval(flow):
   final = [json.loads(l) for l in (w / "metrics.jsonl").read_text().splitlines()][-1]
   assert final["step"] == 4 and final["perplexity"] == pytest.approx(ev["perplexity"], rel=1e-5)
   assert "perplexity" in outs[1][0] and "done:" in outs[1][0]
+
+
+def test_instruction_data_counts_only_response_tokens(flow):
+  codes, outs = flow["good"]
+  assert codes[7] == 0, outs[7][1][-3000:]
+  line = [l for l in outs[7][0].splitlines() if l.startswith("done:")][-1]
+  tokens = int(line.split(" over ")[1].split()[0])
+  # the held-out ~10% of 120 examples, 128 positions each: only response tokens (and eos) count
+  assert 0 < tokens < 0.5 * 120 * 128, line
 
 
 def test_grow_trains_only_adapters_and_norms(flow):

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from scalenet_jax.errors import DataError
+
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
   """Per-example softmax cross-entropy; `labels` int (B,) or soft (B, K).
@@ -110,6 +112,8 @@ class NextToken:
 
   def metrics(self, sums) -> dict:
     n = float(sums["count"])
+    if n == 0:
+      raise DataError("the evaluation data has no token with a loss (are all responses cut off by seq_len?)")
     loss = float(sums["loss_sum"]) / n
     return {
         "eval_loss": loss,
