@@ -111,7 +111,7 @@ def train_resume_eval_export(spec, cache_dir, config: str, workdir: Path, ckpt: 
 PAPER = {
     "deit_tiny_2x.py": "deit_tiny_patch16_224",
     "deit_small_2x.py": "deit_small_patch16_224",
-    "deit_base_2x.py": "deit_base_patch16_224",
+    # deit_base_2x.py: run by tests/test_readme.py with the README's command (same four invocations).
     "swin_tiny_2x.py": "swin_tiny_patch4_window7_224",
     "swin_small_2x.py": "swin_small_patch4_window7_224",
     "swin_base_2x.py": "swin_base_patch4_window7_224",

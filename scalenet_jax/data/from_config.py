@@ -66,14 +66,17 @@ def preprocess(data_cfg, img_size: int, in_chans: int) -> preprocess_lib.Preproc
 
 
 def _step_batch(b: dict) -> dict:
-  out = {"images": b["image"], "labels": b["label"]}
+  out = {"images": b.pop("image"), "labels": b.pop("label"), **b}
   if "mask" in b:
     out["mask"] = b["mask"].astype(np.float32)
   return out
 
 
-def train_stream(data_cfg, source, prep, global_batch: int, seed: int, start: int, num_steps: int) -> Iterator[dict]:
-  """This host's rows of the global train batches of steps `start .. start + num_steps - 1`."""
+def train_stream(
+    data_cfg, source, prep, global_batch: int, seed: int, start: int, num_steps: int, plan=None
+) -> Iterator[dict]:
+  """This host's rows of the global train batches of steps `start .. start + num_steps - 1`
+  (`plan`: per-step preprocessing and extra batch entries, see `pipeline.train_batches`)."""
   batches = pipeline.train_batches(
       source,
       global_batch,
@@ -84,6 +87,7 @@ def train_stream(data_cfg, source, prep, global_batch: int, seed: int, start: in
       preprocess=prep,
       num_steps=num_steps,
       num_threads=data_cfg.num_threads,
+      plan=plan,
   )
   return map(_step_batch, batches)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Iterator
+from typing import Callable, Iterator
 
 import grain
 import numpy as np
@@ -68,23 +68,30 @@ def train_batches(
     num_steps: int | None = None,
     num_threads: int = 2,
     prefetch: int = 4,
+    plan: Callable[[int], tuple[Preprocess, dict | None]] | None = None,
 ) -> Iterator[dict]:
   """Infinite (or `num_steps`) iterator of this host's share of the global training batches.
 
   Yields `{'image': float32 [B/P, S, S, C] normalised, 'label': int32 [B/P]}` for steps
   `start_step, start_step + 1, ...`. `num_threads` batches are prepared concurrently and up to
   `prefetch` wait ready (the per-step work is batched numpy or PIL, which mostly releases the GIL).
+  `plan(step) -> (preprocess, extra)`, when given, chooses each step's preprocessing (NAS: the sampled
+  path's resolution) in place of `preprocess` and adds the `extra` entries (or none) to its batch; the
+  example order stays a pure function of (seed, step) either way.
   """
   rows = host_slice(global_batch, process_index, process_count)
   n = len(source)
   steps_per_epoch(n, global_batch)  # Fail now, not in a worker thread.
-  prep = Preprocessor(source, preprocess, train=True)
   labels = source.labels
+  preps = {}  # Preprocess -> Preprocessor (a benign race between loader threads may build one twice)
 
   def load(step: int) -> dict:
+    p, extra = plan(step) if plan is not None else (preprocess, None)
+    if p not in preps:
+      preps[p] = Preprocessor(source, p, train=True)
     idx, epoch = global_batch_indices(n, global_batch, seed, step)
     idx = idx[rows]
-    return {"image": prep(idx, seed, epoch), "label": labels[idx].astype(np.int32)}
+    return {"image": preps[p](idx, seed, epoch), "label": labels[idx].astype(np.int32), **(extra or {})}
 
   stop = sys.maxsize if num_steps is None else start_step + num_steps
   return _iterate(grain.MapDataset.range(start_step, stop).map(load), num_threads, prefetch)

@@ -28,16 +28,13 @@ params = train_supernet(supernet_config(space='fmnist', steps=2000), '/tmp/super
 from __future__ import annotations
 
 import hashlib
-from typing import Callable
 
-import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from scalenet_jax import config_lib
-from scalenet_jax.data import from_config, pipeline as data_pipeline, preprocess as preprocess_lib
+from scalenet_jax.data import from_config, preprocess as preprocess_lib
 from scalenet_jax.errors import ConfigError
 from scalenet_jax.nas import sampling
 from scalenet_jax.nas.space import Arch, SearchSpace, apply_scaling, get_space
@@ -118,38 +115,16 @@ def open_split(config, split: str, cache_dir=None):
   return from_config.open_source(config.data, split, cache_dir=cache_dir)
 
 
-def step_batches(
-    source,
-    data_cfg,
-    global_batch: int,
-    seed: int,
-    start: int,
-    num_steps: int,
-    in_channels: int,
-    plan: Callable[[int], tuple[int, dict | None]],
-):
-  """Iterator of step batches `{'images', 'labels'[, 'model_kwargs']}` for steps start.. (this host's rows).
+def step_batches(source, data_cfg, global_batch: int, seed: int, start: int, num_steps: int, in_channels: int, plan):
+  """Iterator of step batches `{'images', 'labels'[, 'model_kwargs']}` for steps start.. (this host's rows):
+  `data.train_batches` with `plan(step) -> (resolution, model_kwargs or None)` choosing each step's
+  image size and model inputs."""
 
-  `plan(step) -> (resolution, model_kwargs or None)` chooses the step's image size and model inputs;
-  example order and augmentation are those of `data.train_batches` (pure functions of seed and step)."""
-  rows = data_pipeline.host_slice(global_batch, jax.process_index(), jax.process_count())
-  n, labels = len(source), source.labels
-  data_pipeline.steps_per_epoch(n, global_batch)  # fail now, not in a worker thread
-  preps = {}
-
-  def load(step: int) -> dict:
+  def data_plan(step):
     r, kwargs = plan(step)
-    if r not in preps:  # a benign race between loader threads builds an identical Preprocessor twice
-      preps[r] = preprocess_lib.Preprocessor(source, from_config.preprocess(data_cfg, r, in_channels), train=True)
-    idx, epoch = data_pipeline.global_batch_indices(n, global_batch, seed, step)
-    idx = idx[rows]
-    out = {"images": preps[r](idx, seed, epoch), "labels": labels[idx].astype(np.int32)}
-    if kwargs is not None:
-      out[sh.MODEL_KWARGS] = kwargs
-    return out
+    return from_config.preprocess(data_cfg, r, in_channels), (None if kwargs is None else {sh.MODEL_KWARGS: kwargs})
 
-  read = grain.ReadOptions(num_threads=data_cfg.num_threads, prefetch_buffer_size=4)
-  return iter(grain.MapDataset.range(start, start + num_steps).map(load).to_iter_dataset(read))
+  return from_config.train_stream(data_cfg, source, None, global_batch, seed, start, num_steps, plan=data_plan)
 
 
 def path_plan(space: SearchSpace, method: str, seed: int, eta="width"):
