@@ -16,14 +16,13 @@ plain timm ignores only if loaded with `strict=False` (they are not part of a ti
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import warnings
 from typing import Any, Optional
 
 import jax
 import numpy as np
 
+from scalenet_jax import paths
 from scalenet_jax.errors import CheckpointError, MissingInputError
 
 # How a timm tensor is laid out relative to its Flax twin.
@@ -125,10 +124,13 @@ def _to_numpy(v):
 
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
   """Read a checkpoint: `.safetensors`, `.pth`/`.pt`/`.bin` (weights only, no code), a Hugging Face
-  shard index (`*.safetensors.index.json`), or a directory holding `model.safetensors` or the index."""
-  if not os.path.exists(path):
+  shard index (`*.safetensors.index.json`), or a directory holding `model.safetensors` or the index.
+  Local or on an object store (gs://...), through the path API."""
+  path = str(path)
+  where = paths.path(path)
+  if not where.exists():
     raise MissingInputError(f"checkpoint not found: {path}")
-  if os.path.isdir(path):
+  if where.is_dir():
     return load_state_dict(_checkpoint_in_dir(path))
   if path.endswith(".safetensors.index.json"):
     return _load_sharded(path)
@@ -141,9 +143,9 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
 
     try:
       # Training checkpoints of the DeiT release also pickle their argparse options: plain data, allowed.
-      with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
+      with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]), where.open("rb") as f:
         warnings.simplefilter("ignore")  # e.g. pickle-protocol notices: the error below is the message
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        sd = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
       raise CheckpointError(
           f"refusing to load {path}: it is not a weights-only checkpoint "
@@ -172,9 +174,13 @@ def _unwrap(sd, path) -> dict:
 
 
 def save_safetensors(path: str, state_dict: dict[str, np.ndarray]):
-  from safetensors.numpy import save_file
+  from safetensors.numpy import save, save_file
 
-  save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, path)
+  arrays = {k: np.ascontiguousarray(v) for k, v in state_dict.items()}
+  if paths.is_local(path):
+    save_file(arrays, path)  # streamed to the file: no second copy of the weights in memory
+  else:
+    paths.write_bytes(path, save(arrays))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -188,37 +194,36 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
   """Every tensor of a `.safetensors` file (bfloat16 as `ml_dtypes.bfloat16`); a damaged file is a
   `CheckpointError` naming it."""
   from safetensors import SafetensorError  # pylint: disable=g-import-not-at-top
-  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import load, load_file  # pylint: disable=g-import-not-at-top
 
   try:
-    return load_file(path)
+    return load_file(path) if paths.is_local(path) else load(paths.path(path).read_bytes())
   except SafetensorError as e:
     raise CheckpointError(f"cannot read safetensors file {path}: {e}") from None
 
 
 def _checkpoint_in_dir(directory: str) -> str:
   for name in (SINGLE_FILE, INDEX_FILE):
-    if os.path.isfile(os.path.join(directory, name)):
-      return os.path.join(directory, name)
+    if (paths.path(directory) / name).is_file():
+      return str(paths.path(directory) / name)
   raise MissingInputError(f"no {SINGLE_FILE} or {INDEX_FILE} in checkpoint directory {directory}")
 
 
 def _load_sharded(index_path: str) -> dict[str, np.ndarray]:
   """The shards a Hugging Face index lists (`weight_map`: key -> shard file), checked against it."""
-  with open(index_path) as f:
-    weight_map = json.load(f).get("weight_map")
+  weight_map = paths.read_json(index_path).get("weight_map")
   if not isinstance(weight_map, dict) or not weight_map:
     raise CheckpointError(f"{index_path} has no weight_map")
-  root = os.path.dirname(index_path)
+  root = paths.path(index_path).parent
   shards = sorted(set(weight_map.values()))
-  missing = [s for s in shards if not os.path.isfile(os.path.join(root, s))]
+  missing = [s for s in shards if not (root / s).is_file()]
   if missing:
     raise MissingInputError(
         f"shard {missing[0]} listed in {index_path} not found ({len(missing)} of {len(shards)} missing)"
     )
   out = {}
   for shard in shards:
-    tensors = read_safetensors(os.path.join(root, shard))
+    tensors = read_safetensors(str(root / shard))
     want = {k for k, s in weight_map.items() if s == shard}
     if want - set(tensors):
       raise CheckpointError(f"shard {shard} lacks key {sorted(want - set(tensors))[0]!r} that {index_path} puts there")
@@ -230,9 +235,10 @@ def save_state_dict_dir(directory: str, state_dict: dict[str, np.ndarray], max_s
   """Write `state_dict` the way Hugging Face lays out a checkpoint: `model.safetensors`, or shards
   `model-0000i-of-0000n.safetensors` of at most `max_shard_bytes` each (a larger tensor gets its own)
   with `model.safetensors.index.json`."""
-  os.makedirs(directory, exist_ok=True)
+  root = paths.path(directory)
+  root.mkdir(parents=True, exist_ok=True)
   if max_shard_bytes is None:
-    save_safetensors(os.path.join(directory, SINGLE_FILE), state_dict)
+    save_safetensors(str(root / SINGLE_FILE), state_dict)
     return
   groups, size = [[]], 0
   for k, v in state_dict.items():
@@ -244,11 +250,10 @@ def save_state_dict_dir(directory: str, state_dict: dict[str, np.ndarray], max_s
   weight_map = {}
   for i, keys in enumerate(groups):
     name = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
-    save_safetensors(os.path.join(directory, name), {k: state_dict[k] for k in keys})
+    save_safetensors(str(root / name), {k: state_dict[k] for k in keys})
     weight_map.update((k, name) for k in keys)
   total = int(sum(v.nbytes for v in state_dict.values()))
-  with open(os.path.join(directory, INDEX_FILE), "w") as f:
-    json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+  paths.write_json(root / INDEX_FILE, {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
 
 
 # The same strict converters serve Hugging Face checkpoints (the model's key table names HF keys).

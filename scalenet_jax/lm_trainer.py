@@ -19,8 +19,6 @@ round-trip through `transformers` exactly.
 
 from __future__ import annotations
 
-import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -63,12 +61,12 @@ def _tokenizer_file(config, workdir) -> str:
   if config.data.tokenizer:
     return config.data.tokenizer
   if config.init_from:
-    init = os.path.abspath(config.init_from)
-    for d in (init, os.path.dirname(init)):
-      if os.path.isfile(os.path.join(d, text.TOKENIZER_FILE)):
-        return os.path.join(d, text.TOKENIZER_FILE)
-  own = os.path.join(workdir, text.TOKENIZER_FILE)
-  return own if os.path.isfile(own) else ""
+    init = paths.path(config.init_from)
+    for d in (init, init.parent):
+      if (d / text.TOKENIZER_FILE).is_file():
+        return str(d / text.TOKENIZER_FILE)
+  own = paths.path(workdir) / text.TOKENIZER_FILE
+  return str(own) if own.is_file() else ""
 
 
 def tokenizer(config, workdir, train_docs, vocab_size: int):
@@ -85,7 +83,7 @@ def tokenizer(config, workdir, train_docs, vocab_size: int):
     if jax.process_index() == 0:
       text.save_tokenizer(tok, workdir)
 
-  return tok, os.path.join(workdir, text.TOKENIZER_FILE), save
+  return tok, str(paths.path(workdir) / text.TOKENIZER_FILE), save
 
 
 def source(d, tok, docs):
@@ -108,8 +106,8 @@ def export(workdir, model, params, tokenizer_file: str) -> dict:
   ckpt_lib.export_params(out / "params", host, overwrite=True)
   if jax.process_index() == 0:
     llama.save_hf(str(out), host, model)
-    if os.path.abspath(tokenizer_file) != os.path.abspath(str(out / text.TOKENIZER_FILE)):
-      shutil.copyfile(tokenizer_file, str(out / text.TOKENIZER_FILE))
+    if paths.path(tokenizer_file) != out / text.TOKENIZER_FILE:
+      paths.write_text(out / text.TOKENIZER_FILE, paths.path(tokenizer_file).read_text())
   return {"export": str(out)}
 
 

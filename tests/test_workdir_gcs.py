@@ -96,10 +96,10 @@ runpy.run_module("scalenet_jax.main", run_name="__main__")
 """
 
 
-def run_main(args, env_extra, cwd):
+def run_main(args, env_extra, cwd, config=str(REPO / "configs" / "vit_micro_fmnist.py")):
   env = dict(os.environ, **env_extra, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
   env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-  cmd = [sys.executable, "-c", LAUNCH, "--config", str(REPO / "configs" / "vit_micro_fmnist.py"), *args]
+  cmd = [sys.executable, "-c", LAUNCH, "--config", config, *args]
   return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -152,3 +152,38 @@ def test_nas_state_files_and_reports_in_a_bucket(bucket):
   sampling.plot_histograms(space, macs, f"{wd}/flops_hist.png")
   assert (root / "nas" / "flops_hist.png").read_bytes()[:4] == b"\x89PNG"
   assert np.isfinite(first["objective"])
+
+
+def test_lm_from_a_bucket_checkpoint_into_a_bucket_workdir(bucket, tmp_path):
+  """The decoder flow with everything in the bucket: a Hugging Face base (config.json, safetensors,
+  tokenizer.json) read from gs://, the 2x model trained there and exported there in the same layout."""
+  from scalenet_jax import convert
+  from scalenet_jax.data import text
+  from scalenet_jax.models import llama, registry
+  from test_lm_cli import CONFIG, MICRO, RUN, VOCAB, write_fortune_db
+
+  if not os.path.isdir(text.FORTUNES_DIR):
+    pytest.skip("the Debian fortunes package is not installed")
+  env, root = bucket
+  corpus = tmp_path / "corpus"
+  corpus.mkdir()
+  write_fortune_db(corpus, "small", text.load_corpus("fortunes")[:300])
+  model = registry.create_model("llama_micro", {"vocab_size": VOCAB})
+  params = model.init_params(seed=0)
+  llama.save_hf("gs://bucket/hf_base", params, model)
+  text.save_tokenizer(text.train_tokenizer(text.fortunes(str(corpus)), VOCAB), "gs://bucket/hf_base")
+
+  args = ["--workdir", "gs://bucket/lm", *MICRO, *RUN, f"--config.data.root={corpus}", "--config.steps=2"]
+  run = run_main(args, env, tmp_path, config=f"{CONFIG}:base=gs://bucket/hf_base")
+  assert run.returncode == 0, run.stderr[-3000:]
+  out = root / "lm" / "export"
+  assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in out.iterdir()}
+  assert llama.read_hf_config(str(out)).num_hidden_layers == 2 * model.config.num_hidden_layers
+  # Read back from the bucket: the unrolled 2x layers, with the adapters under `.adjust.` keys.
+  sd = convert.load_state_dict("gs://bucket/lm/export")
+  assert sd["model.embed_tokens.weight"].shape == params["embed"]["embedding"].shape
+  assert (
+      any(".adjust." in k for k in sd)
+      and f"model.layers.{2 * model.config.num_hidden_layers - 1}.mlp.up_proj.weight" in sd
+  )
+  assert not any(p.name.startswith("gs:") for p in tmp_path.iterdir()), list(tmp_path.iterdir())

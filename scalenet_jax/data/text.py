@@ -27,6 +27,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
+from scalenet_jax import paths
 from scalenet_jax.data import pipeline
 from scalenet_jax.errors import ConfigError, DataError, MissingInputError
 
@@ -133,9 +134,8 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int, special_tokens: Seque
 
 def save_tokenizer(tok, directory: str) -> str:
   """Write `tokenizer.json` into `directory` (next to the model's weights); returns its path."""
-  os.makedirs(directory, exist_ok=True)
-  path = os.path.join(directory, TOKENIZER_FILE)
-  tok.save(path)
+  path = str(paths.path(directory) / TOKENIZER_FILE)
+  paths.write_text(path, tok.to_str())
   return path
 
 
@@ -143,10 +143,10 @@ def load_tokenizer(path: str, vocab_size: Optional[int] = None):
   """A `tokenizer.json` (or the directory holding it); with `vocab_size`, it must have that many tokens."""
   from tokenizers import Tokenizer
 
-  file = os.path.join(path, TOKENIZER_FILE) if os.path.isdir(path) else path
-  if not os.path.isfile(file):
+  file = paths.path(path) / TOKENIZER_FILE if paths.path(path).is_dir() else paths.path(path)
+  if not file.is_file():
     raise MissingInputError(f"tokenizer not found: {file}")
-  tok = Tokenizer.from_file(file)
+  tok = Tokenizer.from_str(file.read_text())
   if vocab_size is not None:
     n = tok.get_vocab_size(with_added_tokens=True)
     if n != vocab_size:
@@ -227,10 +227,9 @@ class Instruction:
 def read_instructions(path: str) -> list[Instruction]:
   """Alpaca-format examples from JSON lines (one object a line) or one JSON array: `instruction` and
   `output` strings, `input` optional. A malformed record raises `DataError` naming its line / index."""
-  if not os.path.isfile(path):
+  if not paths.path(path).is_file():
     raise MissingInputError(f"instruction data not found: {path}")
-  with open(path, encoding="utf-8") as f:
-    text = f.read()
+  text = paths.path(path).read_text(encoding="utf-8")
   if text.lstrip().startswith("["):
     try:
       array = json.loads(text)

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
 from typing import Any, ClassVar, Optional
 
 import flax.linen as nn
@@ -27,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scalenet_jax import paths
 from scalenet_jax.errors import CheckpointError, ConfigError, MissingInputError
 from scalenet_jax.models import common
 from scalenet_jax.models import stack as stack_lib
@@ -507,11 +506,10 @@ def next_token_loss(logits, labels, mask=None):
 # ----------------------------------------------------------------------------------------------------
 def read_hf_config(path: str) -> LlamaConfig:
   """The `LlamaConfig` of a Hugging Face checkpoint directory (its `config.json`)."""
-  file = os.path.join(path, "config.json")
-  if not os.path.isfile(file):
+  file = paths.path(path) / "config.json"
+  if not file.is_file():
     raise MissingInputError(f"no config.json in checkpoint directory {path}")
-  with open(file) as f:
-    return LlamaConfig.from_hf(json.load(f))
+  return LlamaConfig.from_hf(paths.read_json(file))
 
 
 def check_config(model: Llama, cfg: LlamaConfig):
@@ -545,9 +543,7 @@ def save_hf(path: str, params, model: Llama, max_shard_bytes: Optional[int] = No
   that `LlamaForCausalLM` does not have."""
   from scalenet_jax import convert
 
-  os.makedirs(path, exist_ok=True)
   hf = model.config.to_hf()
   hf["num_hidden_layers"] = model.depths[0]
-  with open(os.path.join(path, "config.json"), "w") as f:
-    json.dump(hf, f, indent=2)
+  paths.write_json(paths.path(path) / "config.json", hf, indent=2)
   convert.save_state_dict_dir(path, convert.flax_to_hf(params, model, aliases=False), max_shard_bytes)
