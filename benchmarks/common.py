@@ -87,16 +87,7 @@ def load_average() -> tuple[float, float, float]:
     return (0.0, 0.0, 0.0)
 
 
-def cpu_model() -> str:
-  """CPU model name from /proc/cpuinfo (falls back to `platform.processor()`)."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
+cpu_model = jax_utils.cpu_model  # the run records' CPU name, shared with the package's reports
 
 
 def num_cores() -> int:

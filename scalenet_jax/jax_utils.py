@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
+import platform
 import sys
 from typing import Mapping
 
@@ -136,6 +137,18 @@ def allocator_policy() -> str:
 
 
 _CONFIGURED: dict | None = None
+
+
+def cpu_model() -> str:
+  """CPU model name from /proc/cpuinfo (falls back to `platform.processor()`), for run records."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "unknown"
 
 
 def compile_options(opt_level: int = -1) -> dict | None:

@@ -61,13 +61,10 @@ def machine() -> dict:
   import optax  # pylint: disable=g-import-not-at-top
   import tokenizers  # pylint: disable=g-import-not-at-top
 
-  cpu = platform.processor() or "unknown CPU"
-  if os.path.exists("/proc/cpuinfo"):
-    with open("/proc/cpuinfo") as f:
-      names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
-    cpu = names[0] if names else cpu
+  from scalenet_jax import jax_utils  # pylint: disable=g-import-not-at-top
+
   return {
-      "cpu": cpu,
+      "cpu": jax_utils.cpu_model(),
       "cores": os.cpu_count(),
       "python": platform.python_version(),
       "jax": jax.__version__,
