@@ -66,9 +66,10 @@ def preprocess(data_cfg, img_size: int, in_chans: int) -> preprocess_lib.Preproc
 
 
 def _step_batch(b: dict) -> dict:
+  """The train step's names (`images`, `labels`); other entries (mask, plan extras) pass through."""
   out = {"images": b.pop("image"), "labels": b.pop("label"), **b}
-  if "mask" in b:
-    out["mask"] = b["mask"].astype(np.float32)
+  if "mask" in out:
+    out["mask"] = out["mask"].astype(np.float32)
   return out
 
 
