@@ -31,7 +31,6 @@ TIMM_NAME = {"vit": "vit_base_patch16_224", "swin": "swin_tiny_patch4_window7_22
 
 # Shrink the run only: batch, steps, evaluation size (the mock's validation split), logging.
 RUN = ["--config.batch_size=2", "--config.eval_batch_size=2", "--config.log_every=1", "--config.ckpt_every=1"]
-FAST_COMPILE = []  # (XLA_FLAGS from conftest: backend opt level 1 compiles fast and runs fast enough)
 
 
 @pytest.fixture(scope="module")
@@ -62,37 +61,36 @@ def timm_checkpoint(timm, torch, directory: Path, name: str, **arch) -> Path:
   return path
 
 
-def run_session(spec, cache_dir, invocations: list[list[str]], session: Path) -> list[str]:
+def run_session(spec, cache_dir, invocations: list[list[str]], session: Path) -> tuple[list[int], list[str], list[str]]:
   """Runs the `python -m scalenet_jax.main` invocations one after the other in one process
-  (tests/cli_session.py) under the TFDS mock; returns their stdouts; fails on the first nonzero exit."""
+  (tests/cli_session.py, `--keep-going`) under the TFDS mock; returns their exit codes, stdouts, stderrs."""
   session.write_text(json.dumps(invocations))
   env = tfds_mock.env(spec)
   env.update(
       JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache_dir), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0"
   )
-  cmd = tfds_mock.command(str(Path(__file__).with_name("cli_session.py")), str(session))
+  cmd = tfds_mock.command(str(Path(__file__).with_name("cli_session.py")), str(session), "--keep-going")
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
   assert proc.returncode == 0, proc.stderr[-4000:]
   codes = json.loads(Path(f"{session}.codes.json").read_text())
-  for i, code in enumerate(codes):
-    err = Path(f"{session}.{i}.err").read_text()
-    assert code == 0, f"{' '.join(invocations[i])}\nexit {code}\n{err[-4000:]}"
   assert len(codes) == len(invocations)
-  return [Path(f"{session}.{i}.out").read_text() for i in range(len(codes))]
+  read = lambda ext: [Path(f"{session}.{i}.{ext}").read_text() for i in range(len(codes))]
+  return codes, read("out"), read("err")
 
 
-def train_resume_eval_export(spec, cache_dir, config: str, workdir: Path, ckpt: Path, *overrides: str) -> dict:
-  """The four invocations a user makes (train, train further = resume, eval, export); returns the eval
-  metrics."""
-  base = ["--config", config, "--workdir", str(workdir), f"--config.init_from={ckpt}", *RUN, *FAST_COMPILE]
-  base += overrides
-  invocations = [
+def user_invocations(config: str, workdir: Path, ckpt: Path, *overrides: str) -> list[list[str]]:
+  """The four invocations a user makes: train, train further (= resume), eval, export."""
+  base = ["--config", config, "--workdir", str(workdir), f"--config.init_from={ckpt}", *RUN, *overrides]
+  return [
       [*base, "--config.steps=1"],
       [*base, "--config.steps=2"],
       [*base, "--config.steps=2", "--mode=eval"],
       [*base, "--config.steps=2", "--mode=export"],
   ]
-  outs = run_session(spec, cache_dir, invocations, workdir.parent / f"{workdir.name}.session.json")
+
+
+def check_user_run(spec, workdir: Path, outs: list[str]) -> dict:
+  """What the four invocations must leave behind; returns the eval metrics."""
   assert f"resumed from {workdir} at step 1" in outs[1]
   result = json.loads(outs[2].strip().splitlines()[-1])
   assert result["eval_examples"] == spec.validation and 0.0 <= result["top1"] <= 1.0
@@ -103,6 +101,32 @@ def train_resume_eval_export(spec, cache_dir, config: str, workdir: Path, ckpt: 
   assert (workdir / "export" / "params" / "_METADATA").exists()
   assert (workdir / "export" / "model.safetensors").stat().st_size > 0
   return result
+
+
+def run_configs(spec, cache_dir, runs: dict[str, tuple], session: Path) -> dict:
+  """Every run of `runs` (name -> user_invocations arguments) in one process, so the ~9 s of imports are
+  paid once per group rather than once per config; then checks each run on its own and fails naming
+  every run that failed (a failing run does not stop the others)."""
+  invocations = [user_invocations(*args) for args in runs.values()]
+  codes, outs, errs = run_session(spec, cache_dir, [i for inv in invocations for i in inv], session)
+  failures, results = [], {}
+  for k, (name, args) in enumerate(runs.items()):
+    span = slice(4 * k, 4 * k + 4)
+    bad = next((i for i, code in enumerate(codes[span]) if code), None)
+    try:
+      if bad is not None:
+        raise AssertionError(f"{' '.join(invocations[k][bad])}\nexit {codes[span][bad]}\n{errs[span][bad][-3000:]}")
+      results[name] = check_user_run(spec, args[1], outs[span])
+    except AssertionError as e:
+      failures.append(f"--- {name}: {e}")
+  assert not failures, "\n".join(failures)
+  return results
+
+
+def train_resume_eval_export(spec, cache_dir, config: str, workdir: Path, ckpt: Path, *overrides: str) -> dict:
+  """One config's four invocations in a session of its own; returns the eval metrics."""
+  session = workdir.parent / f"{workdir.name}.session.json"
+  return run_configs(spec, cache_dir, {config: (config, workdir, ckpt, *overrides)}, session)[config]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -140,36 +164,37 @@ def small_overrides(family):
   return name, arch, [f"--config.model.name={name}", *[f"--config.model.{k}={v}" for k, v in arch.items()]]
 
 
-BASELINES = [
-    (f"{m}_2x.py", k) for m in ("deit_base", "swin_base") for k in ("random", "stack", "interpolate", "swa", "scratch")
-]
-ABLATIONS = [
-    "adjust=lora,rank=8",
-    "adjust=none",
-    "share=0",
-    "subset=3-5",
-    "reuse=3",
-    "mapping=stack",
-    "rank=32",
-    "drop_path=0.1",
-    "scope=all",
-    "model=swin_base,subset=2",
-    "model=swin_base,mapping=interpolate",
-]
+# One session per group (tests/cli_session.py): the configs of a group share the process's imports.
+BASELINE_KINDS = ("random", "stack", "interpolate", "swa", "scratch")
+ABLATIONS = {  # group -> ablation_grow.py arguments
+    "vit_adjustment": ["adjust=lora,rank=8", "adjust=none", "rank=32", "scope=all", "drop_path=0.1"],
+    "vit_structure": ["share=0", "subset=3-5", "reuse=3", "mapping=stack"],
+    "swin": ["model=swin_base,subset=2", "model=swin_base,mapping=interpolate"],
+}
+# Every key ablation_grow.py parses is varied by some group (model: the Swin group).
+ABLATION_KEYS = {"model", "adjust", "share", "subset", "reuse", "mapping", "rank", "drop_path", "scope"}
+assert {kv.split("=")[0] for args in ABLATIONS.values() for a in args for kv in a.split(",")} == ABLATION_KEYS
 
 
-@pytest.mark.parametrize("config,arg", BASELINES, ids=[f"{c}:{a}" for c, a in BASELINES])
-def test_baseline_kinds(timm, torch, mock_spec, cache_dir, tmp_path_factory, config, arg):
+@pytest.mark.parametrize("config", ["deit_base_2x.py", "swin_base_2x.py"])
+def test_baseline_kinds(timm, torch, mock_spec, cache_dir, tmp_path_factory, config):
   name, arch, overrides = small_overrides("swin" if config.startswith("swin") else "vit")
   ckpt = timm_checkpoint(timm, torch, tmp_path_factory.getbasetemp() / "timm", name, **arch)
-  workdir = tmp_path_factory.mktemp(f"{config[:-3]}_{arg}")
-  extra = ["--config.init_from="] if arg == "scratch" else []  # from scratch: nothing to load
-  train_resume_eval_export(mock_spec, cache_dir, f"{CONFIGS / config}:{arg}", workdir, ckpt, *overrides, *extra)
+  group = tmp_path_factory.mktemp(f"{config[:-3]}_kinds")
+  runs = {}
+  for kind in BASELINE_KINDS:
+    extra = ["--config.init_from="] if kind == "scratch" else []  # from scratch: nothing to load
+    runs[kind] = (f"{CONFIGS / config}:{kind}", group / kind, ckpt, *overrides, *extra)
+  assert sorted(run_configs(mock_spec, cache_dir, runs, group / "session.json")) == sorted(BASELINE_KINDS)
 
 
-@pytest.mark.parametrize("arg", ABLATIONS)
-def test_ablation_families(timm, torch, mock_spec, cache_dir, tmp_path_factory, arg):
-  name, arch, overrides = small_overrides("swin" if "model=swin" in arg else "vit")
+@pytest.mark.parametrize("group", sorted(ABLATIONS))
+def test_ablation_families(timm, torch, mock_spec, cache_dir, tmp_path_factory, group):
+  name, arch, overrides = small_overrides("swin" if group == "swin" else "vit")
   ckpt = timm_checkpoint(timm, torch, tmp_path_factory.getbasetemp() / "timm", name, **arch)
-  workdir = tmp_path_factory.mktemp("ablation_" + arg.replace(",", "_").replace("=", ""))
-  train_resume_eval_export(mock_spec, cache_dir, f"{CONFIGS / 'ablation_grow.py'}:{arg}", workdir, ckpt, *overrides)
+  root = tmp_path_factory.mktemp(f"ablation_{group}")
+  runs = {
+      arg: (f"{CONFIGS / 'ablation_grow.py'}:{arg}", root / arg.replace(",", "_").replace("=", ""), ckpt, *overrides)
+      for arg in ABLATIONS[group]
+  }
+  assert sorted(run_configs(mock_spec, cache_dir, runs, root / "session.json")) == sorted(ABLATIONS[group])
