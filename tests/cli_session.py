@@ -12,6 +12,8 @@ train / resume / eval / export on 2 cores.
 Each invocation's stdout/stderr go to `<SESSION>.<i>.out` / `.err` and its exit code to
 `<SESSION>.codes.json`; the session stops at the first nonzero exit, unless `--keep-going` (a session of
 invocations that are each expected to fail, with one import of the package for all of them).
+
+Tests call `run(...)`, which writes the session file, runs it and reads the results back.
 """
 
 from __future__ import annotations
@@ -22,6 +24,31 @@ import sys
 import time
 import traceback
 from pathlib import Path
+
+
+def run(
+    invocations: list[list[str]],
+    session: Path,
+    env: dict,
+    launcher: list[str] | None = None,
+    keep_going: bool = True,
+    timeout: float = 1800,
+) -> tuple[list[int], list[str], list[str]]:
+  """Runs the invocations as one session in a subprocess (`launcher`: the interpreter command, e.g.
+  `tfds_mock.command()` to run it under the TFDS mock); returns their exit codes, stdouts and stderrs
+  (as many as ran: all with `keep_going`)."""
+  import subprocess
+
+  session.write_text(json.dumps(invocations))
+  cmd = [*(launcher or [sys.executable]), str(Path(__file__).resolve()), str(session)]
+  cmd += ["--keep-going"] if keep_going else []
+  repo = Path(__file__).resolve().parents[1]
+  proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  codes = json.loads(Path(f"{session}.codes.json").read_text())
+  assert len(codes) == len(invocations) or not keep_going
+  read = lambda ext: [Path(f"{session}.{i}.{ext}").read_text() for i in range(len(codes))]
+  return codes, read("out"), read("err")
 
 
 def main(session: str, keep_going: bool = False) -> int:

@@ -16,13 +16,12 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+import cli_session
 from test_configs import get_config as config_file
 from test_main_cli import env_for, snapshot
 from test_text import write_fortune_db
@@ -68,15 +67,8 @@ def hf_logits(transformers, torch, directory, x):
 
 
 def run_session(invocations, session: Path, cache, keep_going=False):
-  session.write_text(json.dumps(invocations))
-  cmd = [sys.executable, str(REPO / "tests" / "cli_session.py"), str(session)] + (
-      ["--keep-going"] if keep_going else []
-  )
-  proc = subprocess.run(cmd, cwd=REPO, env=env_for(cache), capture_output=True, text=True, timeout=600, check=False)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  codes = json.loads(Path(f"{session}.codes.json").read_text())
-  outs = [(Path(f"{session}.{i}.out").read_text(), Path(f"{session}.{i}.err").read_text()) for i in range(len(codes))]
-  return codes, outs
+  codes, outs, errs = cli_session.run(invocations, session, env_for(cache), keep_going=keep_going, timeout=600)
+  return codes, list(zip(outs, errs))
 
 
 # ----------------------------------------------------------------------------------------------

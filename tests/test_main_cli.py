@@ -2,7 +2,7 @@
 
 Every bad input must end with a nonzero exit code, exactly one stderr line starting with `error:` (no
 traceback, no log noise) and a pre-existing workdir left as it was (nothing overwritten or removed).
-The invocations are independent, so they run concurrently (one module fixture), and each test checks one.
+The bad invocations run in one module fixture (one process for the one-device ones), and each test checks one.
 Subprocesses share a persistent XLA compilation cache and skip LLVM optimisation (compile time dominates
 these tiny runs; the flags change no result checked here).
 """
@@ -24,6 +24,7 @@ import jax
 import numpy as np
 import pytest
 
+import cli_session
 from scalenet_jax import convert
 from scalenet_jax.models import registry
 
@@ -166,13 +167,6 @@ BAD = {
     "init_from_code_pickle": (["--config.init_from={evil}"], 1),
     "workdir_of_other_model": ([], 1),
 }
-COMPILES = (
-    "init_from_other_width",
-    "init_from_missing_key",
-    "init_from_code_pickle",
-    "workdir_of_other_model",
-    "undecodable_image",
-)
 # What the one error line must mention, so the message names the bad thing.
 MENTIONS = {
     "unknown_config_key": "nosuch_field",
@@ -224,12 +218,16 @@ def bad_runs(tmp_path_factory):
           *[a.format(**{k: str(v) for k, v in paths.items()}) for a in extra],
       ]
     jobs[case] = (workdir, args, devices, snapshot(workdir))
-  # Cases that get as far as the model init compile the same program: run one of them first, the cheap
-  # cases next and the other compiling ones last, so those find it in the compilation cache.
-  order = sorted(jobs, key=lambda c: 0 if c == COMPILES[0] else 2 if c in COMPILES else 1)
-  with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
-    futures = {case: pool.submit(run_main, jobs[case][1], cache, jobs[case][2]) for case in order}
-    return {case: (futures[case].result(), before, snapshot(wd), paths) for case, (wd, _, _, before) in jobs.items()}
+  # The one-device cases run one after the other in one process (tests/cli_session.py: one import of
+  # the package for all of them), the multi-device ones in processes of their own alongside.
+  session = [case for case in jobs if jobs[case][2] == 1]
+  with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+    inline = pool.submit(cli_session.run, [jobs[c][1] for c in session], root / "bad.json", env_for(cache))
+    own = {c: pool.submit(run_main, args, cache, n) for c, (_, args, n, _) in jobs.items() if c not in session}
+    own = {case: f.result() for case, f in own.items()}
+    for case, code, out, err in zip(session, *inline.result()):
+      own[case] = subprocess.CompletedProcess(jobs[case][1], code, out, err)
+  return {case: (own[case], before, snapshot(wd), paths) for case, (wd, _, _, before) in jobs.items()}
 
 
 @pytest.mark.parametrize("case", list(BAD))

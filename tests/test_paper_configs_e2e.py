@@ -17,12 +17,12 @@ reuse the programs the first run compiled.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import cli_session
 import tfds_mock
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,20 +62,13 @@ def timm_checkpoint(timm, torch, directory: Path, name: str, **arch) -> Path:
 
 
 def run_session(spec, cache_dir, invocations: list[list[str]], session: Path) -> tuple[list[int], list[str], list[str]]:
-  """Runs the `python -m scalenet_jax.main` invocations one after the other in one process
-  (tests/cli_session.py, `--keep-going`) under the TFDS mock; returns their exit codes, stdouts, stderrs."""
-  session.write_text(json.dumps(invocations))
+  """The `python -m scalenet_jax.main` invocations one after the other in one process under the TFDS mock
+  (tests/cli_session.py, keep going); their exit codes, stdouts, stderrs."""
   env = tfds_mock.env(spec)
   env.update(
       JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache_dir), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0"
   )
-  cmd = tfds_mock.command(str(Path(__file__).with_name("cli_session.py")), str(session), "--keep-going")
-  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  codes = json.loads(Path(f"{session}.codes.json").read_text())
-  assert len(codes) == len(invocations)
-  read = lambda ext: [Path(f"{session}.{i}.{ext}").read_text() for i in range(len(codes))]
-  return codes, read("out"), read("err")
+  return cli_session.run(invocations, session, env, launcher=tfds_mock.command())
 
 
 def user_invocations(config: str, workdir: Path, ckpt: Path, *overrides: str) -> list[list[str]]:

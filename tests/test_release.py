@@ -26,6 +26,7 @@ def test_release_file_builds_its_timm_twin(finished_run, tmp_path, timm, torch):
   assert read_meta == meta and read_meta["timm_class"] == "VisionTransformer"
   assert read_meta["mean"] == list(config.data.mean) and read_meta["steps"] == 2
   assert 0.0 <= read_meta["top1"] <= 1.0
+  assert (tmp_path / "vit_micro.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the training curve
 
   from timm.models.vision_transformer import VisionTransformer
 
