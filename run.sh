@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up everything (idempotent) and run the demo or the test suite.
-#   bash run.sh demo [demo flags]   # Fashion-MNIST: pretrain -> expand 2x (ScaleNet + baselines) -> report
+#   bash run.sh demo [demo flags]   # Fashion-MNIST: released base -> expand 2x (ScaleNet + baselines) -> report
 #   bash run.sh test [pytest args]  # the test suite (what CI runs)
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -1,8 +1,10 @@
 r"""The embedded demo: ScaleNet-grow vs the baselines on real Fashion-MNIST, on a CPU.
 
-  python -m scalenet_jax.demo [--workdir DIR] [--quick]
+  python -m scalenet_jax.demo [--workdir DIR] [--quick] [--base FILE | --pretrain]
 
-1. pretrain a 6-layer micro ViT (patch 4, 28x28 grey images);
+1. start from the released converged base, a 6-layer micro ViT (patch 4, 28x28 grey images) in
+   pretrained/ (timm-format safetensors with its provenance, as a paper user starts from timm's weights);
+   `--pretrain` trains a base here instead (a short run: an undertrained base, for a smoke test);
 2. expand it to 12 layers with ScaleNet (shared weights + adapters + own LNs, interpolate mapping)
    and with the baselines: Random / Stack / Interpolate / SWA (independent new layers, parameter-
    matched) and From-scratch (12 independent layers, random init); as a control, the pretrained
@@ -17,14 +19,19 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 from absl import app, flags, logging
 
-from scalenet_jax import config_lib, jax_utils, summary, trainer
+from scalenet_jax import config_lib, jax_utils, release, summary, trainer
+from scalenet_jax.data import preprocess
+from scalenet_jax.errors import MissingInputError, UserError
 
 FLAGS = flags.FLAGS
 
 MODEL = "vit_micro_patch4_28"
+# The released base (configs/pretrain_fmnist.py:vit, pretrained/README.md).
+RELEASED = Path(__file__).resolve().parents[1] / "pretrained" / f"{MODEL}_fmnist.safetensors"
 # (row label, expansion kind); kind '' = the pretrained model itself, trained further (control).
 VARIANTS = [
     ("ScaleNet (shared + adapters)", "scalenet"),
@@ -36,13 +43,18 @@ VARIANTS = [
     ("Pretrained, trained further", ""),
 ]
 BATCH = 64
-BUDGETS = {  # steps at global batch BATCH, sized for <= 20 min (default) / ~3 min (quick) on 2 CPU cores
-    False: dict(pretrain=800, finetune=200, eval_split="test"),
+TRAIN_IMAGES = 59_000  # train_minus_minival: the 1,000-image minival stays held out
+EPOCH_STEPS = TRAIN_IMAGES // BATCH
+BUDGETS = {  # steps at global batch BATCH, sized for <= 20 min (default) / ~3 min (quick) on 2 CPU cores;
+    # `pretrain` only with --pretrain.
+    False: dict(pretrain=800, finetune=600, eval_split="test"),
     True: dict(pretrain=60, finetune=20, eval_split="minival"),
 }
+# The input normalisation of a base pretrained here (a released base brings its own in its metadata).
+NORMALISATION = dict(mean=preprocess.FASHION_MNIST_MEAN, std=preprocess.FASHION_MNIST_STD, pad=0)
 
 
-def base(steps: int, lr: float, eval_split: str, seed: int):
+def base(steps: int, lr: float, eval_split: str, seed: int, norm: dict = NORMALISATION):
   c = config_lib.train_config(MODEL)
   c.seed = seed
   c.steps = steps
@@ -52,21 +64,21 @@ def base(steps: int, lr: float, eval_split: str, seed: int):
   c.data.eval_split = eval_split
   c.data.crop_padding = 2
   c.data.hflip = True
-  c.data.mean = (0.286,)
-  c.data.std = (0.353,)
+  c.data.mean, c.data.std, c.data.pad = tuple(norm["mean"]), tuple(norm["std"]), norm["pad"]
   c.optim.lr = lr
   c.optim.min_lr = lr * 0.01
   c.optim.warmup_steps = max(1, steps // 20)
   c.optim.weight_decay = 0.05
   c.optim.clip_grad_norm = 1.0
+  c.label_smoothing = 0.1  # the paper's DeiT recipe, as the released base was trained
   c.xla_opt_level = 1  # short CPU runs: compile time dominates (see config_lib)
   c.log_every = max(1, steps // 10)
   c.ckpt_every = max(1, steps // 3)
   return c
 
 
-def variant_config(kind: str, pretrained: str, steps: int, eval_split: str, seed: int):
-  c = base(steps, 5e-4, eval_split, seed)
+def variant_config(kind: str, pretrained: str, steps: int, eval_split: str, seed: int, norm: dict = NORMALISATION):
+  c = base(steps, 5e-4, eval_split, seed, norm)
   c.init_from = pretrained
   c.eval_at_init = True
   c.init_eval_split = "minival"  # an indicator only; 1k images keep the 7 extra evals cheap
@@ -89,11 +101,42 @@ def pretrain(workdir: str, steps: int, eval_split: str, seed: int) -> dict:
   return trainer.run(base(steps, 1e-3, eval_split, seed), os.path.join(workdir, "pretrain"))
 
 
+def released_base(path=RELEASED) -> dict:
+  """The base of a release file: its path, its input normalisation and its provenance (release.read)."""
+  if not Path(path).exists():
+    raise MissingInputError(f"released base not found: {path} (pass --base FILE, or --pretrain to train one here)")
+  _, meta = release.read(path)
+  if meta.get("model") != MODEL:
+    raise UserError(f"{path} holds a {meta.get('model')!r} base; the demo grows {MODEL}")
+  return dict(path=str(path), norm={k: meta[k] for k in ("mean", "std", "pad")}, **meta)
+
+
+def pretrained_here(workdir: str, steps: int, eval_split: str, seed: int) -> dict:
+  """A base trained by this run (--pretrain), described like a released one."""
+  pre = pretrain(workdir, steps, eval_split, seed)
+  return dict(
+      path=os.path.join(pre["export"], "params"),
+      norm=NORMALISATION,
+      top1=pre["top1"],
+      steps=steps,
+      eval_split=eval_split,
+      params=pre["params"],
+  )
+
+
 def finetune(
-    workdir: str, name: str, kind: str, pretrained: str, steps: int, eval_split: str, seed: int, **expansion
+    workdir: str,
+    name: str,
+    kind: str,
+    pretrained: str,
+    steps: int,
+    eval_split: str,
+    seed: int,
+    norm: dict = NORMALISATION,
+    **expansion,
 ) -> dict:
   """Expand the pretrained model (`kind`; '' = as it is), fine-tune it, return one report row."""
-  cfg = variant_config(kind, pretrained, steps, eval_split, seed)
+  cfg = variant_config(kind, pretrained, steps, eval_split, seed, norm)
   for k, v in expansion.items():
     if k == "drop_path_rate":
       cfg.model.drop_path_rate = v
@@ -110,39 +153,45 @@ def finetune(
   )
 
 
-def run_demo(workdir: str, quick: bool, pretrain_steps=None, finetune_steps=None, seed: int = 0) -> str:
+def run_demo(
+    workdir: str, quick: bool, pretrain_steps=None, finetune_steps=None, seed: int = 0, base_file=None, train_base=False
+) -> str:
   budget = BUDGETS[quick]
   pre_steps = pretrain_steps or budget["pretrain"]
   ft_steps = finetune_steps or budget["finetune"]
   os.makedirs(workdir, exist_ok=True)
   t_start = time.time()
-  print(f"== 1/2 pretraining {MODEL} for {pre_steps} steps", flush=True)
-  pre = pretrain(workdir, pre_steps, budget["eval_split"], seed)
-  pretrained = os.path.join(pre["export"], "params")
+  if train_base:
+    print(f"== 1/2 pretraining {MODEL} for {pre_steps} steps", flush=True)
+    base_ = pretrained_here(workdir, pre_steps, budget["eval_split"], seed)
+  else:
+    base_ = released_base(base_file or RELEASED)
+    print(
+        f"== 1/2 released base {base_['path']}: top-1 {base_['top1'] * 100:.2f}% on {base_['eval_split']}", flush=True
+    )
   rows = []
   for label, kind in VARIANTS:
     print(f"== 2/2 {label}: accuracy at init, then fine-tuning for {ft_steps} steps", flush=True)
-    rows.append(
-        dict(
-            label=label,
-            **finetune(workdir, kind or "pretrained_more", kind, pretrained, ft_steps, budget["eval_split"], seed),
-        )
+    row = finetune(
+        workdir, kind or "pretrained_more", kind, base_["path"], ft_steps, budget["eval_split"], seed, base_["norm"]
     )
-  report = render(rows, pre, pre_steps, ft_steps, budget["eval_split"], time.time() - t_start, quick)
+    rows.append(dict(label=label, **row))
+  report = render(rows, base_, ft_steps, budget["eval_split"], time.time() - t_start, quick)
   with open(os.path.join(workdir, "report.md"), "w") as f:
     f.write(report)
   with open(os.path.join(workdir, "report.json"), "w") as f:
-    json.dump({"pretrain": {k: pre[k] for k in ("top1", "top5", "params")}, "rows": rows}, f, indent=1)
+    json.dump({"base": {k: v for k, v in base_.items() if k != "norm"}, "rows": rows}, f, indent=1)
   return report
 
 
-def render(rows, pre, pre_steps, ft_steps, eval_split, seconds, quick) -> str:
+def render(rows, base_, ft_steps, eval_split, seconds, quick) -> str:
   split = "Fashion-MNIST test (10,000 images)" if eval_split == "test" else "a 1,000-image held-out minival split"
+  where = "trained by this run" if base_["path"].endswith("params") else f"released, `{Path(base_['path']).name}`"
   out = [
       f"# ScaleNet-grow demo: {MODEL} on Fashion-MNIST{' (--quick smoke run)' if quick else ''}",
       "",
-      f"Pretrained 6-layer model: top-1 {pre['top1'] * 100:.2f}% after {pre_steps} steps "
-      f"({pre['params']:,} params). Every row below then trains {ft_steps} steps at batch {BATCH} "
+      f"Pretrained 6-layer base ({where}): top-1 {base_['top1'] * 100:.2f}% on {base_['eval_split']} after "
+      f"{base_['steps']:,} steps. Every row below then trains {ft_steps} steps at batch {BATCH} "
       f"(AdamW, cosine); accuracy after fine-tuning on {split}, at init on the 1,000-image "
       "minival split held out of train.",
       "",
@@ -175,9 +224,11 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   try:
-    report = run_demo(FLAGS.workdir, FLAGS.quick, FLAGS.pretrain_steps, FLAGS.finetune_steps, FLAGS.seed)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
+    report = run_demo(
+        FLAGS.workdir, FLAGS.quick, FLAGS.pretrain_steps, FLAGS.finetune_steps, FLAGS.seed, FLAGS.base, FLAGS.pretrain
+    )
+  except UserError as e:
+    print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
     sys.exit(2)
   print(report)
 
@@ -186,7 +237,9 @@ def define_flags():
   """Flags of this CLI (defined on demand: other modules import this one)."""
   flags.DEFINE_string("workdir", "demo_workdir", "Where runs, checkpoints and report.md go.")
   flags.DEFINE_bool("quick", False, "Tiny budget (about 3 minutes): a smoke run of the whole pipeline.")
-  flags.DEFINE_integer("pretrain_steps", None, "Override the pretraining steps.")
+  flags.DEFINE_string("base", None, f"Release file of the base to grow (default: {RELEASED.name} in pretrained/).")
+  flags.DEFINE_bool("pretrain", False, "Pretrain the base here (a short run) instead of using a released one.")
+  flags.DEFINE_integer("pretrain_steps", None, "Override the pretraining steps (with --pretrain).")
   flags.DEFINE_integer("finetune_steps", None, "Override the fine-tuning steps of every variant.")
   flags.DEFINE_integer("seed", 0, "Seed of every run.")
 

@@ -27,6 +27,8 @@ import time
 
 from absl import app, flags, logging
 
+from scalenet_jax import stats
+
 FLAGS = flags.FLAGS
 
 ARMS = ("scalenet", "stack", "further")
@@ -43,16 +45,6 @@ def load_config_file(path: str, arg: str):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
-
-
-def t_interval(xs) -> tuple[float, float]:
-  """(mean, half-width of the two-sided 95% t-interval); half-width nan for one value."""
-  from scipy import stats  # pylint: disable=g-import-not-at-top
-
-  m = statistics.fmean(xs)
-  if len(xs) < 2:
-    return m, float("nan")
-  return m, float(stats.t.ppf(0.975, len(xs) - 1)) * statistics.stdev(xs) / math.sqrt(len(xs))
 
 
 def machine() -> dict:
@@ -136,8 +128,8 @@ def summarize(runs, seeds) -> dict:
   ppl = {a: [runs[f"{a}_s{s}"]["perplexity"] for s in range(seeds)] for a in ARMS}
   rows = {}
   for a in ARMS:
-    m, h = t_interval(ppl[a])
-    d, dh = t_interval([x - y for x, y in zip(ppl[a], ppl["further"])])
+    m, h = stats.t_interval(ppl[a])
+    d, dh = stats.paired(ppl[a], ppl["further"])
     r0 = runs[f"{a}_s0"]
     rows[a] = {
         "ppl": ppl[a],

@@ -54,7 +54,30 @@ def metadata(config, workdir, command: str) -> dict:
   }
 
 
+def plot_curve(workdir, out_png, title: str) -> None:
+  """The run's training curve (train loss per log step, test top-1 per evaluation) as a PNG."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  lines = [json.loads(l) for l in (paths.path(workdir) / "metrics.jsonl").read_text().splitlines()]
+  train = [(l["step"], l["loss"]) for l in lines if "loss" in l]
+  evals = [(l["step"], l["top1"] * 100) for l in lines if "top1" in l]
+  fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2), dpi=80)
+  a.plot(*zip(*train), lw=1)
+  a.set(xlabel="step", ylabel="train loss (label smoothing 0.1)")
+  b.plot(*zip(*evals), marker=".", lw=1)
+  b.set(xlabel="step", ylabel="test top-1 (%)", ylim=(max(0, min(t for _, t in evals) - 2), 100))
+  b.grid(alpha=0.3)
+  fig.suptitle(title)
+  fig.tight_layout()
+  paths.save_figure(fig, out_png, dpi=80)
+  plt.close(fig)
+
+
 def write(config, workdir, out, command: str) -> dict:
+  """Writes the release file `out` and its training curve (`out` with suffix .png); returns the metadata."""
   model = builder.base_model(config)
   params = ckpt_lib.load_params(paths.path(workdir) / "export" / "params", model.abstract_params())
   meta = metadata(config, workdir, command)
@@ -63,6 +86,8 @@ def write(config, workdir, out, command: str) -> dict:
   from safetensors.numpy import save  # pylint: disable=g-import-not-at-top
 
   paths.write_bytes(out, save(tensors, metadata=encoded))
+  title = f"{meta['model']} on {meta['dataset']}: final test top-1 {meta['top1'] * 100:.2f}%"
+  plot_curve(workdir, str(out).rsplit(".", 1)[0] + ".png", title)
   return meta
 
 

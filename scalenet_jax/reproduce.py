@@ -1,13 +1,16 @@
 r"""Generate docs/reproduction.md from real runs on Fashion-MNIST (and the paper configs' counts).
 
-  python -m scalenet_jax.reproduce --workdir /tmp/repro --budget demo --seeds 2 [--nas_workdir DIR]
+  python -m scalenet_jax.reproduce --workdir /tmp/repro --budget demo --seeds 3 [--base FILE] [--nas_workdir DIR]
 
-Sections: (1) Table-I-style comparison, ScaleNet vs Random/Stack/Interpolate/SWA/scratch, several
-seeds; (2) ablations (adjustment, mapping, R, rank, drop path) from one pretrained model;
-(3) ScaleNet-search: HSS vs uniform FLOPs histograms (+ a NAS pipeline's report when given);
-(4) exact params/FLOPs of the six full-size paper configs. Runs resume from their workdirs, so the
-script can be interrupted and restarted. The verdicts on the paper's claims are computed from the
-measured numbers, whatever they turn out to be.
+Every run starts from the same released base (pretrained/, as the paper starts from timm's weights;
+`--base` another release file) and differs only in its fine-tuning seed. Sections: (1) Table-I-style
+comparison, ScaleNet vs Random/Stack/Interpolate/SWA, the 12-layer model from scratch and the base trained
+further; (2) ablations (adjustment, mapping, R, rank, drop path); (3) training efficiency: ScaleNet vs
+the 2x-deep model from scratch for the same and for 3x the steps (paper Table VII); (4) ScaleNet-search:
+HSS vs uniform FLOPs histograms (+ a NAS pipeline's report when given); (5) exact params/FLOPs of the
+six full-size paper configs. Top-1 is reported as mean ± 95% t-interval over seeds, and every comparison
+as the paired (same-seed) difference with its interval: a claim holds only when that interval excludes
+0 (scalenet_jax.stats). Runs resume from their workdirs, so the script can be interrupted and restarted.
 """
 
 from __future__ import annotations
@@ -18,19 +21,18 @@ import statistics
 
 from absl import app, flags, logging
 
-from scalenet_jax import config_lib, demo, jax_utils, summary
+from scalenet_jax import config_lib, demo, jax_utils, stats, summary
 
 FLAGS = flags.FLAGS
 
-# (pretrain steps, fine-tune steps, eval split). 'demo' is the default demo's budget, so a finished
-# `python -m scalenet_jax.demo --workdir D` can serve as seed 0: link it as <workdir>/seed0.
+# (fine-tune steps per run at batch demo.BATCH, eval split). 'demo' is the default demo's budget, so a
+# finished `python -m scalenet_jax.demo --workdir D` can serve as seed 0: link it as <workdir>/seed0.
 BUDGETS = {
-    "tiny": (60, 20, "minival"),
-    "demo": tuple(demo.BUDGETS[False][k] for k in ("pretrain", "finetune", "eval_split")),
-    "small": (1000, 250, "test"),
-    "full": (3000, 1000, "test"),
+    "tiny": (20, "minival"),
+    "demo": (demo.BUDGETS[False]["finetune"], demo.BUDGETS[False]["eval_split"]),
+    "full": (2 * demo.EPOCH_STEPS, "test"),
 }
-ABLATIONS = [  # (family, label, expansion overrides)
+ABLATIONS = [  # (family, label, expansion overrides); {} = ScaleNet's defaults (the Table I run itself)
     ("adjustment", "adapter (r=16)", {}),
     ("adjustment", "LoRA (r=16, qkv/proj/fc1/fc2)", {"adjust": "lora"}),
     ("adjustment", "none (weight sharing only)", {"adjust": "none"}),
@@ -45,76 +47,80 @@ ABLATIONS = [  # (family, label, expansion overrides)
     ("drop path", "0.1", {"drop_path_rate": 0.1}),
     ("drop path", "0.2", {"drop_path_rate": 0.2}),
 ]
+SCALENET = demo.VARIANTS[0][0]
+SCRATCH = next(l for l, k in demo.VARIANTS if k == "scratch")
+MATCHED = [l for l, k in demo.VARIANTS if k in ("random", "stack", "interpolate", "swa")]
+LONGER = 3  # the efficiency comparison: scratch also trains this many times the steps
 
 
 def _slug(overrides):
   return "scalenet" + "".join(f"_{k}{v}".replace(",", "-") for k, v in sorted(overrides.items()))
 
 
-def table1(workdir, seeds, pre_steps, ft_steps, split):
-  runs = {}  # label -> list of rows (one per seed)
-  pre = []
+def _run(workdir, seed, base, name, kind, steps, split, **overrides) -> dict:
+  wd = os.path.join(workdir, f"seed{seed}")
+  return demo.finetune(wd, name, kind, base["path"], steps, split, seed, base["norm"], **overrides)
+
+
+def table1(workdir, seeds, base, steps, split) -> dict:
+  """label -> one row per seed (demo.VARIANTS, each seed fine-tuned from the same base)."""
+  runs = {}
   for seed in range(seeds):
-    wd = os.path.join(workdir, f"seed{seed}")
-    p = demo.pretrain(wd, pre_steps, split, seed)
-    pre.append(p["top1"])
     for label, kind in demo.VARIANTS:
-      row = demo.finetune(
-          wd, kind or "pretrained_more", kind, os.path.join(p["export"], "params"), ft_steps, split, seed
-      )
-      runs.setdefault(label, []).append(row)
-  return pre, runs
+      runs.setdefault(label, []).append(_run(workdir, seed, base, kind or "pretrained_more", kind, steps, split))
+  return runs
 
 
-def ablations(workdir, pre_steps, ft_steps, split):
-  wd = os.path.join(workdir, "seed0")
-  p = demo.pretrain(wd, pre_steps, split, 0)
-  rows = []
-  for family, label, overrides in ABLATIONS:
-    r = demo.finetune(
-        wd, _slug(overrides), "scalenet", os.path.join(p["export"], "params"), ft_steps, split, 0, **overrides
-    )
-    rows.append(dict(family=family, label=label, **r))
-  return rows
-
-
-def _ms(values):
-  vals = [v * 100 for v in values]
-  return f"{statistics.mean(vals):.2f}" + (f" ± {statistics.stdev(vals):.2f}" if len(vals) > 1 else "")
-
-
-def _mean(rows, key="top1"):
-  return statistics.mean(r[key] for r in rows)
-
-
-def verdicts(runs, abl) -> list[str]:
-  sn = _mean(runs[demo.VARIANTS[0][0]])
+def ablations(workdir, seeds, base, steps, split) -> list[dict]:
+  """One entry per ABLATIONS row with its per-seed rows (the defaults reuse the Table I ScaleNet runs)."""
   out = []
-  base = [l for l, k in demo.VARIANTS if k in ("random", "stack", "interpolate", "swa")]
-  beaten = [l for l in base if sn > _mean(runs[l])]
+  for family, label, overrides in ABLATIONS:
+    rows = [_run(workdir, s, base, _slug(overrides), "scalenet", steps, split, **overrides) for s in range(seeds)]
+    out.append(dict(family=family, label=label, default=not overrides, rows=rows))
+  return out
+
+
+def efficiency(workdir, seeds, base, steps, split, runs) -> dict:
+  """ScaleNet and scratch at `steps` (Table I) and scratch at LONGER x `steps`: per-seed rows."""
+  longer = [_run(workdir, s, base, f"scratch_x{LONGER}", "scratch", LONGER * steps, split) for s in range(seeds)]
+  return {"steps": steps, SCALENET: runs[SCALENET], SCRATCH: runs[SCRATCH], f"{SCRATCH}, {LONGER}x steps": longer}
+
+
+def _top1(rows, key="top1"):
+  return [r[key] * 100 for r in rows]
+
+
+def _ci(values) -> str:
+  m, h = stats.t_interval(values)
+  return f"{m:.2f}" + ("" if h != h else f" ± {h:.2f}")
+
+
+def _diff(a_rows, b_rows) -> tuple[str, str]:
+  """('+d ± h', decision) of top-1 a - b in points, paired by seed."""
+  d, h = stats.paired(_top1(a_rows), _top1(b_rows))
+  return f"{d:+.2f}" + ("" if h != h else f" ± {h:.2f}"), stats.decide(d, h)
+
+
+def _claim(text, a_rows, b_rows) -> str:
+  diff, decision = _diff(a_rows, b_rows)
+  verdict = {"higher": "holds", "lower": "does not hold (the reverse holds)", "undecided": "not shown"}
+  return f"{text}: **{verdict.get(decision, 'undecided (one seed)')}** (paired difference {diff} points)."
+
+
+def verdicts(runs, abl, eff) -> list[str]:
+  """The paper's claims, each decided by a paired 95% interval that must exclude 0."""
+  by = {(a["family"], a["label"]): a["rows"] for a in abl}
+  out = [_claim(f"ScaleNet beats the parameter-matched baseline {l}", runs[SCALENET], runs[l]) for l in MATCHED]
+  out.append(_claim("ScaleNet beats the same-depth model trained from scratch", runs[SCALENET], runs[SCRATCH]))
   out.append(
-      f"ScaleNet beats the parameter-matched baselines: {'holds' if len(beaten) == len(base) else 'does not hold'}"
-      f" here (beats {len(beaten)} of {len(base)}: {', '.join(beaten) or 'none'})."
+      _claim("ScaleNet beats the base trained further (control)", runs[SCALENET], runs["Pretrained, trained further"])
   )
-  scratch = next(l for l, k in demo.VARIANTS if k == "scratch")
-  out.append(
-      f"ScaleNet beats the same-depth model trained from scratch with the same steps: "
-      f"{'holds' if sn > _mean(runs[scratch]) else 'does not hold'} ({sn * 100:.2f}% vs "
-      f"{_mean(runs[scratch]) * 100:.2f}%)."
-  )
-  by = {(r["family"], r["label"]): r["top1"] for r in abl}
-  adj = [
-      by[("adjustment", l)] for l in ("adapter (r=16)", "LoRA (r=16, qkv/proj/fc1/fc2)", "none (weight sharing only)")
-  ]
-  out.append(
-      f"Adapter is the best adjustment (paper): {'holds' if adj[0] >= max(adj) else 'does not hold'} "
-      f"(adapter {adj[0] * 100:.2f}%, LoRA {adj[1] * 100:.2f}%, none {adj[2] * 100:.2f}%)."
-  )
-  mi, ms = by[("mapping", "interpolate")], by[("mapping", "stack")]
-  out.append(
-      f"Interpolate beats stack for ViT/DeiT (paper): {'holds' if mi > ms else 'does not hold'} "
-      f"({mi * 100:.2f}% vs {ms * 100:.2f}%)."
-  )
+  adapter = by[("adjustment", "adapter (r=16)")]
+  for other in ("LoRA (r=16, qkv/proj/fc1/fc2)", "none (weight sharing only)"):
+    out.append(_claim(f"Adapter beats {other} (paper Table III)", adapter, by[("adjustment", other)]))
+  out.append(_claim("Interpolate beats stack for ViT/DeiT", by[("mapping", "interpolate")], by[("mapping", "stack")]))
+  longer = f"{SCRATCH}, {LONGER}x steps"
+  out.append(_claim(f"ScaleNet beats scratch trained {LONGER}x as long (paper Table VII)", eff[SCALENET], eff[longer]))
   return out
 
 
@@ -165,58 +171,75 @@ def nas_section(workdir, nas_workdir) -> list[str]:
   return lines
 
 
-def render(budget, seeds, pre, runs, abl, nas_lines, paper_lines) -> str:
-  pre_steps, ft_steps, split = BUDGETS[budget]
+def render(budget, seeds, base, runs, abl, eff, nas_lines, paper_lines) -> str:
+  steps, split = BUDGETS[budget]
+  test = "test set (10,000 images)" if split == "test" else "1,000-image held-out minival split"
   out = [
       "# Reproduction report (generated by `python -m scalenet_jax.reproduce`)",
       "",
-      f"Budget `{budget}`: pretrain {pre_steps} steps, fine-tune {ft_steps} steps per run, batch {demo.BATCH}, "
-      f"micro ViT (6 layers, d=64) on Fashion-MNIST, evaluated on the "
-      f"{'test set (10,000 images)' if split == 'test' else '1,000-image held-out minival split'}. "
-      f"Pretrained top-1 over {seeds} seed(s): {_ms(pre)}%.",
+      f"Budget `{budget}`: every run fine-tunes {steps} steps at batch {demo.BATCH} "
+      f"({steps / demo.EPOCH_STEPS:.2f} epochs of the 59,000 training images) from the same base, "
+      f"`{os.path.basename(base['path'])}` (top-1 {base['top1'] * 100:.2f}% on {base['eval_split']}, "
+      f"{base['steps']:,} steps), with fine-tuning seeds 0..{seeds - 1}; top-1 on the {test}, at init on the "
+      "minival split. Values: mean ± 95% t-interval over seeds; differences are paired by seed, and a claim "
+      "holds only when the interval of its difference excludes 0.",
       "",
-      "## 1. ScaleNet vs baselines (Table I style, top-1 %, mean ± std over seeds)",
+      "## 1. ScaleNet vs baselines (Table I style, top-1 %)",
       "",
-      "| method | layers | params | unique | top-1 at init (minival) | top-1 after | ms/step |",
-      "|---|---|---|---|---|---|---|",
+      "| method | layers | params | unique | top-1 at init | top-1 after | ScaleNet minus this row | ms/step |",
+      "|---|---|---|---|---|---|---|---|",
   ]
   for label, _ in demo.VARIANTS:
     rs = runs[label]
     ms = [r["sec_per_step"] for r in rs if r["sec_per_step"]]
     ms = f"{statistics.mean(ms) * 1e3:.0f}" if ms else "n/a"
+    diff = "" if label == SCALENET else _diff(runs[SCALENET], rs)[0]
     out.append(
         f"| {label} | {sum(rs[0]['depths'])} | {rs[0]['params']:,} | {rs[0]['unique_params']:,} | "
-        f"{_ms([r['top1_init'] for r in rs])} | {_ms([r['top1'] for r in rs])} | {ms} |"
+        f"{_ci(_top1(rs, 'top1_init'))} | {_ci(_top1(rs))} | {diff} | {ms} |"
     )
   out += [
       "",
-      "## 2. Ablations (seed 0, one pretrained model)",
+      "## 2. Ablations (ScaleNet 2x, one change each; minus = the family's default minus this row)",
       "",
-      "| family | variant | unique params | top-1 after |",
-      "|---|---|---|---|",
+      "| family | variant | unique params | top-1 after | default minus this row |",
+      "|---|---|---|---|---|",
   ]
-  out += [f"| {r['family']} | {r['label']} | {r['unique_params']:,} | {r['top1'] * 100:.2f} |" for r in abl]
-  out += ["", "## 3. Which paper claims hold at this scale", ""] + [f"- {v}" for v in verdicts(runs, abl)]
+  defaults = {a["family"]: a["rows"] for a in abl if a["default"]}
+  for a in abl:
+    diff = "(default)" if a["default"] else _diff(defaults[a["family"]], a["rows"])[0]
+    out.append(
+        f"| {a['family']} | {a['label']} | {a['rows'][0]['unique_params']:,} | {_ci(_top1(a['rows']))} | {diff} |"
+    )
   out += [
       "",
-      "Single-digit-seed, small-budget runs: differences below about one point are within noise.",
+      f"## 3. Training efficiency (paper Table VII analog): ScaleNet vs scratch at 1x and {LONGER}x the steps",
       "",
-      "## 4. ScaleNet-search",
-      "",
-  ] + nas_lines
-  out += ["", "## 5. Full-size paper configs (`--mode summary`, 1 MAC = 1 FLOP)", ""] + paper_lines
+      "| run | steps | top-1 after | training time (s, steps x median step time) |",
+      "|---|---|---|---|",
+  ]
+  for label, rows in eff.items():
+    if label == "steps":
+      continue
+    n = eff["steps"] * (LONGER if label.endswith("x steps") else 1)
+    secs = [r["sec_per_step"] * n for r in rows if r["sec_per_step"]]
+    out.append(f"| {label} | {n} | {_ci(_top1(rows))} | {_ci(secs) if secs else 'n/a'} |")
+  out += ["", "## 4. Which paper claims hold at this scale", ""] + [f"- {v}" for v in verdicts(runs, abl, eff)]
+  out += ["", "## 5. ScaleNet-search", ""] + nas_lines
+  out += ["", "## 6. Full-size paper configs (`--mode summary`, 1 MAC = 1 FLOP)", ""] + paper_lines
   return "\n".join(out) + "\n"
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  pre_steps, ft_steps, split = BUDGETS[FLAGS.budget]
-  pre, runs = table1(FLAGS.workdir, FLAGS.seeds, pre_steps, ft_steps, split)
-  abl = ablations(FLAGS.workdir, pre_steps, ft_steps, split)
-  report = render(
-      FLAGS.budget, FLAGS.seeds, pre, runs, abl, nas_section(FLAGS.workdir, FLAGS.nas_workdir), paper_configs_table()
-  )
+  steps, split = BUDGETS[FLAGS.budget]
+  base = demo.released_base(FLAGS.base or demo.RELEASED)
+  runs = table1(FLAGS.workdir, FLAGS.seeds, base, steps, split)
+  abl = ablations(FLAGS.workdir, FLAGS.seeds, base, steps, split)
+  eff = efficiency(FLAGS.workdir, FLAGS.seeds, base, steps, split, runs)
+  nas = nas_section(FLAGS.workdir, FLAGS.nas_workdir)
+  report = render(FLAGS.budget, FLAGS.seeds, base, runs, abl, eff, nas, paper_configs_table())
   os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
   from scalenet_jax import lm_study  # pylint: disable=g-import-not-at-top
 
@@ -224,7 +247,8 @@ def main(argv):
   with open(FLAGS.out, "w") as f:
     f.write(report + (f"\n{kept}\n" if kept else ""))
   with open(os.path.join(FLAGS.workdir, "reproduction.json"), "w") as f:
-    json.dump({"pretrain": pre, "table1": runs, "ablations": abl}, f, indent=1)
+    record = {"base": {k: v for k, v in base.items() if k != "norm"}, "table1": runs, "ablations": abl}
+    json.dump({**record, "efficiency": eff, "budget": FLAGS.budget, "seeds": FLAGS.seeds}, f, indent=1)
   print(report)
 
 
@@ -233,7 +257,8 @@ def define_flags():
   flags.DEFINE_string("workdir", "repro_workdir", "Where the runs go.")
   flags.DEFINE_string("out", "docs/reproduction.md", "The generated report.")
   flags.DEFINE_enum("budget", "demo", list(BUDGETS), "Steps per run (tiny = smoke test).")
-  flags.DEFINE_integer("seeds", 2, "Seeds of the Table-I comparison.")
+  flags.DEFINE_integer("seeds", 3, "Fine-tuning seeds of every run (all from the same base).")
+  flags.DEFINE_string("base", None, "Release file of the base (default: the demo's, in pretrained/).")
   flags.DEFINE_string("nas_workdir", "", "A finished NAS pipeline workdir to include (report.md there).")
 
 

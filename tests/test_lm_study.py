@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from scipy import stats
+from scipy import stats as scipy_stats
 
-from scalenet_jax import lm_study
+from scalenet_jax import lm_study, stats
 
 
 def runs(ppl: dict) -> dict:
@@ -17,14 +17,16 @@ def runs(ppl: dict) -> dict:
 
 
 def test_t_interval_and_paired_differences():
-  m, h = lm_study.t_interval([1.0, 2.0, 3.0])
-  assert m == 2.0 and h == pytest.approx(stats.t.ppf(0.975, 2) * 1.0 / 3**0.5)
+  m, h = stats.t_interval([1.0, 2.0, 3.0])
+  assert m == 2.0 and h == pytest.approx(scipy_stats.t.ppf(0.975, 2) * 1.0 / 3**0.5)
   rows = lm_study.summarize(
       runs({"scalenet": [10.0, 11.0, 12.0], "stack": [12.0, 13.0, 14.5], "further": [11.0, 12.0, 13.0]}), 3
   )
   # paired: scalenet is exactly 1 below further on every seed -> difference -1 with zero width
   assert rows["scalenet"]["diff"] == pytest.approx(-1.0) and rows["scalenet"]["diff_ci"] == pytest.approx(0.0)
   assert rows["stack"]["diff"] == pytest.approx(1.1666666, rel=1e-6) and rows["stack"]["diff_ci"] > 0
+  assert stats.decide(-1.0, 2.0) == "undecided" and stats.decide(-1.0, 0.5) == "lower"
+  assert stats.decide(1.0, 0.5) == "higher" and stats.decide(1.0, float("nan")) == "one seed"
   verdict = lm_study.verdict(rows)
   assert "scalenet is better" in verdict and "stack is worse" in verdict and "lower than the stacked" in verdict
 

@@ -1,5 +1,6 @@
 """Rank correlations between supernet and stand-alone accuracies."""
 
+import numpy as np
 import pytest
 
 from scalenet_jax.nas.rank_corr import path_rank_correlation, rank_correlations
@@ -23,3 +24,20 @@ def test_path_rank_correlation_and_errors():
     rank_correlations([1, 2], [1, 2])
   with pytest.raises(ValueError):
     path_rank_correlation(pairs, lambda ps: [0] * len(ps), [1, 2])
+
+
+def test_bootstrap_intervals_cover_the_estimate_and_shrink_with_more_paths():
+  rng = np.random.default_rng(0)
+  widths = []
+  for n in (30, 120):
+    a = rng.normal(size=n)
+    r = rank_correlations(a, a + rng.normal(size=n))
+    for k in ("spearman", "kendall"):
+      lo, hi = r[f"{k}_ci"]
+      assert lo < r[k] < hi and -1 <= lo and hi <= 1
+    widths.append(r["kendall_ci"][1] - r["kendall_ci"][0])
+  assert widths[1] < widths[0]
+  # Reproducible: a fixed seed gives the same interval.
+  a = rng.normal(size=30)
+  b = a + rng.normal(size=30)
+  assert rank_correlations(a, b)["kendall_ci"] == rank_correlations(a, b)["kendall_ci"]

@@ -151,6 +151,8 @@ def test_layout_table_matches_the_tree():
   package = REPO / "scalenet_jax"
   tree = {f"scalenet_jax/{p.name}" for p in package.iterdir() if not p.name.startswith((".", "_"))}
   tree |= {
-      p.name for p in REPO.iterdir() if p.is_dir() and p.name in ("configs", "launch", "benchmarks", "docs", "tests")
+      p.name
+      for p in REPO.iterdir()
+      if p.is_dir() and p.name in ("configs", "pretrained", "launch", "benchmarks", "docs", "tests")
   }
   assert not sorted(tree - named), f"README layout table lacks: {sorted(tree - named)}"

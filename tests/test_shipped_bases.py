@@ -69,3 +69,14 @@ def test_shipped_base_scores_its_top1_here_and_in_timm(path, timm, torch):
   assert abs((ours == labels).mean() - meta["top1"]) <= 5e-4
   assert abs((theirs == labels).mean() - meta["top1"]) <= 5e-4
   assert (ours != theirs).sum() <= 5
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_pretrained_readme_states_each_file_and_its_metadata(path):
+  """pretrained/README.md gives each file's provenance as its metadata has it, and its training curve."""
+  _, meta = release.read(path)
+  readme = (REPO / "pretrained" / "README.md").read_text()
+  assert f"`{path.name}`" in readme and f"{meta['top1'] * 100:.2f}%" in readme
+  assert f"{meta['steps']:,} steps" in readme and meta["command"] in readme
+  curve = path.with_suffix(".png")
+  assert curve.exists() and f"({curve.name})" in readme

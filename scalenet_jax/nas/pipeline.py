@@ -314,12 +314,13 @@ def render_report(config, space, r: dict) -> str:
         f"{len(r['rank_corr']['standalone_accs'])} HSS-sampled paths, each trained stand-alone for "
         f"{config.rank_corr.steps} steps.",
         "",
-        "| supernet | Pearson | Spearman | Kendall |",
+        "| supernet | Pearson | Spearman [95% bootstrap CI] | Kendall [95% bootstrap CI] |",
         "|---|---|---|---|",
     ]
+    ci = lambda v, k: f"{v[k]:.3f} [{v[k + '_ci'][0]:.3f}, {v[k + '_ci'][1]:.3f}]" if k + "_ci" in v else f"{v[k]:.3f}"
     for name, v in r["rank_corr"].items():
       if isinstance(v, dict) and "pearson" in v:
-        L.append(f"| {name} | {v['pearson']:.3f} | {v['spearman']:.3f} | {v['kendall']:.3f} |")
+        L.append(f"| {name} | {v['pearson']:.3f} | {ci(v, 'spearman')} | {ci(v, 'kendall')} |")
   L += [
       "",
       "## Time (seconds, this invocation: stages resumed from the workdir take ~0)",
