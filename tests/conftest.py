@@ -33,23 +33,7 @@ def pytest_configure(config):
   config.addinivalue_line("markers", "timm: needs torch and timm (pip install -e .[torch])")
 
 
-# Modules whose tests run for minutes (full-size compiles, whole demo / CLI flows). They are collected
-# first so that the two xdist workers start on them and finish on the many short tests, instead of one
-# worker still compiling a Swin-B step at the end while the other waits.
-LONG_FIRST = (
-    "test_paper_configs_e2e.py",
-    "test_demo.py",
-    "test_readme.py",
-    "test_nas_pipeline.py",
-    "test_workdir_gcs.py",
-    "test_lm_cli.py",
-    "test_benchmarks.py",
-)
-
-
 def pytest_collection_modifyitems(config, items):
-  rank = {name: i for i, name in enumerate(LONG_FIRST)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a module kept
   skip_slow = pytest.mark.skip(reason="slow: set SCALENET_FULL_PARITY=1 to run")
   for item in items:
     if "timm" in getattr(item, "fixturenames", ()):
