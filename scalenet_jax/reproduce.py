@@ -236,8 +236,8 @@ def main(argv):
   steps, split = BUDGETS[FLAGS.budget]
   base = demo.released_base(FLAGS.base or demo.RELEASED)
   runs = table1(FLAGS.workdir, FLAGS.seeds, base, steps, split)
+  eff = efficiency(FLAGS.workdir, FLAGS.seeds, base, steps, split, runs)  # before the ablations: Table I's twin
   abl = ablations(FLAGS.workdir, FLAGS.seeds, base, steps, split)
-  eff = efficiency(FLAGS.workdir, FLAGS.seeds, base, steps, split, runs)
   nas = nas_section(FLAGS.workdir, FLAGS.nas_workdir)
   report = render(FLAGS.budget, FLAGS.seeds, base, runs, abl, eff, nas, paper_configs_table())
   os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
