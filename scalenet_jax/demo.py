@@ -23,9 +23,10 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from scalenet_jax import config_lib, jax_utils, release, summary, trainer
+from scalenet_jax import config_lib, jax_utils, paths, release, summary, trainer
 from scalenet_jax.data import preprocess
 from scalenet_jax.errors import MissingInputError, UserError
+from scalenet_jax.train import metrics as metrics_lib
 
 FLAGS = flags.FLAGS
 
@@ -52,6 +53,7 @@ BUDGETS = {  # steps at global batch BATCH, sized for <= 20 min (default) / ~3 m
 }
 # The input normalisation of a base pretrained here (a released base brings its own in its metadata).
 NORMALISATION = dict(mean=preprocess.FASHION_MNIST_MEAN, std=preprocess.FASHION_MNIST_STD, pad=0)
+NORM_KEYS = tuple(NORMALISATION)
 
 
 def base(steps: int, lr: float, eval_split: str, seed: int, norm: dict = NORMALISATION):
@@ -115,7 +117,7 @@ def released_base(path=RELEASED) -> dict:
   _, meta = release.read(path)
   if meta.get("model") != MODEL:
     raise UserError(f"{path} holds a {meta.get('model')!r} base; the demo grows {MODEL}")
-  return dict(path=str(path), norm={k: meta[k] for k in ("mean", "std", "pad")}, **meta)
+  return dict(path=str(path), source=f"released, `{Path(path).name}`", norm={k: meta[k] for k in NORM_KEYS}, **meta)
 
 
 def pretrained_here(workdir: str, steps: int, eval_split: str, seed: int) -> dict:
@@ -123,6 +125,7 @@ def pretrained_here(workdir: str, steps: int, eval_split: str, seed: int) -> dic
   pre = pretrain(workdir, steps, eval_split, seed)
   return dict(
       path=os.path.join(pre["export"], "params"),
+      source="trained by this run",
       norm=NORMALISATION,
       top1=pre["top1"],
       steps=steps,
@@ -149,14 +152,19 @@ def finetune(
       cfg.model.drop_path_rate = v
     else:
       cfg.expansion[k] = v
-  after = trainer.run(cfg, os.path.join(workdir, name))
+  wd = os.path.join(workdir, name)
+  # A finished run is reported from what it logged (no restore, no second evaluation), so a restarted
+  # report costs nothing for the runs already done and keeps their measured step time.
+  if metrics_lib.final(wd, steps) is None:
+    trainer.run(cfg, wd)
+  done = metrics_lib.final(wd, steps)
   return dict(
       kind=kind or "none",
       **_stats(cfg),
-      top1_init=after["init_eval"]["top1"],
-      top1=after["top1"],
-      top5=after["top5"],
-      sec_per_step=after.get("sec_per_step"),
+      top1_init=paths.read_json(os.path.join(wd, "init_eval.json"))["top1"],
+      top1=done["top1"],
+      top5=done["top5"],
+      sec_per_step=1 / done["steps_per_sec"] if done.get("steps_per_sec") else None,
   )
 
 
@@ -193,11 +201,10 @@ def run_demo(
 
 def render(rows, base_, ft_steps, eval_split, seconds, quick) -> str:
   split = "Fashion-MNIST test (10,000 images)" if eval_split == "test" else "a 1,000-image held-out minival split"
-  where = "trained by this run" if base_["path"].endswith("params") else f"released, `{Path(base_['path']).name}`"
   out = [
       f"# ScaleNet-grow demo: {MODEL} on Fashion-MNIST{' (--quick smoke run)' if quick else ''}",
       "",
-      f"Pretrained 6-layer base ({where}): top-1 {base_['top1'] * 100:.2f}% on {base_['eval_split']} after "
+      f"Pretrained 6-layer base ({base_['source']}): top-1 {base_['top1'] * 100:.2f}% on {base_['eval_split']} after "
       f"{base_['steps']:,} steps. Every row below then trains {ft_steps} steps at batch {BATCH} "
       f"(AdamW, cosine); accuracy after fine-tuning on {split}, at init on the 1,000-image "
       "minival split held out of train.",

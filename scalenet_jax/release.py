@@ -25,6 +25,7 @@ from scalenet_jax import builder, config_lib, convert, paths
 from scalenet_jax.errors import UserError
 from scalenet_jax.models import registry
 from scalenet_jax.train import checkpoint as ckpt_lib
+from scalenet_jax.train import metrics as metrics_lib
 
 TIMM_CLASS = {"vit": "VisionTransformer", "swin": "SwinTransformer"}
 JSON_FIELDS = ("timm_kwargs", "mean", "std", "pad", "top1", "steps", "seed")
@@ -32,9 +33,8 @@ JSON_FIELDS = ("timm_kwargs", "mean", "std", "pad", "top1", "steps", "seed")
 
 def metadata(config, workdir, command: str) -> dict:
   """The release metadata of the run in `workdir` (its final evaluation from metrics.jsonl)."""
-  lines = [json.loads(l) for l in (paths.path(workdir) / "metrics.jsonl").read_text().splitlines()]
-  final = [l for l in lines if "top1" in l and l["step"] == config.steps]
-  if not final:
+  final = metrics_lib.final(workdir, config.steps)
+  if final is None:
     raise UserError(f"{workdir} has no final evaluation at step {config.steps}: is the training run finished?")
   name = config.model.name
   arch = {k: config.model[k] for k in ("num_classes", "img_size", "in_chans") if config.model[k] is not None}
@@ -45,7 +45,7 @@ def metadata(config, workdir, command: str) -> dict:
       "mean": list(config.data.mean),
       "std": list(config.data.std),
       "pad": config.data.pad,
-      "top1": final[-1]["top1"],
+      "top1": final["top1"],
       "steps": config.steps,
       "seed": config.seed,
       "dataset": config.data.name,
@@ -61,7 +61,7 @@ def plot_curve(workdir, out_png, title: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  lines = [json.loads(l) for l in (paths.path(workdir) / "metrics.jsonl").read_text().splitlines()]
+  lines = metrics_lib.read(workdir)
   train = [(l["step"], l["loss"]) for l in lines if "loss" in l]
   evals = [(l["step"], l["top1"] * 100) for l in lines if "top1" in l]
   fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2), dpi=80)

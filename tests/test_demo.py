@@ -1,6 +1,7 @@
 """The README's demo in --quick form (real Fashion-MNIST, the released base), its errors, its --pretrain
 path, and the reproduction report's logic."""
 
+import json
 import os
 import subprocess
 import sys
@@ -83,8 +84,11 @@ def _study(scalenet):
       dict(family=f, label=l, default=not o, rows=runs[reproduce.SCALENET] if not o else _seeds(*others))
       for f, l, o in reproduce.ABLATIONS
   ]
-  eff = {"steps": 10, reproduce.SCALENET: runs[reproduce.SCALENET], reproduce.SCRATCH: runs[reproduce.SCRATCH]}
-  eff[f"{reproduce.SCRATCH}, {reproduce.LONGER}x steps"] = _seeds(*others)
+  eff = [
+      dict(label=reproduce.SCALENET, steps=10, rows=runs[reproduce.SCALENET]),
+      dict(label=reproduce.SCRATCH, steps=10, rows=runs[reproduce.SCRATCH]),
+      dict(label=reproduce.LONGER_SCRATCH, steps=10 * reproduce.LONGER, rows=_seeds(*others)),
+  ]
   return runs, abl, eff
 
 
@@ -99,3 +103,28 @@ def test_verdicts_follow_the_paired_intervals():
   text = reproduce.render("tiny", 3, base, *_study((0.60, 0.61, 0.62)), ["nas"], ["| x |"])
   assert "## 4. Which paper claims hold" in text and "61.00 ± 2.48" in text  # t(0.975, 2) * 0.01 / sqrt(3)
   assert "| +10.00 ± 0.00 |" in text and "(default)" in text
+  assert f"| {reproduce.LONGER_SCRATCH} | 30 | 51.00 ± 2.48 | 3.00 ± 0.00 |" in text  # 30 steps x 0.1 s
+
+
+def test_a_finished_run_is_reported_from_its_workdir(tmp_path, monkeypatch):
+  """demo.finetune reads a finished run's row from metrics.jsonl + init_eval.json: nothing retrains (so a
+  restarted reproduce costs nothing for it) and the step time measured when it ran is kept."""
+  wd = tmp_path / "seed0" / "scalenet"
+  wd.mkdir(parents=True)
+  lines = [
+      {"step": 5, "loss": 1.0, "steps_per_sec": 3.0},
+      {"step": 10, "loss": 0.5, "steps_per_sec": 4.0},
+      {"step": 10, "top1": 0.75, "top5": 0.95, "eval_examples": 1000},
+  ]
+  (wd / "metrics.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+  (wd / "init_eval.json").write_text(json.dumps({"top1": 0.25}))
+
+  def train(*_):
+    raise RuntimeError("trained again")
+
+  monkeypatch.setattr(demo.trainer, "run", train)
+  row = demo.finetune(str(tmp_path / "seed0"), "scalenet", "scalenet", "base", 10, "minival", 0)
+  assert (row["top1"], row["top5"], row["top1_init"], row["sec_per_step"]) == (0.75, 0.95, 0.25, 0.25)
+  assert sum(row["depths"]) == 12
+  with pytest.raises(RuntimeError, match="trained again"):  # unfinished at 20 steps: it trains
+    demo.finetune(str(tmp_path / "seed0"), "scalenet", "scalenet", "base", 20, "minival", 0)

@@ -20,6 +20,21 @@ from scalenet_jax import paths
 from scalenet_jax.jax_utils import print0
 
 
+def read(workdir) -> list[dict]:
+  """Every line of `<workdir>/metrics.jsonl` (empty when the run has not logged yet)."""
+  f = paths.path(workdir) / "metrics.jsonl"
+  return [json.loads(l) for l in f.read_text().splitlines()] if f.exists() else []
+
+
+def final(workdir, steps: int) -> dict | None:
+  """What a run finished at `steps` logged there (its last train metrics and its final evaluation, merged),
+  or None while the run is unfinished: a finished run can be reported without restoring it."""
+  at = [l for l in read(workdir) if l["step"] == steps]
+  if not any("top1" in l for l in at):
+    return None
+  return {k: v for l in at for k, v in l.items()}
+
+
 class Writer:
   """`metrics.jsonl` + TensorBoard event files in `workdir` (process 0 only)."""
 
