@@ -22,6 +22,7 @@ import statistics
 from absl import app, flags, logging
 
 from scalenet_jax import config_lib, demo, jax_utils, stats, summary
+from scalenet_jax.train import metrics as metrics_lib
 
 FLAGS = flags.FLAGS
 
@@ -58,32 +59,37 @@ def _slug(overrides):
   return "scalenet" + "".join(f"_{k}{v}".replace(",", "-") for k, v in sorted(overrides.items()))
 
 
-def _run(workdir, seed, base, name, kind, steps, split, **overrides) -> dict:
-  wd = os.path.join(workdir, f"seed{seed}")
-  return demo.finetune(wd, name, kind, base["path"], steps, split, seed, base["norm"], **overrides)
+def _run(ctx, seed, name, kind, steps, **overrides) -> dict | None:
+  """One fine-tuning run's row (trained or resumed as needed); None for an unfinished run when
+  ctx['finished_only'] (it shows as pending)."""
+  wd = os.path.join(ctx["workdir"], f"seed{seed}")
+  if ctx["finished_only"] and metrics_lib.final(os.path.join(wd, name), steps) is None:
+    return None
+  base = ctx["base"]
+  return demo.finetune(wd, name, kind, base["path"], steps, ctx["split"], seed, base["norm"], **overrides)
 
 
-def table1(workdir, seeds, base, steps, split) -> dict:
+def table1(ctx, seeds, steps) -> dict:
   """label -> one row per seed (demo.VARIANTS, each seed fine-tuned from the same base)."""
   runs = {}
   for seed in range(seeds):
     for label, kind in demo.VARIANTS:
-      runs.setdefault(label, []).append(_run(workdir, seed, base, kind or "pretrained_more", kind, steps, split))
+      runs.setdefault(label, []).append(_run(ctx, seed, kind or "pretrained_more", kind, steps))
   return runs
 
 
-def ablations(workdir, seeds, base, steps, split) -> list[dict]:
+def ablations(ctx, seeds, steps) -> list[dict]:
   """One entry per ABLATIONS row with its per-seed rows (the defaults reuse the Table I ScaleNet runs)."""
   out = []
   for family, label, overrides in ABLATIONS:
-    rows = [_run(workdir, s, base, _slug(overrides), "scalenet", steps, split, **overrides) for s in range(seeds)]
+    rows = [_run(ctx, s, _slug(overrides), "scalenet", steps, **overrides) for s in range(seeds)]
     out.append(dict(family=family, label=label, default=not overrides, rows=rows))
   return out
 
 
-def efficiency(workdir, seeds, base, steps, split, runs) -> list[dict]:
+def efficiency(ctx, seeds, steps, runs) -> list[dict]:
   """ScaleNet and scratch at `steps` (Table I's runs) and scratch at LONGER x `steps`: per-seed rows."""
-  longer = [_run(workdir, s, base, f"scratch_x{LONGER}", "scratch", LONGER * steps, split) for s in range(seeds)]
+  longer = [_run(ctx, s, f"scratch_x{LONGER}", "scratch", LONGER * steps) for s in range(seeds)]
   return [
       dict(label=SCALENET, steps=steps, rows=runs[SCALENET]),
       dict(label=SCRATCH, steps=steps, rows=runs[SCRATCH]),
@@ -111,7 +117,17 @@ def _diff(a_rows, b_rows) -> tuple[str, str]:
   return _pm(f"{d:+.2f}", h), stats.decide(d, h)
 
 
+def _pending(*row_sets) -> str:
+  """'' when every run of the row sets has finished, else 'pending (k/n runs finished)'."""
+  rows = [r for rs in row_sets for r in rs]
+  done = sum(r is not None for r in rows)
+  return "" if done == len(rows) else f"pending ({done}/{len(rows)} runs finished)"
+
+
 def _claim(text, a_rows, b_rows) -> str:
+  pending = _pending(a_rows, b_rows)
+  if pending:
+    return f"{text}: **{pending}**."
   diff, decision = _diff(a_rows, b_rows)
   verdict = {"higher": "holds", "lower": "does not hold (the reverse holds)", "undecided": "not shown"}
   return f"{text}: **{verdict.get(decision, 'undecided (one seed)')}** (paired difference {diff} points)."
@@ -207,9 +223,12 @@ def render(budget, seeds, base, runs, abl, eff, nas_lines, paper_lines) -> str:
   ]
   for label, _ in demo.VARIANTS:
     rs = runs[label]
+    if _pending(rs):
+      out.append(f"| {label} | {_pending(rs)} |")
+      continue
     ms = [r["sec_per_step"] for r in rs if r["sec_per_step"]]
     ms = f"{statistics.mean(ms) * 1e3:.0f}" if ms else "n/a"
-    diff = "" if label == SCALENET else _diff(runs[SCALENET], rs)[0]
+    diff = "" if label == SCALENET else _pending(runs[SCALENET]) or _diff(runs[SCALENET], rs)[0]
     out.append(
         f"| {label} | {sum(rs[0]['depths'])} | {rs[0]['params']:,} | {rs[0]['unique_params']:,} | "
         f"{_ci(_top1(rs, 'top1_init'))} | {_ci(_top1(rs))} | {diff} | {ms} |"
@@ -223,7 +242,12 @@ def render(budget, seeds, base, runs, abl, eff, nas_lines, paper_lines) -> str:
   ]
   defaults = {a["family"]: a["rows"] for a in abl if a["default"]}
   for a in abl:
-    diff = "(default)" if a["default"] else _diff(defaults[a["family"]], a["rows"])[0]
+    if _pending(a["rows"]):
+      out.append(f"| {a['family']} | {a['label']} | {_pending(a['rows'])} |")
+      continue
+    diff = (
+        "(default)" if a["default"] else _pending(defaults[a["family"]]) or _diff(defaults[a["family"]], a["rows"])[0]
+    )
     out.append(
         f"| {a['family']} | {a['label']} | {a['rows'][0]['unique_params']:,} | {_ci(_top1(a['rows']))} | {diff} |"
     )
@@ -231,10 +255,13 @@ def render(budget, seeds, base, runs, abl, eff, nas_lines, paper_lines) -> str:
       "",
       f"## 3. Training efficiency (paper Table VII analog): ScaleNet vs scratch at 1x and {LONGER}x the steps",
       "",
-      "| run | steps | top-1 after | training time (s, steps x median step time) |",
+      "| run | steps | top-1 after | training time (s, steps x mean step time) |",
       "|---|---|---|---|",
   ]
   for e in eff:
+    if _pending(e["rows"]):
+      out.append(f"| {e['label']} | {e['steps']} | {_pending(e['rows'])} |")
+      continue
     secs = [r["sec_per_step"] * e["steps"] for r in e["rows"] if r["sec_per_step"]]
     out.append(f"| {e['label']} | {e['steps']} | {_ci(_top1(e['rows']))} | {_ci(secs) if secs else 'n/a'} |")
   out += ["", "## 4. Which paper claims hold at this scale", ""] + [f"- {v}" for v in verdicts(runs, abl, eff)]
@@ -248,9 +275,10 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   steps, split = BUDGETS[FLAGS.budget]
   base = demo.released_base(FLAGS.base or demo.RELEASED)
-  runs = table1(FLAGS.workdir, FLAGS.seeds, base, steps, split)
-  eff = efficiency(FLAGS.workdir, FLAGS.seeds, base, steps, split, runs)  # before the ablations: Table I's twin
-  abl = ablations(FLAGS.workdir, FLAGS.seeds, base, steps, split)
+  ctx = dict(workdir=FLAGS.workdir, base=base, split=split, finished_only=FLAGS.finished_only)
+  runs = table1(ctx, FLAGS.seeds, steps)
+  eff = efficiency(ctx, FLAGS.seeds, steps, runs)  # before the ablations: Table I's twin
+  abl = ablations(ctx, FLAGS.seeds, steps)
   nas = nas_section(FLAGS.workdir, FLAGS.nas_workdir)
   report = render(FLAGS.budget, FLAGS.seeds, base, runs, abl, eff, nas, paper_configs_table())
   os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
@@ -272,6 +300,12 @@ def define_flags():
   flags.DEFINE_enum("budget", "demo", list(BUDGETS), "Steps per run (tiny = smoke test).")
   flags.DEFINE_integer("seeds", 3, "Fine-tuning seeds of every run (all from the same base).")
   flags.DEFINE_string("base", None, "Release file of the base (default: the demo's, in pretrained/).")
+  flags.DEFINE_bool(
+      "finished_only",
+      False,
+      "Train nothing: report the runs already finished in --workdir and mark the others pending (to read a "
+      "long run's progress, or publish part of it).",
+  )
   flags.DEFINE_string("nas_workdir", "", "A finished NAS pipeline workdir to include (report.md there).")
 
 

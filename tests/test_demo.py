@@ -106,18 +106,53 @@ def test_verdicts_follow_the_paired_intervals():
   assert f"| {reproduce.LONGER_SCRATCH} | 30 | 51.00 ± 2.48 | 3.00 ± 0.00 |" in text  # 30 steps x 0.1 s
 
 
+def test_unfinished_runs_render_as_pending():
+  runs, abl, eff = _study((0.60, 0.61, 0.62))
+  runs[reproduce.SCRATCH][2] = None  # --finished_only: seed 2 of scratch has not finished
+  abl[-1]["rows"] = [None] * 3
+  base = dict(path="pretrained/x.safetensors", top1=0.9, steps=100, eval_split="test")
+  text = reproduce.render("tiny", 3, base, runs, abl, eff, ["nas"], ["| x |"])
+  assert f"| {reproduce.SCRATCH} | pending (2/3 runs finished) |" in text
+  assert "| drop path | 0.2 | pending (0/3 runs finished) |" in text
+  claims = reproduce.verdicts(runs, abl, eff)
+  assert any("same-depth model trained from scratch: **pending (5/6 runs finished)**" in v for v in claims)
+  assert sum("**holds**" in v for v in claims) == len(claims) - 1
+
+
+def _finished_run(wd, steps):
+  """The files a run finished at `steps` leaves in its workdir (as far as a report reads them)."""
+  wd.mkdir(parents=True)
+  lines = [
+      {"step": steps // 2, "loss": 1.0, "steps_per_sec": 3.0},
+      {"step": steps, "loss": 0.5, "steps_per_sec": 4.0},
+      {"step": steps, "top1": 0.75, "top5": 0.95, "eval_examples": 1000},
+  ]
+  (wd / "metrics.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+  (wd / "init_eval.json").write_text(json.dumps({"top1": 0.25}))
+
+
+def test_reproduce_finished_only_reports_without_training(tmp_path):
+  steps = reproduce.BUDGETS["tiny"][0]
+  _finished_run(tmp_path / "w" / "seed0" / "scalenet", steps)
+  args = ["--finished_only", "--budget", "tiny", "--seeds", "1", "--workdir", str(tmp_path / "w")]
+  out = subprocess.run(
+      [sys.executable, "-m", "scalenet_jax.reproduce", *args, "--out", str(tmp_path / "r.md")],
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  text = (tmp_path / "r.md").read_text()
+  assert f"| {reproduce.SCALENET} | 12 |" in text and "| 25.00 | 75.00 |  | 250 |" in text
+  assert f"| {reproduce.SCRATCH} | pending (0/1 runs finished) |" in text
+  assert sorted(p.name for p in (tmp_path / "w" / "seed0").iterdir()) == ["scalenet"]  # nothing trained
+
+
 def test_a_finished_run_is_reported_from_its_workdir(tmp_path, monkeypatch):
   """demo.finetune reads a finished run's row from metrics.jsonl + init_eval.json: nothing retrains (so a
   restarted reproduce costs nothing for it) and the step time measured when it ran is kept."""
   wd = tmp_path / "seed0" / "scalenet"
-  wd.mkdir(parents=True)
-  lines = [
-      {"step": 5, "loss": 1.0, "steps_per_sec": 3.0},
-      {"step": 10, "loss": 0.5, "steps_per_sec": 4.0},
-      {"step": 10, "top1": 0.75, "top5": 0.95, "eval_examples": 1000},
-  ]
-  (wd / "metrics.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
-  (wd / "init_eval.json").write_text(json.dumps({"top1": 0.25}))
+  _finished_run(wd, 10)
 
   def train(*_):
     raise RuntimeError("trained again")
