@@ -21,7 +21,7 @@ import statistics
 
 from absl import app, flags, logging
 
-from scalenet_jax import config_lib, demo, jax_utils, stats, summary
+from scalenet_jax import config_lib, demo, jax_utils, paths, stats, summary
 from scalenet_jax.train import metrics as metrics_lib
 
 FLAGS = flags.FLAGS
@@ -95,6 +95,36 @@ def efficiency(ctx, seeds, steps, runs) -> list[dict]:
       dict(label=SCRATCH, steps=steps, rows=runs[SCRATCH]),
       dict(label=LONGER_SCRATCH, steps=LONGER * steps, rows=longer),
   ]
+
+
+def plot_curves(ctx, seeds, steps, out_png) -> bool:
+  """Training loss against step of every Table I row (mean over its finished seeds) as a PNG: whether the
+  fine-tuning budget lets the 2x-deep models settle. False (nothing written) when no run has finished."""
+  curves = {}
+  for label, kind in demo.VARIANTS:
+    logs = [metrics_lib.read(os.path.join(ctx["workdir"], f"seed{s}", kind or "pretrained_more")) for s in range(seeds)]
+    logs = [[(l["step"], l["loss"]) for l in log if "loss" in l] for log in logs]
+    logs = [log for log in logs if log and log[-1][0] == steps]
+    if logs:
+      n = min(len(log) for log in logs)
+      curves[label] = [(logs[0][i][0], statistics.mean(log[i][1] for log in logs)) for i in range(n)]
+  if not curves:
+    return False
+  import matplotlib  # pylint: disable=g-import-not-at-top
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, ax = plt.subplots(figsize=(7, 3.6), dpi=80)
+  for label, points in curves.items():
+    ax.plot(*zip(*points), marker=".", lw=1, label=label)
+  ax.set(xlabel="fine-tuning step (batch 64)", ylabel="train loss (label smoothing 0.1)", yscale="log")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  paths.save_figure(fig, out_png, dpi=80)
+  plt.close(fig)
+  return True
 
 
 def _top1(rows, key="top1"):
@@ -203,7 +233,7 @@ def nas_section(workdir, nas_workdir) -> list[str]:
   return lines
 
 
-def render(budget, seeds, base, runs, abl, eff, nas_lines, paper_lines) -> str:
+def render(budget, seeds, base, runs, abl, eff, nas_lines, paper_lines, curves_png=None) -> str:
   steps, split = BUDGETS[budget]
   test = "test set (10,000 images)" if split == "test" else "1,000-image held-out minival split"
   out = [
@@ -233,6 +263,12 @@ def render(budget, seeds, base, runs, abl, eff, nas_lines, paper_lines) -> str:
         f"| {label} | {sum(rs[0]['depths'])} | {rs[0]['params']:,} | {rs[0]['unique_params']:,} | "
         f"{_ci(_top1(rs, 'top1_init'))} | {_ci(_top1(rs))} | {diff} | {ms} |"
     )
+  if curves_png:
+    out += [
+        "",
+        "Training loss of each row (the loss of the batch at each log step, mean over the finished seeds): "
+        f"![training curves]({os.path.basename(curves_png)})",
+    ]
   out += [
       "",
       "## 2. Ablations (ScaleNet 2x, one change each; minus = the family's default minus this row)",
@@ -280,8 +316,10 @@ def main(argv):
   eff = efficiency(ctx, FLAGS.seeds, steps, runs)  # before the ablations: Table I's twin
   abl = ablations(ctx, FLAGS.seeds, steps)
   nas = nas_section(FLAGS.workdir, FLAGS.nas_workdir)
-  report = render(FLAGS.budget, FLAGS.seeds, base, runs, abl, eff, nas, paper_configs_table())
   os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
+  curves = os.path.splitext(FLAGS.out)[0] + "_curves.png"
+  curves = curves if plot_curves(ctx, FLAGS.seeds, steps, curves) else None
+  report = render(FLAGS.budget, FLAGS.seeds, base, runs, abl, eff, nas, paper_configs_table(), curves)
   from scalenet_jax import lm_study  # pylint: disable=g-import-not-at-top
 
   kept = lm_study.section_of(FLAGS.out)  # the decoder study's section has its own command: keep it
