@@ -258,6 +258,8 @@ def test_trainable_set_adjust_ln_head():
   ]:
     assert pred(path) == want, path
   assert counting.matches_any(expand.trainable_patterns(ExpansionSpec()))("blocks/core/qkv/kernel")
+  scratch = counting.matches_any(expand.trainable_patterns(ExpansionSpec(kind="scratch", trainable="adjust_ln_head")))
+  assert scratch("blocks/core/qkv/kernel") and scratch("patch_embed/kernel")  # nothing pretrained to freeze
 
 
 # ---------------------------------------------------------------------------------------------------------

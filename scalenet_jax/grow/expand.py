@@ -169,7 +169,9 @@ def matched_new_layers(model, spec: ExpansionSpec) -> int:
 
 def trainable_patterns(spec: ExpansionSpec) -> tuple[str, ...]:
   """Param-path regexes of the trainable set (`all` -> everything)."""
-  if spec.trainable == "all":
+  if spec.trainable == "all" or spec.kind == "scratch":
+    # A random init has no pretrained weights to keep frozen: the paper's scratch rows (and
+    # `configs/swin_*_2x.py:scratch`, whose recipe says adjust_ln_head) train every parameter.
     return (".*",)
   # Adjustment modules, every norm (norm, norm1, patch_norm, attn_norm ...) and, for `adjust_ln_head`,
   # the head (a decoder's untied LM head; a tied one is the input embedding and stays frozen); shared
