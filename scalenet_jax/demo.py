@@ -26,6 +26,7 @@ from absl import app, flags, logging
 from scalenet_jax import config_lib, jax_utils, paths, release, summary, trainer
 from scalenet_jax.data import preprocess
 from scalenet_jax.errors import MissingInputError, UserError
+from scalenet_jax.models import registry
 from scalenet_jax.train import metrics as metrics_lib
 
 FLAGS = flags.FLAGS
@@ -40,7 +41,7 @@ VARIANTS = [
     ("Stack (new layers)", "stack"),
     ("Interpolate (new layers)", "interpolate"),
     ("SWA (new layers)", "swa"),
-    ("From scratch (12 layers)", "scratch"),
+    ("From scratch (2x depth)", "scratch"),
     ("Pretrained, trained further", ""),
 ]
 BATCH = 64
@@ -56,8 +57,17 @@ NORMALISATION = dict(mean=preprocess.FASHION_MNIST_MEAN, std=preprocess.FASHION_
 NORM_KEYS = tuple(NORMALISATION)
 
 
-def base(steps: int, lr: float, eval_split: str, seed: int, norm: dict = NORMALISATION):
-  c = config_lib.train_config(MODEL)
+# The paper's expansion recipe per model family (doc §2): a ViT/DeiT grows every layer with the
+# interpolate mapping and, small, trains every parameter; a Swin grows its last stage with the stack
+# mapping and trains adapters, norms and head. (Parameter-matched baselines follow the same sets.)
+RECIPES = {
+    "vit": dict(mapping="interpolate", trainable="all"),
+    "swin": dict(mapping="stack", trainable="adjust_ln_head"),
+}
+
+
+def base(steps: int, lr: float, eval_split: str, seed: int, norm: dict = NORMALISATION, model: str = MODEL):
+  c = config_lib.train_config(model)
   c.seed = seed
   c.steps = steps
   c.batch_size = BATCH
@@ -86,14 +96,15 @@ def base(steps: int, lr: float, eval_split: str, seed: int, norm: dict = NORMALI
 FINETUNE_LR = 2e-4
 
 
-def variant_config(kind: str, pretrained: str, steps: int, eval_split: str, seed: int, norm: dict = NORMALISATION):
-  c = base(steps, FINETUNE_LR, eval_split, seed, norm)
-  c.init_from = pretrained
+def variant_config(kind: str, base_: dict, steps: int, eval_split: str, seed: int):
+  """The run that grows `base_` (released_base / pretrained_here) by `kind` and fine-tunes it."""
+  c = base(steps, FINETUNE_LR, eval_split, seed, base_["norm"], base_["model"])
+  c.init_from = base_["path"]
   c.eval_at_init = True
   c.init_eval_split = "minival"  # an indicator only; 1k images keep the 7 extra evals cheap
+  c.expansion.update(RECIPES[registry.family_of(base_["model"])])
   c.expansion.kind = kind
   c.expansion.seed = seed
-  c.expansion.trainable = "all"  # doc §2: small models train all params
   if kind == "scratch":  # random init: nothing to load, and it needs a higher learning rate
     c.init_from = ""
     c.optim.lr = 1e-3
@@ -115,8 +126,8 @@ def released_base(path=RELEASED) -> dict:
   if not Path(path).exists():
     raise MissingInputError(f"released base not found: {path} (pass --base FILE, or --pretrain to train one here)")
   _, meta = release.read(path)
-  if meta.get("model") != MODEL:
-    raise UserError(f"{path} holds a {meta.get('model')!r} base; the demo grows {MODEL}")
+  if meta.get("model") not in registry.list_models() or registry.family_of(meta["model"]) not in RECIPES:
+    raise UserError(f"{path} holds a {meta.get('model')!r} base; the demo grows {' or '.join(RECIPES)} models")
   return dict(path=str(path), source=f"released, `{Path(path).name}`", norm={k: meta[k] for k in NORM_KEYS}, **meta)
 
 
@@ -126,6 +137,7 @@ def pretrained_here(workdir: str, steps: int, eval_split: str, seed: int) -> dic
   return dict(
       path=os.path.join(pre["export"], "params"),
       source="trained by this run",
+      model=MODEL,
       norm=NORMALISATION,
       top1=pre["top1"],
       steps=steps,
@@ -135,18 +147,10 @@ def pretrained_here(workdir: str, steps: int, eval_split: str, seed: int) -> dic
 
 
 def finetune(
-    workdir: str,
-    name: str,
-    kind: str,
-    pretrained: str,
-    steps: int,
-    eval_split: str,
-    seed: int,
-    norm: dict = NORMALISATION,
-    **expansion,
+    workdir: str, name: str, kind: str, base_: dict, steps: int, eval_split: str, seed: int, **expansion
 ) -> dict:
-  """Expand the pretrained model (`kind`; '' = as it is), fine-tune it, return one report row."""
-  cfg = variant_config(kind, pretrained, steps, eval_split, seed, norm)
+  """Expand the base (`kind`; '' = as it is), fine-tune it, return one report row."""
+  cfg = variant_config(kind, base_, steps, eval_split, seed)
   for k, v in expansion.items():
     if k == "drop_path_rate":
       cfg.model.drop_path_rate = v
@@ -187,9 +191,7 @@ def run_demo(
   rows = []
   for label, kind in VARIANTS:
     print(f"== 2/2 {label}: accuracy at init, then fine-tuning for {ft_steps} steps", flush=True)
-    row = finetune(
-        workdir, kind or "pretrained_more", kind, base_["path"], ft_steps, budget["eval_split"], seed, base_["norm"]
-    )
+    row = finetune(workdir, kind or "pretrained_more", kind, base_, ft_steps, budget["eval_split"], seed)
     rows.append(dict(label=label, **row))
   report = render(rows, base_, ft_steps, budget["eval_split"], time.time() - t_start, quick)
   with open(os.path.join(workdir, "report.md"), "w") as f:
@@ -202,9 +204,9 @@ def run_demo(
 def render(rows, base_, ft_steps, eval_split, seconds, quick) -> str:
   split = "Fashion-MNIST test (10,000 images)" if eval_split == "test" else "a 1,000-image held-out minival split"
   out = [
-      f"# ScaleNet-grow demo: {MODEL} on Fashion-MNIST{' (--quick smoke run)' if quick else ''}",
+      f"# ScaleNet-grow demo: {base_['model']} on Fashion-MNIST{' (--quick smoke run)' if quick else ''}",
       "",
-      f"Pretrained 6-layer base ({base_['source']}): top-1 {base_['top1'] * 100:.2f}% on {base_['eval_split']} after "
+      f"Pretrained base ({base_['source']}): top-1 {base_['top1'] * 100:.2f}% on {base_['eval_split']} after "
       f"{base_['steps']:,} steps. Every row below then trains {ft_steps} steps at batch {BATCH} "
       f"(AdamW, cosine); accuracy after fine-tuning on {split}, at init on the 1,000-image "
       "minival split held out of train.",

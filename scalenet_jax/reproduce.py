@@ -22,6 +22,7 @@ import statistics
 from absl import app, flags, logging
 
 from scalenet_jax import config_lib, demo, jax_utils, paths, stats, summary
+from scalenet_jax.models import registry
 from scalenet_jax.train import metrics as metrics_lib
 
 FLAGS = flags.FLAGS
@@ -33,21 +34,27 @@ BUDGETS = {
     "demo": (demo.BUDGETS[False]["finetune"], demo.BUDGETS[False]["eval_split"]),
     "full": (2 * demo.EPOCH_STEPS, "test"),
 }
-ABLATIONS = [  # (family, label, expansion overrides); {} = ScaleNet's defaults (the Table I run itself)
-    ("adjustment", "adapter (r=16)", {}),
+# (family, label, setting) of ScaleNet 2x; the row whose setting is the base's recipe (demo.variant_config)
+# is its family's default: the Table I run itself. `drop_path_rate` sets the model's, the rest the expansion.
+ABLATIONS = [
+    ("adjustment", "adapter (r=16)", {"adjust": "adapter"}),
     ("adjustment", "LoRA (r=16, qkv/proj/fc1/fc2)", {"adjust": "lora"}),
     ("adjustment", "none (weight sharing only)", {"adjust": "none"}),
-    ("mapping", "interpolate", {}),
+    ("mapping", "interpolate", {"mapping": "interpolate"}),
     ("mapping", "stack", {"mapping": "stack"}),
-    ("reuse", "R=2", {}),
+    ("reuse", "R=2", {"reuse": 2}),
     ("reuse", "R=3", {"reuse": 3}),
     ("rank", "r=4", {"rank": 4}),
-    ("rank", "r=16", {}),
+    ("rank", "r=16", {"rank": 16}),
     ("rank", "r=32", {"rank": 32}),
-    ("drop path", "0.0", {}),
+    ("drop path", "0.0", {"drop_path_rate": 0.0}),
     ("drop path", "0.1", {"drop_path_rate": 0.1}),
     ("drop path", "0.2", {"drop_path_rate": 0.2}),
 ]
+SUBSETS = {  # the shared-layer subsets (doc §1) of the micro models: ViT layer groups, Swin stages
+    "vit": [("all layers", ""), ("layers 0,1", "0,1"), ("layers 2,3", "2,3"), ("layers 4,5", "4,5")],
+    "swin": [("last stage", ""), ("stage 0", "0"), ("stage 1", "1")],
+}
 SCALENET = demo.VARIANTS[0][0]
 SCRATCH = next(l for l, k in demo.VARIANTS if k == "scratch")
 MATCHED = [l for l, k in demo.VARIANTS if k in ("random", "stack", "interpolate", "swa")]
@@ -65,8 +72,7 @@ def _run(ctx, seed, name, kind, steps, **overrides) -> dict | None:
   wd = os.path.join(ctx["workdir"], f"seed{seed}")
   if ctx["finished_only"] and metrics_lib.final(os.path.join(wd, name), steps) is None:
     return None
-  base = ctx["base"]
-  return demo.finetune(wd, name, kind, base["path"], steps, ctx["split"], seed, base["norm"], **overrides)
+  return demo.finetune(wd, name, kind, ctx["base"], steps, ctx["split"], seed, **overrides)
 
 
 def table1(ctx, seeds, steps) -> dict:
@@ -78,10 +84,19 @@ def table1(ctx, seeds, steps) -> dict:
   return runs
 
 
+def ablation_plan(base, steps, split) -> list[tuple[str, str, dict]]:
+  """(family, label, overrides of the base's ScaleNet recipe) per ablation row of `base`'s model family;
+  overrides {} = the family's default row."""
+  recipe = demo.variant_config("scalenet", base, steps, split, seed=0)
+  current = lambda k: recipe.model.drop_path_rate if k == "drop_path_rate" else recipe.expansion[k]
+  subsets = [("subset", label, {"subset": v}) for label, v in SUBSETS[registry.family_of(base["model"])]]
+  return [(f, l, {k: v for k, v in o.items() if v != current(k)}) for f, l, o in ABLATIONS + subsets]
+
+
 def ablations(ctx, seeds, steps) -> list[dict]:
-  """One entry per ABLATIONS row with its per-seed rows (the defaults reuse the Table I ScaleNet runs)."""
+  """One entry per ablation row with its per-seed rows (the defaults reuse the Table I ScaleNet runs)."""
   out = []
-  for family, label, overrides in ABLATIONS:
+  for family, label, overrides in ablation_plan(ctx["base"], steps, ctx["split"]):
     rows = [_run(ctx, s, _slug(overrides), "scalenet", steps, **overrides) for s in range(seeds)]
     out.append(dict(family=family, label=label, default=not overrides, rows=rows))
   return out
@@ -174,7 +189,14 @@ def verdicts(runs, abl, eff) -> list[str]:
   adapter = by[("adjustment", "adapter (r=16)")]
   for other in ("LoRA (r=16, qkv/proj/fc1/fc2)", "none (weight sharing only)"):
     out.append(_claim(f"Adapter beats {other} (paper Table III)", adapter, by[("adjustment", other)]))
-  out.append(_claim("Interpolate beats stack for ViT/DeiT", by[("mapping", "interpolate")], by[("mapping", "stack")]))
+  mapping = {a["default"]: a for a in abl if a["family"] == "mapping"}
+  out.append(
+      _claim(
+          f"The recipe's mapping ({mapping[True]['label']}) beats {mapping[False]['label']}",
+          mapping[True]["rows"],
+          mapping[False]["rows"],
+      )
+  )
   eff_rows = {e["label"]: e["rows"] for e in eff}
   out.append(
       _claim(

@@ -1,16 +1,19 @@
 """The README's demo in --quick form (real Fashion-MNIST, the released base), its errors, its --pretrain
 path, and the reproduction report's logic."""
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from scalenet_jax import demo, release, reproduce
+from scalenet_jax import demo, release, reproduce, trainer
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.skipif(not os.path.isdir(FMNIST), reason="Debian package dataset-fashion-mnist not installed")
@@ -57,6 +60,35 @@ def test_pretrain_here_describes_its_base_like_a_release(tmp_path):
   assert "(trained by this run): top-1" in text
 
 
+BASE = dict(path="pretrained/x.safetensors", model=demo.MODEL, norm=demo.NORMALISATION)
+
+
+@pytest.mark.skipif(not os.path.isdir(FMNIST), reason="Debian package dataset-fashion-mnist not installed")
+def test_a_swin_base_grows_by_its_recipe(tmp_path):
+  """A Swin release (configs/pretrain_fmnist.py:swin, 2 steps here) grows as the paper's Swin recipe says:
+  its last stage doubled with stack mapping, adapters + norms + head trainable; scratch trains it all."""
+  spec = importlib.util.spec_from_file_location("pretrain_fmnist", REPO / "configs" / "pretrain_fmnist.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("swin")
+  config.update(steps=2, log_every=1, eval_every=0, ckpt_every=0)
+  config.data.eval_split = "minival"
+  trainer.run(config, str(tmp_path / "pre"))
+  base = demo.released_base(_release(config, tmp_path))
+  assert base["norm"]["pad"] == 2
+  grown = demo.finetune(str(tmp_path / "ft"), "scalenet", "scalenet", base, 2, "minival", 0)
+  scratch = demo._stats(demo.variant_config("scratch", base, 2, "minival", 0))  # its counts need no run
+  assert grown["depths"] == scratch["depths"] == [2, 2, 4]
+  assert grown["trainable_params"] < grown["unique_params"] < scratch["unique_params"]
+  assert scratch["trainable_params"] == scratch["unique_params"]
+
+
+def _release(config, tmp_path):
+  out = tmp_path / "swin.safetensors"
+  release.write(config, tmp_path / "pre", out, "python -m scalenet_jax.main --config configs/pretrain_fmnist.py:swin")
+  return out
+
+
 def _row(top1, depths=(12,)):
   return dict(
       top1=top1,
@@ -82,7 +114,7 @@ def _study(scalenet):
   runs = {l: _seeds(*(scalenet if i == 0 else others)) for i, (l, _) in enumerate(demo.VARIANTS)}
   abl = [
       dict(family=f, label=l, default=not o, rows=runs[reproduce.SCALENET] if not o else _seeds(*others))
-      for f, l, o in reproduce.ABLATIONS
+      for f, l, o in reproduce.ablation_plan(BASE, 10, "minival")
   ]
   eff = [
       dict(label=reproduce.SCALENET, steps=10, rows=runs[reproduce.SCALENET]),
@@ -106,6 +138,21 @@ def test_verdicts_follow_the_paired_intervals():
   assert f"| {reproduce.LONGER_SCRATCH} | 30 | 51.00 ± 2.48 | 3.00 ± 0.00 |" in text  # 30 steps x 0.1 s
 
 
+def test_ablation_plans_follow_each_family_recipe():
+  """The default row of each family is the recipe itself (the Table I run, no overrides), and the ViT
+  rows keep the run directories of earlier reports (reproduce resumes from them)."""
+  vit = reproduce.ablation_plan(BASE, 10, "minival")
+  assert [l for _, l, o in vit if not o] == ["adapter (r=16)", "interpolate", "R=2", "r=16", "0.0", "all layers"]
+  slugs = {reproduce._slug(o) for _, _, o in vit}
+  assert {"scalenet", "scalenet_adjustlora", "scalenet_mappingstack", "scalenet_drop_path_rate0.1"} <= slugs
+  assert "scalenet_subset0-1" in slugs and len(slugs) == len(vit) - 5
+  swin = reproduce.ablation_plan(dict(BASE, model="swin_micro_patch2_window4_32"), 10, "minival")
+  assert [l for _, l, o in swin if not o] == ["adapter (r=16)", "stack", "R=2", "r=16", "0.0", "last stage"]
+  assert ("mapping", "interpolate", {"mapping": "interpolate"}) in swin
+  cfg = demo.variant_config("stack", dict(BASE, model="swin_micro_patch2_window4_32"), 10, "minival", 0)
+  assert (cfg.expansion.mapping, cfg.expansion.trainable, cfg.data.pad) == ("stack", "adjust_ln_head", 0)
+
+
 def test_unfinished_runs_render_as_pending():
   runs, abl, eff = _study((0.60, 0.61, 0.62))
   runs[reproduce.SCRATCH][2] = None  # --finished_only: seed 2 of scratch has not finished
@@ -113,7 +160,7 @@ def test_unfinished_runs_render_as_pending():
   base = dict(path="pretrained/x.safetensors", top1=0.9, steps=100, eval_split="test")
   text = reproduce.render("tiny", 3, base, runs, abl, eff, ["nas"], ["| x |"])
   assert f"| {reproduce.SCRATCH} | pending (2/3 runs finished) |" in text
-  assert "| drop path | 0.2 | pending (0/3 runs finished) |" in text
+  assert "| subset | layers 4,5 | pending (0/3 runs finished) |" in text
   claims = reproduce.verdicts(runs, abl, eff)
   assert any("same-depth model trained from scratch: **pending (5/6 runs finished)**" in v for v in claims)
   assert sum("**holds**" in v for v in claims) == len(claims) - 1
@@ -159,8 +206,8 @@ def test_a_finished_run_is_reported_from_its_workdir(tmp_path, monkeypatch):
     raise RuntimeError("trained again")
 
   monkeypatch.setattr(demo.trainer, "run", train)
-  row = demo.finetune(str(tmp_path / "seed0"), "scalenet", "scalenet", "base", 10, "minival", 0)
+  row = demo.finetune(str(tmp_path / "seed0"), "scalenet", "scalenet", BASE, 10, "minival", 0)
   assert (row["top1"], row["top5"], row["top1_init"], row["sec_per_step"]) == (0.75, 0.95, 0.25, 0.25)
   assert sum(row["depths"]) == 12
   with pytest.raises(RuntimeError, match="trained again"):  # unfinished at 20 steps: it trains
-    demo.finetune(str(tmp_path / "seed0"), "scalenet", "scalenet", "base", 20, "minival", 0)
+    demo.finetune(str(tmp_path / "seed0"), "scalenet", "scalenet", BASE, 20, "minival", 0)
