@@ -347,7 +347,7 @@ def main(argv):
   kept = lm_study.section_of(FLAGS.out)  # the decoder study's section has its own command: keep it
   with open(FLAGS.out, "w") as f:
     f.write(report + (f"\n{kept}\n" if kept else ""))
-  with open(os.path.join(FLAGS.workdir, "reproduction.json"), "w") as f:
+  with open(os.path.splitext(FLAGS.out)[0] + ".json", "w") as f:  # every number of the report, next to it
     record = {"base": {k: v for k, v in base.items() if k != "norm"}, "table1": runs, "ablations": abl}
     json.dump({**record, "efficiency": eff, "budget": FLAGS.budget, "seeds": FLAGS.seeds}, f, indent=1)
   print(report)

@@ -193,6 +193,7 @@ def test_reproduce_finished_only_reports_without_training(tmp_path):
   assert f"| {reproduce.SCALENET} | 12 |" in text and "| 25.00 | 75.00 |  | 250 |" in text
   assert f"| {reproduce.SCRATCH} | pending (0/1 runs finished) |" in text
   assert sorted(p.name for p in (tmp_path / "w" / "seed0").iterdir()) == ["scalenet"]  # nothing trained
+  assert json.loads((tmp_path / "r.json").read_text())["table1"][reproduce.SCALENET][0]["top1"] == 0.75
   assert "![training curves](r_curves.png)" in text and (tmp_path / "r_curves.png").stat().st_size > 1000
 
 
