@@ -153,16 +153,23 @@ def pretrained_here(workdir: str, steps: int, eval_split: str, seed: int) -> dic
   )
 
 
+def run_name(kind: str) -> str:
+  """The sub-directory of a fine-tuning run of `kind` ('' = the base trained further)."""
+  return kind or "pretrained_more"
+
+
+def setting_holder(cfg, key: str):
+  """The part of a run's config that holds a ScaleNet setting: the model's drop path, else the expansion."""
+  return cfg.model if key == "drop_path_rate" else cfg.expansion
+
+
 def finetune(
     workdir: str, name: str, kind: str, base_: dict, steps: int, eval_split: str, seed: int, **expansion
 ) -> dict:
   """Expand the base (`kind`; '' = as it is), fine-tune it, return one report row."""
   cfg = variant_config(kind, base_, steps, eval_split, seed)
   for k, v in expansion.items():
-    if k == "drop_path_rate":
-      cfg.model.drop_path_rate = v
-    else:
-      cfg.expansion[k] = v
+    setting_holder(cfg, k)[k] = v
   wd = os.path.join(workdir, name)
   # A finished run is reported from what it logged (no restore, no second evaluation), so a restarted
   # report costs nothing for the runs already done and keeps their measured step time.
@@ -198,7 +205,7 @@ def run_demo(
   rows = []
   for label, kind in VARIANTS:
     print(f"== 2/2 {label}: accuracy at init, then fine-tuning for {ft_steps} steps", flush=True)
-    row = finetune(workdir, kind or "pretrained_more", kind, base_, ft_steps, budget["eval_split"], seed)
+    row = finetune(workdir, run_name(kind), kind, base_, ft_steps, budget["eval_split"], seed)
     rows.append(dict(label=label, **row))
   report = render(rows, base_, ft_steps, budget["eval_split"], time.time() - t_start, quick)
   with open(os.path.join(workdir, "report.md"), "w") as f:

@@ -35,7 +35,8 @@ BUDGETS = {
     "full": (2 * demo.EPOCH_STEPS, "test"),
 }
 # (family, label, setting) of ScaleNet 2x; the row whose setting is the base's recipe (demo.variant_config)
-# is its family's default: the Table I run itself. `drop_path_rate` sets the model's, the rest the expansion.
+# is its family's default: the Table I run itself. `drop_path_rate` sets the model's, the rest the expansion
+# (demo.setting_holder).
 ABLATIONS = [
     ("adjustment", "adapter (r=16)", {"adjust": "adapter"}),
     ("adjustment", "LoRA (r=16, qkv/proj/fc1/fc2)", {"adjust": "lora"}),
@@ -66,13 +67,16 @@ def _slug(overrides):
   return "scalenet" + "".join(f"_{k}{v}".replace(",", "-") for k, v in sorted(overrides.items()))
 
 
+def _seed_dir(ctx, seed) -> str:
+  return os.path.join(ctx["workdir"], f"seed{seed}")
+
+
 def _run(ctx, seed, name, kind, steps, **overrides) -> dict | None:
   """One fine-tuning run's row (trained or resumed as needed); None for an unfinished run when
   ctx['finished_only'] (it shows as pending)."""
-  wd = os.path.join(ctx["workdir"], f"seed{seed}")
-  if ctx["finished_only"] and metrics_lib.final(os.path.join(wd, name), steps) is None:
+  if ctx["finished_only"] and metrics_lib.final(os.path.join(_seed_dir(ctx, seed), name), steps) is None:
     return None
-  return demo.finetune(wd, name, kind, ctx["base"], steps, ctx["split"], seed, **overrides)
+  return demo.finetune(_seed_dir(ctx, seed), name, kind, ctx["base"], steps, ctx["split"], seed, **overrides)
 
 
 def table1(ctx, seeds, steps) -> dict:
@@ -80,7 +84,7 @@ def table1(ctx, seeds, steps) -> dict:
   runs = {}
   for seed in range(seeds):
     for label, kind in demo.VARIANTS:
-      runs.setdefault(label, []).append(_run(ctx, seed, kind or "pretrained_more", kind, steps))
+      runs.setdefault(label, []).append(_run(ctx, seed, demo.run_name(kind), kind, steps))
   return runs
 
 
@@ -88,7 +92,7 @@ def ablation_plan(base, steps, split) -> list[tuple[str, str, dict]]:
   """(family, label, overrides of the base's ScaleNet recipe) per ablation row of `base`'s model family;
   overrides {} = the family's default row."""
   recipe = demo.variant_config("scalenet", base, steps, split, seed=0)
-  current = lambda k: recipe.model.drop_path_rate if k == "drop_path_rate" else recipe.expansion[k]
+  current = lambda k: demo.setting_holder(recipe, k)[k]
   subsets = [("subset", label, {"subset": v}) for label, v in SUBSETS[registry.family_of(base["model"])]]
   return [(f, l, {k: v for k, v in o.items() if v != current(k)}) for f, l, o in ABLATIONS + subsets]
 
@@ -117,7 +121,7 @@ def plot_curves(ctx, seeds, steps, out_png) -> bool:
   fine-tuning budget lets the 2x-deep models settle. False (nothing written) when no run has finished."""
   curves = {}
   for label, kind in demo.VARIANTS:
-    logs = [metrics_lib.read(os.path.join(ctx["workdir"], f"seed{s}", kind or "pretrained_more")) for s in range(seeds)]
+    logs = [metrics_lib.read(os.path.join(_seed_dir(ctx, s), demo.run_name(kind))) for s in range(seeds)]
     logs = [[(l["step"], l["loss"]) for l in log if "loss" in l] for log in logs]
     logs = [log for log in logs if log and log[-1][0] == steps]
     if logs:
