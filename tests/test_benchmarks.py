@@ -38,8 +38,9 @@ ARGS = {
     "vs_timm": ["--models", MICRO, "--no-torch-compile", "--peak-n", "128"],
     "scalenet_step": ["--model", MICRO],
     "compile_depth": ["--depths", "2,4", "--unroll-depths", "2", "--repeats", "1"],
+    "profile_step": ["--models", f"{MICRO}:2", "--steps", "1", "--warmup", "1"],
 }
-NO_TINY = {"compile_depth"}  # not a timed train step: no --batch/--steps/--warmup
+NO_TINY = {"compile_depth", "profile_step"}  # no --batch/--steps/--warmup (compile_depth: not a train step)
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +160,39 @@ def test_update_readme_replaces_only_the_marked_block(tmp_path):
   (tmp_path / "plain.md").write_text("no markers\n")
   assert not run_all.update_readme("x", str(tmp_path / "plain.md"))
   assert (tmp_path / "plain.md").read_text() == "no markers\n"
+
+
+def _profile_step():
+  sys.path.insert(0, BENCH)
+  try:
+    import profile_step
+  finally:
+    sys.path.remove(BENCH)
+  return profile_step
+
+
+def test_profile_step_counts_dot_flops_from_the_compiled_program():
+  import jax
+  import jax.numpy as jnp
+
+  def f(x, w, q, k):
+    return jnp.tanh(x @ w), jnp.einsum("bhqd,bhkd->bhqk", q, k)
+
+  args = (jnp.ones((24, 16)), jnp.ones((16, 40)), jnp.ones((2, 3, 5, 8)), jnp.ones((2, 3, 7, 8)))
+  table = _profile_step().dot_table(jax.jit(f).lower(*args).compile().as_text())
+  found = sorted(table.values())
+  assert found == [("batched", 2.0 * 2 * 3 * 5 * 7 * 8), ("linear", 2.0 * 24 * 40 * 16)], table
+
+
+def test_profile_step_reports_every_op_class(run):
+  d = run("profile_step")
+  (r,) = d["models"]
+  assert r["model"] == MICRO and r["batch"] == 2 and r["step_ms"] > 0 and r["minor_faults"] >= 0
+  assert r["op_ms"] and all(ms >= 0 for ms in r["op_ms"].values())
+  assert set(r["op_ms"]) <= {label for label, _ in _profile_step().CLASSES} | {"other"}
+  # A ViT step has both dense-layer and per-head attention products, and the parsed FLOPs add up to the
+  # step's dot work: forward + backward of every dot is between 2x and 3x the forward MACs x 2 FLOPs.
+  assert set(r["dots"]) == {"linear", "batched"}
+  assert all(v["gflop"] > 0 and v["ms"] > 0 for v in r["dots"].values())
+  step_flops = sum(v["gflop"] for v in r["dots"].values()) * 1e9
+  assert 2.0 < step_flops / (2 * r["fwd_macs_per_image"] * r["batch"]) <= 3.0
