@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 
 from absl import app, flags, logging
@@ -230,15 +231,19 @@ def paper_configs_table() -> list[str]:
   return lines
 
 
-def nas_section(workdir, nas_workdir) -> list[str]:
+def nas_section(workdir, nas_workdir, hist_png) -> list[str]:
+  """The sampler histograms (the PNG is copied to `hist_png`, next to the report) and the NAS run's report."""
   from scalenet_jax.nas import sampling
 
   out_dir = os.path.join(workdir, "nas_sampling")
   sampling.main(["--space", "fmnist", "--n", "3000", "--out", out_dir])
   with open(os.path.join(out_dir, "flops_fmnist.json")) as f:
     hist = json.load(f)
+  shutil.copyfile(os.path.join(out_dir, "flops_hist_fmnist.png"), hist_png)
   lines = [
-      f"3,000 paths of the Fashion-MNIST space per sampler (histogram: `{out_dir}/flops_hist_fmnist.png`):",
+      "3,000 paths of the Fashion-MNIST space per sampler:",
+      "",
+      f"![HSS vs uniform MACs histograms]({os.path.basename(hist_png)})",
       "",
       "| sampler | modes of the FLOPs histogram | median MMACs | 5-95% MMACs |",
       "|---|---|---|---|",
@@ -332,6 +337,13 @@ def render(budget, seeds, base, runs, abl, eff, nas_lines, paper_lines, curves_p
   return "\n".join(out) + "\n"
 
 
+def _portable(path: str) -> str:
+  """`path` relative to the repository when it lies inside it (a released base), else as given."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  rel = os.path.relpath(os.path.abspath(path), root)
+  return path if rel.startswith("..") else rel
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
@@ -341,8 +353,8 @@ def main(argv):
   runs = table1(ctx, FLAGS.seeds, steps)
   eff = efficiency(ctx, FLAGS.seeds, steps, runs)  # before the ablations: Table I's twin
   abl = ablations(ctx, FLAGS.seeds, steps)
-  nas = nas_section(FLAGS.workdir, FLAGS.nas_workdir)
   os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
+  nas = nas_section(FLAGS.workdir, FLAGS.nas_workdir, os.path.splitext(FLAGS.out)[0] + "_flops_hist.png")
   curves = os.path.splitext(FLAGS.out)[0] + "_curves.png"
   curves = curves if plot_curves(ctx, FLAGS.seeds, steps, curves) else None
   report = render(FLAGS.budget, FLAGS.seeds, base, runs, abl, eff, nas, paper_configs_table(), curves)
@@ -353,7 +365,9 @@ def main(argv):
     f.write(report + (f"\n{kept}\n" if kept else ""))
   with open(os.path.splitext(FLAGS.out)[0] + ".json", "w") as f:  # every number of the report, next to it
     record = {"base": {k: v for k, v in base.items() if k != "norm"}, "table1": runs, "ablations": abl}
-    json.dump({**record, "efficiency": eff, "budget": FLAGS.budget, "seeds": FLAGS.seeds}, f, indent=1)
+    record["base"]["path"] = _portable(base["path"])
+    record |= {"efficiency": eff, "budget": FLAGS.budget, "seeds": FLAGS.seeds}
+    json.dump(record, f, indent=1, sort_keys=True)  # sorted: a re-run diffs only where numbers changed
   print(report)
 
 

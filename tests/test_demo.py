@@ -193,8 +193,14 @@ def test_reproduce_finished_only_reports_without_training(tmp_path):
   assert f"| {reproduce.SCALENET} | 12 |" in text and "| 25.00 | 75.00 |  | 250 |" in text
   assert f"| {reproduce.SCRATCH} | pending (0/1 runs finished) |" in text
   assert sorted(p.name for p in (tmp_path / "w" / "seed0").iterdir()) == ["scalenet"]  # nothing trained
-  assert json.loads((tmp_path / "r.json").read_text())["table1"][reproduce.SCALENET][0]["top1"] == 0.75
+  record = json.loads((tmp_path / "r.json").read_text())
+  assert record["table1"][reproduce.SCALENET][0]["top1"] == 0.75
+  assert record["base"]["path"] == os.path.join("pretrained", demo.RELEASED.name)  # not the checkout's absolute path
+  assert list(record) == sorted(record)  # sorted keys: a re-run diffs only where numbers changed
   assert "![training curves](r_curves.png)" in text and (tmp_path / "r_curves.png").stat().st_size > 1000
+  # The NAS histograms are an image next to the report, not a path into the workdir.
+  assert "![HSS vs uniform MACs histograms](r_flops_hist.png)" in text and str(tmp_path / "w") not in text
+  assert (tmp_path / "r_flops_hist.png").stat().st_size > 1000
 
 
 def test_a_finished_run_is_reported_from_its_workdir(tmp_path, monkeypatch):
