@@ -397,6 +397,10 @@ class JaxTrainStep:
       raise RuntimeError("run the step once (compile_seconds) before analysing its program")
     return next(iter(self.step.jitted.values()))
 
+  def hlo_text(self) -> str:
+    """The compiled step's optimized HLO (call after the first step, which builds the jitted program)."""
+    return self._jitted().lower(self.state, self.batch).compile().as_text()
+
   def memory(self) -> dict[str, int]:
     """Compiled memory analysis of the step (call after the first step, which builds the jitted program)."""
     return compiled_memory(self._jitted(), self.state, self.batch)

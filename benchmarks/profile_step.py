@@ -127,7 +127,7 @@ def profile(name: str, batch: int, args, trace_root: str) -> dict:
     for _ in range(args.steps):
       step.run()
   events = trace_events(trace_dir)
-  dots = dot_table(step._jitted().lower(step.state, step.batch).compile().as_text())
+  dots = dot_table(step.hlo_text())
 
   by_class, dot_time, dot_flops = collections.Counter(), collections.Counter(), collections.Counter()
   for e in events:

@@ -354,8 +354,9 @@ def main(argv):
   eff = efficiency(ctx, FLAGS.seeds, steps, runs)  # before the ablations: Table I's twin
   abl = ablations(ctx, FLAGS.seeds, steps)
   os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
-  nas = nas_section(FLAGS.workdir, FLAGS.nas_workdir, os.path.splitext(FLAGS.out)[0] + "_flops_hist.png")
-  curves = os.path.splitext(FLAGS.out)[0] + "_curves.png"
+  stem = os.path.splitext(FLAGS.out)[0]  # the report's images and JSON sit next to it
+  nas = nas_section(FLAGS.workdir, FLAGS.nas_workdir, stem + "_flops_hist.png")
+  curves = stem + "_curves.png"
   curves = curves if plot_curves(ctx, FLAGS.seeds, steps, curves) else None
   report = render(FLAGS.budget, FLAGS.seeds, base, runs, abl, eff, nas, paper_configs_table(), curves)
   from scalenet_jax import lm_study  # pylint: disable=g-import-not-at-top
@@ -363,7 +364,7 @@ def main(argv):
   kept = lm_study.section_of(FLAGS.out)  # the decoder study's section has its own command: keep it
   with open(FLAGS.out, "w") as f:
     f.write(report + (f"\n{kept}\n" if kept else ""))
-  with open(os.path.splitext(FLAGS.out)[0] + ".json", "w") as f:  # every number of the report, next to it
+  with open(stem + ".json", "w") as f:  # every number of the report, next to it
     record = {"base": {k: v for k, v in base.items() if k != "norm"}, "table1": runs, "ablations": abl}
     record["base"]["path"] = _portable(base["path"])
     record |= {"efficiency": eff, "budget": FLAGS.budget, "seeds": FLAGS.seeds}

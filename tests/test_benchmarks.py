@@ -8,6 +8,7 @@ vs_timm compiles once.
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import math
 import os
@@ -68,6 +69,15 @@ def run(tmp_path_factory):
   return go
 
 
+def _bench_module(name: str):
+  """Import `benchmarks/<name>.py` as a module (the scripts are not a package)."""
+  sys.path.insert(0, BENCH)
+  try:
+    return importlib.import_module(name)
+  finally:
+    sys.path.remove(BENCH)
+
+
 def _has_torch_timm() -> bool:
   try:
     import timm  # noqa: F401
@@ -126,11 +136,7 @@ def test_compile_depth_reports_every_mode(run):
 
 
 def test_run_all_renders_every_result(run):
-  sys.path.insert(0, BENCH)
-  try:
-    import run_all
-  finally:
-    sys.path.remove(BENCH)
+  run_all = _bench_module("run_all")
   assert {"train_step", "vs_timm", "scalenet_step"} <= set(run_all.discover())
   assert not {"common", "run_all"} & set(run_all.discover())
   names = ["train_step", "scalenet_step", "compile_depth"] + (["vs_timm"] if _has_torch_timm() else [])
@@ -148,11 +154,7 @@ def test_run_all_renders_every_result(run):
 
 
 def test_update_readme_replaces_only_the_marked_block(tmp_path):
-  sys.path.insert(0, BENCH)
-  try:
-    import run_all
-  finally:
-    sys.path.remove(BENCH)
+  run_all = _bench_module("run_all")
   readme = tmp_path / "README.md"
   readme.write_text(f"# Title\n\nbefore\n{run_all.README_BEGIN}\nold table\n{run_all.README_END}\nafter\n")
   assert run_all.update_readme(f"{run_all.README_BEGIN}\nnew table\n{run_all.README_END}", str(readme))
@@ -160,15 +162,6 @@ def test_update_readme_replaces_only_the_marked_block(tmp_path):
   (tmp_path / "plain.md").write_text("no markers\n")
   assert not run_all.update_readme("x", str(tmp_path / "plain.md"))
   assert (tmp_path / "plain.md").read_text() == "no markers\n"
-
-
-def _profile_step():
-  sys.path.insert(0, BENCH)
-  try:
-    import profile_step
-  finally:
-    sys.path.remove(BENCH)
-  return profile_step
 
 
 def test_profile_step_counts_dot_flops_from_the_compiled_program():
@@ -179,7 +172,7 @@ def test_profile_step_counts_dot_flops_from_the_compiled_program():
     return jnp.tanh(x @ w), jnp.einsum("bhqd,bhkd->bhqk", q, k)
 
   args = (jnp.ones((24, 16)), jnp.ones((16, 40)), jnp.ones((2, 3, 5, 8)), jnp.ones((2, 3, 7, 8)))
-  table = _profile_step().dot_table(jax.jit(f).lower(*args).compile().as_text())
+  table = _bench_module("profile_step").dot_table(jax.jit(f).lower(*args).compile().as_text())
   found = sorted(table.values())
   assert found == [("batched", 2.0 * 2 * 3 * 5 * 7 * 8), ("linear", 2.0 * 24 * 40 * 16)], table
 
@@ -189,7 +182,7 @@ def test_profile_step_reports_every_op_class(run):
   (r,) = d["models"]
   assert r["model"] == MICRO and r["batch"] == 2 and r["step_ms"] > 0 and r["minor_faults"] >= 0
   assert r["op_ms"] and all(ms >= 0 for ms in r["op_ms"].values())
-  assert set(r["op_ms"]) <= {label for label, _ in _profile_step().CLASSES} | {"other"}
+  assert set(r["op_ms"]) <= {label for label, _ in _bench_module("profile_step").CLASSES} | {"other"}
   # A ViT step has both dense-layer and per-head attention products, and the parsed FLOPs add up to the
   # step's dot work: forward + backward of every dot is between 2x and 3x the forward MACs x 2 FLOPs.
   assert set(r["dots"]) == {"linear", "batched"}
