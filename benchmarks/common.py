@@ -295,12 +295,13 @@ def peak_rss_bytes() -> int:
   raise RuntimeError("VmHWM not found in /proc/self/status")
 
 
-def compiled_memory(jitted, *args) -> dict[str, int]:
-  """XLA's memory analysis of `jitted(*args)` in bytes: temp, argument, output, alias and their peak.
+def compiled_memory(compiled) -> dict[str, int]:
+  """XLA's memory analysis of a compiled program (`jax.stages.Compiled`) in bytes: temp, argument,
+  output, alias and their peak.
 
   peak = argument + output - alias + temp: the live buffers of one call (donated inputs alias outputs).
   """
-  ma = jitted.lower(*args).compile().memory_analysis()
+  ma = compiled.memory_analysis()
   if ma is None:
     raise RuntimeError("this backend gives no compiled memory analysis")
   out = dict(
@@ -371,6 +372,7 @@ class JaxTrainStep:
         "labels": rng.integers(0, cfg.num_classes, batch_size).astype(np.int32),
     }
     self.batch = sh.make_global_batch(host, self.mesh)
+    self._aot = None  # _compiled()
 
   def load_params(self, params) -> None:
     """Replace the params (e.g. by expanded weights); the fresh Adam moments stay valid (zeros)."""
@@ -397,13 +399,20 @@ class JaxTrainStep:
       raise RuntimeError("run the step once (compile_seconds) before analysing its program")
     return next(iter(self.step.jitted.values()))
 
+  def _compiled(self):
+    """The step's program compiled ahead of time, once: `jit(...).lower().compile()` does not share the
+    jit call's executable cache, so the analyses below share this one extra compile."""
+    if self._aot is None:
+      self._aot = self._jitted().lower(self.state, self.batch).compile()
+    return self._aot
+
   def hlo_text(self) -> str:
     """The compiled step's optimized HLO (call after the first step, which builds the jitted program)."""
-    return self._jitted().lower(self.state, self.batch).compile().as_text()
+    return self._compiled().as_text()
 
   def memory(self) -> dict[str, int]:
     """Compiled memory analysis of the step (call after the first step, which builds the jitted program)."""
-    return compiled_memory(self._jitted(), self.state, self.batch)
+    return compiled_memory(self._compiled())
 
   def step_macs(self) -> int:
     """Multiply-adds one train step's program asks for (`counting.jaxpr_macs` of the step's jaxpr: forward,

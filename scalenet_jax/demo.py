@@ -33,7 +33,7 @@ FLAGS = flags.FLAGS
 
 MODEL = "vit_micro_patch4_28"
 # The released base (configs/pretrain_fmnist.py:vit, pretrained/README.md).
-RELEASED = Path(__file__).resolve().parents[1] / "pretrained" / f"{MODEL}_fmnist.safetensors"
+RELEASED = Path(paths.REPO_ROOT) / "pretrained" / f"{MODEL}_fmnist.safetensors"
 # (row label, expansion kind); kind '' = the pretrained model itself, trained further (control).
 VARIANTS = [
     ("ScaleNet (shared + adapters)", "scalenet"),

@@ -27,7 +27,7 @@ import time
 
 from absl import app, flags, logging
 
-from scalenet_jax import stats
+from scalenet_jax import paths, stats
 
 FLAGS = flags.FLAGS
 
@@ -245,8 +245,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required")
-  here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  config = FLAGS.config or os.path.join(here, "configs", "llama_fortunes_2x.py")
+  config = FLAGS.config or str(paths.REPO_ROOT / "configs" / "llama_fortunes_2x.py")
   os.makedirs(FLAGS.workdir, exist_ok=True)
   out = study(FLAGS.workdir, FLAGS.seeds, config, FLAGS.pretrain_steps, FLAGS.steps)
   section = render(out)

@@ -17,6 +17,10 @@ from etils import epath
 
 PathLike = Any  # str | os.PathLike | epath.Path
 
+# The checkout the package runs from (an editable install, as the README sets up): where `configs/`
+# and the released bases in `pretrained/` live.
+REPO_ROOT = epath.Path(__file__).resolve().parents[1]
+
 
 def path(p: PathLike) -> epath.Path:
   """`p` as an `epath.Path`; a relative local path is made absolute (Orbax requires it)."""

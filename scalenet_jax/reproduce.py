@@ -339,8 +339,7 @@ def render(budget, seeds, base, runs, abl, eff, nas_lines, paper_lines, curves_p
 
 def _portable(path: str) -> str:
   """`path` relative to the repository when it lies inside it (a released base), else as given."""
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  rel = os.path.relpath(os.path.abspath(path), root)
+  rel = os.path.relpath(os.path.abspath(path), paths.REPO_ROOT)
   return path if rel.startswith("..") else rel
 
 
