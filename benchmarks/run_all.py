@@ -17,7 +17,6 @@ import argparse
 import glob
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -25,9 +24,11 @@ import time
 
 import common
 
+from scalenet_jax import doc_sections
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 README = os.path.join(os.path.dirname(HERE), "README.md")
-README_BEGIN, README_END = "<!-- benchmarks:begin -->", "<!-- benchmarks:end -->"
+README_BEGIN, README_END = doc_sections.markers("benchmarks")
 STRUCTURED = ("train_step", "vs_timm", "scalenet_step", "compile_depth")  # write --json; summarised
 SKIP = {"run_all", "common"}
 # Short settings for scripts that have no --quick flag of their own (used only while they lack one).
@@ -241,14 +242,7 @@ def readme_block(runs: list[dict], machine: dict, quick: bool) -> str:
 
 def update_readme(block: str, path: str = README) -> bool:
   """Replace the marked benchmark block of the README; False (unchanged) when the markers are missing."""
-  with open(path) as f:
-    text = f.read()
-  pattern = re.compile(re.escape(README_BEGIN) + ".*?" + re.escape(README_END), re.S)
-  if not pattern.search(text):
-    return False
-  with open(path, "w") as f:
-    f.write(pattern.sub(lambda _: block, text))
-  return True
+  return doc_sections.replace(path, "benchmarks", block, append=False)
 
 
 def main(argv=None) -> None:

@@ -139,6 +139,22 @@ def allocator_policy() -> str:
 _CONFIGURED: dict | None = None
 
 
+def machine() -> dict:
+  """What a measured report names: CPU model, cores, backend and the versions of the libraries."""
+  import flax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+
+  return {
+      "cpu": cpu_model(),
+      "cores": os.cpu_count(),
+      "python": platform.python_version(),
+      "jax": jax.__version__,
+      "flax": flax.__version__,
+      "optax": optax.__version__,
+      "backend": jax.default_backend(),
+  }
+
+
 def cpu_model() -> str:
   """CPU model name from /proc/cpuinfo (falls back to `platform.processor()`), for run records."""
   try:

@@ -21,13 +21,12 @@ import importlib.util
 import json
 import math
 import os
-import platform
 import statistics
 import time
 
 from absl import app, flags, logging
 
-from scalenet_jax import paths, stats
+from scalenet_jax import doc_sections, jax_utils, paths, stats
 
 FLAGS = flags.FLAGS
 
@@ -37,7 +36,7 @@ LABELS = {
     "stack": "stacked baseline (parameter-matched new layers, copies of the first; new layers + norms train)",
     "further": "base trained further (4 layers, every parameter trains)",
 }
-BEGIN, END = "<!-- lm_study:begin -->", "<!-- lm_study:end -->"
+BEGIN, END = doc_sections.markers("lm_study")
 
 
 def load_config_file(path: str, arg: str):
@@ -48,23 +47,9 @@ def load_config_file(path: str, arg: str):
 
 
 def machine() -> dict:
-  import flax  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
   import tokenizers  # pylint: disable=g-import-not-at-top
 
-  from scalenet_jax import jax_utils  # pylint: disable=g-import-not-at-top
-
-  return {
-      "cpu": jax_utils.cpu_model(),
-      "cores": os.cpu_count(),
-      "python": platform.python_version(),
-      "jax": jax.__version__,
-      "flax": flax.__version__,
-      "optax": optax.__version__,
-      "tokenizers": tokenizers.__version__,
-      "backend": jax.default_backend(),
-  }
+  return {**jax_utils.machine(), "tokenizers": tokenizers.__version__}
 
 
 KEEP = (
@@ -219,27 +204,6 @@ def render(out) -> str:
   return "\n".join(lines)
 
 
-def section_of(path) -> str:
-  """The lm_study section of a markdown file ('' if it has none): `reproduce` keeps it when it rewrites
-  docs/reproduction.md."""
-  if not os.path.exists(path):
-    return ""
-  with open(path) as f:
-    doc = f.read()
-  return doc[doc.index(BEGIN) : doc.index(END) + len(END)] if BEGIN in doc and END in doc else ""
-
-
-def write_doc(path, section):
-  with open(path) as f:
-    doc = f.read()
-  if BEGIN in doc and END in doc:
-    doc = doc[: doc.index(BEGIN)] + section + doc[doc.index(END) + len(END) :]
-  else:
-    doc = doc.rstrip("\n") + "\n\n" + section + "\n"
-  with open(path, "w") as f:
-    f.write(doc)
-
-
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
@@ -254,7 +218,7 @@ def main(argv):
   with open(os.path.join(FLAGS.workdir, "lm_study.md"), "w") as f:
     f.write(section + "\n")
   if FLAGS.doc:
-    write_doc(FLAGS.doc, section)
+    doc_sections.replace(FLAGS.doc, "lm_study", section)
   print(section)
 
 

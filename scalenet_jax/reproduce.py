@@ -1,6 +1,7 @@
 r"""Generate docs/reproduction.md from real runs on Fashion-MNIST (and the paper configs' counts).
 
   python -m scalenet_jax.reproduce --workdir /tmp/repro --budget demo --seeds 3 [--base FILE] [--nas_workdir DIR]
+  python -m scalenet_jax.reproduce --nas_only --nas_workdir DIR   # only the NAS run's section of --out
 
 Every run starts from the same released base (pretrained/, as the paper starts from timm's weights;
 `--base` another release file) and differs only in its fine-tuning seed. Sections: (1) Table-I-style
@@ -17,12 +18,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import statistics
+import sys
 
 from absl import app, flags, logging
 
-from scalenet_jax import config_lib, demo, jax_utils, paths, stats, summary
+from scalenet_jax import config_lib, demo, doc_sections, jax_utils, paths, stats, summary
+from scalenet_jax.errors import ConfigError, MissingInputError, UserError
 from scalenet_jax.models import registry
 from scalenet_jax.train import metrics as metrics_lib
 
@@ -231,10 +235,12 @@ def paper_configs_table() -> list[str]:
   return lines
 
 
-def nas_section(workdir, nas_workdir, hist_png) -> list[str]:
-  """The sampler histograms (the PNG is copied to `hist_png`, next to the report) and the NAS run's report."""
+def nas_section(workdir, nas_workdir, stem) -> list[str]:
+  """The sampler histograms (the PNG is copied next to the report, `<stem>_flops_hist.png`) and the NAS
+  run's section (`nas_run_section`)."""
   from scalenet_jax.nas import sampling
 
+  hist_png = stem + "_flops_hist.png"
   out_dir = os.path.join(workdir, "nas_sampling")
   sampling.main(["--space", "fmnist", "--n", "3000", "--out", out_dir])
   with open(os.path.join(out_dir, "flops_fmnist.json")) as f:
@@ -252,16 +258,38 @@ def nas_section(workdir, nas_workdir, hist_png) -> list[str]:
       f"| {m} | {h['modes']} | {h['median_macs'] / 1e6:.1f} | {h['p5'] / 1e6:.1f}-{h['p95'] / 1e6:.1f} |"
       for m, h in hist.items()
   ]
-  if nas_workdir and os.path.exists(os.path.join(nas_workdir, "report.md")):
-    with open(os.path.join(nas_workdir, "report.md")) as f:
-      lines += ["", "NAS pipeline report (from a real run):", "", f.read()]
-  else:
-    lines += [
-        "",
-        "No NAS search run is included here (pass --nas_workdir of a finished "
-        "`configs/nas_fmnist_search.py` run); rank correlations come from that report.",
-    ]
-  return lines
+  return lines + ["", nas_run_section(nas_workdir, stem)]
+
+
+def nas_run_section(nas_workdir, stem) -> str:
+  """The marked `nas_run` section: a finished NAS pipeline run's report (`report.md` of `nas_workdir`,
+  headings under this report's §5, its images copied next to the report as `<stem>_nas_*.png`) with its
+  `results.json` as `<stem>_nas.json`. Without `nas_workdir`, the section the report at `<stem>.md`
+  already holds (a NAS run is its own command) or a line saying there is none."""
+  if not nas_workdir:
+    kept = doc_sections.section_of(stem + ".md", "nas_run")
+    return kept or doc_sections.wrap(
+        "nas_run",
+        "No NAS search run is included here (pass --nas_workdir of a finished `configs/nas_fmnist_search.py` "
+        "run); rank correlations come from that report.",
+    )
+  report = os.path.join(nas_workdir, "report.md")
+  if not os.path.exists(report):
+    raise MissingInputError(f"--nas_workdir {nas_workdir} holds no report.md (is the NAS run finished?)")
+  with open(report) as f:
+    text = f.read()
+  name = os.path.basename(stem)
+  for png in ("flops_hist.png", "fits.png"):
+    if os.path.exists(os.path.join(nas_workdir, png)):
+      shutil.copyfile(os.path.join(nas_workdir, png), f"{stem}_nas_{png}")
+      text = text.replace(f"]({png})", f"]({name}_nas_{png})")
+  shutil.copyfile(os.path.join(nas_workdir, "results.json"), stem + "_nas.json")
+  text = re.sub(r"^(#+) ", lambda m: "#" * min(len(m.group(1)) + 2, 6) + " ", text, flags=re.M)
+  intro = (
+      "NAS pipeline report, from a real run of `python -m scalenet_jax.main --config "
+      f"configs/nas_fmnist_search.py --workdir DIR` (every number in `{name}_nas.json`):"
+  )
+  return doc_sections.wrap("nas_run", f"{intro}\n\n{text}")
 
 
 def render(budget, seeds, base, runs, abl, eff, nas_lines, paper_lines, curves_png=None) -> str:
@@ -346,6 +374,26 @@ def _portable(path: str) -> str:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  try:
+    report = nas_only() if FLAGS.nas_only else reproduce()
+  except UserError as e:
+    print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(report)
+
+
+def nas_only() -> str:
+  """`--nas_only`: rewrites the report's `nas_run` section from `--nas_workdir`, nothing else."""
+  if not FLAGS.nas_workdir:
+    raise ConfigError("--nas_only needs --nas_workdir (a finished configs/nas_fmnist_search.py run)")
+  if not doc_sections.section_of(FLAGS.out, "nas_run"):
+    raise MissingInputError(f"{FLAGS.out} has no nas_run section to replace (run the full reproduce once)")
+  section = nas_run_section(FLAGS.nas_workdir, os.path.splitext(FLAGS.out)[0])
+  doc_sections.replace(FLAGS.out, "nas_run", section, append=False)
+  return section
+
+
+def reproduce() -> str:
   steps, split = BUDGETS[FLAGS.budget]
   base = demo.released_base(FLAGS.base or demo.RELEASED)
   ctx = dict(workdir=FLAGS.workdir, base=base, split=split, finished_only=FLAGS.finished_only)
@@ -354,13 +402,11 @@ def main(argv):
   abl = ablations(ctx, FLAGS.seeds, steps)
   os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
   stem = os.path.splitext(FLAGS.out)[0]  # the report's images and JSON sit next to it
-  nas = nas_section(FLAGS.workdir, FLAGS.nas_workdir, stem + "_flops_hist.png")
+  nas = nas_section(FLAGS.workdir, FLAGS.nas_workdir, stem)
   curves = stem + "_curves.png"
   curves = curves if plot_curves(ctx, FLAGS.seeds, steps, curves) else None
   report = render(FLAGS.budget, FLAGS.seeds, base, runs, abl, eff, nas, paper_configs_table(), curves)
-  from scalenet_jax import lm_study  # pylint: disable=g-import-not-at-top
-
-  kept = lm_study.section_of(FLAGS.out)  # the decoder study's section has its own command: keep it
+  kept = doc_sections.section_of(FLAGS.out, "lm_study")  # the decoder study has its own command: keep it
   with open(FLAGS.out, "w") as f:
     f.write(report + (f"\n{kept}\n" if kept else ""))
   with open(stem + ".json", "w") as f:  # every number of the report, next to it
@@ -368,7 +414,7 @@ def main(argv):
     record["base"]["path"] = _portable(base["path"])
     record |= {"efficiency": eff, "budget": FLAGS.budget, "seeds": FLAGS.seeds}
     json.dump(record, f, indent=1, sort_keys=True)  # sorted: a re-run diffs only where numbers changed
-  print(report)
+  return report
 
 
 def define_flags():
@@ -385,6 +431,7 @@ def define_flags():
       "long run's progress, or publish part of it).",
   )
   flags.DEFINE_string("nas_workdir", "", "A finished NAS pipeline workdir to include (report.md there).")
+  flags.DEFINE_bool("nas_only", False, "Train nothing: rewrite only --out's NAS run section from --nas_workdir.")
 
 
 if __name__ == "__main__":

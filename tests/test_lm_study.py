@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from scipy import stats as scipy_stats
 
-from scalenet_jax import lm_study, stats
+from scalenet_jax import doc_sections, lm_study, stats
 
 
 def runs(ppl: dict) -> dict:
@@ -34,9 +34,9 @@ def test_t_interval_and_paired_differences():
 def test_section_is_replaced_in_place(tmp_path):
   doc = tmp_path / "r.md"
   doc.write_text("# Report\n\ntext\n")
-  lm_study.write_doc(str(doc), f"{lm_study.BEGIN}\nold\n{lm_study.END}")
-  lm_study.write_doc(str(doc), f"{lm_study.BEGIN}\nnew\n{lm_study.END}")
+  doc_sections.replace(str(doc), "lm_study", f"{lm_study.BEGIN}\nold\n{lm_study.END}")
+  doc_sections.replace(str(doc), "lm_study", f"{lm_study.BEGIN}\nnew\n{lm_study.END}")
   text = doc.read_text()
   assert text.count(lm_study.BEGIN) == 1 and "new" in text and "old" not in text and text.startswith("# Report")
-  assert lm_study.section_of(str(doc)) == f"{lm_study.BEGIN}\nnew\n{lm_study.END}"
-  assert lm_study.section_of(str(tmp_path / "missing.md")) == ""
+  assert doc_sections.section_of(str(doc), "lm_study") == f"{lm_study.BEGIN}\nnew\n{lm_study.END}"
+  assert doc_sections.section_of(str(tmp_path / "missing.md"), "lm_study") == ""

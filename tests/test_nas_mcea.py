@@ -113,15 +113,24 @@ def test_mcea_finds_known_optimum(tmp_path, name):
 
 def test_kill_and_resume_gives_same_result(tmp_path):
   cfg = CONFIGS["official"]
-  ref = mcea.run_mcea(SPACE, CountingEval(), cfg, state_path=str(tmp_path / "ref.json"))
+  ev = CountingEval()
+  ref = mcea.run_mcea(SPACE, ev, cfg, state_path=str(tmp_path / "ref.json"))
+  assert ref["paths_evaluated"] == ev.paths > 0
   path = str(tmp_path / "run.json")
   with pytest.raises(KeyboardInterrupt):
     mcea.run_mcea(SPACE, CountingEval(fail_after=20), cfg, state_path=path)
-  done = json.load(open(path))["phases_done"]
-  assert 0 < len(done) < 5  # killed mid-run after some phases were saved
-  res = mcea.run_mcea(SPACE, CountingEval(), cfg, state_path=path)
+  saved = json.load(open(path))
+  assert 0 < len(saved["phases_done"]) < 5  # killed mid-run after some phases were saved
+  ev = CountingEval()
+  res = mcea.run_mcea(SPACE, ev, cfg, state_path=path)
   assert res["alpha"] == ref["alpha"] and res["scalings"] == ref["scalings"]
   assert res["history"] == ref["history"]
+  # the count spans both invocations: the saved phases' evaluations plus this one's (the killed phase is
+  # redone; its score cache starts empty, so a resumed search evaluates at least as many paths)
+  assert res["paths_evaluated"] == saved["paths_evaluated"] + ev.paths >= ref["paths_evaluated"]
+  again = CountingEval()
+  assert mcea.run_mcea(SPACE, again, cfg, state_path=path)["paths_evaluated"] == res["paths_evaluated"]
+  assert again.paths == 0  # a finished state re-renders without evaluating (the report's count stays)
   with pytest.raises(ValueError, match="another space/config"):
     mcea.run_mcea(SPACE, CountingEval(), dataclasses.replace(cfg, seed=1), state_path=path)
 

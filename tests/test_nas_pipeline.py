@@ -124,11 +124,11 @@ def quick_run(tmp_path_factory):
   c.quick_overrides.supernet.log_every = 3
   c.quick_overrides.search = dict(iterations=1, n_base=2, population=3, generations=2, parents=2)
   c.quick_overrides.rank_corr = dict(num_paths=3, steps=2, batch_size=8)
-  return wd, pipeline.run(c, str(wd))
+  return wd, pipeline.run(c, str(wd)), c
 
 
 def test_quick_search_writes_report_and_archs(quick_run):
-  wd, res = quick_run
+  wd, res, _ = quick_run
   report = (wd / "report.md").read_text()
   for section in (
       "MACs histograms",
@@ -148,8 +148,44 @@ def test_quick_search_writes_report_and_archs(quick_run):
   assert set(res["rank_corr"]) >= {"hss", "standalone_accs"}
 
 
+def test_resumed_run_reports_the_search_it_resumed(quick_run):
+  """Re-running a finished workdir re-renders the report from the saved stages: the MCEA count is the
+  search's own (it was this invocation's, 0, before), the numbers are the same."""
+  wd, res, c = quick_run
+  again = pipeline.run(c, str(wd))
+  assert again["paths_evaluated"] == res["paths_evaluated"] > 0
+  same = lambda k: json.dumps(again[k], sort_keys=True) == json.dumps(res[k], sort_keys=True)  # NaN CIs of 3 paths
+  assert same("archs") and same("rank_corr")
+  assert f"{res['paths_evaluated']:,} paths evaluated" in (wd / "report.md").read_text()
+
+
+def test_reproduce_splices_the_nas_run_into_its_report(quick_run, tmp_path):
+  wd, res, _ = quick_run
+  doc_sections = __import__("scalenet_jax.doc_sections").doc_sections
+  doc = tmp_path / "r.md"
+  lm = doc_sections.wrap("lm_study", "decoder study")
+  doc.write_text(f"# R\n\n## 5. ScaleNet-search\n\n{doc_sections.wrap('nas_run', 'old')}\n\n{lm}\n")
+  cmd = [sys.executable, "-m", "scalenet_jax.reproduce", "--nas_only", "--nas_workdir", str(wd), "--out", str(doc)]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
+  out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  text = doc.read_text()
+  assert "old" not in text and lm in text and text.startswith("# R\n\n## 5. ScaleNet-search\n")
+  section = doc_sections.section_of(str(doc), "nas_run")
+  assert f"{res['paths_evaluated']:,} paths evaluated" in section and "\n### ScaleNet-search on" in section
+  for png in ("flops_hist", "fits"):  # the run's images sit next to the report, linked from it
+    assert f"](r_nas_{png}.png)" in section and (tmp_path / f"r_nas_{png}.png").stat().st_size > 1000
+  assert json.loads((tmp_path / "r_nas.json").read_text())["paths_evaluated"] == res["paths_evaluated"]
+  bare = tmp_path / "bare.md"
+  bare.write_text("# no sections\n")
+  cmd[-1] = str(bare)
+  out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2 and "has no nas_run section" in out.stderr.strip().splitlines()[-1]
+  assert bare.read_text() == "# no sections\n"
+
+
 def test_exported_archs_load_and_run(quick_run):
-  wd, res = quick_run
+  wd, res, _ = quick_run
   archs = [export.load_arch(str(wd / a["file"])) for a in res["archs"]]  # all load (and were built)
   for arch in (archs[0], archs[-1]):  # the base and the largest extrapolated model run a forward pass
     model = export.build_model(arch)
@@ -159,7 +195,7 @@ def test_exported_archs_load_and_run(quick_run):
 
 
 def test_retrain_exported_arch(quick_run, tmp_path):
-  wd, _ = quick_run
+  wd, _, _ = quick_run
   spec = __import__("importlib.util").util.spec_from_file_location("r", REPO / "configs" / "nas_retrain.py")
   mod = __import__("importlib.util").util.module_from_spec(spec)
   spec.loader.exec_module(mod)

@@ -450,10 +450,9 @@ def run_mcea(
     progress: Callable[[str], None] | None = None,
 ) -> dict:
   """Runs (or resumes) MCEA; returns {'alpha', 'scalings' (S_0..S_M), 'objective', 'history',
-  'init_scores', 'phases_done'} with Alpha/Scaling objects for alpha/scalings. `progress` receives a
+  'init_scores', 'phases_done', 'paths_evaluated'} with Alpha/Scaling objects for alpha/scalings. `progress` receives a
   line at the start and end of every phase (default: this module's logger at INFO)."""
   say = progress or log.info
-  s = _Search(space, evaluate, config)
   phases = ["init"] + [f"{p}{t}" for t in range(config.iterations) for p in ("a", "b")]
   state = {
       "space": space.name,
@@ -464,12 +463,20 @@ def run_mcea(
       "objective": None,
       "history": [],
       "init_scores": None,
+      "paths_evaluated": 0,  # by the finished phases, over every invocation (a resumed run adds to it)
   }
   if state_path and paths.path(state_path).exists():
     old = paths.read_json(state_path)
     if old.get("config") != state["config"] or old.get("space") != space.name:
       raise ConfigError(f"MCEA state {state_path} was written with another space/config; " f"use a new state path")
-    state = old
+    state = {"paths_evaluated": None, **old}  # None: written before the count was kept
+  n_evals = [state["paths_evaluated"] or 0]
+
+  def counted(pairs):
+    n_evals[0] += len(pairs)
+    return evaluate(pairs)
+
+  s = _Search(space, counted, config)
   alpha = Alpha.from_dict(state["alpha"]) if state["alpha"] else None
   scalings = [Scaling.from_dict(d) for d in state["scalings"]] if state["scalings"] else None
   for k, phase in enumerate(phases):
@@ -501,6 +508,8 @@ def run_mcea(
     state["alpha"] = alpha.to_dict() if alpha else None
     state["scalings"] = [S.to_dict() for S in scalings]
     state["phases_done"].append(phase)
+    if state["paths_evaluated"] is not None:
+      state["paths_evaluated"] = n_evals[0]
     if state_path:
       _save(state_path, state)
   out = dict(state)

@@ -28,7 +28,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from scalenet_jax import config_lib, paths
+from scalenet_jax import config_lib, jax_utils, paths
 from scalenet_jax import data as data_lib
 from scalenet_jax.data import from_config
 from scalenet_jax.errors import ConfigError
@@ -148,7 +148,7 @@ def run_search(config, workdir: str) -> dict:
   wd.mkdir(parents=True, exist_ok=True)
   sn = config.supernet
   space = ts.space_of(sn)
-  timings, results = {}, {"space": space.name, "quick": bool(config.quick)}
+  timings, results = {}, {"space": space.name, "quick": bool(config.quick), "machine": jax_utils.machine()}
 
   # ---- 1. Sampling histograms
   _stage(1, f"MACs histograms of {config.hist_samples} HSS and uniform samples")
@@ -181,7 +181,10 @@ def run_search(config, workdir: str) -> dict:
   res = mcea.run_mcea(space, evaluate, mcfg, state_path=str(wd / "mcea.json"), progress=progress)
   alpha, scalings = res["alpha"], list(res["scalings"])
   timings["mcea"] = time.time() - t
-  results.update(alpha=alpha.to_dict(), objective=res["objective"], history=res["history"], paths_evaluated=n_evals[0])
+  # The search's own count, kept in its state: a resumed run reports the evaluations of every invocation.
+  results.update(
+      alpha=alpha.to_dict(), objective=res["objective"], history=res["history"], paths_evaluated=res["paths_evaluated"]
+  )
 
   # ---- 4. Generalisation to larger stages
   _stage(4, f"fits of S_0..S_M, {config.extra_stages} extrapolated stages; export")
@@ -250,13 +253,18 @@ def _write_json(path, obj):
 
 def render_report(config, space, r: dict) -> str:
   sn = config.supernet
+  n, m = r["paths_evaluated"], r["machine"]
+  n_evaluated = "an unrecorded number of" if n is None else f"{n:,}"  # None: an MCEA state from before the count
   L = [
       f"# ScaleNet-search on {sn.data.name}, space '{space.name}'{' (quick smoke run)' if r['quick'] else ''}",
       "",
       f"Supernet: {sn.steps} steps, batch {sn.batch_size}, sampling `{sn.sampling}`; MCEA: "
       f"{config.search.iterations} iterations, population {config.search.population}, "
-      f"{config.search.generations} generations, {r['paths_evaluated']} paths evaluated on the mini-val split "
-      f"({sn.data.minival_per_class} images per class held out of train).",
+      f"{config.search.generations} generations, {n_evaluated} paths evaluated on the mini-val split "
+      f"({sn.data.minival_per_class} images per class held out of train); channel coupling "
+      f"`{space.coupling}`.",
+      "",
+      f"Measured on {m['cpu']}, {m['cores']} cores ({m['backend']}); jax {m['jax']}, flax {m['flax']}.",
       "",
       "## Sampling: MACs histograms",
       "",
