@@ -19,7 +19,6 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -111,15 +110,10 @@ def machine_info() -> dict:
   import jaxlib
 
   info = dict(
-      cpu=cpu_model(),
+      jax_utils.machine(),  # CPU, python, jax, flax, optax, backend: the fields the package's reports name
       cores=num_cores(),
-      python=platform.python_version(),
-      jax=jax.__version__,
       jaxlib=jaxlib.__version__,
-      flax=_version("flax"),
-      optax=_version("optax"),
       numpy=np.__version__,
-      backend=jax.default_backend(),
       devices=len(jax.devices()),
       xla_flags=os.environ.get("XLA_FLAGS", ""),
       allocator=RUNTIME["allocator"],

@@ -121,13 +121,15 @@ def test_kill_and_resume_gives_same_result(tmp_path):
     mcea.run_mcea(SPACE, CountingEval(fail_after=20), cfg, state_path=path)
   saved = json.load(open(path))
   assert 0 < len(saved["phases_done"]) < 5  # killed mid-run after some phases were saved
-  ev = CountingEval()
-  res = mcea.run_mcea(SPACE, ev, cfg, state_path=path)
+  ev, lines = CountingEval(), []
+  res = mcea.run_mcea(SPACE, ev, cfg, state_path=path, progress=lines.append)
   assert res["alpha"] == ref["alpha"] and res["scalings"] == ref["scalings"]
   assert res["history"] == ref["history"]
   # the count spans both invocations: the saved phases' evaluations plus this one's (the killed phase is
   # redone; its score cache starts empty, so a resumed search evaluates at least as many paths)
   assert res["paths_evaluated"] == saved["paths_evaluated"] + ev.paths >= ref["paths_evaluated"]
+  assert lines[0].endswith(f"[{saved['paths_evaluated']} paths evaluated]")  # progress counts on from the state
+  assert lines[-1].endswith(f"[{res['paths_evaluated']} paths evaluated]")
   again = CountingEval()
   assert mcea.run_mcea(SPACE, again, cfg, state_path=path)["paths_evaluated"] == res["paths_evaluated"]
   assert again.paths == 0  # a finished state re-renders without evaluating (the report's count stays)

@@ -451,8 +451,8 @@ def run_mcea(
 ) -> dict:
   """Runs (or resumes) MCEA; returns {'alpha', 'scalings' (S_0..S_M), 'objective', 'history',
   'init_scores', 'phases_done', 'paths_evaluated'} with Alpha/Scaling objects for alpha/scalings. `progress` receives a
-  line at the start and end of every phase (default: this module's logger at INFO)."""
-  say = progress or log.info
+  line at the start and end of every phase, ending in the paths evaluated so far (default: this module's
+  logger at INFO)."""
   phases = ["init"] + [f"{p}{t}" for t in range(config.iterations) for p in ("a", "b")]
   state = {
       "space": space.name,
@@ -477,6 +477,7 @@ def run_mcea(
     return evaluate(pairs)
 
   s = _Search(space, counted, config)
+  say = lambda line: (progress or log.info)(f"{line} [{n_evals[0]} paths evaluated]")
   alpha = Alpha.from_dict(state["alpha"]) if state["alpha"] else None
   scalings = [Scaling.from_dict(d) for d in state["scalings"]] if state["scalings"] else None
   for k, phase in enumerate(phases):

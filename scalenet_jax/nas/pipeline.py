@@ -168,17 +168,9 @@ def run_search(config, workdir: str) -> dict:
   s = config.search
   minival = minival_batches(sn, space, s.eval_batch_size)
   evaluator = PathEvaluator(SuperNet(space), params, space, minival, vmap_size=s.vmap_size)
-  n_evals = [0]
-
-  def evaluate(pairs):
-    n_evals[0] += len(pairs)
-    return evaluator(pairs)
-
-  def progress(line):
-    _log(f"{line} [{n_evals[0]} paths evaluated, {time.time() - t:.0f}s]")
-
+  progress = lambda line: _log(f"{line} [{time.time() - t:.0f}s]")  # MCEA's lines end in its path count
   mcfg = mcea.MCEAConfig.from_config(s)  # every MCEAConfig field of config.search (ga, penalty, ...)
-  res = mcea.run_mcea(space, evaluate, mcfg, state_path=str(wd / "mcea.json"), progress=progress)
+  res = mcea.run_mcea(space, evaluator, mcfg, state_path=str(wd / "mcea.json"), progress=progress)
   alpha, scalings = res["alpha"], list(res["scalings"])
   timings["mcea"] = time.time() - t
   # The search's own count, kept in its state: a resumed run reports the evaluations of every invocation.
