@@ -77,8 +77,11 @@ def _seed_dir(ctx, seed) -> str:
 
 
 def _run(ctx, seed, name, kind, steps, **overrides) -> dict | None:
-  """One fine-tuning run's row (trained or resumed as needed); None for an unfinished run when
-  ctx['finished_only'] (it shows as pending)."""
+  """One fine-tuning run's row (recorded by an earlier report, or trained or resumed as needed); None for
+  an unfinished run when ctx['finished_only'] (it shows as pending)."""
+  if (seed, name) in ctx["recorded"]:
+    ctx["reused"].add((seed, name))  # a set: the ablations' default rows are Table I's runs
+    return ctx["recorded"][(seed, name)]
   if ctx["finished_only"] and metrics_lib.final(os.path.join(_seed_dir(ctx, seed), name), steps) is None:
     return None
   return demo.finetune(_seed_dir(ctx, seed), name, kind, ctx["base"], steps, ctx["split"], seed, **overrides)
@@ -100,6 +103,24 @@ def ablation_plan(base, steps, split) -> list[tuple[str, str, dict]]:
   current = lambda k: demo.setting_holder(recipe, k)[k]
   subsets = [("subset", label, {"subset": v}) for label, v in SUBSETS[registry.family_of(base["model"])]]
   return [(f, l, {k: v for k, v in o.items() if v != current(k)}) for f, l, o in ABLATIONS + subsets]
+
+
+def recorded_runs(path, base, budget) -> dict:
+  """(seed, run name) -> row of every finished run that an earlier report of the same base and budget
+  recorded in its JSON at `path` (`--reuse`): a report longer than one session, on machines that keep no
+  workdir, continues where the last one stopped."""
+  record = paths.read_json(path)
+  want = (budget, _portable(base["path"]), base["top1"])
+  if (record["budget"], record["base"]["path"], record["base"]["top1"]) != want:
+    raise ConfigError(
+        f"--reuse {path} records budget {record['budget']!r} on {record['base']['path']}, not {budget!r} on {want[1]}"
+    )
+  steps, split = BUDGETS[budget]
+  named = [(demo.run_name(kind), record["table1"][label]) for label, kind in demo.VARIANTS]
+  named += [(f"scratch_x{LONGER}", e["rows"]) for e in record["efficiency"] if e["label"] == LONGER_SCRATCH]
+  by = {(a["family"], a["label"]): a["rows"] for a in record["ablations"]}
+  named += [(_slug(o), by[(f, l)]) for f, l, o in ablation_plan(base, steps, split) if (f, l) in by]
+  return {(seed, name): row for name, rows in named for seed, row in enumerate(rows) if row is not None}
 
 
 def ablations(ctx, seeds, steps) -> list[dict]:
@@ -292,7 +313,8 @@ def nas_run_section(nas_workdir, stem) -> str:
   return doc_sections.wrap("nas_run", f"{intro}\n\n{text}")
 
 
-def render(budget, seeds, base, runs, abl, eff, nas_lines, paper_lines, curves_png=None) -> str:
+def render(budget, seeds, base, runs, abl, eff, nas_lines, paper_lines, curves_png=None, reused=None) -> str:
+  """The report; `reused` = (runs taken from an earlier report's JSON, its file name) under `--reuse`."""
   steps, split = BUDGETS[budget]
   test = "test set (10,000 images)" if split == "test" else "1,000-image held-out minival split"
   out = [
@@ -304,6 +326,15 @@ def render(budget, seeds, base, runs, abl, eff, nas_lines, paper_lines, curves_p
       f"{base['steps']:,} steps), with fine-tuning seeds 0..{seeds - 1}; top-1 on the {test}, at init on the "
       "minival split. Values: mean ± 95% t-interval over seeds; differences are paired by seed, and a claim "
       "holds only when the interval of its difference excludes 0.",
+  ]
+  if reused and reused[0]:
+    out += [
+        "",
+        f"{reused[0]} of the runs were trained by an earlier run of this command (another session, perhaps another "
+        f"machine) and are taken from the record it left (`--reuse {reused[1]}`, same training code); the others "
+        "trained in this one. Step times of runs from different sessions are not from one machine.",
+    ]
+  out += [
       "",
       "## 1. ScaleNet vs baselines (Table I style, top-1 %)",
       "",
@@ -325,7 +356,8 @@ def render(budget, seeds, base, runs, abl, eff, nas_lines, paper_lines, curves_p
   if curves_png:
     out += [
         "",
-        "Training loss of each row (the loss of the batch at each log step, mean over the finished seeds): "
+        "Training loss of each row (the loss of the batch at each log step, mean over the seeds that the run "
+        "drawing it trained): "
         f"![training curves]({os.path.basename(curves_png)})",
     ]
   out += [
@@ -396,7 +428,9 @@ def nas_only() -> str:
 def reproduce() -> str:
   steps, split = BUDGETS[FLAGS.budget]
   base = demo.released_base(FLAGS.base or demo.RELEASED)
+  recorded = recorded_runs(FLAGS.reuse, base, FLAGS.budget) if FLAGS.reuse else {}
   ctx = dict(workdir=FLAGS.workdir, base=base, split=split, finished_only=FLAGS.finished_only)
+  ctx |= dict(recorded=recorded, reused=set())
   runs = table1(ctx, FLAGS.seeds, steps)
   eff = efficiency(ctx, FLAGS.seeds, steps, runs)  # before the ablations: Table I's twin
   abl = ablations(ctx, FLAGS.seeds, steps)
@@ -404,8 +438,11 @@ def reproduce() -> str:
   stem = os.path.splitext(FLAGS.out)[0]  # the report's images and JSON sit next to it
   nas = nas_section(FLAGS.workdir, FLAGS.nas_workdir, stem)
   curves = stem + "_curves.png"
-  curves = curves if plot_curves(ctx, FLAGS.seeds, steps, curves) else None
-  report = render(FLAGS.budget, FLAGS.seeds, base, runs, abl, eff, nas, paper_configs_table(), curves)
+  # Runs taken from a record left no loss logs here: keep the curves their report drew when none is new.
+  drawn = plot_curves(ctx, FLAGS.seeds, steps, curves) or (ctx["reused"] and os.path.exists(curves))
+  curves = curves if drawn else None
+  reused = (len(ctx["reused"]), os.path.basename(FLAGS.reuse))
+  report = render(FLAGS.budget, FLAGS.seeds, base, runs, abl, eff, nas, paper_configs_table(), curves, reused)
   kept = doc_sections.section_of(FLAGS.out, "lm_study")  # the decoder study has its own command: keep it
   with open(FLAGS.out, "w") as f:
     f.write(report + (f"\n{kept}\n" if kept else ""))
@@ -429,6 +466,13 @@ def define_flags():
       False,
       "Train nothing: report the runs already finished in --workdir and mark the others pending (to read a "
       "long run's progress, or publish part of it).",
+  )
+  flags.DEFINE_string(
+      "reuse",
+      "",
+      "An earlier report's JSON (e.g. docs/reproduction.json) of the same base and budget: its finished runs "
+      "count as done and only the others train (a report longer than one session; the training code must be "
+      "the same).",
   )
   flags.DEFINE_string("nas_workdir", "", "A finished NAS pipeline workdir to include (report.md there).")
   flags.DEFINE_bool("nas_only", False, "Train nothing: rewrite only --out's NAS run section from --nas_workdir.")

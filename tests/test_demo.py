@@ -178,10 +178,32 @@ def _finished_run(wd, steps):
   (wd / "init_eval.json").write_text(json.dumps({"top1": 0.25}))
 
 
+def _record(budget, **rows):
+  """An earlier report's JSON with the given Table I rows (label -> per-seed rows) and nothing else run."""
+  table1 = {l: rows.get(l, [None]) for l, _ in demo.VARIANTS}
+  base = dict(path=os.path.join("pretrained", demo.RELEASED.name), top1=release.read(demo.RELEASED)[1]["top1"])
+  return dict(base=base, budget=budget, table1=table1, ablations=[], efficiency=[], seeds=1)
+
+
+def test_recorded_runs_are_keyed_like_the_workdirs_and_need_the_same_base_and_budget(tmp_path):
+  base = demo.released_base(demo.RELEASED)
+  rec = _record("tiny", **{reproduce.SCRATCH: [None, _row(0.3)]})
+  rec["ablations"] = [dict(family="rank", label="r=4", default=False, rows=[_row(0.4)])]
+  rec["efficiency"] = [dict(label=reproduce.LONGER_SCRATCH, steps=60, rows=[_row(0.5)])]
+  (tmp_path / "r.json").write_text(json.dumps(rec))
+  got = reproduce.recorded_runs(tmp_path / "r.json", base, "tiny")
+  assert {k: v["top1"] for k, v in got.items()} == {(1, "scratch"): 0.3, (0, "scalenet_rank4"): 0.4, (0, "scratch_x3"): 0.5}
+  with pytest.raises(reproduce.ConfigError, match="records budget 'tiny'"):
+    reproduce.recorded_runs(tmp_path / "r.json", base, "demo")
+
+
 def test_reproduce_finished_only_reports_without_training(tmp_path):
+  """--finished_only reports the finished workdirs and the runs --reuse takes from an earlier record."""
   steps = reproduce.BUDGETS["tiny"][0]
   _finished_run(tmp_path / "w" / "seed0" / "scalenet", steps)
+  (tmp_path / "old.json").write_text(json.dumps(_record("tiny", **{reproduce.SCRATCH: [_row(0.6)]})))
   args = ["--finished_only", "--budget", "tiny", "--seeds", "1", "--workdir", str(tmp_path / "w")]
+  args += ["--reuse", str(tmp_path / "old.json")]
   out = subprocess.run(
       [sys.executable, "-m", "scalenet_jax.reproduce", *args, "--out", str(tmp_path / "r.md")],
       capture_output=True,
@@ -191,7 +213,9 @@ def test_reproduce_finished_only_reports_without_training(tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   text = (tmp_path / "r.md").read_text()
   assert f"| {reproduce.SCALENET} | 12 |" in text and "| 25.00 | 75.00 |  | 250 |" in text
-  assert f"| {reproduce.SCRATCH} | pending (0/1 runs finished) |" in text
+  assert f"| {reproduce.SCRATCH} | 12 | 1 | 1 | 10.00 | 60.00 | +15.00 |" in text  # from the record
+  assert "1 of the runs were trained by an earlier run of this command" in text and "`--reuse old.json`" in text
+  assert f"| {reproduce.LONGER_SCRATCH} | {3 * steps} | pending (0/1 runs finished) |" in text
   assert sorted(p.name for p in (tmp_path / "w" / "seed0").iterdir()) == ["scalenet"]  # nothing trained
   record = json.loads((tmp_path / "r.json").read_text())
   assert record["table1"][reproduce.SCALENET][0]["top1"] == 0.75
