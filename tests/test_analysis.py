@@ -222,6 +222,7 @@ def test_shared_core_gradient_is_sum_over_instances(batch):
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.skipif(not os.path.isdir(sources.FASHION_MNIST_DIR), reason="Fashion-MNIST not installed")
 def test_cli_end_to_end(tmp_path):
+  from scalenet_jax import demo
   from scalenet_jax.analysis import __main__ as cli
   from scalenet_jax.analysis import report
 
@@ -236,14 +237,13 @@ def test_cli_end_to_end(tmp_path):
           " --xla_llvm_disable_expensive_passes=true"
       ).strip(),
   }
+  # The shipped base, as a user holds it: the release file brings the model and its normalisation.
   cmd = [
       sys.executable,
       "-m",
       "scalenet_jax.analysis",
-      "--model",
-      MODEL,
       "--pretrained",
-      "init",
+      str(demo.RELEASED),
       "--out",
       str(out),
       "--batch",
@@ -267,7 +267,8 @@ def test_cli_end_to_end(tmp_path):
   assert saved["figures"] == [str(out / n) for n in report.FIGURES]
   assert saved["accuracy"]["examples"] == 16
   assert set(saved["accuracy"]["top1"]) == {"pretrained", "scalenet @init", "random @init"}
-  assert all(0.0 <= v <= 1.0 for v in saved["accuracy"]["top1"].values())
+  assert saved["config"]["model"] == MODEL and saved["config"]["mean"] == [0.286] and saved["config"]["pad"] == 0
+  assert saved["accuracy"]["top1"]["pretrained"] >= 0.75  # the 90% base (init would give ~10%)
   grads = saved["grad_norms"]
   assert grads.keys() == {"pretrained", "scalenet", "random"}
   assert len(grads["scalenet"]["core"]["blocks"]) == 6  # 12 blocks over 6 distinct shared core layers
@@ -285,6 +286,9 @@ def test_cli_end_to_end(tmp_path):
   # ScaleNet at init: its first block runs pretrained layer 0 on the same input, so the outputs are equal.
   assert pairs[("scalenet @init", "pretrained")][0, 0] == pytest.approx(1.0, abs=1e-9)
 
+  # Without a release file's metadata the model must be named (argparse: usage line, exit 2).
+  with pytest.raises(SystemExit, match="2"):
+    cli.main(["--pretrained", "init", "--out", str(tmp_path / "x")])
   # Bad layer selections fail fast, before any params are built.
   with pytest.raises(ValueError, match="out of range: the scaled model has 12 blocks"):
     cli.main(["--model", MODEL, "--pretrained", "init", "--out", str(tmp_path / "x"), "--layers", "12"])

@@ -192,7 +192,11 @@ def test_recorded_runs_are_keyed_like_the_workdirs_and_need_the_same_base_and_bu
   rec["efficiency"] = [dict(label=reproduce.LONGER_SCRATCH, steps=60, rows=[_row(0.5)])]
   (tmp_path / "r.json").write_text(json.dumps(rec))
   got = reproduce.recorded_runs(tmp_path / "r.json", base, "tiny")
-  assert {k: v["top1"] for k, v in got.items()} == {(1, "scratch"): 0.3, (0, "scalenet_rank4"): 0.4, (0, "scratch_x3"): 0.5}
+  assert {k: v["top1"] for k, v in got.items()} == {
+      (1, "scratch"): 0.3,
+      (0, "scalenet_rank4"): 0.4,
+      (0, "scratch_x3"): 0.5,
+  }
   with pytest.raises(reproduce.ConfigError, match="records budget 'tiny'"):
     reproduce.recorded_runs(tmp_path / "r.json", base, "demo")
 

@@ -1,9 +1,12 @@
 r"""The paper's analyses of a ScaleNet expansion as PNG figures + results.json.
 
-  python -m scalenet_jax.analysis --model vit_micro_patch4_28 --pretrained <workdir>/export/params \
+  python -m scalenet_jax.analysis --pretrained pretrained/vit_micro_patch4_28_fmnist.safetensors \
       [--scaled <finetune workdir>/export/params --expansion scalenet] --out DIR [--batch 64] [--layers 0,5,11]
+  python -m scalenet_jax.analysis --model vit_micro_patch4_28 --pretrained <workdir>/export/params --out DIR
 
-`--pretrained init` uses randomly initialised params (smoke runs). `--scaled` must be a fine-tuned run of
+A release file (pretrained/, `scalenet_jax.release`) brings its model and input normalisation (`--model`,
+`--mean`, `--std`, `--pad` override them); an exported params dir or another timm-format checkpoint needs
+`--model`. `--pretrained init` uses randomly initialised params (smoke runs). `--scaled` must be a fine-tuned run of
 the same expansion (`--expansion`/`--reuse`/`--mapping`/`--adjust`/`--rank` as in its config).
 Writes DIR/{grad_norms,activation_hist,cka,accuracy}.png and DIR/results.json; see `report.py`.
 """
@@ -11,6 +14,7 @@ Writes DIR/{grad_norms,activation_hist,cka,accuracy}.png and DIR/results.json; s
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -43,8 +47,15 @@ def parser() -> argparse.ArgumentParser:
       description=__doc__.split("\n\n")[0],
       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
   )
-  p.add_argument("--model", required=True, help="registered (plain) model name, e.g. vit_micro_patch4_28")
-  p.add_argument("--pretrained", required=True, help="exported params dir of the pretrained model, or 'init'")
+  p.add_argument(
+      "--model", default=None, help="registered (plain) model name, e.g. vit_micro_patch4_28 (None: a release file's)"
+  )
+  p.add_argument(
+      "--pretrained",
+      required=True,
+      help="the pretrained model: a release file (.safetensors of pretrained/), an exported params dir, a "
+      "timm-format checkpoint, or 'init'",
+  )
   p.add_argument("--out", required=True, help="output directory for the PNGs and results.json")
   p.add_argument("--scaled", default="", help="exported params dir of the fine-tuned expanded model")
   p.add_argument("--expansion", default=d.expansion, help="expansion kind of the scaled model")
@@ -66,17 +77,48 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--data", default=d.data, help="dataset name (scalenet_jax.data.get_source)")
   p.add_argument("--data-root", default=d.data_root, help="dataset directory override")
   p.add_argument("--split", default=d.split, help="split the images come from")
-  p.add_argument("--mean", type=_floats, default=d.mean, help="normalisation mean (per channel or one)")
-  p.add_argument("--std", type=_floats, default=d.std, help="normalisation std (per channel or one)")
+  p.add_argument(
+      "--mean",
+      type=_floats,
+      default=None,
+      help="normalisation mean, per channel or one (None: a release file's, else 0.5)",
+  )
+  p.add_argument(
+      "--std",
+      type=_floats,
+      default=None,
+      help="normalisation std, per channel or one (None: a release file's, else 0.5)",
+  )
+  p.add_argument(
+      "--pad",
+      type=int,
+      default=None,
+      help="zero padding per side before normalisation (None: a release file's, else 0)",
+  )
   p.add_argument("--biased-cka", action="store_true", help="biased HSIC instead of the unbiased estimator")
   p.add_argument("--bins", type=int, default=d.bins, help="histogram bins")
   return p
 
 
+def _release_meta(path: str) -> dict:
+  """The metadata of a release file (pretrained/), {} for any other --pretrained."""
+  if not path.endswith(".safetensors") or not os.path.isfile(path):
+    return {}
+  from scalenet_jax import release  # pylint: disable=g-import-not-at-top
+
+  meta = release.read(path)[1]
+  return meta if "model" in meta else {}
+
+
 def config_from_args(argv: Sequence[str]) -> report.AnalysisConfig:
-  a = parser().parse_args(argv)
+  p = parser()
+  a = p.parse_args(argv)
+  d, meta = report.AnalysisConfig, _release_meta(a.pretrained)
+  pick = lambda given, key, default: given if given is not None else tuple(meta[key]) if key in meta else default
+  if a.model is None and "model" not in meta:
+    p.error("--model is needed unless --pretrained is a release file (its metadata names the model)")
   return report.AnalysisConfig(
-      model=a.model,
+      model=a.model or meta["model"],
       pretrained=a.pretrained,
       out=a.out,
       scaled=a.scaled,
@@ -94,8 +136,9 @@ def config_from_args(argv: Sequence[str]) -> report.AnalysisConfig:
       data=a.data,
       data_root=a.data_root,
       split=a.split,
-      mean=a.mean,
-      std=a.std,
+      mean=pick(a.mean, "mean", d.mean),
+      std=pick(a.std, "std", d.std),
+      pad=a.pad if a.pad is not None else int(meta.get("pad", d.pad)),
       unbiased_cka=not a.biased_cka,
       bins=a.bins,
   )

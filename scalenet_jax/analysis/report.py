@@ -37,7 +37,9 @@ MAX_HIST_VALUES = 400_000  # per model and layer: a random subsample keeps big m
 @dataclasses.dataclass(frozen=True)
 class AnalysisConfig:
   model: str
-  pretrained: str  # exported params dir (<workdir>/export/params) or 'init' (random, seed `seed`)
+  # exported params dir (<workdir>/export/params), a timm-format checkpoint (a release file of pretrained/)
+  # or 'init' (random, seed `seed`)
+  pretrained: str
   out: str
   scaled: str = ""  # exported params dir of a fine-tuned run of the `expansion` model
   expansion: str = "scalenet"
@@ -56,6 +58,7 @@ class AnalysisConfig:
   split: str = "test"
   mean: tuple[float, ...] = (0.5,)
   std: tuple[float, ...] = (0.5,)
+  pad: int = 0  # zero padding per side before normalisation (a release file's `pad`)
   unbiased_cka: bool = True
   bins: int = 80
 
@@ -95,7 +98,12 @@ def load_params_like(path: str, like):
 def pretrained_params(cfg: AnalysisConfig, model):
   if cfg.pretrained == "init":
     return model.init_params(cfg.seed)
-  return load_params_like(cfg.pretrained, model.abstract_params())
+  from scalenet_jax import convert  # pylint: disable=g-import-not-at-top
+  from scalenet_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
+
+  if checkpoint.is_params_export(cfg.pretrained):
+    return load_params_like(cfg.pretrained, model.abstract_params())
+  return convert.timm_to_flax(convert.load_state_dict(cfg.pretrained), model)
 
 
 def _batches(cfg: AnalysisConfig, model, count: int):
@@ -111,6 +119,7 @@ def _batches(cfg: AnalysisConfig, model, count: int):
       to_rgb=channels == 3 and len(source.image_shape) == 3 and source.image_shape[-1] == 1,
       mean=tuple(mean),
       std=tuple(std),
+      pad=cfg.pad,
   )
   subset = data_lib.SubsetSource(source, np.arange(n), name=f"{cfg.data}/{cfg.split}[:{n}]")
   for b in data_lib.eval_batches(subset, cfg.batch, preprocess=pp):
