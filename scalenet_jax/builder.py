@@ -118,19 +118,23 @@ def check_pretrained(config, model) -> None:
 
 
 def load_pretrained(config, model):
-  """Params of the plain `model` from `config.init_from`: an exported params dir (Orbax) or a checkpoint
-  file / directory in a foreign layout (`convert.load_state_dict`). `init_new_head` keeps a fresh head.
+  """Params of the plain `model` from `config.init_from` (`read_pretrained`), after `check_pretrained`.
   A decoder's Hugging Face directory is the one with a `config.json`: its architecture must be the
   model's (`CheckpointError` naming the first differing field) before any weight is read."""
-  path = config.init_from
   check_pretrained(config, model)
+  return read_pretrained(config.init_from, model, new_head=config.init_new_head, seed=config.seed)
+
+
+def read_pretrained(path, model, *, new_head: bool = False, seed: int = 0):
+  """Params of the plain `model` from an exported params dir (Orbax; its arrays must be the model's) or
+  a checkpoint file / directory in a foreign layout (`convert.load_state_dict`). `new_head` keeps a fresh
+  head (init from `seed`) instead of the checkpoint's."""
+  init = model.init_params(seed) if new_head else None
   if ckpt_lib.is_params_export(path):
-    params = ckpt_lib.load_params(path)
-    if config.init_new_head:
-      params = {**params, "head": model.init_params(config.seed)["head"]}
-    return params
-  init = model.init_params(config.seed) if config.init_new_head else None
-  return convert.timm_to_flax(convert.load_state_dict(path), model, new_head=config.init_new_head, init=init)
+    if not new_head:
+      return ckpt_lib.load_params_like(path, model.abstract_params())
+    return {**ckpt_lib.load_params(path), "head": init["head"]}  # the old head may have another class count
+  return convert.timm_to_flax(convert.load_state_dict(path), model, new_head=new_head, init=init)
 
 
 def initial_params(config):

@@ -132,7 +132,7 @@ def released_base(path=RELEASED) -> dict:
   """The base of a release file: its path, its input normalisation and its provenance (release.read)."""
   if not Path(path).exists():
     raise MissingInputError(f"released base not found: {path} (pass --base FILE, or --pretrain to train one here)")
-  _, meta = release.read(path)
+  meta = release.metadata_of(path)
   if meta.get("model") not in registry.list_models() or registry.family_of(meta["model"]) not in RECIPES:
     raise UserError(f"{path} holds a {meta.get('model')!r} base; the demo grows {' or '.join(RECIPES)} models")
   return dict(path=str(path), source=f"released, `{Path(path).name}`", norm={k: meta[k] for k in NORM_KEYS}, **meta)

@@ -15,6 +15,7 @@ back (state dict, metadata) with the JSON fields decoded.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -99,6 +100,15 @@ def read(path) -> tuple[dict, dict]:
     meta = dict(f.metadata() or {})
     tensors = {k: f.get_tensor(k) for k in f.keys()}
   return tensors, {k: json.loads(v) if k in JSON_FIELDS else v for k, v in meta.items()}
+
+
+def metadata_of(path) -> dict:
+  """The decoded metadata of a release file; {} for any other path (an export dir, a timm checkpoint)."""
+  path = str(path)
+  if not path.endswith(".safetensors") or not os.path.isfile(path):
+    return {}
+  meta = read(path)[1]
+  return meta if "model" in meta else {}
 
 
 FLAGS = flags.FLAGS

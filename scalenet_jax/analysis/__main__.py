@@ -14,7 +14,6 @@ Writes DIR/{grad_norms,activation_hist,cka,accuracy}.png and DIR/results.json; s
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Optional, Sequence
 
@@ -100,20 +99,12 @@ def parser() -> argparse.ArgumentParser:
   return p
 
 
-def _release_meta(path: str) -> dict:
-  """The metadata of a release file (pretrained/), {} for any other --pretrained."""
-  if not path.endswith(".safetensors") or not os.path.isfile(path):
-    return {}
-  from scalenet_jax import release  # pylint: disable=g-import-not-at-top
-
-  meta = release.read(path)[1]
-  return meta if "model" in meta else {}
-
-
 def config_from_args(argv: Sequence[str]) -> report.AnalysisConfig:
   p = parser()
   a = p.parse_args(argv)
-  d, meta = report.AnalysisConfig, _release_meta(a.pretrained)
+  from scalenet_jax import release  # pylint: disable=g-import-not-at-top
+
+  d, meta = report.AnalysisConfig, release.metadata_of(a.pretrained)
   pick = lambda given, key, default: given if given is not None else tuple(meta[key]) if key in meta else default
   if a.model is None and "model" not in meta:
     p.error("--model is needed unless --pretrained is a release file (its metadata names the model)")

@@ -19,7 +19,6 @@ import dataclasses
 import math
 from typing import Optional
 
-import jax
 import numpy as np
 
 from scalenet_jax import counting, paths
@@ -86,24 +85,12 @@ class AnalysisConfig:
 # ----------------------------------------------------------------------------------------------
 # Inputs
 # ----------------------------------------------------------------------------------------------
-def load_params_like(path: str, like):
-  """Exported params at `path`, required to have exactly the arrays (paths, shapes, dtypes) of `like`."""
-  from scalenet_jax.train import checkpoint  # orbax: imported only when reading a checkpoint
-
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), like)
-  return jax.device_get(checkpoint.load_params(path, abstract))
-
-
 def pretrained_params(cfg: AnalysisConfig, model):
   if cfg.pretrained == "init":
     return model.init_params(cfg.seed)
-  from scalenet_jax import convert  # pylint: disable=g-import-not-at-top
-  from scalenet_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
+  from scalenet_jax import builder  # pylint: disable=g-import-not-at-top
 
-  if checkpoint.is_params_export(cfg.pretrained):
-    return load_params_like(cfg.pretrained, model.abstract_params())
-  return convert.timm_to_flax(convert.load_state_dict(cfg.pretrained), model)
+  return builder.read_pretrained(cfg.pretrained, model)
 
 
 def _batches(cfg: AnalysisConfig, model, count: int):
@@ -256,7 +243,11 @@ def run(cfg: AnalysisConfig) -> dict:
   layers = select_layers(cfg, len(pairs))
   pre = pretrained_params(cfg, model)
   scaled_model, before = grow_lib.expand(pre, model, cfg.spec(tag))
-  after = load_params_like(cfg.scaled, before) if cfg.scaled else None
+  after = None
+  if cfg.scaled:
+    from scalenet_jax.train import checkpoint  # pylint: disable=g-import-not-at-top  (orbax only when needed)
+
+    after = checkpoint.load_params_like(cfg.scaled, before)
 
   # ---- Models: label -> (model, params)
   variants = {"pretrained": (model, pre), f"{tag} @init": (scaled_model, before)}

@@ -299,6 +299,14 @@ def is_params_export(path) -> bool:
   return path.is_dir() and (path / "_METADATA").exists()
 
 
+def load_params_like(path, like):
+  """Exported params at `path` on the default device, required to have exactly the arrays (paths, shapes,
+  dtypes) of `like` (arrays or ShapeDtypeStructs)."""
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), like)
+  return jax.device_get(load_params(path, abstract))
+
+
 def load_params(path, abstract_params=None):
   """Reads params written by `export_params`.
 
