@@ -40,6 +40,7 @@ ARGS = {
     "scalenet_step": ["--model", MICRO],
     "compile_depth": ["--depths", "2,4", "--unroll-depths", "2", "--repeats", "1"],
     "profile_step": ["--models", f"{MICRO}:2", "--steps", "1", "--warmup", "1"],
+    "nas_step": ["--space", "tiny", "--res", "16"],
 }
 NO_TINY = {"compile_depth", "profile_step"}  # no --batch/--steps/--warmup (compile_depth: not a train step)
 
@@ -189,3 +190,14 @@ def test_profile_step_reports_every_op_class(run):
   assert all(v["gflop"] > 0 and v["ms"] > 0 for v in r["dots"].values())
   step_flops = sum(v["gflop"] for v in r["dots"].values()) * 1e9
   assert 2.0 < step_flops / (2 * r["fwd_macs_per_image"] * r["batch"]) <= 3.0
+
+
+def test_nas_step_times_the_supernet_and_the_standalone_path(run):
+  d = run("nas_step")
+  (row,) = d["rows"]
+  assert d["space"] == "tiny" and d["batch"] == 2 and row["resolution"] == 16
+  # The supernet computes at its widest path: at least the sampled path's MACs.
+  assert 0 < row["path_macs"] <= row["supernet_macs"]
+  assert set(row["step_s"]) == set(row["compile_s"]) == {"supernet", "standalone"}
+  assert row["ratio"] == pytest.approx(row["step_s"]["supernet"] / row["step_s"]["standalone"])
+  assert d["machine"]["cpu"] and d["machine"]["cores"] >= 1

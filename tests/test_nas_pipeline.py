@@ -42,7 +42,7 @@ def tiny_config(**kw):
   return c
 
 
-@pytest.mark.parametrize("k,stride,h", [(3, 1, 8), (5, 2, 9), (7, 2, 8)])
+@pytest.mark.parametrize("k,stride,h", [(3, 1, 8), (5, 2, 9), (7, 2, 8), (7, 2, 5), (3, 2, 7)])
 def test_depthwise_conv_matches_grouped_conv(k, stride, h):
   rng = np.random.default_rng(k)
   x = jnp.asarray(rng.normal(size=(2, h, h, 6)), jnp.float32)

@@ -247,7 +247,7 @@ def test_pathnet_running_stats_train_and_eval():
   assert y.shape == y_eval.shape == (4, SPACE.num_classes)
 
 
-@pytest.mark.parametrize("k,stride,h", [(3, 1, 8), (7, 2, 9)])
+@pytest.mark.parametrize("k,stride,h", [(3, 1, 8), (7, 2, 9), (5, 2, 8)])
 def test_unrolled_depthwise_equals_tap_loop(k, stride, h):
   rng = np.random.default_rng(k)
   x = jnp.asarray(rng.normal(size=(2, h, h, 6)), jnp.float32)

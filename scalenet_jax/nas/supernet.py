@@ -209,27 +209,53 @@ def _taps(k: int):
   return jnp.asarray(ii.ravel(), jnp.int32), jnp.asarray(jj.ravel(), jnp.int32)
 
 
-def _shift_sum(xp, w, h: int, wd: int):
-  """Σ_ij xp[:, i:i+h, j:j+wd, :] · w[i, j, :]: stride-1 depthwise correlation of a padded input.
-  A `fori_loop` over the k² taps keeps the program small (an unrolled loop doubles compile time)."""
+def _out_size(n: int, stride: int) -> int:
+  return -(-n // stride)
+
+
+def _phases(xp, stride: int):
+  """xp (N, H, W, C) as its stride×stride phases, (s, s, N, ⌈H/s⌉, ⌈W/s⌉, C): xp[:, s·a + u, s·b + v]
+  is phase (u, v) at (a, b). Tap (i, j) of a stride-s conv then reads phase (i % s, j % s) at offset
+  (i // s, j // s) with unit stride, so only the output positions are computed."""
+  if stride == 1:
+    return xp  # stride 1 reads xp itself (`_tap`)
+  n, h, w, c = xp.shape
+  hq, wq = _out_size(h, stride), _out_size(w, stride)
+  xq = jnp.pad(xp, ((0, 0), (0, hq * stride - h), (0, wq * stride - w), (0, 0)))
+  return xq.reshape(n, hq, stride, wq, stride, c).transpose(2, 4, 0, 1, 3, 5)
+
+
+def _tap(ph, t, ii, jj, stride: int, shape):
+  """The input window that tap t (of `_taps`) multiplies, from `_phases`."""
+  i, j = ii[t], jj[t]
+  if stride == 1:
+    return jax.lax.dynamic_slice(ph, (0, i, j, 0), shape)
+  start = (i % stride, j % stride, 0, i // stride, j // stride, 0)
+  return jax.lax.dynamic_slice(ph, start, (1, 1, *shape))[0, 0]
+
+
+def _shift_sum(xp, w, h: int, wd: int, stride: int = 1):
+  """Σ_ij xp[:, s·y + i, s·x + j, :] · w[i, j, :] over output positions (y, x) < (h, wd): depthwise
+  correlation of a padded input. A `fori_loop` over the k² taps keeps the program small (an unrolled
+  loop doubles compile time)."""
   k = w.shape[0]
   ii, jj = _taps(k)
+  ph = _phases(xp, stride)
   shape = (xp.shape[0], h, wd, xp.shape[3])
 
   def body(t, y):
-    i, j = ii[t], jj[t]
-    return y + jax.lax.dynamic_slice(xp, (0, i, j, 0), shape) * w[i, j]
+    return y + _tap(ph, t, ii, jj, stride, shape) * w[ii[t], jj[t]]
 
   return jax.lax.fori_loop(0, k * k, body, jnp.zeros(shape, xp.dtype))
 
 
-def _tap_grads(xp, g, k: int):
-  """dw[i, j, c] = Σ_{n,h,w} xp[n, h+i, w+j, c] · g[n, h, w, c] for every tap (loop over taps)."""
+def _tap_grads(xp, g, k: int, stride: int = 1):
+  """dw[i, j, c] = Σ_{n,y,x} xp[n, s·y + i, s·x + j, c] · g[n, y, x, c] for every tap (loop over taps)."""
   ii, jj = _taps(k)
+  ph = _phases(xp, stride)
 
   def body(t, dw):
-    x_t = jax.lax.dynamic_slice(xp, (0, ii[t], jj[t], 0), g.shape)
-    return dw.at[t].set(jnp.sum(x_t * g, axis=(0, 1, 2)))
+    return dw.at[t].set(jnp.sum(_tap(ph, t, ii, jj, stride, g.shape) * g, axis=(0, 1, 2)))
 
   dw = jax.lax.fori_loop(0, k * k, body, jnp.zeros((k * k, g.shape[-1]), g.dtype))
   return dw.reshape(k, k, g.shape[-1])
@@ -239,34 +265,42 @@ def _pad_same(x, p: int):
   return jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
 
 
-@jax.custom_vjp
-def _depthwise_s1(x, w):
-  return _shift_sum(_pad_same(x, w.shape[0] // 2), w, x.shape[1], x.shape[2])
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _depthwise(x, w, stride: int):
+  h, wd = (_out_size(n, stride) for n in x.shape[1:3])
+  return _shift_sum(_pad_same(x, w.shape[0] // 2), w, h, wd, stride)
 
 
-def _depthwise_s1_fwd(x, w):
-  return _depthwise_s1(x, w), (x, w)
+def _depthwise_fwd(x, w, stride):
+  return _depthwise(x, w, stride), (x, w)
 
 
-def _depthwise_s1_bwd(res, g):
+def _depthwise_bwd(stride, res, g):
   x, w = res
   k, (h, wd) = w.shape[0], x.shape[1:3]
-  dx = _shift_sum(_pad_same(g, k // 2), w[::-1, ::-1], h, wd)  # correlation with the flipped kernel
-  dw = _tap_grads(_pad_same(x, k // 2), g, k)
+  p = k // 2
+  # dx: stride-1 correlation with the flipped kernel of g dilated by the stride (zeros between its
+  # entries) and padded so that the output has the input's size.
+  hi = lambda n, m: n + p - stride * (m - 1) - 1
+  cfg = ((0, 0, 0), (p, hi(h, g.shape[1]), stride - 1), (p, hi(wd, g.shape[2]), stride - 1), (0, 0, 0))
+  dx = _shift_sum(jax.lax.pad(g, jnp.zeros((), g.dtype), cfg), w[::-1, ::-1], h, wd)
+  dw = _tap_grads(_pad_same(x, p), g, k, stride)
   return dx, dw.astype(w.dtype)
 
 
-_depthwise_s1.defvjp(_depthwise_s1_fwd, _depthwise_s1_bwd)
+_depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
-def _shift_sum_unrolled(xp, w, h: int, wd: int):
+def _shift_sum_unrolled(xp, w, h: int, wd: int, stride: int = 1):
   """`_shift_sum` with the k² taps unrolled into one expression, which XLA fuses into a single pass
   over the output reading the taps from cache. Measured on 2 CPU cores (7×7, 96 channels, batch 32,
   16 px): ≈2× faster than the tap loop for one path and ≈5× under `vmap` over 8 paths, where the tap
   loop's P× larger working set no longer fits in cache; the price is a larger program (slower to
   compile), so it is an option for forward-only evaluation, not the training default."""
-  k = w.shape[0]
-  return sum(xp[:, i : i + h, j : j + wd, :] * w[i, j] for i in range(k) for j in range(k))
+  k, s = w.shape[0], stride
+  return sum(
+      xp[:, i : i + s * (h - 1) + 1 : s, j : j + s * (wd - 1) + 1 : s, :] * w[i, j] for i in range(k) for j in range(k)
+  )
 
 
 DEPTHWISE = ("loop", "unrolled")
@@ -278,16 +312,15 @@ def depthwise_conv(x, kernel, stride: int = 1, impl: str = "loop"):
 
   Why not `lax.conv_general_dilated(feature_group_count=C)`: XLA's CPU backend runs grouped
   convolutions on a slow generic path (≈10× slower forward, ≈4× slower gradient at these sizes), and
-  the depthwise convs dominated the supernet step. Stride s = the stride-1 result subsampled (with
-  padding k//2 the stride-s output positions are exactly every s-th stride-1 position)."""
+  the depthwise convs dominated the supernet step. A stride-s conv computes only its output positions
+  (the tap loop reads the input's stride phases, `_phases`), not the stride-1 result subsampled."""
   w = kernel[:, :, 0, :]
   if impl == "unrolled":
-    y = _shift_sum_unrolled(_pad_same(x, w.shape[0] // 2), w, x.shape[1], x.shape[2])
-  elif impl == "loop":
-    y = _depthwise_s1(x, w)
-  else:
-    raise ValueError(f"depthwise impl {impl!r} not in {DEPTHWISE}")
-  return y if stride == 1 else y[:, ::stride, ::stride, :]
+    h, wd = (_out_size(n, stride) for n in x.shape[1:3])
+    return _shift_sum_unrolled(_pad_same(x, w.shape[0] // 2), w, h, wd, stride)
+  if impl == "loop":
+    return _depthwise(x, w, stride)
+  raise ValueError(f"depthwise impl {impl!r} not in {DEPTHWISE}")
 
 
 # ----------------------------------------------------------------------------------------------------
