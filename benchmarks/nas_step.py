@@ -2,6 +2,7 @@
 
     /work/main/.venv/bin/python benchmarks/nas_step.py --space fmnist              # every resolution
     /work/main/.venv/bin/python benchmarks/nas_step.py --space fmnist --res 32,48 --batch 32 --steps 5
+    /work/main/.venv/bin/python benchmarks/nas_step.py --space fmnist --stem_stride 2 --batch 64   # the search run's space
 
 What this answers: where a supernet training step's time goes (the `configs/nas_fmnist_search.py` run
 spends most of its budget there and in the stand-alone paths of the rank correlation), and what
@@ -10,11 +11,13 @@ compiling costs (one program per resolution for the supernet, one per path stand
 For each resolution r, the path is the first HSS sample (seed 0) drawn at r. Both contenders run the same
 step: the label-smoothed cross-entropy gradient and an SGD-momentum update, jitted, the state donated
 (the training loop's step adds sharding and metrics on top). `supernet` is `SuperNet(space)` with the
-path as masks and one-hot op choices (the program that trains every path of r); `standalone` is
-`PathNet(arch)` with exactly the path's shapes (BN running averages updated). Timed interleaved after
-compilation and warm-up; the median is reported. Printed per resolution: the path's MACs and the
-supernet's compute MACs at r (its widest path), compile seconds, ms per step, images/s and
-supernet / stand-alone time.
+path as masks and one-hot op choices (the program that trains every path of r; conditional: skipped
+slots and unchosen kernel sizes are not computed); `select` is the same supernet with
+`conditional=False` (every slot at 7×7, outputs selected: what the vmap evaluator runs); `standalone`
+is `PathNet(arch)` with exactly the path's shapes (BN running averages updated). Timed interleaved
+after compilation and warm-up; the median is reported. Printed per resolution: the path's MACs and the
+supernet's compute MACs at r (its widest path), compile seconds, ms per step, images/s of the
+supernet, supernet / stand-alone time and select / supernet time.
 """
 
 from __future__ import annotations
@@ -62,20 +65,25 @@ def contenders(space, arch, path, images, labels):
   xent = lambda logits, y: optax.softmax_cross_entropy(
       logits, optax.smooth_labels(jax.nn.one_hot(y, space.num_classes), 0.1)
   ).mean()
-  supernet = SuperNet(space)
   net = PathNet(arch)
 
-  def super_loss(params, extra, batch):
-    logits = supernet.apply({"params": params}, batch["images"], path=batch["path"], train=True)
-    return xent(logits, batch["labels"]), extra
+  def super_loss(supernet):
+    def loss(params, extra, batch):
+      logits = supernet.apply({"params": params}, batch["images"], path=batch["path"], train=True)
+      return xent(logits, batch["labels"]), extra
+
+    return loss
 
   def alone_loss(params, stats, batch):
     logits, upd = net.apply({"params": params, **stats}, batch["images"], train=True, mutable=["batch_stats"])
     return xent(logits, batch["labels"]), upd
 
   variables = init_pathnet(arch, 0)
+  sup_batch = dict(images=images, labels=labels, path=path)
+  # Each contender gets its own params: the step donates them.
   made = {
-      "supernet": (super_loss, init_supernet(supernet, 0), {}, dict(images=images, labels=labels, path=path)),
+      "supernet": (super_loss(SuperNet(space)), init_supernet(SuperNet(space), 0), {}, sup_batch),
+      "select": (super_loss(SuperNet(space, conditional=False)), init_supernet(SuperNet(space), 0), {}, sup_batch),
       "standalone": (
           alone_loss,
           variables["params"],
@@ -103,8 +111,9 @@ def main():
   p = common.base_parser(__doc__)
   p.add_argument("--space", default="fmnist")
   p.add_argument("--res", default=None, help="comma-separated resolutions (default: all of the space's)")
+  p.add_argument("--stem_stride", type=int, default=None, help="the fmnist space's stem stride (1 or 2)")
   args = p.parse_args()
-  space = get_space(args.space)
+  space = get_space(args.space, **({} if args.stem_stride is None else dict(stem_stride=args.stem_stride)))
   all_res = sorted({r for stage in space.res_candidates for r in stage})
   common.apply_quick(
       args,
@@ -115,8 +124,8 @@ def main():
   rng = np.random.default_rng(0)
   rows = []
   print(
-      f"{'r':>3s} {'path MMACs':>10s} {'supernet MMACs':>14s} {'compile s (super/alone)':>24s} "
-      f"{'ms/step super':>13s} {'ms/step alone':>13s} {'img/s super':>11s} {'super/alone':>11s}"
+      f"{'r':>3s} {'path MMACs':>10s} {'supernet MMACs':>14s} {'compile s (super/select/alone)':>30s} "
+      f"{'ms/step super/select/alone':>26s} {'img/s super':>11s} {'super/alone':>11s} {'select/super':>12s}"
   )
   for r in (int(x) for x in args.res.split(",")):
     alpha, S = path_at(space, r)
@@ -133,16 +142,20 @@ def main():
         step_s={n: t.median for n, t in times.items()},
     )
     row["ratio"] = row["step_s"]["supernet"] / row["step_s"]["standalone"]
+    row["select_ratio"] = row["step_s"]["select"] / row["step_s"]["supernet"]
     rows.append(row)
     cs, ss = row["compile_s"], row["step_s"]
+    compiles = " / ".join(f"{cs[n]:.1f}" for n in ("supernet", "select", "standalone"))
+    steps = " / ".join(f"{ss[n] * 1e3:.0f}" for n in ("supernet", "select", "standalone"))
     print(
-        f"{r:3d} {row['path_macs'] / 1e6:10.1f} {row['supernet_macs'] / 1e6:14.1f} "
-        f"{cs['supernet']:11.1f} / {cs['standalone']:10.1f} {ss['supernet'] * 1e3:13.0f} "
-        f"{ss['standalone'] * 1e3:13.0f} {args.batch / ss['supernet']:11.1f} {row['ratio']:10.2f}x",
+        f"{r:3d} {row['path_macs'] / 1e6:10.1f} {row['supernet_macs'] / 1e6:14.1f} {compiles:>30s} {steps:>26s} "
+        f"{args.batch / ss['supernet']:11.1f} {row['ratio']:10.2f}x {row['select_ratio']:11.2f}x",
         flush=True,
     )
   print(f"load average after: {common.load_average()}")
-  common.write_json(args.json, dict(machine=info, space=space.name, batch=args.batch, rows=rows))
+  common.write_json(
+      args.json, dict(machine=info, space=space.name, stem_stride=space.stem_stride, batch=args.batch, rows=rows)
+  )
 
 
 if __name__ == "__main__":

@@ -198,6 +198,7 @@ def test_nas_step_times_the_supernet_and_the_standalone_path(run):
   assert d["space"] == "tiny" and d["batch"] == 2 and row["resolution"] == 16
   # The supernet computes at its widest path: at least the sampled path's MACs.
   assert 0 < row["path_macs"] <= row["supernet_macs"]
-  assert set(row["step_s"]) == set(row["compile_s"]) == {"supernet", "standalone"}
+  assert set(row["step_s"]) == set(row["compile_s"]) == {"supernet", "select", "standalone"}
   assert row["ratio"] == pytest.approx(row["step_s"]["supernet"] / row["step_s"]["standalone"])
+  assert row["select_ratio"] == pytest.approx(row["step_s"]["select"] / row["step_s"]["supernet"])
   assert d["machine"]["cpu"] and d["machine"]["cores"] >= 1

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import pytest
 
 from scalenet_jax.nas import export
-from scalenet_jax.nas.space import Scaling, get_space, largest_alpha, official_macs
+from scalenet_jax import paths
+from scalenet_jax.nas.space import Scaling, apply_scaling, get_space, largest_alpha, official_macs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,6 +56,22 @@ def test_save_load_round_trip_builds_model(tmp_path):
   assert "batch_stats" in shapes
   with pytest.raises(FileNotFoundError):
     export.load_arch(str(tmp_path / "missing.json"))
+
+
+def test_round_trip_keeps_the_space_arguments(tmp_path):
+  """An arch of the stride-2-stem fmnist space (the search run's) loads as itself; a file written
+  before `space_kwargs` existed still loads with its in_channels."""
+  space = get_space("fmnist", stem_stride=2)
+  alpha, S = largest_alpha(space, 5), Scaling(1.25, 1.3, 40)
+  path = str(tmp_path / "s2.json")
+  rec = export.save_arch(path, alpha, S, space)
+  assert rec["space_kwargs"] == {"in_channels": 1, "stem_stride": 2}
+  arch = export.load_arch(path)
+  assert arch.stem_stride == 2 and arch == apply_scaling(alpha, S, space)
+  old = dict(export.arch_record(alpha, S, get_space("fmnist")))
+  del old["space_kwargs"]
+  paths.write_json(str(tmp_path / "old.json"), old)
+  assert export.load_arch(str(tmp_path / "old.json")).stem_stride == 1
 
 
 def _load_config(name):

@@ -256,3 +256,49 @@ def test_unrolled_depthwise_equals_tap_loop(k, stride, h):
   np.testing.assert_allclose(fast(x, w), depthwise_conv(x, w, stride), atol=1e-4, rtol=1e-5)
   with pytest.raises(ValueError, match="impl"):
     depthwise_conv(x, w, stride, impl="fft")
+
+
+@pytest.mark.parametrize("impl", ["loop", "unrolled"])
+@pytest.mark.parametrize("k,stride,h", [(3, 1, 8), (5, 2, 9), (7, 2, 8)])
+def test_depthwise_choice_equals_the_small_kernel(impl, k, stride, h):
+  """Running only the chosen size's centred taps of a zero-padded 7×7 kernel (`lax.switch`) gives the
+  small conv's output and the small conv's gradients (the padding's gradient is dropped)."""
+  rng = np.random.default_rng(k + stride)
+  x = jnp.asarray(rng.normal(size=(2, h, h, 6)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(k, k, 1, 6)), jnp.float32)
+  p = (7 - k) // 2
+  pad = lambda w: jnp.pad(w, ((p, p), (p, p), (0, 0), (0, 0)))
+  choice = jnp.int32((3, 5, 7).index(k))
+  chosen = lambda x, w: depthwise_conv(x, pad(w), stride, impl, choice=choice, sizes=(3, 5, 7))
+  small = lambda x, w: depthwise_conv(x, w, stride, impl)
+  np.testing.assert_allclose(jax.jit(chosen)(x, w), jax.jit(small)(x, w), atol=1e-5, rtol=1e-5)
+  g = jnp.asarray(rng.normal(size=small(x, w).shape), jnp.float32)
+  grad = lambda f: jax.jit(jax.grad(lambda x, w: jnp.sum(f(x, w) * g), argnums=(0, 1)))(x, w)
+  for a, b in zip(grad(chosen), grad(small)):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("space_name", ["tiny", "fmnist"])
+def test_conditional_supernet_equals_selecting(space_name):
+  """Skipping inactive slots and switching kernels (`conditional`, the default) gives the logits and
+  the gradients of computing every slot at 7×7 and selecting."""
+  space = get_space(space_name)
+  on, off = SuperNet(space), SuperNet(space, conditional=False)
+  params = _perturbed(init_supernet(on, seed=4))
+  pairs = [sample_path(space, "hss", seed=2, step=i) for i in range(3)]
+  assert {k for a, _ in pairs for ks in a.kernels for k in ks} & {3, 5}  # switched to a smaller kernel
+  archs = [apply_scaling(alpha, S, space) for alpha, S in pairs]
+  full = supernet_arch(space).stages
+  assert any(len(a) < len(b) for arch in archs for a, b in zip(arch.stages, full))  # a skipped slot
+  for step, ((alpha, S), arch) in enumerate(zip(pairs, archs)):
+    path = path_arrays(arch, space, sample_sides(space, 1, step))
+    x = jnp.asarray(np.random.default_rng(step).normal(size=(4, S.r, S.r, space.in_channels)), jnp.float32)
+
+    def loss_and_grad(model):
+      loss = lambda p: jnp.sum(jnp.square(model.apply({"params": p}, x, path=path)))
+      return jax.jit(jax.value_and_grad(loss))(params)
+
+    (l_on, g_on), (l_off, g_off) = loss_and_grad(on), loss_and_grad(off)
+    np.testing.assert_allclose(l_on, l_off, rtol=1e-5)
+    for (name, a), b in zip(_flat(g_on).items(), _flat(g_off).values()):
+      np.testing.assert_allclose(a, b, atol=1e-5 * max(1.0, np.abs(b).max()), rtol=1e-4, err_msg=name)

@@ -119,7 +119,8 @@ class PathEvaluator:
     """fn(params, images, labels, stacked paths, n_real, stat_weights, n_eval) -> hits per path, jitted,
     for one bucket's model (built on first use); entries past n_real are padding ('loop')."""
     if bucket not in self._vmapped:
-      model = self.model.clone(bucket=bucket, depthwise=self.depthwise)
+      # vmap turns the per-path conds of a conditional supernet into selects of every branch.
+      model = self.model.clone(bucket=bucket, depthwise=self.depthwise, conditional=self.batching != "vmap")
       correct = _correct(model)
       if self.batching == "vmap":
         vm = jax.vmap(correct, in_axes=(None, None, None, 0, None, None))

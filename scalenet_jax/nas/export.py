@@ -2,13 +2,14 @@
 
 # Format (`save_arch` / `load_arch`)
 ```json
-{"format": "scalenet_jax.nas/arch/v1", "space": "imagenet", "in_channels": 3,
+{"format": "scalenet_jax.nas/arch/v1", "space": "imagenet", "in_channels": 3, "space_kwargs": {},
  "alpha": {"depths": [...], "kernels": [[...], ...]}, "scaling": {"d": 1.0, "w": 1.0, "r": 224},
  "arch": {... Arch.to_dict() ...}, "macs": 354933888, "params": 6686680}
 ```
 `load_arch(path) -> Arch` rebuilds the concrete architecture from (space, α, S) and checks it against the
 stored `arch` (a stale file from a changed space definition is rejected); `build_model(arch)` returns the
-stand-alone `PathNet`.
+stand-alone `PathNet`. `space_kwargs` holds the `get_space` arguments of the space (`space.space_kwargs`,
+e.g. the fmnist space's `stem_stride`); a file without it is read with `in_channels` alone.
 
 # Released ImageNet models (`RELEASED`)
 α of ScaleNet-S0 from the official repository's retraining configs (stage depths 1,1,4,2,2,3,1; kernels
@@ -49,6 +50,7 @@ from scalenet_jax.nas.space import (
     count_params,
     get_space,
     official_macs,
+    space_kwargs,
 )
 from scalenet_jax.nas.supernet import PathNet
 
@@ -78,6 +80,7 @@ def arch_record(alpha: Alpha, S: Scaling, space: SearchSpace) -> dict:
       "format": FORMAT,
       "space": space.name,
       "in_channels": space.in_channels,
+      "space_kwargs": space_kwargs(space),
       "alpha": alpha.to_dict(),
       "scaling": S.to_dict(),
       "arch": arch.to_dict(),
@@ -105,7 +108,8 @@ def load_record(path: str) -> dict:
 def load_arch(path: str) -> Arch:
   """The Arch stored in `path`, re-derived from (space, α, S) and checked against the stored copy."""
   rec = load_record(path)
-  space = get_space(rec["space"], **({"in_channels": rec["in_channels"]} if rec["space"] != "imagenet" else {}))
+  legacy = {} if rec["space"] == "imagenet" else {"in_channels": rec["in_channels"]}
+  space = get_space(rec["space"], **rec.get("space_kwargs", legacy))
   arch = apply_scaling(Alpha.from_dict(rec["alpha"]), Scaling.from_dict(rec["scaling"]), space)
   if arch != Arch.from_dict(rec["arch"]):
     raise ValueError(f"{path}: stored arch differs from the one space {space.name!r} builds now")

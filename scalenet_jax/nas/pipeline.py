@@ -254,7 +254,7 @@ def render_report(config, space, r: dict) -> str:
       f"{config.search.iterations} iterations, population {config.search.population}, "
       f"{config.search.generations} generations, {n_evaluated} paths evaluated on the mini-val split "
       f"({sn.data.minival_per_class} images per class held out of train); channel coupling "
-      f"`{space.coupling}`.",
+      f"`{space.coupling}`; stem stride {space.stem_stride}.",
       "",
       f"Measured on {m['cpu']}, {m['cores']} cores ({m['backend']}); jax {m['jax']}, flax {m['flax']}.",
       "",

@@ -18,7 +18,7 @@ h-swish → global average pool → linear classifier.
 
 Registered spaces (`get_space(name)`): `'imagenet'` (the paper's space, 224 px), `'fmnist'` (same
 structure, 32×32 inputs, 4 stages, MFLOPs budgets; `in_channels` 1 or 3 via `get_space('fmnist',
-in_channels=3)`) and `'tiny'` (16×16 inputs, 3 stages; for unit tests).
+in_channels=3)`, `stem_stride` 1 or 2) and `'tiny'` (16×16 inputs, 3 stages; for unit tests).
 
 # Encoding
 
@@ -194,10 +194,21 @@ def _imagenet_space(coupling: str = "bcnet") -> SearchSpace:
   )
 
 
-def _fmnist_space(in_channels: int = 1, coupling: str = "bcnet") -> SearchSpace:
+# (base_target, base_tol, stage_tol) of the fmnist space per stem stride: centred on the median base
+# model of 3,000 sampled α at 32 px (9.07 MMACs at stride 1, range 5.3-14.0M; 2.30 at stride 2, range
+# 1.3-3.6M), the tolerances the same fractions of it (1/6 and 2/9).
+_FMNIST_BUDGETS = {1: (9.0e6, 1.5e6, 2.0e6), 2: (2.3e6, 0.38e6, 0.51e6)}
+
+
+def _fmnist_space(in_channels: int = 1, coupling: str = "bcnet", stem_stride: int = 1) -> SearchSpace:
   """Small space for 32×32 Fashion-MNIST (28 padded to 32). The budget is centred on the median base
-  model (≈9.1 MMACs at 32 px; range 5.3–13.9M) so that a good share of random α are feasible; the
-  stage-1/2 grids span ≈1.2–2.7× and ≈3–7× the base MACs so that 2× and 4× sit inside them."""
+  model so that a good share of random α are feasible; the stage-1/2 grids span ≈1.6–4.4× and ≈3.3–8.7×
+  the base MACs so that 2× and 4× sit inside them. `stem_stride=2` (as the ImageNet space's stem)
+  halves every feature map: ~4× fewer MACs, what a supernet trained for several epochs on 2 CPU cores
+  needs (`configs/nas_fmnist_search.py`); its budgets are re-centred (`_FMNIST_BUDGETS`)."""
+  if stem_stride not in _FMNIST_BUDGETS:
+    raise ValueError(f"fmnist space: stem_stride must be one of {sorted(_FMNIST_BUDGETS)}, got {stem_stride}")
+  target, base_tol, stage_tol = _FMNIST_BUDGETS[stem_stride]
 
   def st(c, s, t, deps):
     return StageSpec(c, s, t, tuple(deps))
@@ -208,20 +219,24 @@ def _fmnist_space(in_channels: int = 1, coupling: str = "bcnet") -> SearchSpace:
       num_classes=10,
       stem_channels=16,
       stem_kernel=3,
-      stem_stride=1,
+      stem_stride=stem_stride,
       head_channels=256,
       stages=(st(16, 1, 1, (1,)), st(24, 2, 4, (1, 2, 3)), st(40, 2, 4, (1, 2, 3)), st(64, 1, 4, (1,))),
       mult_candidates=((1.0,), (1.05, 1.1, 1.15, 1.2), (1.25, 1.3, 1.35, 1.4, 1.45)),
       res_candidates=((32,), (32, 36, 40), (40, 44, 48)),
-      base_target=9.0e6,
-      base_tol=1.5e6,
-      stage_tol=2.0e6,
+      base_target=target,
+      base_tol=base_tol,
+      stage_tol=stage_tol,
       coupling=coupling,
   )
 
 
-def _tiny_space(in_channels: int = 1, coupling: str = "bcnet") -> SearchSpace:
-  """Same structure, a few thousand MACs-scale layers: for unit tests and one-step trainer tests."""
+def _tiny_space(in_channels: int = 1, coupling: str = "bcnet", stem_stride: int = 2) -> SearchSpace:
+  """Same structure, a few thousand MACs-scale layers: for unit tests and one-step trainer tests. Its stem
+  has stride 2 only; `stem_stride` is accepted so that a config of the stride-2 fmnist space runs on it
+  (`configs/nas_fmnist_search.py`'s quick mode swaps in this space and keeps the space's kwargs)."""
+  if stem_stride != 2:
+    raise ValueError(f"tiny space: the stem has stride 2 only, got stem_stride={stem_stride}")
 
   def st(c, s, t, deps):
     return StageSpec(c, s, t, tuple(deps))
@@ -247,9 +262,20 @@ def _tiny_space(in_channels: int = 1, coupling: str = "bcnet") -> SearchSpace:
 _SPACES = {"imagenet": _imagenet_space, "fmnist": _fmnist_space, "tiny": _tiny_space}
 
 
+def space_kwargs(space: SearchSpace) -> dict:
+  """The `get_space(space.name, **kwargs)` arguments that rebuild `space`'s architectures (coupling, which
+  changes only the supernet's buffers, is left out)."""
+  if space.name == "imagenet":
+    return {}
+  kwargs = {"in_channels": space.in_channels}
+  if space.stem_stride != _SPACES[space.name](in_channels=space.in_channels).stem_stride:
+    kwargs["stem_stride"] = space.stem_stride
+  return kwargs
+
+
 def get_space(name: str, **kwargs) -> SearchSpace:
   """A registered search space by name ('imagenet' | 'fmnist' | 'tiny'); kwargs: `coupling` (all),
-  `in_channels` ('fmnist', 'tiny')."""
+  `in_channels` ('fmnist', 'tiny'), `stem_stride` ('fmnist': 1 or 2; 'tiny': 2)."""
   if name not in _SPACES:
     raise ValueError(f"unknown search space {name!r}; known: {sorted(_SPACES)}")
   return _SPACES[name](**kwargs)

@@ -69,8 +69,11 @@ evaluator groups paths by bucket). `bucket=None` is the whole supernet.
   channel would otherwise output its bias). SE squeeze outputs are masked too (their bias would leak).
   Masked channels are exactly zero, so they contribute exactly nothing to the next conv (nor to the
   gradient of the weights a right-aligned gather wraps around onto them).
-* **Depth**: non-first layers are stride-1 residual blocks; an inactive layer selects its input x over
-  f(x), so it is exactly the identity and its parameters get zero gradient.
+* **Depth**: non-first layers are stride-1 residual blocks; an inactive layer is skipped (`lax.cond`;
+  with `conditional=False` it selects its input x over f(x)), so it is exactly the identity and its
+  parameters get zero gradient.
+* **Kernel size** (`conditional`): the depthwise conv of the mixed 7×7 kernel runs only the chosen
+  size's centred taps (`lax.switch`), the same result as all 49 (the others are zero).
 * **BN**: always batch statistics, per path (no running averages are kept; the one-shot evaluation of
   the official code also uses batch statistics). Statistics are per channel, so masked BN equals BN on
   the sliced channels. `stat_weights` (f32[N], 0/1) restricts the statistics to a subset of the batch:
@@ -148,21 +151,30 @@ class BatchNorm(nn.Module):
     if use_running_average:
       if not self.track_running:
         raise ValueError("BatchNorm: use_running_average needs track_running=True")
-      mean, var = ra_mean.value, ra_var.value
+      stats = ra_mean.value, ra_var.value
     else:
-      if stat_weights is None:
-        mean = jnp.mean(x, axis=(0, 1, 2))
-        var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
-      else:
-        w = stat_weights.astype(x.dtype)[:, None, None, None]
-        denom = jnp.sum(w) * x.shape[1] * x.shape[2]
-        mean = jnp.sum(x * w, axis=(0, 1, 2)) / denom
-        var = jnp.sum(jnp.square(x - mean) * w, axis=(0, 1, 2)) / denom
+      stats = batch_moments(x, stat_weights)
       if self.track_running and self.is_mutable_collection("batch_stats") and not self.is_initializing():
-        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
-    y = (x - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
-    return y if mask is None else y * mask
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * stats[0]
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * stats[1]
+    return normalize(x, stats, scale, bias, mask, self.eps)
+
+
+def batch_moments(x, stat_weights=None):
+  """Per-channel mean and variance over N, H, W (over the images with `stat_weights` 1 if given)."""
+  if stat_weights is None:
+    mean = jnp.mean(x, axis=(0, 1, 2))
+    return mean, jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+  w = stat_weights.astype(x.dtype)[:, None, None, None]
+  denom = jnp.sum(w) * x.shape[1] * x.shape[2]
+  mean = jnp.sum(x * w, axis=(0, 1, 2)) / denom
+  return mean, jnp.sum(jnp.square(x - mean) * w, axis=(0, 1, 2)) / denom
+
+
+def normalize(x, stats, scale, bias, mask=None, eps: float = 1e-5):
+  mean, var = stats
+  y = (x - mean) * jax.lax.rsqrt(var + eps) * scale + bias
+  return y if mask is None else y * mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,6 +303,47 @@ def _depthwise_bwd(stride, res, g):
 _depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
+def _centre(w, k: int):
+  """The centred k×k taps of a (K, K, C) kernel (K ≥ k, same parity)."""
+  p = (w.shape[0] - k) // 2
+  return w[p : p + k, p : p + k] if p else w
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _depthwise_choice(x, w, choice, stride: int, sizes: tuple[int, ...]):
+  """`_depthwise` of the centred `sizes[choice]`² taps of w (the zero-padded mixed kernel of a slot):
+  a `lax.switch`, so only the chosen size's taps run, forward and backward. The outer taps of w are
+  zero, so this is the full-size result exactly; their gradient is dropped (it only reaches the
+  padding of the mixed kernel, which the candidate ops never see)."""
+  return jax.lax.switch(choice, [functools.partial(_choice_fwd_k, k=k, stride=stride) for k in sizes], x, w)
+
+
+def _choice_fwd_k(x, w, *, k, stride):
+  return _depthwise(x, _centre(w, k), stride)
+
+
+def _depthwise_choice_fwd(x, w, choice, stride, sizes):
+  return _depthwise_choice(x, w, choice, stride, sizes), (x, w, choice)
+
+
+def _depthwise_choice_bwd(stride, sizes, res, g):
+  x, w, choice = res
+
+  def branch(k):
+    def grads(x, w, g):
+      dx, dw = _depthwise_bwd(stride, (x, _centre(w, k)), g)
+      p = (w.shape[0] - k) // 2
+      return dx, jnp.pad(dw, ((p, p), (p, p), (0, 0)))
+
+    return grads
+
+  dx, dw = jax.lax.switch(choice, [branch(k) for k in sizes], x, w, g)
+  return dx, dw, None
+
+
+_depthwise_choice.defvjp(_depthwise_choice_fwd, _depthwise_choice_bwd)
+
+
 def _shift_sum_unrolled(xp, w, h: int, wd: int, stride: int = 1):
   """`_shift_sum` with the k² taps unrolled into one expression, which XLA fuses into a single pass
   over the output reading the taps from cache. Measured on 2 CPU cores (7×7, 96 channels, batch 32,
@@ -306,21 +359,29 @@ def _shift_sum_unrolled(xp, w, h: int, wd: int, stride: int = 1):
 DEPTHWISE = ("loop", "unrolled")
 
 
-def depthwise_conv(x, kernel, stride: int = 1, impl: str = "loop"):
+def depthwise_conv(x, kernel, stride: int = 1, impl: str = "loop", choice=None, sizes=None):
   """Depthwise k×k conv (HWIO kernel with I = 1, symmetric padding k//2) as k² shifted multiply-adds;
   `impl` 'loop' (a tap loop with a hand-written gradient, the default) or 'unrolled' (one fused sum).
+  `choice` (traced int) and `sizes`: run only the centred `sizes[choice]`² taps of a zero-padded kernel
+  (`lax.switch`; the same result as all k² taps).
 
   Why not `lax.conv_general_dilated(feature_group_count=C)`: XLA's CPU backend runs grouped
   convolutions on a slow generic path (≈10× slower forward, ≈4× slower gradient at these sizes), and
   the depthwise convs dominated the supernet step. A stride-s conv computes only its output positions
   (the tap loop reads the input's stride phases, `_phases`), not the stride-1 result subsampled."""
   w = kernel[:, :, 0, :]
-  if impl == "unrolled":
+  if impl not in DEPTHWISE:
+    raise ValueError(f"depthwise impl {impl!r} not in {DEPTHWISE}")
+  if impl == "loop":
+    return _depthwise(x, w, stride) if choice is None else _depthwise_choice(x, w, choice, stride, tuple(sizes))
+
+  def unrolled(x, w):
     h, wd = (_out_size(n, stride) for n in x.shape[1:3])
     return _shift_sum_unrolled(_pad_same(x, w.shape[0] // 2), w, h, wd, stride)
-  if impl == "loop":
-    return _depthwise(x, w, stride)
-  raise ValueError(f"depthwise impl {impl!r} not in {DEPTHWISE}")
+
+  if choice is None:
+    return unrolled(x, w)
+  return jax.lax.switch(choice, [lambda x, w, k=k: unrolled(x, _centre(w, k)) for k in sizes], x, w)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -405,13 +466,15 @@ def mix_ops(ops: Sequence[dict], kernels: Sequence[int], onehot) -> dict:
 
 class IRBlock(nn.Module):
   """Inverted residual + SE in one layer slot. `la`: compute shapes (a bucket's widest path, or a
-  PathNet's own); `buf`: parameter shapes; `kernels`: the candidate ops (one in a PathNet)."""
+  PathNet's own); `buf`: parameter shapes; `kernels`: the candidate ops (one in a PathNet);
+  `conditional`: see `SuperNet`."""
 
   la: LayerArch
   buf: LayerArch
   kernels: tuple[int, ...]
   track_running: bool = False
   depthwise: str = "loop"
+  conditional: bool = False
 
   @nn.compact
   def __call__(self, x, *, use_ra=False, stat_weights=None, sel=None):
@@ -421,28 +484,42 @@ class IRBlock(nn.Module):
     ops = [IROp(self.buf, k, name=f"k{k}")() for k in self.kernels]
     w = self._windows(mix_ops(ops, self.kernels, None if sel is None else sel["kernel"]), sel)
     sel = sel or {}
-    bn_kw = dict(use_running_average=use_ra, stat_weights=stat_weights)
+    if self.track_running:  # PathNet: running averages live in BatchNorm modules
+      bn_kw = dict(use_running_average=use_ra, stat_weights=stat_weights)
 
-    def bn(name, h, n, mask):
-      return BatchNorm(n, self.track_running, name=name)(h, affine=w[name], mask=mask, **bn_kw)
+      def bn(name, h, n, mask):
+        return BatchNorm(n, True, name=name)(h, affine=w[name], mask=mask, **bn_kw)
 
-    h = x
-    if la.expand:
-      h = hswish(bn("bn_expand", _conv(h, w["expand"]), la.hidden, sel.get("hidden")))
-    h = depthwise_conv(h, w["dw"], la.stride, impl=self.depthwise)
-    h = hswish(bn("bn_dw", h, la.hidden, sel.get("hidden")))
-    # Squeeze-excite on the hidden channels (biases: the squeeze output must be masked).
-    s = jax.nn.relu(jnp.mean(h, axis=(1, 2)) @ w["se_reduce"] + w["se_reduce_bias"])
-    if sel.get("se") is not None:
-      s = s * sel["se"]
-    h = h * hsigmoid(s @ w["se_expand"] + w["se_expand_bias"])[:, None, None, :]
-    y = bn("bn_project", _conv(h, w["project"]), la.c_out, sel.get("out"))
-    if la.residual:
-      y = x + y
-    if sel.get("active") is not None:
-      # A select, not x + a·(y − x): exactly x (and exactly y), and y gets zero gradient when skipped.
-      y = jnp.where(sel["active"] > 0, y, x)
-    return y
+    else:  # batch statistics, no variables: a pure function (it may run inside lax.cond)
+
+      def bn(name, h, n, mask):
+        return normalize(h, batch_moments(h, stat_weights), *w[name], mask)
+
+    choice = None
+    if self.conditional and len(self.kernels) > 1:
+      choice = jnp.argmax(sel["kernel"]).astype(jnp.int32)
+
+    def block(x):
+      h = x
+      if la.expand:
+        h = hswish(bn("bn_expand", _conv(h, w["expand"]), la.hidden, sel.get("hidden")))
+      h = depthwise_conv(h, w["dw"], la.stride, impl=self.depthwise, choice=choice, sizes=self.kernels)
+      h = hswish(bn("bn_dw", h, la.hidden, sel.get("hidden")))
+      # Squeeze-excite on the hidden channels (biases: the squeeze output must be masked).
+      s = jax.nn.relu(jnp.mean(h, axis=(1, 2)) @ w["se_reduce"] + w["se_reduce_bias"])
+      if sel.get("se") is not None:
+        s = s * sel["se"]
+      h = h * hsigmoid(s @ w["se_expand"] + w["se_expand_bias"])[:, None, None, :]
+      y = bn("bn_project", _conv(h, w["project"]), la.c_out, sel.get("out"))
+      return x + y if la.residual else y
+
+    if sel.get("active") is None:
+      return block(x)
+    if self.conditional:
+      # An inactive slot is skipped: exactly x, zero gradient for its weights, and no compute.
+      return jax.lax.cond(sel["active"] > 0, block, lambda x: x, x)
+    # A select, not x + a·(y − x): exactly x (and exactly y), and y gets zero gradient when skipped.
+    return jnp.where(sel["active"] > 0, block(x), x)
 
   def _windows(self, w: dict, sel) -> dict:
     """The path's slice (compute shapes) of every mixed weight: static, or at its side's offsets."""
@@ -470,6 +547,7 @@ class _Net(nn.Module):
   track_running: bool = False
   bcnet: bool = False
   depthwise: str = "loop"
+  conditional: bool = False
 
   @nn.compact
   def __call__(self, x, path, use_ra, stat_weights):
@@ -500,7 +578,9 @@ class _Net(nn.Module):
           }
           in_mask = sp["out"]
         kernels = self.kernels or (la.kernel,)
-        block = IRBlock(la, b.stages[s][l], kernels, self.track_running, self.depthwise, name=f"stage{s}_layer{l}")
+        block = IRBlock(
+            la, b.stages[s][l], kernels, self.track_running, self.depthwise, self.conditional, name=f"stage{s}_layer{l}"
+        )
         x = block(x, use_ra=use_ra, stat_weights=stat_weights, sel=sel)
     c_last, c_buf = a.stages[-1][-1].c_out, b.stages[-1][-1].c_out
     off = side_offset(path["head_side"], c_buf, in_mask) if bcnet else None
@@ -557,11 +637,18 @@ class SuperNet(nn.Module):
   `bucket` (None = all) restricts the compute shapes to the paths of scaling stages 0..bucket; the
   parameters are the same. `depthwise`: `depthwise_conv` impl ('unrolled' for fast forward-only
   evaluation). `train` does not change the computation (BN always uses batch statistics); it is
-  accepted for the project's apply convention."""
+  accepted for the project's apply convention.
+
+  `conditional` (default): a slot the path leaves out is skipped (`lax.cond`) and the depthwise conv
+  runs only the chosen kernel's taps (`lax.switch`), instead of computing every slot at 7×7 and
+  selecting; same outputs and gradients, less work (a path averages well under the supernet's depth,
+  and a 3×3 or 5×5 choice 9 or 25 of 49 taps). Under `jax.vmap` over paths a cond with a per-path
+  predicate becomes a select that computes every branch, so the vmap evaluator turns it off."""
 
   space: SearchSpace
   bucket: int | None = None
   depthwise: str = "loop"
+  conditional: bool = True
 
   @nn.compact
   def __call__(self, images, *, path, train: bool = False, stat_weights=None):
@@ -573,6 +660,7 @@ class SuperNet(nn.Module):
         kernels=tuple(sp.kernels),
         bcnet=sp.coupling == "bcnet",
         depthwise=self.depthwise,
+        conditional=self.conditional,
         name="net",
     )
     return trunk(images, path, False, stat_weights)
