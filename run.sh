@@ -39,6 +39,6 @@ export PYTHONUNBUFFERED=1
 case "$what" in
   demo) exec "$VENV/bin/python" -m scalenet_jax.demo "$@" ;;
   # worksteal: the few minute-long end-to-end tests would otherwise leave one worker idle at the end.
-  test) exec "$VENV/bin/python" -m pytest -q -n 2 --dist worksteal --durations=15 -p no:cacheprovider tests "$@" ;;
+  test) exec "$VENV/bin/python" -m pytest -q -rs -n 2 --dist worksteal --durations=15 -p no:cacheprovider tests "$@" ;;
   *) echo "usage: bash run.sh demo|test [args]" >&2; exit 2 ;;
 esac

@@ -10,9 +10,9 @@ INSTALL_REQUIRES = [
     "optax==0.2.8",
     "orbax-checkpoint==0.12.8",
     "ml-collections==1.1.0",
-    "tensorflow-datasets==4.9.10",
     "grain==0.2.18",
     "absl-py==2.5.1",
+    "etils[epath]==1.15.0",  # scalenet_jax.paths: one path API for local and gs:// workdirs
     "numpy==2.4.6",
     "scipy==1.17.1",
     "tensorboardX==2.6.5",
@@ -24,6 +24,12 @@ INSTALL_REQUIRES = [
 # torch/timm are only needed to convert weights against timm and for the parity tests/benchmarks.
 # torch 2.14.1 + torchvision 0.29.1 are the pair that installs (and imports) together here.
 TORCH = ["torch==2.14.1", "torchvision==0.29.1", "timm==1.0.31"]
+# TFDS datasets (data.name 'tfds:<name>', e.g. the paper configs' ImageNet); the tests run the TFDS paths on
+# its mock data.
+TFDS = ["tensorflow-datasets==4.9.10"]
+# `--mode compile` (scalenet_jax.tpu_check): TPU programs compiled on any host. The libtpu that jax[tpu]==0.10.2
+# resolves to (about 700 MB installed).
+TPU = ["libtpu==0.0.42.1"]
 # gs:// workdirs without TensorFlow: etils.epath reaches GCS through fsspec's gcsfs (Orbax through tensorstore).
 GCS = ["gcsfs==2026.10.1"]
 
@@ -37,10 +43,14 @@ setuptools.setup(
     extras_require={
         "torch": TORCH,
         "gcs": GCS,
+        "tpu": TPU,
+        "tfds": TFDS,
         # transformers: the Llama parity / checkpoint tests (LlamaForCausalLM as the reference)
         # gcp-storage-emulator: a local GCS bucket for the gs:// workdir test
         "test": TORCH
         + GCS
+        + TPU
+        + TFDS
         + ["transformers==5.24.0", "gcp-storage-emulator==2026.7.19", "pytest==9.2.0", "pytest-xdist==3.8.0"]
         + ["pyink==26.5.1"],
     },

@@ -36,9 +36,7 @@ def get_config():
   c.supernet.data.minival_per_class = 100  # 1,000 images: binomial error ~1 point at 88 %
   c.hist_samples = 5000
   # MCEA with the official operators, objective and penalty (mcea.MCEAConfig), sized for 2 CPU cores.
-  c.search = mcea.search_config(
-      iterations=2, n_base=4, population=12, generations=4, parents=4, mutation_prob=0.15, vmap_size=8
-  )
+  c.search = mcea.search_config(iterations=2, n_base=4, population=12, generations=4, vmap_size=8)
   c.extra_stages = 2
   # 250 steps of 64 (16,000 images) per stand-alone path: at 150 x 32 the paths' accuracies spread no
   # more than the mini-val's own error.
@@ -56,7 +54,7 @@ def get_config():
               data=dict(minival_per_class=10),
           ),
           hist_samples=2000,
-          search=dict(iterations=2, n_base=3, population=8, generations=3, parents=4),
+          search=dict(iterations=2, n_base=3, population=8, generations=3),
           rank_corr=dict(num_paths=0, compare_uniform=False),
       )
   )

@@ -8,21 +8,19 @@ The supernet section is `configs/nas_imagenet_supernet.py`; the search section i
 `scalenet_jax.nas.mcea.search_config()` (MCEA on the 50-images-per-class mini-val split).
 """
 
-import importlib.util
 import os
 
 import ml_collections
 
+from scalenet_jax import config_lib
 from scalenet_jax.nas import mcea
 
 
 def _supernet_config():
   # Configs are files, not a package: load the sibling supernet config to compose it.
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nas_imagenet_supernet.py")
-  spec = importlib.util.spec_from_file_location("_nas_imagenet_supernet", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_lib.load_config_file(
+      os.path.join(os.path.dirname(os.path.abspath(__file__)), "nas_imagenet_supernet.py")
+  )
 
 
 def get_config():

@@ -5,6 +5,10 @@
     ... --dry-run        print the exact commands instead of running them
 
 Steps (each a gcloud/tar command, printed by --dry-run):
+  0. on this host, before any cloud command (--dry-run too): compile the run's train step for the slice
+     (`python -m scalenet_jax.main --mode compile --topology <accelerator type>` with the run's
+     `--config.*` overrides; needs libtpu here: `pip install scalenet_jax[tpu]`) and stop when it does
+     not fit the chips' memory; `--no-compile-check` skips it;
   1. create the TPU VM slice unless `describe` finds it;
   2. ship the code: tar this working tree and scp it to all workers (default), or `--git-url/--git-ref`
      to clone on the workers; then `pip install -e . jax[tpu]` there;
@@ -78,6 +82,16 @@ def build(args: argparse.Namespace, passthrough: list[str]) -> dict[str, list[li
   return steps
 
 
+def compile_check(args: argparse.Namespace, passthrough: list[str]) -> list[str]:
+  """The local `--mode compile` command for the slice: the run's config and its `--config.*` overrides."""
+  overrides = [a for a in common.trainer_args(args, passthrough) if a.startswith("--config.")]
+  return [sys.executable, "-m", common.TRAINER_MODULE, "--config", args.config, "--mode", "compile"] + [
+      "--topology",
+      args.accelerator_type,
+      *overrides,
+  ]
+
+
 def main(argv: list[str]) -> int:
   own, passthrough = common.split_passthrough(argv)
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -106,9 +120,24 @@ def main(argv: list[str]) -> int:
   )
   parser.add_argument("--python", default="python3", help="python on the workers")
   parser.add_argument("--detach", action="store_true", help="keep training after ssh returns")
+  parser.add_argument(
+      "--compile-check",
+      "--compile_check",
+      dest="compile_check",
+      action=argparse.BooleanOptionalAction,
+      default=True,
+      help="compile the step for the slice on this host first and refuse a config that does not fit (step 0)",
+  )
   common.add_trainer_flags(parser)
   args = parser.parse_args(own)
   steps = build(args, passthrough)
+  if args.compile_check:
+    check = compile_check(args, passthrough)
+    print(f"compile check: {common.shell_line(check)}", file=sys.stderr, flush=True)
+    code = subprocess.run(check, cwd=common.REPO).returncode
+    if code:
+      print(f"compile check failed (exit {code}): no cloud command was run", file=sys.stderr)
+      return code
 
   if args.dry_run:
     print(f"{common.shell_line(steps['exists'])} >/dev/null 2>&1 || {common.shell_line(steps['create'])}")

@@ -8,6 +8,8 @@
 * `override(config, {...})`: the one way to change fields (dotted keys; unknown fields are errors).
 * `resolve(config)`: the one place that reads `quick`: it merges `quick_overrides` into a copy.
 * `parse_arg()` / `int_list()`: typed parsing of config-file arguments and comma-separated lists.
+* `load_config_file(path, arg)`: a config file's `get_config(arg)` outside the `--config` flag (a config
+  composed from a sibling file, the study runners, tests); `load_config_module(path)` the file itself.
 
 Configs are locked (`config_flags.DEFINE_config_file(lock_config=True)`), so a misspelled
 `--config.key=value` is rejected by ml_collections instead of being silently ignored; and every declared
@@ -16,6 +18,9 @@ field is read by the code (tests/test_config_lib.py checks it on real runs).
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import types
 from typing import Any, Mapping, Optional
 
 import ml_collections
@@ -390,3 +395,25 @@ def int_list(text, what: str = "value") -> Optional[tuple[int, ...]]:
     return tuple(int(v) for v in text.split(","))
   except ValueError:
     raise ConfigError(f"{what}: expected a comma-separated list of integers, got {text!r}") from None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Config files outside the --config flag
+# ----------------------------------------------------------------------------------------------------
+def load_config_module(path: str | os.PathLike) -> types.ModuleType:
+  """The config file at `path` as a module (config files are files, not a package)."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file not found: {path}")
+  name = "_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def load_config_file(path: str | os.PathLike, arg: Optional[str] = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of the config file at `path` (`get_config()` when `arg` is None), as
+  `--config=path:arg` builds it."""
+  module = load_config_module(path)
+  return module.get_config() if arg is None else module.get_config(arg)

@@ -38,6 +38,23 @@ _TO_TIMM = {
 }
 
 
+def _unfold_to_concat(a):
+  """Last axis (4C) from torch `nn.Unfold`'s 2x2 order (c, kh, kw: mmdet/mmseg's Swin patch merging) to the
+  concat order of timm and the Swin release (x0..x3 = (kh, kw) = (0,0), (1,0), (0,1), (1,1): kw, kh, c)."""
+  c = a.shape[-1] // 4
+  return np.swapaxes(a.reshape(*a.shape[:-1], c, 2, 2), -1, -3).reshape(a.shape)
+
+
+def _concat_to_unfold(a):
+  c = a.shape[-1] // 4
+  return np.swapaxes(a.reshape(*a.shape[:-1], 2, 2, c), -1, -3).reshape(a.shape)
+
+
+# The patch-merging tensors of mmdet/mmseg's Swin: same weights, input channels in unfold order.
+_TO_FLAX.update(unfold_linear=lambda a: _unfold_to_concat(a).T, unfold_norm=_unfold_to_concat)
+_TO_TIMM.update(unfold_linear=lambda a: _concat_to_unfold(a.T), unfold_norm=_concat_to_unfold)
+
+
 def _get(tree, path):
   for p in path:
     tree = tree[p]
@@ -256,6 +273,6 @@ def save_state_dict_dir(directory: str, state_dict: dict[str, np.ndarray], max_s
   paths.write_json(root / INDEX_FILE, {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
 
 
-# The same strict converters serve Hugging Face checkpoints (the model's key table names HF keys).
-hf_to_flax = timm_to_flax
+# The same strict converters serve Hugging Face checkpoints (the model's key table names HF keys); read
+# them with `timm_to_flax` (`builder.read_pretrained`).
 flax_to_hf = flax_to_timm

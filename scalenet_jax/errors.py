@@ -19,6 +19,10 @@ class MissingInputError(UserError, FileNotFoundError):
   """A dataset, checkpoint or file that is not where the config says it is."""
 
 
+class MissingDependencyError(UserError, ImportError):
+  """An optional extra of the package that the requested feature needs is not installed."""
+
+
 class DataError(UserError, ValueError):
   """A dataset that cannot be read the way the config says (unknown split, no images, undecodable file)."""
 
@@ -29,3 +33,7 @@ class CheckpointError(UserError, ValueError):
 
 class TrainingDiverged(UserError, RuntimeError):
   """The loss became NaN/inf: the run stopped at its last good checkpoint (the recipe needs changing)."""
+
+
+class WorkdirBusy(UserError, RuntimeError):
+  """The workdir is held by another live run (one writer per workdir: `train/workdir_lock.py`)."""

@@ -10,7 +10,6 @@ the train and eval steps hand to XLA. Why each setting, and what it buys: docs/p
 
 from __future__ import annotations
 
-import ctypes
 import importlib.util
 import os
 import platform
@@ -33,14 +32,29 @@ CPU_XLA_FLAGS: Mapping[str, str] = {}
 HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
 _REEXEC_ENV = "SCALENET_RUNTIME_REEXEC"  # set in the re-run program: never re-run twice
 
-# glibc mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
-
 
 def _accelerator_plugin_installed() -> bool:
-  """Whether a GPU/TPU jax plugin is installed (then the train step's buffers do not live in host malloc)."""
-  names = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin", "libtpu")
-  return any(importlib.util.find_spec(n) is not None for n in names)
+  """Whether this process's jax runs on a GPU/TPU plugin (then the train step's buffers do not live in host
+  malloc). libtpu counts only on a TPU VM (its /dev/accel* or /dev/vfio devices): elsewhere it is there to
+  compile for TPU topologies (`--mode compile`) and jax runs on the CPU. JAX_PLATFORMS=cpu rules all out."""
+  if os.environ.get("JAX_PLATFORMS", "").strip().lower() == "cpu":
+    return False
+  names = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin")
+  if any(importlib.util.find_spec(n) is not None for n in names):
+    return True
+  on_tpu_vm = os.path.exists("/dev/vfio") or any(n.startswith("accel") for n in os.listdir("/dev"))
+  return on_tpu_vm and importlib.util.find_spec("libtpu") is not None
+
+
+def cpu_unless_accelerator() -> None:
+  """Keep jax on the CPU where libtpu is installed but there is no TPU (nor a GPU plugin): there libtpu is
+  for compiling TPU programs (`--mode compile`), and jax would otherwise probe for a TPU VM first, print
+  libtpu's errors and take its one-process lock. Call before jax initialises a backend; an explicit
+  JAX_PLATFORMS wins."""
+  if "JAX_PLATFORMS" in os.environ or importlib.util.find_spec("libtpu") is None or _accelerator_plugin_installed():
+    return
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  jax.config.update("jax_platforms", "cpu")
 
 
 def _thp_mode() -> str:
@@ -80,25 +94,6 @@ def exec_with_huge_pages() -> None:
     return
 
 
-def keep_freed_memory() -> bool:
-  """Opt-in alternative to huge pages: glibc keeps freed memory in its heap and reuses it (no mmap, one arena,
-  no trimming), so a step's temporary buffer is page-faulted only while the heap grows. Fastest (no kernel
-  time at all in steady state) but not the default: aligned blocks fragment the heap, so the process keeps
-  one to several temporary buffers' worth of extra RSS (DeiT-S train step: +1.5 GiB; a synthetic loop grew
-  to 10x its buffer). Must run before the process starts threads. Returns whether it was applied.
-  """
-  if not sys.platform.startswith("linux"):
-    return False
-  try:
-    libc = ctypes.CDLL("libc.so.6")
-  except OSError:
-    return False
-  if not hasattr(libc, "mallopt"):
-    return False
-  ok = libc.mallopt(_M_ARENA_MAX, 1) and libc.mallopt(_M_MMAP_MAX, 0)
-  return bool(ok and libc.mallopt(_M_TRIM_THRESHOLD, -1))  # -1: never trim (mallopt(3))
-
-
 def _merge_xla_flags(current: str, defaults: Mapping[str, str]) -> str:
   given = {f.split("=", 1)[0].lstrip("-") for f in current.split()}
   extra = [f"--{k}={v}" for k, v in defaults.items() if k not in given]
@@ -123,6 +118,7 @@ def configure_cpu(xla_flags: Mapping[str, str] | None = None, huge_pages: bool =
     return dict(xla_flags=os.environ.get("XLA_FLAGS", ""), allocator=allocator_policy(), late=True)
   if huge_pages:
     exec_with_huge_pages()
+  cpu_unless_accelerator()
   flags = _merge_xla_flags(os.environ.get("XLA_FLAGS", ""), CPU_XLA_FLAGS if xla_flags is None else xla_flags)
   os.environ["XLA_FLAGS"] = flags
   _CONFIGURED = dict(xla_flags=flags, allocator=allocator_policy(), late=False)

@@ -17,7 +17,6 @@ The verdict is computed from the measured numbers, whatever they are.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -26,7 +25,7 @@ import time
 
 from absl import app, flags, logging
 
-from scalenet_jax import doc_sections, jax_utils, paths, stats
+from scalenet_jax import config_lib, doc_sections, jax_utils, paths, stats
 
 FLAGS = flags.FLAGS
 
@@ -40,10 +39,7 @@ BEGIN, END = doc_sections.markers("lm_study")
 
 
 def load_config_file(path: str, arg: str):
-  spec = importlib.util.spec_from_file_location("_lm_study_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_lib.load_config_file(path, arg)
 
 
 def machine() -> dict:

@@ -118,13 +118,16 @@ def make_task(config, workdir, mode: str):
   if model.family != "llama":
     raise ConfigError(f"pipeline 'lm' trains decoders (llama_*), not {config.model.name!r}")
   d = config.data
-  if config.init_from:  # a checkpoint of another architecture fails before any text is read
+  if config.init_from and mode != "compile":  # a checkpoint of another architecture fails before any text is read
     builder.check_pretrained(config, builder.base_model(config))
-  train_docs, held_docs = documents(d)
-  tok, tok_file, save_tokenizer = tokenizer(config, workdir, train_docs, model.config.vocab_size)
   pi, pc = jax.process_index(), jax.process_count()
-  eval_src = source(d, tok, held_docs) if mode in ("train", "eval") else None
-  train_src = source(d, tok, train_docs) if mode == "train" else None
+  if mode == "compile":  # shapes only: no text, no tokenizer (the model's vocab and seq_len say it all)
+    tok_file, save_tokenizer, eval_src, train_src = None, lambda: None, None, None
+  else:
+    train_docs, held_docs = documents(d)
+    tok, tok_file, save_tokenizer = tokenizer(config, workdir, train_docs, model.config.vocab_size)
+    eval_src = source(d, tok, held_docs) if mode in ("train", "eval") else None
+    train_src = source(d, tok, train_docs) if mode == "train" else None
 
   def eval_batches():
     return text.lm_eval_batches(eval_src, config.eval_batch_size, pi, pc)
@@ -153,10 +156,12 @@ def make_task(config, workdir, mode: str):
       trainable_mask=mask,
       compute_dtype=builder.compute_dtype(config),
       use_ema=config.ema_decay > 0,
-      eval_batches=eval_batches if eval_src is not None else None,
+      # Compile mode has no eval source but compiles the eval step that training runs.
+      eval_batches=eval_batches if eval_src is not None or mode == "compile" else None,
       export=lambda state: export(workdir, model, state.params, tok_file),
       objective=objectives.NextToken(config.label_smoothing),
       meta={"model": config.model.name, "tokenizer": tok_file},
+      input_specs=lambda n: {"": (model.input_spec(n), None)},
   )
   info = {
       "params": counting.count_params(abstract),

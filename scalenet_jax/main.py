@@ -4,7 +4,9 @@ The config's `pipeline` field picks the driver: `train` (image models, `trainer`
 `lm_trainer`; e.g. configs/llama_fortunes_2x.py), or one of the NAS pipelines.
 
 Modes: `train` (default; resumes from the workdir), `eval`, `summary` (params/FLOPs table and a
-final JSON line), `export` (final params as Orbax + timm-format safetensors).
+final JSON line), `export` (final params as Orbax + timm-format safetensors), `compile` (the train and
+eval steps compiled for the TPU slice `--topology` on this host: memory fit and a roofline step time,
+`scalenet_jax.tpu_check`; no workdir).
 Config fields are overridden with `--config.key=value`; unknown keys and bad types are rejected.
 """
 
@@ -18,8 +20,9 @@ from scalenet_jax.errors import ConfigError, UserError
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and exports.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "summary", "export"], "What to do.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "summary", "export", "compile"], "What to do.")
 flags.DEFINE_bool("xla_check", True, "summary: cross-check FLOPs with XLA's cost analysis.")
+flags.DEFINE_string("topology", None, "compile: a TPU slice, e.g. v5e:2x2, v4:2x2x1 or an accelerator type v5e-8.")
 
 
 def _pipelines():
@@ -38,6 +41,13 @@ def _run(argv):
 
     print(summary.render(summary.summarize(config, xla_check=FLAGS.xla_check)))
     return
+  if FLAGS.mode == "compile":
+    from scalenet_jax import tpu_check  # pylint: disable=g-import-not-at-top
+
+    if not FLAGS.topology:
+      raise app.UsageError("--mode=compile needs --topology (e.g. v5e:2x2 or v5e-8)")
+    tpu_check.run(config, FLAGS.topology, name=config_flags.get_config_filename(FLAGS["config"]))
+    return
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required for --mode=train/eval/export")
   run(config, FLAGS.workdir, FLAGS.mode)
@@ -49,7 +59,11 @@ def run(config, workdir: str, mode: str = "train"):
   name = config.get("pipeline", "train")
   if name not in pipelines:
     raise ConfigError(f"unknown pipeline {name!r}; choose one of {sorted(pipelines)}")
-  return pipelines[name](config, workdir, mode)
+  from scalenet_jax.train import workdir_lock  # pylint: disable=g-import-not-at-top
+
+  # One run per workdir, taken before the pipeline writes anything (data caches, NAS stage files).
+  with workdir_lock.WorkdirLock(workdir):
+    return pipelines[name](config, workdir, mode)
 
 
 def main(argv):

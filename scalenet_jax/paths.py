@@ -56,6 +56,17 @@ def read_json(p: PathLike) -> Any:
   return json.loads(path(p).read_text())
 
 
+def pyplot():
+  """`matplotlib.pyplot` on the Agg backend (figures are only written to files, no display needed): the
+  one place that chooses the backend. matplotlib is imported here, on first use (slow to import)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  return plt
+
+
 def save_figure(fig, p: PathLike, dpi: int = 120) -> str:
   """A matplotlib figure as PNG at `p` (rendered in memory: matplotlib writes local files only)."""
   buf = io.BytesIO()

@@ -57,10 +57,7 @@ def metadata(config, workdir, command: str) -> dict:
 
 def plot_curve(workdir, out_png, title: str) -> None:
   """The run's training curve (train loss per log step, test top-1 per evaluation) as a PNG."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = paths.pyplot()
 
   lines = metrics_lib.read(workdir)
   train = [(l["step"], l["loss"]) for l in lines if "loss" in l]

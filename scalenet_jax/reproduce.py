@@ -155,10 +155,7 @@ def plot_curves(ctx, seeds, steps, out_png) -> bool:
       curves[label] = [(logs[0][i][0], statistics.mean(log[i][1] for log in logs)) for i in range(n)]
   if not curves:
     return False
-  import matplotlib  # pylint: disable=g-import-not-at-top
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = paths.pyplot()
 
   fig, ax = plt.subplots(figsize=(7, 3.6), dpi=80)
   for label, points in curves.items():

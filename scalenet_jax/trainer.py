@@ -64,7 +64,7 @@ def export(workdir, model, params) -> dict:
 
 def make_task(config, workdir, mode: str):
   """(task, init-eval batches, info) of a run; data sources are opened first so a missing dataset fails
-  fast."""
+  fast (none for modes 'export' and 'compile')."""
   model = builder.build_model(config)
   cfg = model.config
   d = config.data
@@ -97,11 +97,13 @@ def make_task(config, workdir, mode: str):
       batch_transform=batch_transform(config, cfg.num_classes),
       compute_dtype=builder.compute_dtype(config),
       use_ema=config.ema_decay > 0,
+      # Compile mode opens no data but compiles the eval step that training runs.
       eval_batches=(lambda: from_config.eval_stream(d, eval_source, prep, config.eval_batch_size))
-      if eval_source is not None
+      if eval_source is not None or mode == "compile"
       else None,
       export=lambda state: export(workdir, model, state.params),
       meta={"model": config.model.name},
+      input_specs=lambda n: {"": (model.input_spec(n), None)},
   )
   init_eval_batches = lambda: from_config.eval_stream(d, init_eval_source, prep, config.eval_batch_size)
   info = {"params": counting.count_params(abstract), "trainable_params": builder.count_trainable(abstract, mask)}

@@ -1,9 +1,8 @@
-"""Shared test fixtures: optional torch/timm, random param trees, and the `slow` marker.
+"""Shared test fixtures: torch/timm and random param trees.
 
 Markers:
   timm  tests that need torch + timm (added automatically to every test using the `timm` fixture);
         deselect with `-m "not timm"`.
-  slow  long full-size checks; skipped unless SCALENET_FULL_PARITY=1.
 """
 
 from __future__ import annotations
@@ -12,8 +11,6 @@ import os
 
 import numpy as np
 import pytest
-
-FULL_PARITY = os.environ.get("SCALENET_FULL_PARITY") == "1"
 
 # The suite is dominated by XLA compile time on 2 CPU cores. Level 1 of the backend optimisations
 # compiles ~3x faster than the default with no slower steps at these sizes, and the persistent cache
@@ -26,20 +23,20 @@ os.environ.setdefault(
     os.path.join(os.environ.get("TMPDIR", "/tmp"), f"scalenet_jax_test_cache_{os.getuid()}"),
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+# The test extra installs libtpu (for `--mode compile`, tests/test_tpu_check.py): without this every jax
+# process would probe for a TPU first (and take libtpu's one-process lock). Compile-only TPU topologies
+# need no TPU backend.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
 def pytest_configure(config):
-  config.addinivalue_line("markers", "slow: long full-size check; runs only with SCALENET_FULL_PARITY=1")
   config.addinivalue_line("markers", "timm: needs torch and timm (pip install -e .[torch])")
 
 
 def pytest_collection_modifyitems(config, items):
-  skip_slow = pytest.mark.skip(reason="slow: set SCALENET_FULL_PARITY=1 to run")
   for item in items:
     if "timm" in getattr(item, "fixturenames", ()):
       item.add_marker(pytest.mark.timm)
-    if "slow" in item.keywords and not FULL_PARITY:
-      item.add_marker(skip_slow)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """Tests of scalenet_jax.analysis: linear CKA, block outputs, gradient norms of shared layers, the CLI."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -10,9 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import helpers
 from scalenet_jax.analysis import cka
 from scalenet_jax.analysis import probes
-from scalenet_jax.data import sources
+from scalenet_jax.errors import ConfigError
 from scalenet_jax.grow import expand as grow_lib
 from scalenet_jax.grow.spec import ExpansionSpec
 from scalenet_jax.models import StackLayout, create_model
@@ -220,8 +222,8 @@ def test_shared_core_gradient_is_sum_over_instances(batch):
 # ----------------------------------------------------------------------------------------------
 # CLI end to end
 # ----------------------------------------------------------------------------------------------
-@pytest.mark.skipif(not os.path.isdir(sources.FASHION_MNIST_DIR), reason="Fashion-MNIST not installed")
 def test_cli_end_to_end(tmp_path):
+  helpers.fashion_mnist_dir()
   from scalenet_jax import demo
   from scalenet_jax.analysis import __main__ as cli
   from scalenet_jax.analysis import report
@@ -237,25 +239,19 @@ def test_cli_end_to_end(tmp_path):
           " --xla_llvm_disable_expensive_passes=true"
       ).strip(),
   }
-  # The shipped base, as a user holds it: the release file brings the model and its normalisation.
+  # The default config: the demo's ScaleNet run of the shipped base, whose release file brings the model
+  # and its normalisation.
   cmd = [
       sys.executable,
       "-m",
       "scalenet_jax.analysis",
-      "--pretrained",
-      str(demo.RELEASED),
       "--out",
       str(out),
-      "--batch",
-      "8",
-      "--num-batches",
-      "2",
-      "--eval-examples",
-      "16",
-      "--compare",
-      "scalenet,random",
-      "--layers",
-      "0,7,11",
+      "--batch=8",
+      "--num_batches=2",
+      "--eval_examples=16",
+      "--compare=scalenet,random",
+      "--layers=0,7,11",
   ]
   proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -267,7 +263,10 @@ def test_cli_end_to_end(tmp_path):
   assert saved["figures"] == [str(out / n) for n in report.FIGURES]
   assert saved["accuracy"]["examples"] == 16
   assert set(saved["accuracy"]["top1"]) == {"pretrained", "scalenet @init", "random @init"}
-  assert saved["config"]["model"] == MODEL and saved["config"]["mean"] == [0.286] and saved["config"]["pad"] == 0
+  run = saved["config"]  # the run's config_lib config, as the trainer read it
+  assert run["model"]["name"] == MODEL and run["init_from"] == str(demo.RELEASED)
+  assert run["data"]["mean"] == [0.286] and run["data"]["pad"] == 0 and run["expansion"]["kind"] == "scalenet"
+  assert saved["options"]["layers"] == [0, 7, 11] and saved["options"]["batch"] == 8
   assert saved["accuracy"]["top1"]["pretrained"] >= 0.75  # the 90% base (init would give ~10%)
   grads = saved["grad_norms"]
   assert grads.keys() == {"pretrained", "scalenet", "random"}
@@ -286,11 +285,45 @@ def test_cli_end_to_end(tmp_path):
   # ScaleNet at init: its first block runs pretrained layer 0 on the same input, so the outputs are equal.
   assert pairs[("scalenet @init", "pretrained")][0, 0] == pytest.approx(1.0, abs=1e-9)
 
-  # Without a release file's metadata the model must be named (argparse: usage line, exit 2).
+  # A bad command line is one line and exit code 2; a config without an expansion has nothing to compare.
   with pytest.raises(SystemExit, match="2"):
-    cli.main(["--pretrained", "init", "--out", str(tmp_path / "x")])
-  # Bad layer selections fail fast, before any params are built.
+    cli.main(["--config.init_from="])  # no --out
+  with pytest.raises(SystemExit, match="2"):
+    cli.main(["--out", str(tmp_path / "x"), "--config.expansion.knd=scalenet"])
+  with pytest.raises(ConfigError, match="set --config.expansion.kind"):
+    cli.main(["--out", str(tmp_path / "x"), "--config.init_from=", "--config.expansion.kind="])
+  # Bad layer selections fail fast, before any params are built (empty init_from: random base params).
   with pytest.raises(ValueError, match="out of range: the scaled model has 12 blocks"):
-    cli.main(["--model", MODEL, "--pretrained", "init", "--out", str(tmp_path / "x"), "--layers", "12"])
+    cli.main(["--config.init_from=", "--out", str(tmp_path / "x"), "--layers=12"])
   with pytest.raises(ValueError, match="unknown expansion kind"):
-    cli.main(["--model", MODEL, "--pretrained", "init", "--out", str(tmp_path / "x"), "--compare", "nope"])
+    cli.main(["--config.init_from=", "--out", str(tmp_path / "x"), "--compare=nope"])
+
+
+def _shapes(model):
+  return jax.tree.map(lambda a: a.shape, model.abstract_params())
+
+
+def test_swin_analysis_builds_the_trained_model(tmp_path):
+  """The analyses build every expansion from the run's config, as the trainer does. A Swin ScaleNet run has
+  adjustment modules in every block of its grown stage (the family's adjust_scope, 'all'); the analyses'
+  former own schema left adjust_scope at 'reused' and analysed a model the run never trained."""
+  from scalenet_jax import builder, config_lib, demo
+  from scalenet_jax.analysis import __main__ as cli
+  from scalenet_jax.analysis import report
+
+  swin = demo.RELEASED.with_name("swin_micro_patch2_window4_32_fmnist.safetensors")
+  config, options = cli.parse([f"--config={cli.DEFAULT_CONFIG}:base={swin}", "--out", str(tmp_path)])
+  # The run analysed: the demo's ScaleNet row of the Swin base (stack mapping over the last stage).
+  trained = config_lib.resolve(demo.variant_config("scalenet", demo.released_base(swin), 600, "test", 0))
+  assert config.model.name == "swin_micro_patch2_window4_32" and config.data.pad == 2  # the base's 32x32 input
+  spec = builder.expansion_spec(trained)
+  assert spec.adjust_scope == "all"
+  base = builder.base_model(config)
+  # The test can tell: the 'reused' scope builds another param tree (no adapters on the kept blocks).
+  reused = grow_lib.expanded_model(base, dataclasses.replace(spec, adjust_scope="reused"))
+  assert _shapes(reused) != _shapes(grow_lib.expanded_model(base, spec))
+  for kind in options.compare:  # the analysed expansion and the compared ones alike
+    expected = builder.build_model(config_lib.override(config_lib.resolve(trained), {"expansion.kind": kind}))
+    got = grow_lib.expanded_model(base, report.expansion_spec(config, kind))
+    assert got.stack_layouts == expected.stack_layouts, kind
+    assert _shapes(got) == _shapes(expected), kind

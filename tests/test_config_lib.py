@@ -19,6 +19,7 @@ import pytest
 from scalenet_jax import config_lib
 from scalenet_jax.errors import ConfigError
 
+import helpers
 import tiny_runs
 
 _ML_COLLECTIONS = os.path.dirname(ml_collections.__file__)
@@ -167,8 +168,8 @@ def test_every_image_trainer_field_is_read(image_trainer_reads):
   assert not missing, f"declared but never read: {missing}"
 
 
-@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="Fashion-MNIST files not installed")
 def test_every_nas_training_field_is_read(image_trainer_reads, tmp_path):
+  helpers.fashion_mnist_dir()
   from scalenet_jax import main
   from scalenet_jax.nas import train_supernet as ts
   from scalenet_jax.nas.sampling import sample_path

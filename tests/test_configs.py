@@ -8,15 +8,13 @@ unique params = base + 10*r*d per adapter instance (16*r*d for LoRA on qkv/proj/
 from __future__ import annotations
 
 import functools
-import importlib.util
-from pathlib import Path
 
 import ml_collections
 import pytest
 
+from helpers import CONFIGS, config_file as get_config, config_module as load_module
 from scalenet_jax import summary
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 IMAGENET_CLASSES = 1000
 
 # (file, get_config args): every documented argument form (module docstrings) and the default.
@@ -40,18 +38,6 @@ TRAINER_CONFIGS = [
     *[("llama_fortunes_2x.py", a) for a in (None, "run=pretrain", "run=stack", "run=further", "adjust=lora")],
     *[("llama3_1b_2x.py", a) for a in (None, "run=stack", "run=further", "mapping=stack")],
 ]
-
-
-def load_module(name: str):
-  spec = importlib.util.spec_from_file_location(f"_cfg_{Path(name).stem}", CONFIGS / name)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def get_config(name: str, arg=None) -> ml_collections.ConfigDict:
-  module = load_module(name)
-  return module.get_config() if arg is None else module.get_config(arg)
 
 
 def summarize(name: str, arg=None, **overrides) -> dict:
@@ -84,11 +70,121 @@ def test_config_file_imports_and_builds(name):
   assert isinstance(module.get_config(), ml_collections.ConfigDict)
 
 
+# The paper recipe (scalenet_grow.md §2, §4): per model (drop path, trainable set, mapping); AdamW lr 2e-4
+# cosine to 2e-6, 100 epochs of ImageNet-1k (1,281,167 images) at global batch 512.
+GROW = {
+    "deit_tiny_patch16_224": (0.0, "all", "interpolate"),
+    "deit_small_patch16_224": (0.2, "all", "interpolate"),
+    "deit_base_patch16_224": (0.5, "adjust_ln_head", "interpolate"),
+    "swin_tiny_patch4_window7_224": (0.2, "adjust_ln_head", "stack"),
+    "swin_small_patch4_window7_224": (0.2, "adjust_ln_head", "stack"),
+    "swin_base_patch4_window7_224": (0.5, "adjust_ln_head", "stack"),
+}
+IMAGENET_100_EPOCHS = 250_227  # 100 * 1,281,167 // 512 = 128,116,700 // 512
+FMNIST_TRAIN = 59_000  # train_minus_minival: 60,000 minus the 1,000-image mini-val (pretrain_fmnist.py)
+ALPACA_STEPS = 1_194  # 3 epochs of int(52,002 * 0.98) = 50,961 examples at batch 128: 152,883 // 128
+
+
+def _grow(model: str, kind: str = "scalenet") -> dict:
+  drop, trainable, mapping = GROW[model]
+  return {
+      "model.name": model,
+      "model.drop_path_rate": drop,
+      "expansion.kind": kind,
+      "expansion.mapping": mapping,
+      "expansion.trainable": trainable,
+      "expansion.adjust": "adapter",
+      "expansion.rank": 16,
+      "expansion.reuse": 2,
+      "init_from": f"pretrained/{model}.safetensors",
+      "data.name": "tfds:imagenet2012",
+      "steps": IMAGENET_100_EPOCHS,
+      "batch_size": 512,
+      "optim.lr": 2e-4,
+      "optim.min_lr": 2e-6,
+      "label_smoothing": 0.1,
+  }
+
+
+def expected(name: str, arg) -> dict:
+  """The fields each documented config argument sets, from the docs and docstrings (not from the code)."""
+  stem = name[: -len(".py")]
+  if stem.endswith("_2x") and not stem.startswith("llama"):
+    model = next(m for m in GROW if m.startswith(stem[: -len("_2x")] + "_patch"))
+    return _grow(model, arg or "scalenet")
+  if stem == "ablation_grow":
+    a = dict(x.split("=") for x in (arg or "").split(",") if x)
+    model = next(m for m in GROW if m.startswith(a.get("model", "deit_base") + "_patch"))
+    out = _grow(model)
+    lo, _, hi = a.get("subset", "").partition("-")
+    out.update(
+        {
+            "expansion.adjust": a.get("adjust", "adapter"),
+            "expansion.rank": int(a.get("rank", 16)),
+            "expansion.reuse": 1 if a.get("share") == "0" else int(a.get("reuse", 2)),
+            "expansion.subset": ",".join(str(i) for i in range(int(lo), int(hi or lo) + 1)) if lo else "",
+        }
+    )
+    if "mapping" in a:
+      out["expansion.mapping"] = a["mapping"]
+    return out
+  if stem == "vit_micro_fmnist":
+    return {"model.name": "vit_micro_patch4_28", "expansion.kind": "", "init_from": "", "data.name": "fashion_mnist"}
+  if stem == "pretrain_fmnist":
+    model, epochs, pad = {"vit": ("vit_micro_patch4_28", 30, 0), "swin": ("swin_micro_patch2_window4_32", 25, 2)}[arg]
+    return {
+        "model.name": model,
+        "expansion.kind": "",
+        "init_from": "",
+        "data.train_split": "train_minus_minival",
+        "data.eval_split": "test",
+        "data.pad": pad,
+        "batch_size": 128,
+        "steps": epochs * FMNIST_TRAIN // 128,
+    }
+  a = dict(x.split("=") for x in (arg or "").split(",") if x)
+  run = a.get("run", "scalenet")
+  kind = {"scalenet": "scalenet", "stack": "stack"}.get(run, "")
+  if stem == "llama_fortunes_2x":
+    out = {"model.name": "llama_tiny", "data.name": "fortunes", "batch_size": 16}
+    out["steps"] = 600 if run == "pretrain" else 100
+    out["init_from"] = "" if run == "pretrain" else "/tmp/fortunes/base/export"
+  else:
+    out = {"model.name": "llama3_2_1b", "data.name": "instructions", "batch_size": 128, "steps": ALPACA_STEPS}
+    out["init_from"] = "pretrained/Llama-3.2-1B"
+  out["expansion.kind"] = kind
+  if kind:
+    out.update({"expansion.adjust": a.get("adjust", "adapter"), "expansion.trainable": "adjust_ln"})
+  if kind == "scalenet":
+    out["expansion.mapping"] = a.get("mapping", "interpolate")
+  return out
+
+
+def test_nas_configs_follow_the_official_recipe():
+  """The ImageNet search is the official one (scalenet_search.md [code], module docstrings): MCEA with
+  population 64, 40 generations, 8 iterations, K = 20; supernet SGD lr 0.12 at batch 1024, label smoothing 0.1."""
+  search = get_config("nas_imagenet_search.py")
+  assert search.pipeline == "nas_search" and search.extra_stages == 2
+  s = search.search
+  assert (s.population, s.generations, s.iterations, s.n_base, s.eta_mutation) == (64, 40, 8, 20, 3.0)
+  sup = get_config("nas_imagenet_supernet.py")
+  assert (sup.pipeline, sup.space.name, sup.batch_size) == ("nas_supernet", "imagenet", 1024)
+  assert (sup.optim.name, sup.optim.lr, sup.optim.momentum, sup.label_smoothing) == ("sgd", 0.12, 0.9, 0.1)
+  assert sup.data.name == "tfds:imagenet2012" and sup.data.minival_per_class == 50
+  assert search.supernet.to_dict() == sup.to_dict()  # the search composes the supernet file
+
+
 @pytest.mark.parametrize("name,arg", TRAINER_CONFIGS, ids=[f"{n}:{a}" for n, a in TRAINER_CONFIGS])
 def test_trainer_config_args(name, arg):
   config = get_config(name, arg)
-  assert isinstance(config, ml_collections.ConfigDict)
-  assert config.model.name and config.steps > 0 and config.batch_size > 0
+  want = expected(name, arg)
+  got = {}
+  for key in want:
+    node = config
+    for part in key.split("."):
+      node = node[part]
+    got[key] = node
+  assert got == want
 
 
 @pytest.mark.parametrize(

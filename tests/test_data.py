@@ -2,6 +2,8 @@
 
 import gzip
 import os
+import subprocess
+import sys
 from unittest import mock
 
 import jax
@@ -10,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import helpers
 from scalenet_jax import data as D
 from scalenet_jax.data import augment, sources, transforms as T
-
-FMNIST = sources.FASHION_MNIST_DIR
+from scalenet_jax.errors import MissingDependencyError
 
 
 def write_idx(path, array, gz=False):
@@ -87,8 +89,8 @@ def test_fashion_mnist_root_override(tmp_path):
   assert ex["image"].dtype == np.uint8 and ex["image"].shape == (28, 28, 1) and ex["label"] == 3
 
 
-@pytest.mark.skipif(not os.path.isdir(FMNIST), reason="Debian package dataset-fashion-mnist not installed")
 def test_real_fashion_mnist():
+  helpers.fashion_mnist_dir()
   train, test = D.get_source("fashion_mnist", "train"), D.get_source("fashion_mnist", "val")
   assert (len(train), len(test)) == (60000, 10000)
   assert train.image_shape == (28, 28, 1) and train.images.dtype == np.uint8
@@ -125,7 +127,8 @@ def test_synthetic_is_deterministic():
 
 
 def test_tfds_source_with_mock_data():
-  tfds = pytest.importorskip("tensorflow_datasets")
+  import tensorflow_datasets as tfds
+
   with (
       tfds.testing.mock_data(num_examples=12),
       mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True),
@@ -138,6 +141,26 @@ def test_tfds_source_with_mock_data():
     # Plain mock_data points at a dataset dir inside the tfds package that does not exist: no index
     # file may be written (or directory created) there.
     assert not os.path.exists(src._builder.data_dir)
+
+
+def test_tensorflow_datasets_is_imported_only_for_tfds_data():
+  """TFDS is an optional extra: importing every module of the package leaves it unimported."""
+  code = (
+      "import importlib, pkgutil, sys, scalenet_jax\n"
+      "for m in pkgutil.walk_packages(scalenet_jax.__path__, 'scalenet_jax.'):\n"
+      "  if not m.name.endswith('__main__'):\n"
+      "    importlib.import_module(m.name)\n"
+      "print(sorted(k for k in sys.modules if k.startswith('tensorflow')))"
+  )
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=helpers.REPO, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_tfds_dataset_without_tensorflow_datasets_is_one_clear_error():
+  with mock.patch.dict(sys.modules, {"tensorflow_datasets": None}):  # None: `import` raises ImportError
+    with pytest.raises(MissingDependencyError, match=r"pip install scalenet_jax\[tfds\]"):
+      D.get_source("tfds:mnist", "train")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -179,7 +202,6 @@ def test_undecodable_image(tmp_path):
 
 @pytest.mark.parametrize("split", ["train", "validation", "val", "minival"])
 def test_imagenet_manual_dir_message(tmp_path, split):
-  pytest.importorskip("tensorflow_datasets")
   manual = tmp_path / "downloads" / "manual"
   with pytest.raises(FileNotFoundError) as e:
     D.get_source("tfds:imagenet2012", split, data_dir=str(tmp_path))

@@ -12,14 +12,13 @@ from unittest import mock
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
-tfds = pytest.importorskip("tensorflow_datasets")
-
-import tfds_mock  # noqa: E402  (tests/ is on sys.path, as for mp_launch)
-from scalenet_jax import data as D  # noqa: E402
-from scalenet_jax.data import index_files, sources  # noqa: E402
+import tfds_mock  # tests/ is on sys.path, as for mp_launch
+from scalenet_jax import data as D
+from scalenet_jax.data import index_files, sources
 
 IMAGENET = "tfds:imagenet2012"
 LABELS = "scalenet-labels-train.npz"

@@ -1,7 +1,6 @@
 """The README's demo in --quick form (real Fashion-MNIST, the released base), its errors, its --pretrain
 path, and the reproduction report's logic."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,13 +9,18 @@ from pathlib import Path
 
 import pytest
 
+import helpers
 from scalenet_jax import demo, release, reproduce, trainer
 
-FMNIST = "/usr/share/datasets/fashion-mnist"
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.skipif(not os.path.isdir(FMNIST), reason="Debian package dataset-fashion-mnist not installed")
+@pytest.fixture
+def fashion_mnist():
+  return helpers.fashion_mnist_dir()
+
+
+@pytest.mark.usefixtures("fashion_mnist")
 def test_quick_demo_writes_table_i_report(tmp_path):
   out = _demo("--quick", "--workdir", str(tmp_path), timeout=1200)
   assert out.returncode == 0, out.stderr[-3000:]
@@ -51,7 +55,7 @@ def test_demo_user_errors_are_one_line(tmp_path):
   assert "released base not found" in missing.stderr and "--pretrain" in missing.stderr
 
 
-@pytest.mark.skipif(not os.path.isdir(FMNIST), reason="Debian package dataset-fashion-mnist not installed")
+@pytest.mark.usefixtures("fashion_mnist")
 def test_pretrain_here_describes_its_base_like_a_release(tmp_path):
   base = demo.pretrained_here(str(tmp_path), steps=3, eval_split="minival", seed=0)
   assert base["path"] == str(tmp_path / "pretrain" / "export" / "params") and base["steps"] == 3
@@ -63,14 +67,11 @@ def test_pretrain_here_describes_its_base_like_a_release(tmp_path):
 BASE = dict(path="pretrained/x.safetensors", model=demo.MODEL, norm=demo.NORMALISATION)
 
 
-@pytest.mark.skipif(not os.path.isdir(FMNIST), reason="Debian package dataset-fashion-mnist not installed")
+@pytest.mark.usefixtures("fashion_mnist")
 def test_a_swin_base_grows_by_its_recipe(tmp_path):
   """A Swin release (configs/pretrain_fmnist.py:swin, 2 steps here) grows as the paper's Swin recipe says:
   its last stage doubled with stack mapping, adapters + norms + head trainable; scratch trains it all."""
-  spec = importlib.util.spec_from_file_location("pretrain_fmnist", REPO / "configs" / "pretrain_fmnist.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("swin")
+  config = helpers.config_file("pretrain_fmnist.py", "swin")
   config.update(steps=2, log_every=1, eval_every=0, ckpt_every=0)
   config.data.eval_split = "minival"
   trainer.run(config, str(tmp_path / "pre"))

@@ -38,14 +38,23 @@ def test_merge_keeps_given_flags_and_adds_the_missing_defaults():
   assert jax_utils._merge_xla_flags("", {}) == ""
 
 
-def test_configure_cpu_after_jax_started_changes_nothing():
+def test_configure_cpu_after_jax_started_changes_nothing(monkeypatch):
   import jax
 
   jax.devices()  # the backend is up in this test process
-  before = os.environ.get("XLA_FLAGS")
+  monkeypatch.setattr(jax_utils, "_CONFIGURED", None)  # as if no earlier call had decided
+  monkeypatch.setenv("XLA_FLAGS", "--xla_a=1")
   out = jax_utils.configure_cpu(xla_flags={"xla_cpu_enable_fast_math": "false"}, huge_pages=False)
-  assert os.environ.get("XLA_FLAGS") == before
-  assert out.get("late") or out == jax_utils.configure_cpu()  # late, or an earlier call already decided
+  assert os.environ["XLA_FLAGS"] == "--xla_a=1" and out["xla_flags"] == "--xla_a=1"
+  assert out["late"] is True and jax_utils._CONFIGURED is None  # a late call decides nothing for later ones
+
+
+def test_the_first_call_decides(monkeypatch):
+  first = {"xla_flags": "--xla_first=1", "allocator": "glibc default", "late": False}
+  monkeypatch.setattr(jax_utils, "_CONFIGURED", first)
+  monkeypatch.setenv("XLA_FLAGS", "--xla_a=1")
+  assert jax_utils.configure_cpu(xla_flags={"xla_b": "2"}, huge_pages=False) is first
+  assert os.environ["XLA_FLAGS"] == "--xla_a=1"
 
 
 @pytest.mark.skipif(jax_utils._thp_mode() != "madvise", reason="the re-run only applies to THP mode 'madvise'")

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import random_params
+from helpers import load_hf
 from scalenet_jax import convert, counting
 from scalenet_jax.errors import CheckpointError, MissingInputError
 from scalenet_jax.grow import expand
@@ -140,7 +141,7 @@ def test_parity_with_transformers(transformers, torch, case):
   np.testing.assert_allclose(llama.rope_inv_freq(model.config), rotary.inv_freq.numpy(), rtol=1e-6)
   if model.config.rope_type == "llama3":  # the scaling really changes some frequencies here
     assert not np.allclose(llama.rope_inv_freq(dataclasses.replace(model.config, rope_type="default")), rotary.inv_freq)
-  params = convert.hf_to_flax(hf.state_dict(), model)
+  params = convert.timm_to_flax(hf.state_dict(), model)
   x = tokens()
   want = hf_logits(torch, hf, x)
   got = logits(model, params, x)
@@ -272,7 +273,7 @@ def test_round_trip_through_transformers_is_exact(transformers, torch, tied):
   hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**model.config.to_hf()))
   result = hf.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
   assert not result.missing_keys and not result.unexpected_keys
-  assert_trees_equal(convert.hf_to_flax(hf.state_dict(), model), params)
+  assert_trees_equal(convert.timm_to_flax(hf.state_dict(), model), params)
 
 
 def test_key_table_covers_every_param_once():
@@ -285,21 +286,21 @@ def test_key_table_covers_every_param_once():
 
 
 def test_transformers_checkpoint_directories(transformers, torch, tmp_path):
-  """`save_pretrained` single-file and sharded (bf16 too) load through `load_hf`; `save_hf` loads in
+  """`save_pretrained` single-file and sharded (bf16 too) load through `builder.load_pretrained`; `save_hf` loads in
   `from_pretrained` and runs the same function."""
   model = registry.create_model(MICRO)
   hf = hf_twin(transformers, torch, model)
-  want = convert.hf_to_flax(hf.state_dict(), model)
+  want = convert.timm_to_flax(hf.state_dict(), model)
   hf.save_pretrained(tmp_path / "single")
   hf.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
   assert (tmp_path / "single" / "model.safetensors").exists()
   assert len(list((tmp_path / "sharded").glob("model-*-of-*.safetensors"))) > 2
   for d in ("single", "sharded"):
-    got_model, got = llama.load_hf(str(tmp_path / d))
+    got_model, got = load_hf(str(tmp_path / d))
     assert got_model.config == model.config
     assert_trees_equal(got, want)
   hf.to(torch.bfloat16).save_pretrained(tmp_path / "bf16", max_shard_size="100KB")
-  _, got = llama.load_hf(str(tmp_path / "bf16"), model)
+  _, got = load_hf(str(tmp_path / "bf16"), model)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     assert a.dtype == np.float32
     np.testing.assert_array_equal(a, np.asarray(b).astype(jnp.bfloat16).astype(np.float32))
@@ -324,16 +325,16 @@ def test_missing_unexpected_misshaped_keys(micro_sd):
   model, sd = micro_sd
   sd = dict(sd)
   with pytest.raises(CheckpointError, match=r"missing key in checkpoint: 'model\.layers\.1\.mlp\.up_proj\.weight'"):
-    convert.hf_to_flax({k: v for k, v in sd.items() if k != "model.layers.1.mlp.up_proj.weight"}, model)
+    convert.timm_to_flax({k: v for k, v in sd.items() if k != "model.layers.1.mlp.up_proj.weight"}, model)
   extra = {**sd, "model.layers.4.input_layernorm.weight": sd["model.norm.weight"]}
   with pytest.raises(CheckpointError, match=r"unexpected key in checkpoint: 'model\.layers\.4\.input_layernorm.*llama"):
-    convert.hf_to_flax(extra, model)
+    convert.timm_to_flax(extra, model)
   bad = {**sd, "model.layers.0.self_attn.k_proj.weight": np.zeros((64, 64), np.float32)}  # MHA k in a GQA model
   with pytest.raises(CheckpointError, match=r"shape mismatch for key 'model\.layers\.0\.self_attn\.k_proj\.weight': "):
-    convert.hf_to_flax(bad, model)
+    convert.timm_to_flax(bad, model)
   untied = {**sd, "lm_head.weight": sd["model.embed_tokens.weight"] + 1}
   with pytest.raises(CheckpointError, match=r"'lm_head\.weight' is tied to another key .* different values"):
-    convert.hf_to_flax(untied, model)
+    convert.timm_to_flax(untied, model)
 
 
 def test_checkpoint_of_another_architecture(micro_sd, tmp_path):
@@ -341,18 +342,18 @@ def test_checkpoint_of_another_architecture(micro_sd, tmp_path):
   vit = registry.create_model("vit_micro_patch4_28")
   vit_sd = convert.flax_to_timm(random_params(vit.abstract_params()), vit)
   with pytest.raises(CheckpointError, match=r"unexpected key in checkpoint: .*is this a llama checkpoint"):
-    convert.hf_to_flax(vit_sd, model)
+    convert.timm_to_flax(vit_sd, model)
   d = tmp_path / "gpt2"
   convert.save_state_dict_dir(str(d), sd)
   (d / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 64}))
   with pytest.raises(CheckpointError, match=r"checkpoint config is a 'gpt2' model, not a Llama-style decoder"):
-    llama.load_hf(str(d))
+    load_hf(str(d))
   (d / "config.json").write_text(json.dumps(dataclasses.replace(model.config, hidden_size=128).to_hf()))
   with pytest.raises(CheckpointError, match=r"checkpoint has hidden_size=128 but the model has hidden_size=64"):
-    llama.load_hf(str(d), model)
+    load_hf(str(d), model)
   (d / "config.json").write_text(json.dumps({**model.config.to_hf(), "mlp_bias": True}))
   with pytest.raises(CheckpointError, match=r"mlp_bias=True is not supported"):
-    llama.load_hf(str(d))
+    load_hf(str(d))
 
 
 def test_missing_files(micro_sd, tmp_path):
@@ -363,13 +364,13 @@ def test_missing_files(micro_sd, tmp_path):
   shard = sorted(set(index["weight_map"].values()))[1]
   os.remove(d / shard)
   with pytest.raises(MissingInputError, match=rf"shard {shard} listed in .*model\.safetensors\.index\.json not found"):
-    llama.load_hf(str(d))
+    load_hf(str(d))
   os.remove(d / "model.safetensors.index.json")
   with pytest.raises(MissingInputError, match=r"no model\.safetensors or model\.safetensors\.index\.json in"):
-    llama.load_hf(str(d))
+    load_hf(str(d))
   os.remove(d / "config.json")
   with pytest.raises(MissingInputError, match=r"no config\.json in checkpoint directory"):
-    llama.load_hf(str(d))
+    load_hf(str(d))
   (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 16)
   with pytest.raises(CheckpointError, match=r"cannot read safetensors file"):
     convert.load_state_dict(str(tmp_path / "junk.safetensors"))

@@ -22,21 +22,13 @@ import jax
 import numpy as np
 import pytest
 import cli_session
-from test_configs import get_config as config_file
-from test_main_cli import env_for, snapshot
-from test_text import write_fortune_db
+from helpers import LM_CONFIG as CONFIG, LM_MICRO as MICRO, LM_RUN as RUN, LM_VOCAB as VOCAB
+from helpers import config_file, env_for, load_hf, snapshot, write_fortune_db
 
 from scalenet_jax import builder, config_lib
 from scalenet_jax.data import text
 from scalenet_jax.models import llama, registry
 from scalenet_jax.train import checkpoint as ckpt_lib
-
-REPO = Path(__file__).resolve().parents[1]
-CONFIG = str(REPO / "configs" / "llama_fortunes_2x.py")
-VOCAB = 320
-MICRO = ["--config.model.name=llama_micro", f"--config.model.vocab_size={VOCAB}"]
-RUN = ["--config.data.seq_len=32", "--config.batch_size=8", "--config.eval_batch_size=16", "--config.log_every=2"]
-RUN += ["--config.ckpt_every=2", "--config.xla_opt_level=0"]
 
 
 def config_of(arg: str, workdir_overrides: dict):
@@ -147,7 +139,7 @@ def bad_inputs(root: Path, hf: Path) -> dict:
   (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 64, "vocab_size": VOCAB}))
   out["gpt2"] = gpt2
   sharded = root / "hf_sharded"
-  model, params = llama.load_hf(str(hf))
+  model, params = load_hf(hf)
   llama.save_hf(str(sharded), params, model, max_shard_bytes=60_000)
   shutil.copy(hf / text.TOKENIZER_FILE, sharded)
   index = json.loads((sharded / "model.safetensors.index.json").read_text())
@@ -220,7 +212,7 @@ def test_instruction_data_counts_only_response_tokens(flow):
 def test_grow_trains_only_adapters_and_norms(flow):
   """ScaleNet 2x under adjust_ln: the shared pretrained layers are the HF weights, bit for bit; the
   adapters (zero-init B) have moved."""
-  _, pre = llama.load_hf(str(flow["hf"]))
+  _, pre = load_hf(flow["hf"])
   params = ckpt_lib.load_params(flow["wd"]["scalenet"] / "export" / "params")
   for k, v in pre["layers"]["core"].items():
     np.testing.assert_array_equal(np.asarray(params["layers"]["core"][k]["kernel"]), v["kernel"])

@@ -10,7 +10,6 @@ these tiny runs; the flags change no result checked here).
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import importlib.util
 import json
 import os
@@ -25,6 +24,7 @@ import numpy as np
 import pytest
 
 import cli_session
+from helpers import env_for, snapshot
 from scalenet_jax import convert
 from scalenet_jax.models import registry
 
@@ -43,21 +43,6 @@ TINY = [
 HAS_TORCH = importlib.util.find_spec("torch") is not None  # .pth files are read with torch
 
 
-def env_for(cache_dir, devices: int = 1) -> dict:
-  env = dict(os.environ)
-  flags = ["--xla_backend_optimization_level=0"]
-  if devices > 1:
-    flags.append(f"--xla_force_host_platform_device_count={devices}")
-  env.update(
-      XLA_FLAGS=" ".join(flags),
-      JAX_PLATFORMS="cpu",
-      JAX_COMPILATION_CACHE_DIR=str(cache_dir),
-      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-      PYTHONPATH=str(REPO),
-  )
-  return env
-
-
 def run_main(args, cache_dir, devices=1, timeout=300):
   t0 = time.time()
   try:
@@ -71,15 +56,6 @@ def run_main(args, cache_dir, devices=1, timeout=300):
     )
   finally:
     print(f"{time.time() - t0:6.1f}s {args[-1]}")  # visible with pytest -s
-
-
-def snapshot(root: Path) -> dict:
-  """{relative path: 'dir' | sha256 of the file} of everything under root."""
-  out = {}
-  for p in sorted(root.rglob("*")):
-    rel = str(p.relative_to(root))
-    out[rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-  return out
 
 
 # ----------------------------------------------------------------------------------------------

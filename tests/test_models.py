@@ -73,14 +73,8 @@ def check_parity(timm, name, **overrides):
 # Parity with timm
 # ---------------------------------------------------------------------------------------------------------
 # Measured on the shared 2-core box: deit_* 6-25 s, swin_tiny 15-19 s, swin_small/base 21 s at load ~4
-# and 40-48 s at load ~10. All six run by default; a name put in SLOW_PARITY runs only with
-# SCALENET_FULL_PARITY=1 (its shapes/counts are still checked by test_param_count_constants).
-SLOW_PARITY: frozenset[str] = frozenset()
-
-
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_PARITY else n for n in sorted(PARAM_COUNTS)]
-)
+# and 40-48 s at load ~10; all six run in every suite run.
+@pytest.mark.parametrize("name", sorted(PARAM_COUNTS))
 def test_parity_full_size(timm, name):
   check_parity(timm, name)
 

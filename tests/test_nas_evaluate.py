@@ -60,6 +60,14 @@ def test_recalibration_changes_statistics(evaluator):
   ]  # one resolution: two compiles only
   a, b = ev(pairs), ev.evaluate_sequential(pairs)
   np.testing.assert_allclose(a, b, atol=1e-12)
+  # Statistics from the (shifted, scaled) calibration images instead of each evaluation batch's own.
+  plain = PathEvaluator(evaluator.model, evaluator.params, SPACE, evaluator._batches, vmap_size=4, buckets=False)
+  assert plain(pairs) != a
+  # With recalibration an image's prediction no longer depends on the other images of its batch: the
+  # same 16 images one per batch give the same accuracies (per-batch statistics would change them).
+  split = [(x[i : i + 1], y[i : i + 1]) for x, y in evaluator._batches for i in range(len(y))]
+  ev4 = PathEvaluator(evaluator.model, evaluator.params, SPACE, split, vmap_size=4, calib_batches=calib, buckets=False)
+  np.testing.assert_allclose(ev4(pairs), a, atol=1e-12)
   data = ev.batches_at(20)
   assert data[0][0].shape == (12, 20, 20, 1) and data[0][2] == 8  # calib ++ eval, resized
 

@@ -1,48 +1,53 @@
-"""Released ScaleNet archs (MACs/params table vs paper), JSON export round trip, configs."""
+"""Released ScaleNet archs (FLOPs and params vs the paper), JSON export round trip, configs."""
 
-import importlib.util
-import os
+import math
 
 import jax
 import jax.numpy as jnp
 import pytest
 
+import helpers
 from scalenet_jax.nas import export
 from scalenet_jax import paths
-from scalenet_jax.nas.space import Scaling, apply_scaling, get_space, largest_alpha, official_macs
+from scalenet_jax.nas.space import Scaling, apply_scaling, count_params, get_space, largest_alpha, official_macs
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-# From the module docstring table (and docs/nas_flops.md): (official MMACs, count_macs MMACs, params M
-# of the supernet definition, params M of the paper definition).
-TABLE = {
-    "s0": (354.9, 354.9, 6.69, 4.44),
-    "s1": (805.3, 800.0, 12.41, 7.43),
-    "s2": (1511.7, 1621.4, 17.67, 10.23),
-    "s3": (2766.3, 3036.7, 23.35, 13.20),
-    "s4": (5971.2, 6389.7, 28.97, 16.19),
-    "s5": (10223.1, 10836.1, 38.04, 20.96),
+# Paper Table 1 (../shared/docs/paper_tables.md, ScaleNet-search): FLOPs (G multiply-accumulates) and
+# #Param (M). Both are truncated, not rounded, to the digits shown (S1's 805.3 M MACs print as 0.80 G,
+# S4's 16.19 M params as 16.1 M), so the counts must truncate to exactly these digits.
+PAPER = {
+    "s0": (0.35, 4.4),
+    "s1": (0.80, 7.4),
+    "s2": (1.45, 10.2),
+    "s3": (2.76, 13.2),
+    "s4": (5.97, 16.1),
+    "s5": (10.22, 20.9),
+}
+# Released (d, w, r) (scalenet_search.md §2 and §5 [code]): r = ceil(224 · resolution multiplier).
+RELEASED_DWR = {
+    "s0": (1.0, 1.0, 224),
+    "s1": (1.04, 1.04, math.ceil(224 * 1.14)),
+    "s2": (1.36, 1.2, math.ceil(224 * 1.355)),
+    "s3": (1.4, 1.4, math.ceil(224 * 1.58)),
+    "s4": (1.653, 1.534, 458),
+    "s5": (1.848, 1.688, 533),
 }
 
 
-def test_released_table():
-  rows = {r["model"]: r for r in export.released_table()}
-  for name, (official, conv, params, params_paper_def) in TABLE.items():
-    r = rows[name]
-    assert (r["mmacs_official"], r["mmacs"]) == pytest.approx((official, conv), abs=0.05)
-    assert (r["params_m"], r["params_m_paper_def"]) == pytest.approx((params, params_paper_def), abs=0.005)
-    # The official counter gives the paper's FLOPs (S2: +4.3 %, see docs/nas_flops.md) and the paper
-    # definition its parameter counts.
-    assert abs(r["ratio"] - 1) < (0.05 if name == "s2" else 0.015), (name, r["ratio"])
-    assert abs(r["params_m_paper_def"] - r["paper_params_m"]) < 0.1, name  # paper rounds to 0.1 M
-  assert [rows[k]["r"] for k in TABLE] == [224, 256, 304, 354, 458, 533]
-  # S2 at 303 px (truncating 224 * 1.355) is the paper's 1.45 G.
-  alpha, S = export.RELEASED["s2"]
-  s303 = official_macs(alpha, Scaling(S.d, S.w, 303), get_space("imagenet"))
-  assert s303 / 1e6 == pytest.approx(1454.8, abs=0.05)
-  # S1's 13 % gap of the old table was the second layer of the one-layer stages 1 and 7.
-  arch = export.released_arch("s1")
-  assert [len(arch.stages[s]) for s in (0, 6)] == [2, 2]
+def truncate(x: float, digits: int) -> float:
+  return math.floor(x * 10**digits + 1e-9) / 10**digits
+
+
+def test_released_archs_have_the_papers_flops_and_params():
+  space = get_space("imagenet")
+  for name, (gflops, params_m) in PAPER.items():
+    alpha, S = export.RELEASED[name]
+    assert (round(S.d, 3), round(S.w, 3), S.r) == RELEASED_DWR[name], name
+    # S2 is released at 304 px (ceil), the paper's FLOPs are those of 303 px (int(224 · 1.355)).
+    r = 303 if name == "s2" else S.r
+    assert truncate(official_macs(alpha, Scaling(S.d, S.w, r), space) / 1e9, 2) == gflops, name
+    assert truncate(count_params(export.released_arch(name, "paper")) / 1e6, 1) == params_m, name
+  # S1's 13 % gap of an old table was the second layer of the one-layer stages 1 and 7.
+  assert [len(export.released_arch("s1").stages[s]) for s in (0, 6)] == [2, 2]
 
 
 def test_save_load_round_trip_builds_model(tmp_path):
@@ -74,17 +79,10 @@ def test_round_trip_keeps_the_space_arguments(tmp_path):
   assert export.load_arch(str(tmp_path / "old.json")).stem_stride == 1
 
 
-def _load_config(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
-
-
 def test_configs():
   from scalenet_jax.nas.space import Alpha
 
-  archs = _load_config("nas_scalenet_archs")
+  archs = helpers.config_module("nas_scalenet_archs.py")
   for k in export.RELEASED:
     c = archs.get_config(k)
     assert (Alpha.from_dict(c.alpha), Scaling.from_dict(c.scaling)) == export.RELEASED[k]

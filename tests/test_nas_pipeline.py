@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+import helpers
 from scalenet_jax.nas import export, pipeline
 from scalenet_jax.nas import train_supernet as ts
 from scalenet_jax.nas.sampling import sample_path
@@ -28,10 +29,11 @@ from scalenet_jax.train import step as step_lib
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = get_space("tiny")
-pytestmark = pytest.mark.skipif(
-    not os.path.isdir("/usr/share/datasets/fashion-mnist") and not os.environ.get("SCALENET_FASHION_MNIST_DIR"),
-    reason="Fashion-MNIST files not installed",
-)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fashion_mnist():
+  helpers.fashion_mnist_dir()  # every test here trains or evaluates on the real Fashion-MNIST
 
 
 def tiny_config(**kw):
@@ -112,9 +114,7 @@ def test_supernet_resume_is_bit_identical(tmp_path):
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
   wd = tmp_path_factory.mktemp("nas_quick")
-  spec = __import__("importlib.util").util.spec_from_file_location("cfg", REPO / "configs" / "nas_fmnist_search.py")
-  mod = __import__("importlib.util").util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
+  mod = helpers.config_module("nas_fmnist_search.py")
   c = mod.get_config()
   c.quick = True
   c.supernet.space = ml_collections.ConfigDict({"name": "tiny", "kwargs": {"in_channels": 1}})
@@ -122,7 +122,7 @@ def quick_run(tmp_path_factory):
   c.quick_overrides.supernet.steps = 6
   c.quick_overrides.supernet.ckpt_every = 3
   c.quick_overrides.supernet.log_every = 3
-  c.quick_overrides.search = dict(iterations=1, n_base=2, population=3, generations=2, parents=2)
+  c.quick_overrides.search = dict(iterations=1, n_base=2, population=3, generations=2)
   c.quick_overrides.rank_corr = dict(num_paths=3, steps=2, batch_size=8)
   return wd, pipeline.run(c, str(wd)), c
 
@@ -196,9 +196,7 @@ def test_exported_archs_load_and_run(quick_run):
 
 def test_retrain_exported_arch(quick_run, tmp_path):
   wd, _, _ = quick_run
-  spec = __import__("importlib.util").util.spec_from_file_location("r", REPO / "configs" / "nas_retrain.py")
-  mod = __import__("importlib.util").util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
+  mod = helpers.config_module("nas_retrain.py")
   c = mod.get_config(str(wd / "archs" / "s0.json"))
   c.steps, c.batch_size, c.log_every, c.ckpt_every, c.eval_batch_size = 2, 8, 1, 0, 50
   c.data.eval_split, c.data.minival_per_class, c.optim.warmup_steps = "minival", 5, 1

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from scalenet_jax.nas.rank_corr import path_rank_correlation, rank_correlations
 
@@ -37,7 +38,26 @@ def test_bootstrap_intervals_cover_the_estimate_and_shrink_with_more_paths():
       assert lo < r[k] < hi and -1 <= lo and hi <= 1
     widths.append(r["kendall_ci"][1] - r["kendall_ci"][0])
   assert widths[1] < widths[0]
-  # Reproducible: a fixed seed gives the same interval.
+
+
+def test_estimates_and_intervals_are_scipys():
+  """The point estimates are scipy's, and each interval is scipy's paired 95 % percentile bootstrap with
+  2000 resamples drawn from default_rng(seed) (the documented recipe, recomputed here)."""
+  rng = np.random.default_rng(1)
   a = rng.normal(size=30)
   b = a + rng.normal(size=30)
-  assert rank_correlations(a, b)["kendall_ci"] == rank_correlations(a, b)["kendall_ci"]
+  r = rank_correlations(a, b, seed=3)
+  assert r["pearson"] == pytest.approx(stats.pearsonr(a, b)[0], abs=1e-12)
+  assert r["spearman"] == pytest.approx(stats.spearmanr(a, b)[0], abs=1e-12)
+  assert r["kendall"] == pytest.approx(stats.kendalltau(a, b)[0], abs=1e-12)
+  for key, fn in (("spearman_ci", stats.spearmanr), ("kendall_ci", stats.kendalltau)):
+    ref = stats.bootstrap(
+        (a, b),
+        lambda x, y: fn(x, y)[0],
+        paired=True,
+        vectorized=False,
+        n_resamples=2000,
+        method="percentile",
+        rng=np.random.default_rng(3),
+    ).confidence_interval
+    assert r[key] == pytest.approx([ref.low, ref.high], abs=1e-12), key

@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scalenet_jax.models import llama
 from scalenet_jax.train import objectives
 
 
@@ -27,19 +26,26 @@ def log_softmax64(x):
   return x - top - np.log(np.exp(x - top).sum(-1, keepdims=True))
 
 
+def nll64(logits, labels):
+  """Reference per-position negative log-likelihood of `labels` in float64 (numpy)."""
+  return -np.take_along_axis(log_softmax64(logits), np.asarray(labels)[..., None], -1)[..., 0]
+
+
 def test_next_token_loss_is_token_weighted_and_honours_the_mask():
   logits, batch = lm_batch()
   obj = objectives.NextToken()
   loss, m = obj.loss(logits, batch)
-  np.testing.assert_allclose(loss, llama.next_token_loss(logits, batch["labels"], batch["mask"]), rtol=1e-6)
+  # token-weighted: a row with more counted tokens weighs more (not the mean of per-row means)
+  nll, mask = nll64(logits, batch["labels"]), np.asarray(batch["mask"], np.float64)
+  assert float(loss) == pytest.approx((nll * mask).sum() / mask.sum(), rel=1e-5)
+  assert float(loss) != pytest.approx(np.mean([(n * w).sum() / w.sum() for n, w in zip(nll[:2], mask[:2])]), rel=1e-3)
   # the masked-out row does not count at all, however large its logits
   other = logits.at[2].set(100.0 * logits[2])
   np.testing.assert_allclose(obj.loss(other, batch)[0], loss, rtol=1e-6)
   assert float(m["tokens"]) == float(batch["mask"].sum())
-  # a row with more counted tokens weighs more (token-, not row-weighted)
-  nll = -np.take_along_axis(np.asarray(log_softmax64(logits)), np.asarray(batch["labels"])[..., None], -1)[..., 0]
-  mask = np.asarray(batch["mask"], np.float64)
-  assert float(loss) == pytest.approx((nll * mask).sum() / mask.sum(), rel=1e-5)
+  counted = np.asarray(batch["mask"])
+  top = np.argmax(np.asarray(logits), -1) == np.asarray(batch["labels"])
+  assert float(m["accuracy"]) == pytest.approx(top[counted].mean())
 
 
 def test_next_token_eval_sums_add_up_to_perplexity():
@@ -61,10 +67,10 @@ def test_next_token_eval_sums_add_up_to_perplexity():
 def test_next_token_label_smoothing_and_no_mask():
   logits, batch = lm_batch()
   plain = objectives.NextToken().loss(logits, {"labels": batch["labels"]})[0]
-  np.testing.assert_allclose(plain, llama.next_token_loss(logits, batch["labels"]), rtol=1e-6)
+  np.testing.assert_allclose(plain, nll64(logits, batch["labels"]).mean(), rtol=1e-5)
   smooth = objectives.NextToken(0.1).loss(logits, {"labels": batch["labels"]})[0]
-  uniform = -jnp.mean(log_softmax64(logits))
-  np.testing.assert_allclose(smooth, 0.9 * plain + 0.1 * uniform, rtol=1e-5)
+  uniform = -np.mean(log_softmax64(logits))
+  np.testing.assert_allclose(smooth, 0.9 * nll64(logits, batch["labels"]).mean() + 0.1 * uniform, rtol=1e-5)
 
 
 def test_classification_matches_the_old_eval_sums():
@@ -77,5 +83,9 @@ def test_classification_matches_the_old_eval_sums():
   top1 = float(np.mean(np.argmax(logits[:4], -1) == labels[:4]))
   assert m["top1"] == pytest.approx(top1) and m["eval_examples"] == 4
   loss, tm = obj.loss(logits, {"labels": labels})
-  np.testing.assert_allclose(loss, objectives.cross_entropy(logits, labels, 0.1).mean(), rtol=1e-6)
-  assert 0.0 <= float(tm["accuracy"]) <= 1.0
+  # smoothing 0.1 over 10 classes: target 0.91 on the label, 0.01 elsewhere (timm / torch convention)
+  targets = np.full((6, 10), 0.01)
+  targets[np.arange(6), np.asarray(labels)] = 0.91
+  np.testing.assert_allclose(loss, -(targets * log_softmax64(logits)).sum(-1).mean(), rtol=1e-5)
+  assert float(tm["accuracy"]) == pytest.approx(np.mean(np.argmax(logits, -1) == labels))
+  assert m["eval_loss"] == pytest.approx(nll64(logits[:4], labels[:4]).mean(), rel=1e-5)  # eval: no smoothing

@@ -16,21 +16,16 @@ reuse the programs the first run compiled.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-import cli_session
 import tfds_mock
+from helpers import PAPER_RUN as RUN
+from helpers import check_user_run, run_paper_session as run_session, timm_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-TIMM_NAME = {"vit": "vit_base_patch16_224", "swin": "swin_tiny_patch4_window7_224"}
-
-# Shrink the run only: batch, steps, evaluation size (the mock's validation split), logging.
-RUN = ["--config.batch_size=2", "--config.eval_batch_size=2", "--config.log_every=1", "--config.ckpt_every=1"]
 
 
 @pytest.fixture(scope="module")
@@ -45,32 +40,6 @@ def cache_dir(tmp_path_factory):
   return tmp_path_factory.getbasetemp() / "e2e_jax_cache"
 
 
-def timm_checkpoint(timm, torch, directory: Path, name: str, **arch) -> Path:
-  """A random-weight timm model of registry model `name` (+ `arch` overrides), as `model.safetensors`."""
-  from safetensors.torch import save_file
-
-  from scalenet_jax.models import registry
-
-  path = directory / f"{name}_{'_'.join(f'{k}{v}' for k, v in sorted(arch.items()))}" / "model.safetensors"
-  if not path.exists():
-    path.parent.mkdir(parents=True)
-    torch.manual_seed(0)
-    kwargs = registry.arch_kwargs(name, **arch)
-    model = timm.create_model(TIMM_NAME[registry.family_of(name)], pretrained=False, **kwargs)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items() if "relative_position_index" not in k}, path)
-  return path
-
-
-def run_session(spec, cache_dir, invocations: list[list[str]], session: Path) -> tuple[list[int], list[str], list[str]]:
-  """The `python -m scalenet_jax.main` invocations one after the other in one process under the TFDS mock
-  (tests/cli_session.py, keep going); their exit codes, stdouts, stderrs."""
-  env = tfds_mock.env(spec)
-  env.update(
-      JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache_dir), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0"
-  )
-  return cli_session.run(invocations, session, env, launcher=tfds_mock.command())
-
-
 def user_invocations(config: str, workdir: Path, ckpt: Path, *overrides: str) -> list[list[str]]:
   """The four invocations a user makes: train, train further (= resume), eval, export."""
   base = ["--config", config, "--workdir", str(workdir), f"--config.init_from={ckpt}", *RUN, *overrides]
@@ -80,20 +49,6 @@ def user_invocations(config: str, workdir: Path, ckpt: Path, *overrides: str) ->
       [*base, "--config.steps=2", "--mode=eval"],
       [*base, "--config.steps=2", "--mode=export"],
   ]
-
-
-def check_user_run(spec, workdir: Path, outs: list[str]) -> dict:
-  """What the four invocations must leave behind; returns the eval metrics."""
-  assert f"resumed from {workdir} at step 1" in outs[1]
-  result = json.loads(outs[2].strip().splitlines()[-1])
-  assert result["eval_examples"] == spec.validation and 0.0 <= result["top1"] <= 1.0
-  lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-  assert [l["step"] for l in lines if "loss" in l] == [1, 2]
-  assert all(np.isfinite(l["loss"]) for l in lines if "loss" in l)
-  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["1", "2"]
-  assert (workdir / "export" / "params" / "_METADATA").exists()
-  assert (workdir / "export" / "model.safetensors").stat().st_size > 0
-  return result
 
 
 def run_configs(spec, cache_dir, runs: dict[str, tuple], session: Path) -> dict:

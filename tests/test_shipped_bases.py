@@ -4,21 +4,23 @@ the ViT base the demo grows is converged (>= 90 %)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import helpers
 from scalenet_jax import builder, config_lib, release
 from scalenet_jax.data import sources
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "pretrained").glob("*.safetensors"))
-FMNIST = "/usr/share/datasets/fashion-mnist"
 MIN_TOP1 = {"vit_micro_patch4_28": 0.90}  # the demo's base (issue: a converged base, like the paper's)
 
-pytestmark = pytest.mark.skipif(not os.path.isdir(FMNIST), reason="dataset-fashion-mnist not installed")
+
+@pytest.fixture(scope="module", autouse=True)
+def _fashion_mnist():
+  helpers.fashion_mnist_dir()  # every base is scored on the real test set
 
 
 def test_the_demo_base_is_shipped():

@@ -10,16 +10,9 @@ import os
 import numpy as np
 import pytest
 
+from helpers import write_fortune_db
 from scalenet_jax.data import text
 from scalenet_jax.errors import ConfigError, DataError, MissingInputError
-
-pytest.importorskip("tokenizers")
-
-
-def write_fortune_db(directory, name, records):
-  """A strfile database as Debian ships it: records separated by `%` lines, plus a `.dat` index."""
-  (directory / name).write_bytes(("\n%\n".join(records) + "\n%\n").encode())
-  (directory / f"{name}.dat").write_bytes(b"\0" * 24)
 
 
 # ---------------------------------------------------------------------------------------------------------

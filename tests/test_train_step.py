@@ -12,7 +12,8 @@ import pytest
 
 import mp_common
 from mp_launch import start_worker, worker_result
-from scalenet_jax.train import optim, sharding, step
+from scalenet_jax import builder, counting
+from scalenet_jax.train import objectives, optim, sharding, step
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +121,7 @@ def test_frozen_params_bit_identical_and_hold_no_optimizer_state(standard):
   state, _, train_step, _ = mp_common.setup(_mesh1(), trainable=trainable)
   start = jax.tree_util.tree_map(np.array, state.params)
   mask = optim.trainable_mask(start, trainable)
-  n_train, n_all = optim.count(start, mask), optim.count(start)
+  n_train, n_all = builder.count_trainable(start, mask), counting.count_params(start)
   assert 0 < n_train < n_all
   assert _leaf_sizes(state.opt_state) == 2 * n_train  # Adam mu + nu, trainable leaves only
   for i in range(3):
@@ -291,8 +292,8 @@ def test_soft_labels_and_batch_transform():
   logits = jax.random.normal(jax.random.key(1), (4, 5))
   y1, y2 = jnp.array([0, 1, 2, 3]), jnp.array([4, 3, 2, 1])
   soft = 0.3 * jax.nn.one_hot(y1, 5) + 0.7 * jax.nn.one_hot(y2, 5)
-  mixed = 0.3 * step.cross_entropy(logits, y1, 0.1) + 0.7 * step.cross_entropy(logits, y2, 0.1)
-  np.testing.assert_allclose(step.cross_entropy(logits, soft, 0.1), mixed, rtol=1e-6)
+  mixed = 0.3 * objectives.cross_entropy(logits, y1, 0.1) + 0.7 * objectives.cross_entropy(logits, y2, 0.1)
+  np.testing.assert_allclose(objectives.cross_entropy(logits, soft, 0.1), mixed, rtol=1e-6)
 
 
 def test_row_masked_leaves_hold_optimizer_state_for_their_trainable_rows_only():
@@ -319,7 +320,7 @@ def test_row_masked_leaves_hold_optimizer_state_for_their_trainable_rows_only():
 def test_baseline_under_adjust_ln_head_holds_state_for_its_new_layers_only():
   """The stack baseline of the micro ViT with the paper's frozen-core recipe: optimizer state = Adam's two
   moments of exactly the trainable scalars (new layers' rows, every LayerNorm, the head)."""
-  from scalenet_jax import builder, config_lib
+  from scalenet_jax import config_lib
 
   config = config_lib.override(
       config_lib.train_config("vit_micro_patch4_28"),
@@ -332,4 +333,4 @@ def test_baseline_under_adjust_ln_head_holds_state_for_its_new_layers_only():
   state = jax.eval_shape(tx.init, abstract)
   n_train = builder.count_trainable(abstract, mask)
   assert _leaf_sizes(state) == 2 * n_train
-  assert n_train < optim.count(abstract) // 2  # the pretrained rows are most of the model
+  assert n_train < counting.count_params(abstract) // 2  # the pretrained rows are most of the model

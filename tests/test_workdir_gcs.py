@@ -9,17 +9,17 @@ directory; the test runs the CLI in an empty directory and checks both.
 from __future__ import annotations
 
 import json
-import logging
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from helpers import gcs_emulator
+
 pytest.importorskip("gcsfs")
-emulator = pytest.importorskip("gcp_storage_emulator.server")
+pytest.importorskip("gcp_storage_emulator.server")
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -35,53 +35,11 @@ TINY = [
 ]
 
 
-def _with_generation_header(download):
-  """The emulator's media download, plus the `x-goog-generation` header real GCS sends (tensorstore's
-  OCDBT driver, behind Orbax, reads object generations from it)."""
-
-  def handler(request, response, storage, *args, **kwargs):
-    download(request, response, storage, *args, **kwargs)
-    try:
-      obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
-      response["x-goog-generation"] = str(obj["generation"])
-    except Exception:  # noqa: BLE001 - not found: the handler already answered 404
-      pass
-
-  return handler
-
-
-def _patch_emulator():
-  for _, handlers in emulator.HANDLERS:
-    for method, fn in list(handlers.items()):
-      if getattr(fn, "__name__", "") == "download":
-        handlers[method] = _with_generation_header(fn)
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def bucket():
   """(endpoint env, epath root) of an in-memory GCS emulator with bucket `bucket`."""
-  _patch_emulator()
-  port = _free_port()
-  server = emulator.create_server("localhost", port, in_memory=True, default_bucket="bucket")
-  server.start()
-  env = {"STORAGE_EMULATOR_HOST": f"http://localhost:{port}", "TENSORSTORE_GCS_HTTP_URL": f"http://localhost:{port}"}
-  old = {k: os.environ.get(k) for k in env}
-  os.environ.update(env)
-  logging.getLogger("gcsfs").setLevel(logging.ERROR)  # "no default credentials": expected, anonymous here
-  from etils import epath
-
-  try:
-    yield env, epath.Path("gs://bucket")
-  finally:
-    server.stop()
-    for k, v in old.items():
-      os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+  with gcs_emulator() as out:
+    yield out
 
 
 # The CLI, started so that Orbax writes its arrays without OCDBT: the emulator answers OCDBT's concurrent
@@ -133,12 +91,13 @@ def test_nas_state_files_and_reports_in_a_bucket(bucket):
   """The NAS pipeline's own files (MCEA state, exported architectures, figures) through the path API."""
   import numpy as np
 
+  from helpers import ToyProblem
   from scalenet_jax.nas import export, mcea, sampling
   from scalenet_jax.nas.space import get_space
 
   _, root = bucket
   wd = "gs://bucket/nas"
-  toy = mcea.ToyProblem.make()
+  toy = ToyProblem.make()
   config = mcea.MCEAConfig(iterations=1, n_base=2, population=4, generations=2, seed=0)
   first = mcea.run_mcea(toy.space, toy, config, state_path=f"{wd}/mcea.json")
   again = mcea.run_mcea(
@@ -160,7 +119,7 @@ def test_lm_from_a_bucket_checkpoint_into_a_bucket_workdir(bucket, tmp_path):
   from scalenet_jax import convert
   from scalenet_jax.data import text
   from scalenet_jax.models import llama, registry
-  from test_lm_cli import CONFIG, MICRO, RUN, VOCAB, write_fortune_db
+  from helpers import LM_CONFIG as CONFIG, LM_MICRO as MICRO, LM_RUN as RUN, LM_VOCAB as VOCAB, write_fortune_db
 
   if not os.path.isdir(text.FORTUNES_DIR):
     pytest.skip("the Debian fortunes package is not installed")

@@ -1,145 +1,113 @@
 r"""The paper's analyses of a ScaleNet expansion as PNG figures + results.json.
 
-  python -m scalenet_jax.analysis --pretrained pretrained/vit_micro_patch4_28_fmnist.safetensors \
-      [--scaled <finetune workdir>/export/params --expansion scalenet] --out DIR [--batch 64] [--layers 0,5,11]
-  python -m scalenet_jax.analysis --model vit_micro_patch4_28 --pretrained <workdir>/export/params --out DIR
+  python -m scalenet_jax.analysis [--config FILE[:ARG] [--config.key=value ...]] [--scaled PARAMS_DIR] --out DIR \
+      [--batch 64] [--num_batches 4] [--eval_examples 1000] [--layers 0,5,11] [--compare scalenet,random]
 
-A release file (pretrained/, `scalenet_jax.release`) brings its model and input normalisation (`--model`,
-`--mean`, `--std`, `--pad` override them); an exported params dir or another timm-format checkpoint needs
-`--model`. `--pretrained init` uses randomly initialised params (smoke runs). `--scaled` must be a fine-tuned run of
-the same expansion (`--expansion`/`--reuse`/`--mapping`/`--adjust`/`--rank` as in its config).
-Writes DIR/{grad_norms,activation_hist,cka,accuracy}.png and DIR/results.json; see `report.py`.
+`--config` is the config the fine-tuning run was trained with (e.g. `configs/swin_tiny_2x.py`), with the
+same `--config.key=value` overrides: the model, expansion, pretrained weights (`init_from`) and data
+(images of `data.eval_split`, the run's normalisation) are built from it as the trainer builds them. The
+default, `scalenet_jax/analysis/demo_config.py`, is the demo's ScaleNet run of the shipped ViT base (its
+argument `base=FILE` picks another release file). `--scaled` is the exported params dir
+(`<workdir>/export/params`) of that run; `--config.init_from=` (empty) uses randomly initialised base
+params (smoke runs). Writes DIR/{grad_norms,activation_hist,cka,accuracy}.png and DIR/results.json; see
+`report.py`.
 """
 
 from __future__ import annotations
 
-import argparse
+import os
 import sys
 from typing import Optional, Sequence
 
+from absl import flags
+from ml_collections import config_flags
+
 from scalenet_jax import jax_utils
 from scalenet_jax.analysis import report
+from scalenet_jax.errors import UserError
+
+PROG = "python -m scalenet_jax.analysis"
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_config.py")
 
 
-def _ints(text: str) -> Optional[tuple[int, ...]]:
+def _define(fv: flags.FlagValues, argv: list[str]) -> None:
+  d = report.AnalysisOptions
+  # ml_collections finds the `--config.*` overrides in `sys_argv`: the argv of this parse, so that
+  # `main(argv)` called in-process sees its own overrides, not the interpreter's.
+  config_flags.DEFINE_config_file(
+      "config",
+      DEFAULT_CONFIG,
+      "The fine-tuning run's config file (default: the demo's ScaleNet run of the shipped ViT base).",
+      flag_values=fv,
+      lock_config=True,
+      sys_argv=argv,
+  )
+  flags.DEFINE_string("out", None, "Output directory for the PNGs and results.json.", flag_values=fv)
+  flags.DEFINE_string(
+      "scaled", d.scaled, "Exported params dir of the fine-tuned run (<workdir>/export/params).", flag_values=fv
+  )
+  flags.DEFINE_list(
+      "compare", list(d.compare), "Expansion kinds compared by gradient norms and accuracy.", flag_values=fv
+  )
+  flags.DEFINE_integer("batch", d.batch, "Batch size.", flag_values=fv)
+  flags.DEFINE_integer("num_batches", d.num_batches, "Batches for CKA and histograms.", flag_values=fv)
+  flags.DEFINE_integer("eval_examples", d.eval_examples, "Examples for accuracy.", flag_values=fv)
+  flags.DEFINE_list(
+      "layers", None, "Scaled-model blocks for activation histograms (default: first, middle, last).", flag_values=fv
+  )
+  flags.DEFINE_bool("biased_cka", False, "Biased HSIC instead of the unbiased estimator.", flag_values=fv)
+  flags.DEFINE_integer("bins", d.bins, "Histogram bins.", flag_values=fv)
+
+
+def _usage_error(message: str):
+  """Bad command line: one line on stderr and exit code 2 (as `scalenet_jax.main`)."""
+  print(f"error: {' '.join(str(message).split())[:500]}", file=sys.stderr)
+  sys.exit(2)
+
+
+def parse(argv: Sequence[str]):
+  """(run config, AnalysisOptions) of a command line (`argv` without the program name)."""
+  argv = [PROG, *argv]
+  fv = flags.FlagValues()
   try:
-    return tuple(int(v) for v in text.split(",") if v.strip()) or None
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _floats(text: str) -> tuple[float, ...]:
+    _define(fv, argv)  # parses the default config file (and its overrides) unless --config is given
+    if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv[1:]):
+      print(__doc__ + "\nflags:\n" + fv.get_help())
+      sys.exit(0)
+    rest = fv(argv)
+    if len(rest) > 1:
+      _usage_error(f"unexpected arguments: {' '.join(rest[1:])}")
+    if not fv.out:
+      _usage_error("--out is required")
+    config = fv.config
+    config.keys()  # the file is loaded lazily: fail here, not mid-run
+  except (AttributeError, KeyError) as e:  # ml_collections' way of saying "no such field"
+    _usage_error(f"unknown config field {str(e).strip(chr(34))} (see the config file for the fields)")
+  except (flags.Error, OSError, UserError) as e:  # bad flag value, missing config file, bad config argument
+    _usage_error(str(e))
   try:
-    return tuple(float(v) for v in text.split(","))
+    layers = tuple(int(v) for v in fv.layers) if fv.layers else None
   except ValueError:
-    raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def _names(text: str) -> tuple[str, ...]:
-  return tuple(v.strip() for v in text.split(",") if v.strip())
-
-
-def parser() -> argparse.ArgumentParser:
-  d = report.AnalysisConfig
-  p = argparse.ArgumentParser(
-      prog="python -m scalenet_jax.analysis",
-      description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    _usage_error(f"--layers: expected comma-separated integers, got {','.join(fv.layers)!r}")
+  options = report.AnalysisOptions(
+      out=fv.out,
+      scaled=fv.scaled,
+      compare=tuple(fv.compare),
+      batch=fv.batch,
+      num_batches=fv.num_batches,
+      eval_examples=fv.eval_examples,
+      layers=layers,
+      unbiased_cka=not fv.biased_cka,
+      bins=fv.bins,
   )
-  p.add_argument(
-      "--model", default=None, help="registered (plain) model name, e.g. vit_micro_patch4_28 (None: a release file's)"
-  )
-  p.add_argument(
-      "--pretrained",
-      required=True,
-      help="the pretrained model: a release file (.safetensors of pretrained/), an exported params dir, a "
-      "timm-format checkpoint, or 'init'",
-  )
-  p.add_argument("--out", required=True, help="output directory for the PNGs and results.json")
-  p.add_argument("--scaled", default="", help="exported params dir of the fine-tuned expanded model")
-  p.add_argument("--expansion", default=d.expansion, help="expansion kind of the scaled model")
-  p.add_argument("--reuse", type=int, default=d.reuse, help="reuse times R")
-  p.add_argument("--mapping", default=d.mapping, help="interpolate | stack | comma-separated core indices")
-  p.add_argument("--adjust", default=d.adjust, help="adapter | lora | none")
-  p.add_argument("--rank", type=int, default=d.rank, help="adjustment rank")
-  p.add_argument("--seed", type=int, default=d.seed, help="init seed ('init' params, adapters, new layers)")
-  p.add_argument("--compare", type=_names, default=d.compare, help="expansions compared by gradient norms")
-  p.add_argument("--batch", type=int, default=d.batch, help="batch size")
-  p.add_argument("--num-batches", type=int, default=d.num_batches, help="batches for CKA and histograms")
-  p.add_argument("--eval-examples", type=int, default=d.eval_examples, help="examples for accuracy")
-  p.add_argument(
-      "--layers",
-      type=_ints,
-      default=None,
-      help="scaled-model blocks for activation histograms (default: first, middle, last)",
-  )
-  p.add_argument("--data", default=d.data, help="dataset name (scalenet_jax.data.get_source)")
-  p.add_argument("--data-root", default=d.data_root, help="dataset directory override")
-  p.add_argument("--split", default=d.split, help="split the images come from")
-  p.add_argument(
-      "--mean",
-      type=_floats,
-      default=None,
-      help="normalisation mean, per channel or one (None: a release file's, else 0.5)",
-  )
-  p.add_argument(
-      "--std",
-      type=_floats,
-      default=None,
-      help="normalisation std, per channel or one (None: a release file's, else 0.5)",
-  )
-  p.add_argument(
-      "--pad",
-      type=int,
-      default=None,
-      help="zero padding per side before normalisation (None: a release file's, else 0)",
-  )
-  p.add_argument("--biased-cka", action="store_true", help="biased HSIC instead of the unbiased estimator")
-  p.add_argument("--bins", type=int, default=d.bins, help="histogram bins")
-  return p
-
-
-def config_from_args(argv: Sequence[str]) -> report.AnalysisConfig:
-  p = parser()
-  a = p.parse_args(argv)
-  from scalenet_jax import release  # pylint: disable=g-import-not-at-top
-
-  d, meta = report.AnalysisConfig, release.metadata_of(a.pretrained)
-  pick = lambda given, key, default: given if given is not None else tuple(meta[key]) if key in meta else default
-  if a.model is None and "model" not in meta:
-    p.error("--model is needed unless --pretrained is a release file (its metadata names the model)")
-  return report.AnalysisConfig(
-      model=a.model or meta["model"],
-      pretrained=a.pretrained,
-      out=a.out,
-      scaled=a.scaled,
-      expansion=a.expansion,
-      reuse=a.reuse,
-      mapping=a.mapping,
-      adjust=a.adjust,
-      rank=a.rank,
-      seed=a.seed,
-      compare=a.compare,
-      batch=a.batch,
-      num_batches=a.num_batches,
-      eval_examples=a.eval_examples,
-      layers=a.layers,
-      data=a.data,
-      data_root=a.data_root,
-      split=a.split,
-      mean=pick(a.mean, "mean", d.mean),
-      std=pick(a.std, "std", d.std),
-      pad=a.pad if a.pad is not None else int(meta.get("pad", d.pad)),
-      unbiased_cka=not a.biased_cka,
-      bins=a.bins,
-  )
+  return config, options
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-  cfg = config_from_args(sys.argv[1:] if argv is None else argv)
-  results = report.run(cfg)
+  config, options = parse(sys.argv[1:] if argv is None else argv)
+  results = report.run(config, options)
   acc = results["accuracy"]
-  print(f"wrote {len(results['figures'])} figures and results.json to {cfg.out}")
+  print(f"wrote {len(results['figures'])} figures and results.json to {options.out}")
   for label, top1 in acc["top1"].items():
     print(f"  top-1 {label:<24s} {100 * top1:6.2f}%  ({acc['examples']} examples)")
   return results
@@ -147,4 +115,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 if __name__ == "__main__":
   jax_utils.configure_cpu()  # before jax starts: XLA:CPU flags, allocator (docs/performance.md)
-  main()
+  try:
+    main()
+  except UserError as e:
+    # Bad input (config value, data, checkpoint): one clear line, no traceback, exit code 2.
+    print(f"error: {type(e).__name__}: {' '.join(str(e).split())}", file=sys.stderr)
+    sys.exit(2)

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Mapping, Optional, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
-import numpy as np  # noqa: E402
+import numpy as np
 
 from scalenet_jax import paths
+
+plt = paths.pyplot()
 
 
 def _save(fig, path):

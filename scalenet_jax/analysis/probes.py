@@ -15,9 +15,9 @@ from typing import Callable, Iterable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from scalenet_jax.models import stack as stack_lib
+from scalenet_jax.train import objectives
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,16 +73,13 @@ def make_block_outputs_fn(model):
 # ----------------------------------------------------------------------------------------------
 # Gradient norms
 # ----------------------------------------------------------------------------------------------
-def cross_entropy(logits, labels):
-  return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels).mean()
-
-
 @functools.lru_cache(maxsize=64)
 def make_grad_fn(model):
   """Jitted `(params, images, labels) -> (loss, grads)` of the mean cross-entropy (eval mode)."""
 
   def loss(params, images, labels):
-    return cross_entropy(model.apply({"params": params}, images, train=False), labels)
+    logits = model.apply({"params": params}, images, train=False)
+    return objectives.cross_entropy(logits.astype(jnp.float32), labels).mean()
 
   return jax.jit(jax.value_and_grad(loss))
 

@@ -1,4 +1,10 @@
-"""The analyses of the paper as one function: `run(AnalysisConfig) -> results` (+ PNGs and results.json).
+"""The analyses of the paper as one function: `run(config, options) -> results` (+ PNGs and results.json).
+
+`config` is the fine-tuning run's own config (`config_lib.train_config()`, e.g. the config file it was
+trained with): its model, expansion, pretrained weights (`init_from`) and data (`data`, images of
+`data.eval_split`) are read through `builder` and `data.from_config`, as the trainer reads them, so the
+expanded model analysed is the one that run trained (the family's `adjust_scope` default included).
+`AnalysisOptions` holds only what the analyses add: output dir, fine-tuned params, sample sizes.
 
 Models compared (all built with `grow.expand` from the same pretrained params):
 * `pretrained`: the plain model;
@@ -6,7 +12,7 @@ Models compared (all built with `grow.expand` from the same pretrained params):
 * `<expansion> fine-tuned` ("scaled after", only with `scaled`): exported params of a fine-tuned run of
   that same expansion (checked shape by shape against the expanded tree);
 * the `compare` expansions (default ScaleNet / Stack / Interpolate / Random) for gradient norms and
-  step-0 accuracy.
+  step-0 accuracy: the run's expansion settings with another `kind`.
 
 Selected layers (`layers`) are block indices of the scaled model, in forward order over all stacks. Its
 pretrained counterpart is the layer whose weights the block runs (shared layouts) or, for layouts of
@@ -19,50 +25,38 @@ import dataclasses
 import math
 from typing import Optional
 
+import ml_collections
 import numpy as np
 
-from scalenet_jax import counting, paths
+from scalenet_jax import builder, config_lib, counting, paths
 from scalenet_jax import data as data_lib
 from scalenet_jax.analysis import cka as cka_lib
 from scalenet_jax.analysis import plots, probes
+from scalenet_jax.data import from_config
+from scalenet_jax.errors import ConfigError
 from scalenet_jax.grow import expand as grow_lib
 from scalenet_jax.grow.spec import KINDS, ExpansionSpec
-from scalenet_jax.models import create_model
 
 FIGURES = ("grad_norms.png", "activation_hist.png", "cka.png", "accuracy.png")
 MAX_HIST_VALUES = 400_000  # per model and layer: a random subsample keeps big models cheap
 
 
 @dataclasses.dataclass(frozen=True)
-class AnalysisConfig:
-  model: str
-  # exported params dir (<workdir>/export/params), a timm-format checkpoint (a release file of pretrained/)
-  # or 'init' (random, seed `seed`)
-  pretrained: str
+class AnalysisOptions:
+  """What the analyses add to the run's config (model, expansion, weights and data come from the config)."""
+
   out: str
-  scaled: str = ""  # exported params dir of a fine-tuned run of the `expansion` model
-  expansion: str = "scalenet"
-  reuse: int = 2
-  mapping: str = "interpolate"  # interpolate | stack | comma-separated core indices
-  adjust: str = "adapter"
-  rank: int = 16
-  seed: int = 0
+  scaled: str = ""  # exported params dir of a fine-tuned run of the config's expansion
   compare: tuple[str, ...] = ("scalenet", "stack", "interpolate", "random")
   batch: int = 64
   num_batches: int = 4  # batches for CKA and activation histograms (gradients use the first)
   eval_examples: int = 1000
   layers: Optional[tuple[int, ...]] = None  # scaled-model blocks; default first / middle / last
-  data: str = "fashion_mnist"
-  data_root: str = ""
-  split: str = "test"
-  mean: tuple[float, ...] = (0.5,)
-  std: tuple[float, ...] = (0.5,)
-  pad: int = 0  # zero padding per side before normalisation (a release file's `pad`)
   unbiased_cka: bool = True
   bins: int = 80
 
   def __post_init__(self):
-    for kind in (self.expansion, *self.compare):
+    for kind in self.compare:
       if kind not in KINDS:
         raise ValueError(f"unknown expansion kind {kind!r}; choose one of {KINDS}")
     if self.batch < 4:
@@ -70,46 +64,48 @@ class AnalysisConfig:
     if self.num_batches < 1 or self.eval_examples < 1:
       raise ValueError("num_batches and eval_examples must be >= 1")
 
-  def spec(self, kind: str) -> ExpansionSpec:
-    mapping = self.mapping
-    if mapping not in ("interpolate", "stack"):
-      try:
-        mapping = tuple(int(v) for v in mapping.split(","))
-      except ValueError:
-        raise ValueError(f"mapping must be interpolate, stack or comma-separated ints, got {self.mapping!r}")
-    return ExpansionSpec(
-        kind=kind, reuse=self.reuse, mapping=mapping, adjust=self.adjust, rank=self.rank, seed=self.seed
+
+# ----------------------------------------------------------------------------------------------
+# Models and inputs, from the run's config
+# ----------------------------------------------------------------------------------------------
+def with_kind(config, kind: Optional[str] = None) -> ml_collections.ConfigDict:
+  """`config` (resolved: `quick` merged as the trainer does) with `expansion.kind = kind` (None: its own)."""
+  c = config_lib.resolve(config)
+  if kind is not None:
+    c.expansion.kind = kind
+  return c
+
+
+def expansion_spec(config, kind: Optional[str] = None) -> ExpansionSpec:
+  """The ExpansionSpec the trainer builds for `config` (`builder.expansion_spec`), with another `kind`
+  for the compared expansions; a config without an expansion has nothing to analyse."""
+  spec = builder.expansion_spec(with_kind(config, kind))
+  if spec is None:
+    raise ConfigError(
+        "the analyses compare an expansion with its base: the config has none (set --config.expansion.kind)"
     )
+  return spec
 
 
-# ----------------------------------------------------------------------------------------------
-# Inputs
-# ----------------------------------------------------------------------------------------------
-def pretrained_params(cfg: AnalysisConfig, model):
-  if cfg.pretrained == "init":
-    return model.init_params(cfg.seed)
-  from scalenet_jax import builder  # pylint: disable=g-import-not-at-top
-
-  return builder.read_pretrained(cfg.pretrained, model)
+def pretrained_params(config, model):
+  """The base's params: `init_from` as the trainer loads it, or a random init (seed `config.seed`) when
+  `init_from` is empty (smoke runs)."""
+  if not config.init_from:
+    return model.init_params(config.seed)
+  return builder.load_pretrained(config, model)
 
 
-def _batches(cfg: AnalysisConfig, model, count: int):
-  source = data_lib.get_source(cfg.data, cfg.split, **({"root": cfg.data_root} if cfg.data_root else {}))
-  n = min(count, len(source))
-  mc = model.config
-  channels = mc.in_chans
-  mean = cfg.mean * channels if len(cfg.mean) == 1 else cfg.mean
-  std = cfg.std * channels if len(cfg.std) == 1 else cfg.std
-  pp = data_lib.Preprocess(
-      img_size=mc.img_size,
-      recipe="simple",
-      to_rgb=channels == 3 and len(source.image_shape) == 3 and source.image_shape[-1] == 1,
-      mean=tuple(mean),
-      std=tuple(std),
-      pad=cfg.pad,
+def _batches(config, options: AnalysisOptions, model, count: int):
+  """The first `count` examples of `data.eval_split`, preprocessed as the trainer evaluates them."""
+  d, mc = config.data, model.config
+  image_shape = (mc.img_size, mc.img_size, mc.in_chans)
+  source = from_config.open_source(
+      d, d.eval_split, cache_dir=options.out, image_shape=image_shape, num_classes=mc.num_classes
   )
-  subset = data_lib.SubsetSource(source, np.arange(n), name=f"{cfg.data}/{cfg.split}[:{n}]")
-  for b in data_lib.eval_batches(subset, cfg.batch, preprocess=pp):
+  n = min(count, len(source))
+  subset = data_lib.SubsetSource(source, np.arange(n), name=f"{d.name}/{d.eval_split}[:{n}]")
+  prep = from_config.preprocess(d, mc.img_size, mc.in_chans)
+  for b in data_lib.eval_batches(subset, options.batch, preprocess=prep, num_threads=d.num_threads):
     keep = np.asarray(b["mask"], bool)
     yield {"image": b["image"][keep], "label": b["label"][keep], "mask": keep[keep]}
 
@@ -134,8 +130,8 @@ def counterparts(scaled_model, pre_model) -> list[int]:
   return out
 
 
-def select_layers(cfg: AnalysisConfig, num_blocks: int) -> list[int]:
-  layers = cfg.layers if cfg.layers is not None else sorted({0, num_blocks // 2, num_blocks - 1})
+def select_layers(options: AnalysisOptions, num_blocks: int) -> list[int]:
+  layers = options.layers if options.layers is not None else sorted({0, num_blocks // 2, num_blocks - 1})
   bad = [l for l in layers if not 0 <= l < num_blocks]
   if bad:
     raise ValueError(f"--layers index {bad[0]} out of range: the scaled model has {num_blocks} blocks")
@@ -189,14 +185,14 @@ def _finite_or_none(x):
   return x
 
 
-def _representations(cfg, variants, fns, batches, pairs, layers):
+def _representations(options, seed, variants, fns, batches, pairs, layers):
   """Activation histograms of the selected blocks and CKA matrices, streamed over the analysis batches."""
   labels = list(variants)  # pretrained, scaled @init[, scaled fine-tuned]
   cka_pairs = [("pretrained", "pretrained")] + [(s, "pretrained") for s in labels[1:]]
   if len(labels) == 3:
     cka_pairs.append((labels[2], labels[1]))
-  accs = {pair: cka_lib.CKAAccumulator(cfg.unbiased_cka) for pair in cka_pairs}
-  rng = np.random.RandomState(cfg.seed)
+  accs = {pair: cka_lib.CKAAccumulator(options.unbiased_cka) for pair in cka_pairs}
+  rng = np.random.RandomState(seed)
   per_batch = max(1, MAX_HIST_VALUES // len(batches))
   samples = {label: {j: [] for j in layers} for label in labels}
   for b in batches:
@@ -212,7 +208,7 @@ def _representations(cfg, variants, fns, batches, pairs, layers):
       f"{labels[1]} {tables[labels[1]][j].label} | pretrained {tables['pretrained'][pairs[j]].label}" for j in layers
   ]
   cka = {
-      "unbiased": cfg.unbiased_cka,
+      "unbiased": options.unbiased_cka,
       "examples": sum(len(b["label"]) for b in batches),
       "features": "block outputs, tokens x channels flattened",
       "pairs": [],
@@ -230,33 +226,37 @@ def _representations(cfg, variants, fns, batches, pairs, layers):
         }
     )
     panels.append({"title": f"{a} vs {c}", "matrix": m, "ylabel": f"{a} block", "xlabel": f"{c} block"})
-  return _histograms(samples, layers, pairs, cfg.bins, titles), cka, panels
+  return _histograms(samples, layers, pairs, options.bins, titles), cka, panels
 
 
-def run(cfg: AnalysisConfig) -> dict:
-  """Runs every analysis, writes `FIGURES` and `results.json` into `cfg.out`, returns the results."""
-  paths.path(cfg.out).mkdir(parents=True, exist_ok=True)
-  model = create_model(cfg.model)
-  tag = cfg.expansion
+def run(config, options: AnalysisOptions) -> dict:
+  """Runs every analysis of the expansion `config` trains, writes `FIGURES` and `results.json` into
+  `options.out`, returns the results."""
+  config = with_kind(config)
+  out = options.out
+  paths.path(out).mkdir(parents=True, exist_ok=True)
+  model = builder.base_model(config)
+  spec = expansion_spec(config)
+  tag = spec.kind
   # Validate the layer selection on the (cheap, param-free) structure before any real work.
-  pairs = counterparts(grow_lib.expanded_model(model, cfg.spec(tag)), model)
-  layers = select_layers(cfg, len(pairs))
-  pre = pretrained_params(cfg, model)
-  scaled_model, before = grow_lib.expand(pre, model, cfg.spec(tag))
+  pairs = counterparts(grow_lib.expanded_model(model, spec), model)
+  layers = select_layers(options, len(pairs))
+  pre = pretrained_params(config, model)
+  scaled_model, before = grow_lib.expand(pre, model, spec)
   after = None
-  if cfg.scaled:
+  if options.scaled:
     from scalenet_jax.train import checkpoint  # pylint: disable=g-import-not-at-top  (orbax only when needed)
 
-    after = checkpoint.load_params_like(cfg.scaled, before)
+    after = checkpoint.load_params_like(options.scaled, before)
 
   # ---- Models: label -> (model, params)
   variants = {"pretrained": (model, pre), f"{tag} @init": (scaled_model, before)}
   if after is not None:
     variants[f"{tag} fine-tuned"] = (scaled_model, after)
   compare = {}
-  for kind in cfg.compare:
-    compare[kind] = (scaled_model, before) if kind == tag else grow_lib.expand(pre, model, cfg.spec(kind))
-  results = {"config": dataclasses.asdict(cfg), "models": {}}
+  for kind in options.compare:
+    compare[kind] = (scaled_model, before) if kind == tag else grow_lib.expand(pre, model, expansion_spec(config, kind))
+  results = {"config": config.to_dict(), "options": dataclasses.asdict(options), "models": {}}
   for label, (m, p) in {**variants, **{k: v for k, v in compare.items() if k != tag}}.items():
     results["models"][label] = {
         "blocks": len(probes.block_table(m)),
@@ -266,9 +266,10 @@ def run(cfg: AnalysisConfig) -> dict:
 
   # ---- Data (analysis batches are the first `num_batches * batch` examples of the split)
   # Unbiased HSIC needs 4 examples: a short last batch (tiny dataset) is dropped.
-  batches = [b for b in _batches(cfg, model, cfg.num_batches * cfg.batch) if len(b["label"]) >= 4]
+  split = f"{config.data.name}/{config.data.eval_split}"
+  batches = [b for b in _batches(config, options, model, options.num_batches * options.batch) if len(b["label"]) >= 4]
   if not batches:
-    raise ValueError(f"{cfg.data}/{cfg.split} has fewer than 4 examples: nothing to analyse")
+    raise ValueError(f"{split} has fewer than 4 examples: nothing to analyse")
   first = batches[0]
 
   # ---- Gradient norms on one batch
@@ -283,11 +284,11 @@ def run(cfg: AnalysisConfig) -> dict:
 
   # ---- Block outputs: activation histograms + CKA
   fns = {label: probes.make_block_outputs_fn(m) for label, (m, _) in variants.items()}
-  hists, results["cka"], panels = _representations(cfg, variants, fns, batches, pairs, layers)
+  hists, results["cka"], panels = _representations(options, config.seed, variants, fns, batches, pairs, layers)
   results["activations"] = hists
 
   # ---- Accuracy before fine-tuning (and after, when given)
-  eval_batches = list(_batches(cfg, model, cfg.eval_examples))
+  eval_batches = list(_batches(config, options, model, options.eval_examples))
   acc_models = {"pretrained": (model, pre), **{f"{k} @init": v for k, v in compare.items()}}
   acc_models.setdefault(f"{tag} @init", (scaled_model, before))
   if after is not None:
@@ -300,17 +301,15 @@ def run(cfg: AnalysisConfig) -> dict:
   results["accuracy"] = {
       "top1": accuracy,
       "examples": sum(len(b["label"]) for b in eval_batches),
-      "split": f"{cfg.data}/{cfg.split}",
+      "split": split,
   }
 
   # ---- Figures + numbers
-  out = cfg.out
+  title = f"{config.model.name}: gradient norms on one batch of {len(first['label'])}"
   figs = [
-      plots.grad_norms_figure(
-          str(paths.path(out) / FIGURES[0]), grads, f"{cfg.model}: gradient norms on one batch of {len(first['label'])}"
-      ),
+      plots.grad_norms_figure(str(paths.path(out) / FIGURES[0]), grads, title),
       plots.histogram_figure(str(paths.path(out) / FIGURES[1]), hists),
-      plots.cka_figure(str(paths.path(out) / FIGURES[2]), panels, cfg.unbiased_cka),
+      plots.cka_figure(str(paths.path(out) / FIGURES[2]), panels, options.unbiased_cka),
       plots.accuracy_figure(
           str(paths.path(out) / FIGURES[3]),
           accuracy,

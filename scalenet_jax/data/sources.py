@@ -35,9 +35,10 @@ from etils import epath
 from PIL import Image
 
 from scalenet_jax.data.index_files import IndexStore, load_or_build
-from scalenet_jax.errors import DataError, MissingInputError
+from scalenet_jax.errors import DataError, MissingDependencyError, MissingInputError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package `dataset-fashion-mnist`.
+FASHION_MNIST_ENV = "SCALENET_FASHION_MNIST_DIR"  # overrides FASHION_MNIST_DIR
 FASHION_MNIST_CLASSES = (
     "T-shirt/top",
     "Trouser",
@@ -206,9 +207,15 @@ class ArraySource(Source):
     return f"ArraySource({self.name}, n={len(self)}, shape={self.image_shape})"
 
 
+def fashion_mnist_dir() -> str:
+  """Where Fashion-MNIST's IDX files are read from by default: $SCALENET_FASHION_MNIST_DIR, else the
+  Debian package's directory."""
+  return os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DIR
+
+
 def fashion_mnist(split: str = "train", root: str | None = None) -> ArraySource:
-  """Fashion-MNIST from the IDX files of the Debian package (`root` overrides the directory)."""
-  root = root or os.environ.get("SCALENET_FASHION_MNIST_DIR", FASHION_MNIST_DIR)
+  """Fashion-MNIST from the IDX files of the Debian package (`root` overrides `fashion_mnist_dir()`)."""
+  root = root or fashion_mnist_dir()
   if not os.path.isdir(root):
     raise MissingInputError(
         f"Fashion-MNIST directory not found: {root} " "(apt-get install dataset-fashion-mnist, or pass root=...)"
@@ -348,8 +355,7 @@ class TfdsSource(Source):
       manual_dir: str | None = None,
       download: bool = False,
   ):
-    import tensorflow_datasets as tfds  # Heavy import, only for TFDS users.
-
+    tfds = import_tfds()
     _quiet_tfds()
     try:
       builder = tfds.builder(name, data_dir=data_dir)
@@ -429,8 +435,7 @@ class TfdsSource(Source):
   def _label_reader(self) -> Callable[[list[int]], np.ndarray]:
     """`keys -> labels`: parses only the label out of raw records when the data source serves
     `tf.train.Example` bytes (ArrayRecord), else takes it from the decoded examples."""
-    import tensorflow_datasets as tfds
-
+    tfds = import_tfds()
     raw = self._builder.as_data_source(split=self.split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
     try:
       if len(self):
@@ -454,6 +459,17 @@ def _record_label(record: bytes) -> int:
   if len(values) != 1:
     raise ValueError(f"record has {len(values)} label values, expected 1")
   return int(values[0])
+
+
+def import_tfds():
+  """`tensorflow_datasets`, imported on first use (heavy, and an optional extra of the package)."""
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise MissingDependencyError(
+        "TFDS datasets need tensorflow-datasets: pip install scalenet_jax[tfds] (or pip install -e .[tfds])"
+    ) from None
+  return tfds
 
 
 class _DropTfdsWarnings(logging_lib.Filter):

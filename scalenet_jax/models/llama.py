@@ -484,24 +484,6 @@ def generate(
 
 
 # ----------------------------------------------------------------------------------------------------
-# Losses for the shared training loop
-# ----------------------------------------------------------------------------------------------------
-def token_logprobs(logits, labels):
-  """log p(labels) per position: logits (B, T, V) float, labels int (B, T)."""
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  return jnp.take_along_axis(logp, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
-
-
-def next_token_loss(logits, labels, mask=None):
-  """Mean cross-entropy over the positions where `mask` (B, T) is true (all when None)."""
-  nll = -token_logprobs(logits, labels)
-  if mask is None:
-    return nll.mean()
-  m = mask.astype(jnp.float32)
-  return (nll * m).sum() / jnp.maximum(m.sum(), 1.0)
-
-
-# ----------------------------------------------------------------------------------------------------
 # Hugging Face checkpoint directories (config.json + safetensors)
 # ----------------------------------------------------------------------------------------------------
 def read_hf_config(path: str) -> LlamaConfig:
@@ -520,20 +502,6 @@ def check_config(model: Llama, cfg: LlamaConfig):
     have, want = getattr(cfg, f.name), getattr(model.config, f.name)
     if have != want:
       raise CheckpointError(f"checkpoint has {f.name}={have!r} but the model has {f.name}={want!r}")
-
-
-def load_hf(path: str, model: Optional[Llama] = None) -> tuple[Llama, dict]:
-  """(plain model, params) of a Hugging Face `LlamaForCausalLM` directory: `config.json` plus
-  `model.safetensors` or shards with `model.safetensors.index.json`. Given a `model`, the checkpoint's
-  architecture must match it."""
-  from scalenet_jax import convert
-
-  cfg = read_hf_config(path)
-  if model is None:
-    model = Llama(config=cfg)
-  else:
-    check_config(model, cfg)
-  return model, convert.hf_to_flax(convert.load_state_dict(path), model)
 
 
 def save_hf(path: str, params, model: Llama, max_shard_bytes: Optional[int] = None):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import ClassVar
+from typing import ClassVar, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
 from scalenet_jax.models import common
+from scalenet_jax.models import features
 from scalenet_jax.models import stack as stack_lib
 
 
@@ -55,9 +56,13 @@ class PatchMerging(nn.Module):
 
 
 class Swin(common.StackedModel):
-  """Swin (one block stack per stage, `stage{i}`); `layouts` make it a ScaleNet-expanded model."""
+  """Swin (one block stack per stage, `stage{i}`); `layouts` make it a ScaleNet-expanded model.
+
+  `out_indices` (stage indices) make it a feature backbone in mmdet/mmseg's layout (`models/features.py`).
+  """
 
   config: SwinConfig = SwinConfig()
+  out_indices: Optional[tuple[int, ...]] = None  # None: the classifier
   family: ClassVar[str] = "swin"
 
   def plain_depths(self):
@@ -76,6 +81,8 @@ class Swin(common.StackedModel):
     """The original Swin release (microsoft/Swin-Transformer) keeps each patch merging at the *end* of
     stage i (`layers.i.downsample`, i < last) and names the classifier `head`; timm puts it at the start
     of stage i + 1 and names it `head.fc`. Same tensors, other names: renamed to timm's."""
+    if self.out_indices is not None:  # a feature backbone reads mmdet/mmseg's layout as it is
+      return state_dict
     if "head.fc.weight" in state_dict or "head.weight" not in state_dict:
       return state_dict
     out = {}
@@ -89,7 +96,9 @@ class Swin(common.StackedModel):
     return out
 
   def key_table(self):
-    """timm `SwinTransformer` keys."""
+    """timm `SwinTransformer` keys (a feature backbone: mmdet/mmseg's, `features.mmseg_swin_entries`)."""
+    if self.out_indices is not None:
+      return features.mmseg_swin_entries(self)
     t = common.patch_embed_entries() + common.norm_entries("patch_embed.norm", ("patch_norm",))
     for i, layout in enumerate(self.stack_layouts):
       if i > 0:
@@ -103,9 +112,11 @@ class Swin(common.StackedModel):
   @nn.compact
   def __call__(self, images, train: bool = False):
     cfg = self.config
+    features.check_out_indices(self.out_indices, len(cfg.depths), "swin")
     x = stack_lib.patch_embed(images, cfg, self.dtype)
     x = nn.LayerNorm(cfg.norm_eps, dtype=self.dtype, name="patch_norm")(x)
     layouts = self.stack_layouts
+    maps = []
     # Stochastic depth grows linearly over the *scaled* depth of the whole network.
     dpr = np.linspace(0, self.drop_path_rate, sum(l.depth for l in layouts))
     offset = 0
@@ -131,6 +142,10 @@ class Swin(common.StackedModel):
           name=f"stage{i}",
       )(x.reshape(b, h * w, c), train).reshape(b, h, w, c)
       offset += layout.depth
+      if self.out_indices is not None and i in self.out_indices:
+        maps.append(features.nchw(nn.LayerNorm(cfg.norm_eps, dtype=self.dtype, name=f"norm{i}")(x)))
+    if self.out_indices is not None:
+      return maps
     x = nn.LayerNorm(cfg.norm_eps, dtype=self.dtype, name="norm")(x)
     return nn.Dense(cfg.num_classes, dtype=self.dtype, name="head", kernel_init=stack_lib.trunc_normal())(
         x.mean(axis=(1, 2))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import ClassVar, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -11,6 +11,7 @@ import numpy as np
 
 from scalenet_jax.errors import CheckpointError
 from scalenet_jax.models import common
+from scalenet_jax.models import features
 from scalenet_jax.models import stack as stack_lib
 
 
@@ -33,9 +34,14 @@ class ViTConfig:
 
 
 class ViT(common.StackedModel):
-  """Vision transformer (one block stack, `blocks`); `layouts` make it a ScaleNet-expanded model."""
+  """Vision transformer (one block stack, `blocks`); `layouts` make it a ScaleNet-expanded model.
+
+  `out_indices=(0,)` makes it a single-scale feature backbone: the final-norm output of the patch tokens as
+  one NCHW map, no head (timm's keys otherwise; `models/features.py`).
+  """
 
   config: ViTConfig = ViTConfig()
+  out_indices: Optional[tuple[int, ...]] = None  # None: the classifier
   family: ClassVar[str] = "vit"
 
   def plain_depths(self):
@@ -70,12 +76,15 @@ class ViT(common.StackedModel):
     t += common.transformer_stack_entries(
         "blocks", ("blocks",), self.stack_layouts[0], window=False, qkv_bias=self.config.qkv_bias
     )
-    return t + common.norm_entries("norm", ("norm",)) + common.linear_entries("head", ("head",))
+    t += common.norm_entries("norm", ("norm",))
+    return t if self.out_indices is not None else t + common.linear_entries("head", ("head",))
 
   @nn.compact
   def __call__(self, images, train: bool = False):
     cfg = self.config
+    features.check_out_indices(self.out_indices, 1, "vit")
     x = stack_lib.patch_embed(images, cfg, self.dtype)
+    grid = x.shape[1:3]
     x = x.reshape(x.shape[0], -1, cfg.embed_dim)
     cls = self.param("cls_token", stack_lib.trunc_normal(1e-6), (1, 1, cfg.embed_dim))
     pos = self.param("pos_embed", stack_lib.trunc_normal(), (1, cfg.num_patches + 1, cfg.embed_dim))
@@ -98,6 +107,8 @@ class ViT(common.StackedModel):
         name="blocks",
     )(x, train)
     x = nn.LayerNorm(cfg.norm_eps, dtype=self.dtype, name="norm")(x)
+    if self.out_indices is not None:
+      return [features.nchw(x[:, 1:].reshape(x.shape[0], *grid, cfg.embed_dim))]
     return nn.Dense(cfg.num_classes, dtype=self.dtype, name="head", kernel_init=stack_lib.trunc_normal())(
         x[:, 0]
     ).astype(jnp.float32)

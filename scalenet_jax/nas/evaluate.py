@@ -206,8 +206,3 @@ class PathEvaluator:
       hits = sum(self._single(self.params, x, y, path, w, n) for x, y, n, w in data)
       out.append(float(hits) / total)
     return out
-
-
-def make_objective(evaluator: PathEvaluator) -> Callable[[Sequence[tuple[Alpha, Scaling]]], list[float]]:
-  """The batched `evaluate(list of (α, S)) -> list of accuracy` callable MCEA expects."""
-  return evaluator.__call__

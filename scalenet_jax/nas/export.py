@@ -31,7 +31,7 @@ definition (SE on hidden // 4) and of the paper's (SE squeeze ≈ C_in / 4, subn
 
 The official counter reproduces the paper's FLOPs within 1.5 % for all models but S2 (+4.3 %; at
 303 px, int(224 · 1.355), it gives 1454.8 M, the paper's 1.45 G). `tests/test_nas_export.py` checks
-this table. `released_arch(name, definition)` builds either definition.
+the official and paper-definition columns against paper Table 1. `released_arch(name, definition)` builds either definition.
 """
 
 from __future__ import annotations

@@ -149,10 +149,7 @@ def plot_fits(
     scalings: Sequence[Scaling], space: SearchSpace, path: str, extra_stages: int = 2, released: Sequence[Scaling] = ()
 ) -> None:
   """PNG with one panel per dimension: searched points, exp/linear/quadratic fits, released points."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = paths.pyplot()
 
   data = _series(scalings, space)
   M = len(scalings) - 1

@@ -6,26 +6,24 @@ base_tol and the stage budgets |F(S_j(α)) − 2^j F(α)| ≤ 2^j·tol (S_0 = (1
 `include_s0=True` adds it to the sum, the earlier form of this module). score_j is ACC(S_j(α)) from a
 *batched* callable `evaluate(list of (Alpha, Scaling)) -> list of float` (e.g. `evaluate.PathEvaluator`,
 accuracies in [0, 1]); every call carries all the paths of one generation / grid, so a batched
-evaluator sees large batches. Infeasible points (`penalty`):
-* `'official'` (the official code, where the paper is silent): a base-infeasible α scores
-  (3 + (base_target − F(α)) / base_target) / 100, and each infeasible stage of a feasible α scores
-  (3 + (T_j − F_j) / T_j) / 100 with T_j = 2^j·base_target, averaged with the feasible stages' accuracies
-  (the official 3 + relative error is in accuracy percent; /100 puts it on our [0, 1] scale). While α
-  evolves, a stage counts as feasible within 2^j·base_tol, as the official code checks it there (the
-  S_j grid search uses 2^j·stage_tol).
-* `'worst'`: an α infeasible at the base or at any stage gets −inf and is not evaluated.
+evaluator sees large batches. Infeasible points are scored as the official code does (the paper is
+silent): a base-infeasible α scores (3 + (base_target − F(α)) / base_target) / 100, and each infeasible
+stage of a feasible α scores (3 + (T_j − F_j) / T_j) / 100 with T_j = 2^j·base_target, averaged with the
+feasible stages' accuracies (the official 3 + relative error is in accuracy percent; /100 puts it on our
+[0, 1] scale). While α evolves, a stage counts as feasible within 2^j·base_tol, as the official code
+checks it there (the S_j grid search uses 2^j·stage_tol).
 
 # Algorithm (a coupled Markov chain; `MCEAConfig` holds every knob)
 1. *init*: K = `n_base` random base-feasible α; every S of each stage grid j ≥ 1 is scored by the mean
-   over the α (`'official'`: S kept if the mean |F − 2^j F(α)| over the K α is within budget, mean of
-   accuracies and penalties; `'worst'`: mean accuracy over the α it is feasible for); S_j ← best.
-2. for t < T = `iterations`: *(a)* evolve α with the S_j fixed (`ga`, below) for `generations`
+   over the α (S kept if the mean |F − 2^j F(α)| over the K α is within budget; mean of accuracies and
+   penalties); S_j ← best.
+2. for t < T = `iterations`: *(a)* evolve α with the S_j fixed (the GA below) for `generations`
    generations of `population`; *(b)* with α fixed, re-search each S_j by enumerating its grid
    (feasible points only).
 3. Output α, S_0..S_M, the objective, and per-iteration accuracy mean/std of the final population
    (`history`; it should shrink as the chain converges).
 
-`ga='official'` (the official NSGA-Net engine, pymoo 0.3, with one objective): genome = one op gene
+The GA is the official NSGA-Net engine (pymoo 0.3) with one objective: genome = one op gene
 per base layer slot, 0 = identity, 1..3 = kernel (the first slot of a stage ≥ 1); decoding keeps the
 non-identity genes in order (depth = their count; the official repair swaps only one gene per run of
 identities, which can leave a hole, so we compact fully). A fresh population of random base-feasible α
@@ -33,11 +31,8 @@ each iteration; generation 1 is that population, each further one makes `populat
 binary tournament selection, two-point crossover (both children) and polynomial mutation of the
 integer genes (index `eta_mutation`, probability 1 / genes per gene, bounds widened by ±0.5 and the
 result rounded), drops offspring already in the population or made twice, and keeps the best
-`population` of parents + offspring (ties at random). `ga='ours'`: genome = per stage a depth gene
-and one kernel gene per slot, the population seeded with the previous best α plus random α feasible
-with the fixed S_j, truncation selection of the top `parents`, uniform crossover, per-gene random
-reset with `mutation_prob`, elitism. `compare_on_toy` runs both on a known-optimum toy objective
-(`python -m scalenet_jax.nas.mcea`).
+`population` of parents + offspring (ties at random). Random α are drawn as a depth index per stage
+and a kernel index per slot (`decode`).
 
 # Resumability
 The run is split into phases `init, a0, b0, a1, b1, ...`; phase p uses the RNG
@@ -71,10 +66,6 @@ Evaluate = Callable[[Sequence[tuple[Alpha, Scaling]]], Sequence[float]]
 log = logging.getLogger(__name__)
 
 
-GAS = ("official", "ours")
-PENALTIES = ("official", "worst")
-
-
 @dataclasses.dataclass(frozen=True)
 class MCEAConfig:
   """Every knob of `run_mcea`; the defaults are the official ImageNet search (`mcea_searching.yaml`)."""
@@ -83,19 +74,11 @@ class MCEAConfig:
   n_base: int = 20  # K random base models for the init scores
   population: int = 64
   generations: int = 40  # including the initial population (pymoo's n_gen)
-  ga: str = "official"  # 'official' | 'ours' (module docstring)
-  penalty: str = "official"  # 'official' | 'worst'
   include_s0: bool = False  # objective over S_0..S_M instead of S_1..S_M
-  eta_mutation: float = 3.0  # ga='official': polynomial mutation index
-  parents: int = 16  # ga='ours': truncation selection size
-  mutation_prob: float = 0.1  # ga='ours': per gene
+  eta_mutation: float = 3.0  # polynomial mutation index
   pi: tuple[float, ...] | None = None  # weights of the objective's stages; None = uniform
   seed: int = 0
   max_tries: int = 100_000  # rejection-sampling limit for feasible random α
-
-  def __post_init__(self):
-    if self.ga not in GAS or self.penalty not in PENALTIES:
-      raise ValueError(f"MCEAConfig: ga {self.ga!r} not in {GAS} or penalty {self.penalty!r} not in {PENALTIES}")
 
   def to_dict(self) -> dict:
     d = dataclasses.asdict(self)
@@ -134,7 +117,7 @@ def _slots(space: SearchSpace) -> list[int]:
 
 
 def decode(genome: Sequence[int], space: SearchSpace) -> Alpha:
-  """`ga='ours'` genome → α: per stage a depth-index gene, then one kernel-index gene per slot."""
+  """Random-α genome → α: per stage a depth-index gene, then one kernel-index gene per slot."""
   depths, kernels, i = [], [], 0
   for st, n_slots in zip(space.stages, _slots(space)):
     n = st.depth_choices[genome[i]]
@@ -143,14 +126,6 @@ def decode(genome: Sequence[int], space: SearchSpace) -> Alpha:
     kernels.append(tuple(space.kernels[k] for k in ks[:n]))
     i += 1 + n_slots
   return Alpha(tuple(depths), tuple(kernels))
-
-
-def encode(alpha: Alpha, space: SearchSpace) -> list[int]:
-  g = []
-  for st, n_slots, n, ks in zip(space.stages, _slots(space), alpha.depths, alpha.kernels):
-    kidx = [space.kernels.index(k) for k in ks]
-    g += [st.depth_choices.index(n)] + kidx + [kidx[-1]] * (n_slots - n)
-  return g
 
 
 def _gene_sizes(space: SearchSpace) -> list[int]:
@@ -167,11 +142,11 @@ def _random_genome(sizes, rng) -> list[int]:
 def _check_official_genome(space: SearchSpace) -> None:
   for s, st in enumerate(space.stages):
     if tuple(st.depth_choices) != tuple(range(1, max(st.depth_choices) + 1)):
-      raise ValueError(f"ga='official' needs depth choices 1..n (identity genes); stage {s} has {st.depth_choices}")
+      raise ValueError(f"MCEA needs depth choices 1..n (identity genes); stage {s} has {st.depth_choices}")
 
 
 def official_bounds(space: SearchSpace) -> tuple[np.ndarray, np.ndarray]:
-  """(lower, upper) of the `ga='official'` genes: 0 (identity) or 1..3 per slot, the first slot ≥ 1."""
+  """(lower, upper) of the GA's genes: 0 (identity) or 1..3 per slot, the first slot ≥ 1."""
   lo, hi = [], []
   for n_slots in _slots(space):
     lo += [1] + [0] * (n_slots - 1)
@@ -180,7 +155,7 @@ def official_bounds(space: SearchSpace) -> tuple[np.ndarray, np.ndarray]:
 
 
 def decode_official(genome: Sequence[int], space: SearchSpace) -> Alpha:
-  """`ga='official'` genome → α: the non-identity genes of a stage, in order, are its layers."""
+  """GA genome → α: the non-identity genes of a stage, in order, are its layers."""
   depths, kernels, i = [], [], 0
   for n_slots in _slots(space):
     ops = [int(g) for g in genome[i : i + n_slots] if g > 0]
@@ -271,12 +246,11 @@ class _Search:
       raise ValueError(f"MCEAConfig.pi must be {len(self.js)} non-negative weights (stages {self.js}), got {cfg.pi}")
     self.pi = pi / pi.sum()
     self.sizes = _gene_sizes(space)
-    if cfg.ga == "official":
-      _check_official_genome(space)
+    _check_official_genome(space)
     self.cache: dict[tuple[Alpha, Scaling], float] = {}
     self.S0 = Scaling(1.0, 1.0, space.base_resolution)
     # The official code checks the stages against the base tolerance while α evolves.
-    self.alpha_stage_tol = space.base_tol if cfg.penalty == "official" else space.stage_tol
+    self.alpha_stage_tol = space.base_tol
 
   def acc(self, pairs: Sequence[tuple[Alpha, Scaling]]) -> list[float]:
     """Cached, batched accuracies (one `evaluate` call for all missing pairs)."""
@@ -291,15 +265,11 @@ class _Search:
   def stage_ok(self, alpha: Alpha, S: Scaling, j: int, tol: float) -> bool:
     return abs(path_macs(alpha, S, self.space) - 2**j * base_macs(alpha, self.space)) <= 2**j * tol
 
-  def random_feasible_alpha(self, rng, scalings: Sequence[Scaling] | None = None) -> Alpha:
-    """Random α meeting the base budget and, if `scalings` are given, preferably every stage budget
-    with them (falls back to base-feasible after max_tries // 10 tries)."""
-    strict = scalings is not None
-    for i in range(self.cfg.max_tries):
-      if strict and i == self.cfg.max_tries // 10:
-        strict = False
+  def random_feasible_alpha(self, rng) -> Alpha:
+    """Random α meeting the base budget (rejection sampling, at most `max_tries` draws)."""
+    for _ in range(self.cfg.max_tries):
       a = decode(_random_genome(self.sizes, rng), self.space)
-      if self.feasible(a, scalings) if strict else base_feasible(a, self.space):
+      if base_feasible(a, self.space):
         return a
     raise RuntimeError(f"no base-feasible α found in {self.cfg.max_tries} tries; check the base budget")
 
@@ -310,29 +280,26 @@ class _Search:
 
   def fitness(self, alphas: Sequence[Alpha], scalings: Sequence[Scaling]) -> np.ndarray:
     """π-weighted objective of every α with the S_j fixed (module docstring: infeasible points)."""
-    sp, official = self.space, self.cfg.penalty == "official"
-    scores = []  # per α: None (−inf) or a list with a score or a pair to evaluate per stage
+    sp = self.space
+    scores = []  # per α: its penalty, or a list with a penalty or a pair to evaluate per stage
     for a in alphas:
       if not base_feasible(a, sp):
-        scores.append(infeasible_score(base_macs(a, sp), sp.base_target) if official else None)
+        scores.append(infeasible_score(base_macs(a, sp), sp.base_target))
         continue
       row = []
       for j in self.js:
         if self.stage_ok(a, scalings[j], j, self.alpha_stage_tol):
           row.append((a, scalings[j]))
-        elif official:
-          row.append(infeasible_score(path_macs(a, scalings[j], sp), 2**j * sp.base_target))
         else:
-          row = None
-          break
+          row.append(infeasible_score(path_macs(a, scalings[j], sp), 2**j * sp.base_target))
       scores.append(row)
     pairs = [x for row in scores if isinstance(row, list) for x in row if isinstance(x, tuple)]
     accs = dict(zip(pairs, self.acc(pairs)))
-    out = np.full(len(alphas), -np.inf)
+    out = np.empty(len(alphas))
     for i, row in enumerate(scores):
       if isinstance(row, float):
         out[i] = row
-      elif row is not None:
+      else:
         out[i] = sum(w * (accs[x] if isinstance(x, tuple) else x) for w, x in zip(self.pi, row))
     return out
 
@@ -352,72 +319,39 @@ class _Search:
     return best, scores
 
   def _init_score(self, alphas, S: Scaling, j: int, accs: dict) -> float:
-    """Score of S over the K bases: 'official' keeps S if the bases' mean FLOPs error is in budget and
-    averages accuracies and penalties; 'worst' averages the accuracies of the bases it fits."""
+    """Score of S over the K bases: S is kept if the bases' mean FLOPs error is in budget, and scores
+    the mean of their accuracies and penalties."""
     sp = self.space
-    if self.cfg.penalty == "worst":
-      v = [accs[(a, S)] for a in alphas if (a, S) in accs]
-      return float(np.mean(v)) if v else -math.inf
     err = np.mean([abs(path_macs(a, S, sp) - 2**j * base_macs(a, sp)) for a in alphas])
     if err > 2**j * sp.stage_tol:
       return -math.inf
     v = [accs.get((a, S), infeasible_score(path_macs(a, S, sp), 2**j * sp.base_target)) for a in alphas]
     return float(np.mean(v))
 
-  def evolve_alpha(self, rng, scalings, start: Alpha | None):
+  def evolve_alpha(self, rng, scalings):
     """(best α, its objective, mean and std of the final population's accuracy objective)."""
-    if self.cfg.ga == "official":
-      pop, fit = self._evolve_official(rng, scalings)
-    else:
-      pop, fit = self._evolve_ours(rng, scalings, start)
-    alphas = [self._decode(g) for g in pop]
+    pop, fit = self._evolve(rng, scalings)
+    alphas = [decode_official(g, self.space) for g in pop]
     i = int(np.argmax(fit))
-    if not np.isfinite(fit).any():
-      raise RuntimeError("MCEA: no feasible α in the final population; widen the budgets or max_tries")
     # Spread of the accuracy objective over the individuals feasible at every stage (penalties would
-    # dominate the std otherwise), or over all scored ones if none is.
-    ok = np.array([self.feasible(a, scalings) for a in alphas]) & np.isfinite(fit)
-    ok = ok if ok.any() else np.isfinite(fit)
+    # dominate the std otherwise), or over all of them if none is.
+    ok = np.array([self.feasible(a, scalings) for a in alphas])
+    ok = ok if ok.any() else np.ones(len(fit), bool)
     return alphas[i], float(fit[i]), float(fit[ok].mean()), float(fit[ok].std())
 
-  def _decode(self, genome) -> Alpha:
-    return decode_official(genome, self.space) if self.cfg.ga == "official" else decode(genome, self.space)
-
-  def _evolve_official(self, rng, scalings):
+  def _evolve(self, rng, scalings):
     cfg = self.cfg
     lo, hi = official_bounds(self.space)
     pop = [np.asarray(encode_official(self.random_feasible_alpha(rng), self.space)) for _ in range(cfg.population)]
-    fit = self.fitness([self._decode(g) for g in pop], scalings)
+    fit = self.fitness([decode_official(g, self.space) for g in pop], scalings)
     for _ in range(cfg.generations - 1):
       off = official_offspring(pop, fit, lo, hi, cfg.eta_mutation, rng)
       if not off:
         break
       pop = pop + off
-      fit = np.concatenate([fit, self.fitness([self._decode(g) for g in off], scalings)])
+      fit = np.concatenate([fit, self.fitness([decode_official(g, self.space) for g in off], scalings)])
       keep = np.lexsort((rng.random(len(pop)), -fit))[: cfg.population]  # best first, ties at random
       pop, fit = [pop[k] for k in keep], fit[keep]
-    return pop, fit
-
-  def _evolve_ours(self, rng, scalings, start: Alpha | None):
-    cfg = self.cfg
-    pop = [] if start is None else [encode(start, self.space)]
-    while len(pop) < cfg.population:
-      pop.append(encode(self.random_feasible_alpha(rng, scalings), self.space))
-    for g in range(cfg.generations):
-      fit = self.fitness([decode(x, self.space) for x in pop], scalings)
-      order = np.argsort(-fit, kind="stable")
-      parents = [pop[i] for i in order[: cfg.parents] if np.isfinite(fit[i])] or [pop[order[0]]]
-      if g == cfg.generations - 1:
-        break
-      children = [parents[0]]  # elitism
-      while len(children) < cfg.population:
-        a, b = (parents[int(i)] for i in rng.integers(len(parents), size=2))
-        cross = rng.random(len(a)) < 0.5
-        child = [x if c else y for x, y, c in zip(a, b, cross)]
-        mut = rng.random(len(child)) < cfg.mutation_prob
-        child = [int(rng.integers(n)) if m else x for x, n, m in zip(child, self.sizes, mut)]
-        children.append(child)
-      pop = children
     return pop, fit
 
   def search_scalings(self, alpha: Alpha):
@@ -488,7 +422,7 @@ def run_mcea(
     if phase == "init":
       scalings, state["init_scores"] = s.init_scalings(rng)
     elif phase[0] == "a":
-      alpha, obj, mean, std = s.evolve_alpha(rng, scalings, alpha)
+      alpha, obj, mean, std = s.evolve_alpha(rng, scalings)
       state["objective"] = obj
       state["history"].append(
           {"iteration": int(phase[1:]), "phase": "alpha", "objective": obj, "pop_mean": mean, "pop_std": std}
@@ -516,104 +450,3 @@ def run_mcea(
   out = dict(state)
   out["alpha"], out["scalings"] = alpha, scalings
   return out
-
-
-# ----------------------------------------------------------------------------------------------------
-# A toy objective with a known optimum, and the GA comparison on it
-# ----------------------------------------------------------------------------------------------------
-TOY_ALPHA = Alpha((1, 2, 3, 1), ((5,), (7, 3), (5, 5, 7), (3,)))
-
-
-@dataclasses.dataclass(frozen=True)
-class ToyProblem:
-  """A separable accuracy on the 'fmnist' space (base budget centred on `alpha`), maximal (0.9) exactly
-  at `alpha` and at `scalings[j]` = the stage-j grid point closest to its budget; every term has its own
-  scale, so ties are impossible. `self(pairs)` is a batched `evaluate`."""
-
-  space: SearchSpace
-  alpha: Alpha
-  scalings: tuple[Scaling, ...]  # S_1..S_M
-
-  @classmethod
-  def make(cls, alpha: Alpha = TOY_ALPHA) -> "ToyProblem":
-    from scalenet_jax.nas.space import get_space  # pylint: disable=g-import-not-at-top
-
-    base = get_space("fmnist")
-    space = dataclasses.replace(base, base_target=float(base_macs(alpha, base)))
-    f0 = base_macs(alpha, space)
-    best = []
-    for j in range(1, space.num_scaling_stages):
-      best.append(min(space.scalings(j), key=lambda S, j=j: abs(path_macs(alpha, S, space) - 2**j * f0)))
-    return cls(space, alpha, tuple(best))
-
-  def accuracy(self, alpha: Alpha, S: Scaling) -> float:
-    acc = 0.9
-    for n, n_star in zip(alpha.depths, self.alpha.depths):
-      acc -= 0.05 * abs(n - n_star)
-    for ks, ks_star in zip(alpha.kernels, self.alpha.kernels):
-      acc -= 0.01 * sum(1 for a, b in zip(ks, ks_star) if a != b)
-    sp = self.space
-    j = next(
-        (j for j in range(1, sp.num_scaling_stages) if S.d in sp.mult_candidates[j] and S.r in sp.res_candidates[j]), 0
-    )
-    if j:
-      t = self.scalings[j - 1]
-      acc -= 0.1 * abs(S.d - t.d) + 0.07 * abs(S.w - t.w) + 0.001 * abs(S.r - t.r)
-    return acc
-
-  def __call__(self, pairs):
-    return [self.accuracy(a, S) for a, S in pairs]
-
-
-def compare_on_toy(configs: dict[str, MCEAConfig], seeds: Sequence[int], problem: ToyProblem | None = None) -> dict:
-  """{name: {'found': fraction of seeds reaching the optimum, 'objective': mean, 'paths': mean distinct
-  paths evaluated}} of each config over `seeds` (its seed field replaced)."""
-  problem = problem or ToyProblem.make()
-  out = {}
-  for name, cfg in configs.items():
-    found, objective, paths = [], [], []
-    for seed in seeds:
-      seen = set()
-
-      def evaluate(pairs):
-        seen.update(pairs)
-        return problem(pairs)
-
-      res = run_mcea(problem.space, evaluate, dataclasses.replace(cfg, seed=seed), progress=lambda _: None)
-      found.append(res["alpha"] == problem.alpha and tuple(res["scalings"][1:]) == problem.scalings)
-      objective.append(res["objective"])
-      paths.append(len(seen))
-    out[name] = {"found": float(np.mean(found)), "objective": float(np.mean(objective)), "paths": float(np.mean(paths))}
-  return out
-
-
-def main(argv=None) -> None:
-  import argparse  # pylint: disable=g-import-not-at-top
-
-  ap = argparse.ArgumentParser(description="Official vs our MCEA operators on the toy objective.")
-  ap.add_argument("--seeds", type=int, default=10)
-  ap.add_argument("--population", type=int, default=16)
-  ap.add_argument("--generations", type=int, default=8)
-  ap.add_argument("--iterations", type=int, default=2)
-  ap.add_argument("--n-base", type=int, default=6)
-  args = ap.parse_args(argv)
-  common = dict(
-      iterations=args.iterations, n_base=args.n_base, population=args.population, generations=args.generations
-  )
-  configs = {
-      "official (ga, penalty, S_1..S_M)": MCEAConfig(**common),
-      "ours ga, official objective": MCEAConfig(**common, ga="ours", parents=max(2, args.population // 3)),
-      "ours (ga, worst, S_0..S_M)": MCEAConfig(
-          **common, ga="ours", penalty="worst", include_s0=True, parents=max(2, args.population // 3)
-      ),
-  }
-  res = compare_on_toy(configs, range(args.seeds))
-  print(f"toy objective, {args.seeds} seeds, {common}")
-  print("| config | optimum found | mean objective | mean distinct paths evaluated |")
-  print("|---|---|---|---|")
-  for name, r in res.items():
-    print(f"| {name} | {r['found']:.0%} | {r['objective']:.4f} | {r['paths']:.0f} |")
-
-
-if __name__ == "__main__":
-  main()

@@ -169,7 +169,7 @@ def run_search(config, workdir: str) -> dict:
   minival = minival_batches(sn, space, s.eval_batch_size)
   evaluator = PathEvaluator(SuperNet(space), params, space, minival, vmap_size=s.vmap_size)
   progress = lambda line: _log(f"{line} [{time.time() - t:.0f}s]")  # MCEA's lines end in its path count
-  mcfg = mcea.MCEAConfig.from_config(s)  # every MCEAConfig field of config.search (ga, penalty, ...)
+  mcfg = mcea.MCEAConfig.from_config(s)  # every MCEAConfig field of config.search
   res = mcea.run_mcea(space, evaluator, mcfg, state_path=str(wd / "mcea.json"), progress=progress)
   alpha, scalings = res["alpha"], list(res["scalings"])
   timings["mcea"] = time.time() - t

@@ -148,10 +148,7 @@ def count_modes(values: np.ndarray, bins: int = 60, smooth: float = 2.0, min_pro
 
 
 def plot_histograms(space: SearchSpace, macs: dict, path: str) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = paths.pyplot()
 
   fig, ax = plt.subplots(figsize=(7, 4))
   allv = np.concatenate(list(macs.values())) / 1e6

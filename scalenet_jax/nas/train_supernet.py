@@ -32,6 +32,7 @@ import hashlib
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from scalenet_jax import config_lib
 from scalenet_jax.data import from_config, preprocess as preprocess_lib
@@ -70,6 +71,10 @@ def supernet_config(space: str = "fmnist", in_channels: int = 1, **overrides) ->
   )
   c.sampling = "hss"  # hss | hss_uniform | uniform (sampling.METHODS)
   c.eta = "width"  # HSS stage weights: width | uniform
+  # SuperNet(conditional=...): skip a path's inactive slots and run only its kernel size's taps (1.2-1.4x
+  # per step on CPU, docs/performance.md). 'auto' = on, except for TPU programs: libtpu 0.0.42.1's compiler
+  # aborts on it (a memory-space-assignment check failure, docs/tpu.md); there the selecting supernet runs.
+  c.conditional = "auto"  # auto | True | False
   config_lib.override(
       c.data,
       dict(
@@ -165,20 +170,39 @@ def abstract_supernet(model: SuperNet) -> dict:
   return jax.eval_shape(lambda k: model.init(k, images, path=path), jax.random.key(0))
 
 
-def train_supernet(config, workdir: str):
-  """Trains (or resumes) the super-supernet of `config.space` with one sampled path per step; returns
-  the final params (device arrays). See the module docstring."""
+def conditional(config, platform: str) -> bool:
+  """Whether the supernet computes conditionally (`config.conditional`, 'auto': not for TPU programs)."""
+  c = config.get("conditional", "auto")
+  if c not in ("auto", True, False):
+    raise ConfigError(f"conditional must be 'auto', True or False, got {c!r}")
+  return platform != "tpu" if c == "auto" else c
+
+
+def supernet_task(config, source, platform: str | None = None) -> loop_lib.Task:
+  """The `Task` of training the super-supernet of `config.space` on `source` (None: shapes only, for
+  `--mode compile`: one program per resolution the space samples) for devices of `platform` (default:
+  jax's backend)."""
   if config.sampling not in sampling.METHODS:
     raise ConfigError(f"unknown sampling method {config.sampling!r}; known: {sampling.METHODS}")
   space = space_of(config)
-  source = open_split(config, config.data.train_split, cache_dir=workdir)
-  model = SuperNet(space)
+  model = SuperNet(space, conditional=conditional(config, platform or jax.default_backend()))
   plan = path_plan(space, config.sampling, config.seed, config.eta)
   tag = f"supernet/{space.name}/{space.in_channels}ch/{config.sampling}/{config.eta}"
   # Host-side init: compiling the init of this many-branch network costs over a minute on CPU.
   initial = lambda: {"params": init_supernet(model, config.seed)}
-  task = _task(config, model, abstract_supernet(model), initial, source, space.in_channels, plan, tag, "supernet")
-  loop = loop_lib.Loop(config, workdir, task)
+  path = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), plan(0)[1])
+  resolutions = sorted({r for stage in space.res_candidates for r in stage})
+  image = lambda n, r: jax.ShapeDtypeStruct((n, r, r, space.in_channels), jnp.float32)
+  specs = lambda n: {f"@{r}px": (image(n, r), path) for r in resolutions}
+  abstract = abstract_supernet(model)
+  return _task(config, model, abstract, initial, source, space.in_channels, plan, tag, "supernet", input_specs=specs)
+
+
+def train_supernet(config, workdir: str):
+  """Trains (or resumes) the super-supernet of `config.space` with one sampled path per step; returns
+  the final params (device arrays). See the module docstring."""
+  source = open_split(config, config.data.train_split, cache_dir=workdir)
+  loop = loop_lib.Loop(config, workdir, supernet_task(config, source))
   loop.train()
   return loop.state.params
 

@@ -3,6 +3,8 @@
 A driver describes *what* to train as a `Task` (apply function, variables, step batches, trainable set,
 evaluation, export); `Loop(config, workdir, task)` does the rest the same way for all of them:
 
+* The workdir's lock (`workdir_lock`: one run per workdir), taken before anything is written and released
+  by `close()` (or at the end of `train()`).
 * Mesh and optimizer from the config (`config_lib.base_config()` fields).
 * State: built sharded on the devices; restored from this workdir's latest good checkpoint if there is one,
   else the task's initial variables (pretrained / expanded / host-built) or its on-device init.
@@ -31,6 +33,7 @@ from scalenet_jax.train import distributed, optim
 from scalenet_jax.train import metrics as metrics_lib
 from scalenet_jax.train import sharding as sh
 from scalenet_jax.train import step as step_lib
+from scalenet_jax.train import workdir_lock
 
 
 @dataclasses.dataclass
@@ -51,6 +54,10 @@ class Task:
   objective: what the step optimises and evaluates (`train/objectives.py`); None = classification with
     `config.label_smoothing`.
   export: `export(state) -> dict` written at the end of training, or None.
+  input_specs: `input_specs(n) -> {name: (model inputs, model_kwargs or None)}` for a global batch of n,
+    as `jax.ShapeDtypeStruct`s: one entry per program training compiles ('' for one; the NAS supernet
+    has one per resolution). The objective adds the labels (`batch_spec`). What `--mode compile`
+    lowers (`scalenet_jax.tpu_check`); None = not compilable ahead of time.
   label: shown in progress lines.
   """
 
@@ -69,6 +76,68 @@ class Task:
   label: str = ""
   objective: Any = None
   meta: dict = dataclasses.field(default_factory=dict)  # extra JSON saved with every checkpoint
+  input_specs: Optional[Callable[[int], dict]] = None
+
+
+def objective_of(config, task: Task):
+  """What the task's step optimises: its own objective, else classification with the config's smoothing."""
+  return step_lib.Classification(config.label_smoothing) if task.objective is None else task.objective
+
+
+def make_optimizer(config, task: Task):
+  """(optimizer, its config with `total_steps` filled) of a task's trainable set."""
+  c = optimizer_config(config)
+  trainable = "all" if task.trainable_mask is None else task.trainable_mask
+  return optim.make_optimizer(c, task.abstract_variables["params"], trainable), c
+
+
+def state_init_fn(task: Task) -> Callable:
+  """The on-device init of a task's variables (with host-side initial variables it only has to produce
+  the right shapes: they are put in place afterwards)."""
+  if task.init_fn is None and task.initial_variables is None:
+    raise ValueError("Task needs init_fn or initial_variables")
+  if task.initial_variables is None:
+    return task.init_fn
+  return lambda _: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), task.abstract_variables)
+
+
+def train_step(config, task: Task, tx, optim_config: dict, mesh, shardings, compiler_options=None):
+  """The jitted train step of a task (`step.make_train_step` with the config's recipe): what `Loop.train`
+  runs and `--mode compile` compiles."""
+  return step_lib.make_train_step(
+      task.apply_fn,
+      tx,
+      mesh,
+      shardings,
+      trainable_mask=task.trainable_mask,
+      lr_fn=optim.make_train_lr_fn(optim_config),
+      grad_accum_steps=optim_config["grad_accum_steps"],
+      objective=objective_of(config, task),
+      ema_decay=config.ema_decay if task.use_ema else None,
+      batch_transform=task.batch_transform,
+      compute_dtype=task.compute_dtype,
+      compiler_options=compiler_options,
+  )
+
+
+def eval_step(config, task: Task, mesh, shardings, compiler_options=None):
+  """The jitted eval step of a task (`step.make_eval_step`)."""
+  return step_lib.make_eval_step(
+      task.apply_fn,
+      mesh,
+      shardings,
+      compute_dtype=task.compute_dtype,
+      use_ema=task.use_ema,
+      compiler_options=compiler_options,
+      objective=objective_of(config, task),
+  )
+
+
+def check_batch_sizes(config, mesh) -> None:
+  data_size = mesh.shape["data"]
+  for name in ("batch_size", "eval_batch_size"):
+    if config[name] % data_size:
+      raise ConfigError(f"{name}={config[name]} is not divisible by the {data_size} devices of the mesh's data axis")
 
 
 def optimizer_config(config) -> dict:
@@ -85,29 +154,33 @@ class Loop:
   def __init__(self, config, workdir, task: Task):
     distributed.maybe_initialize()
     self.config, self.task = config, task
-    self.objective = step_lib.Classification(config.label_smoothing) if task.objective is None else task.objective
+    self.objective = objective_of(config, task)
     self.workdir = paths.path(workdir)
+    self.ckpt = None
+    # One writer per workdir: taken before anything is written (WorkdirBusy if a live run holds it).
+    self.lock = workdir_lock.WorkdirLock(self.workdir).acquire()
+    try:
+      self._setup(config, task)
+    except BaseException:
+      self.close()
+      raise
+
+  def _setup(self, config, task: Task) -> None:
     self.workdir.mkdir(parents=True, exist_ok=True)
 
     # ---- Mesh
     self.mesh = sh.make_mesh(config.mesh_data, config.mesh_model)
-    data_size = self.mesh.shape["data"]
-    for name in ("batch_size", "eval_batch_size"):
-      if config[name] % data_size:
-        raise ConfigError(f"{name}={config[name]} is not divisible by the {data_size} devices of the mesh's data axis")
+    check_batch_sizes(config, self.mesh)
 
     # ---- Optimizer and sharded state
-    abstract_params = task.abstract_variables["params"]
-    self.optim_config = optimizer_config(config)
-    trainable = "all" if task.trainable_mask is None else task.trainable_mask
-    self.tx = optim.make_optimizer(self.optim_config, abstract_params, trainable)
-    if task.init_fn is None and task.initial_variables is None:
-      raise ValueError("Task needs init_fn or initial_variables")
-    # With host-side initial variables the on-device init only has to produce the right shapes.
-    zeros = lambda _: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), task.abstract_variables)
-    init = task.init_fn if task.initial_variables is None else zeros
+    self.tx, self.optim_config = make_optimizer(config, task)
     self.state, self.shardings = step_lib.create_train_state(
-        init, self.tx, self.mesh, jax.random.key(config.seed), mode=config.sharding, use_ema=task.use_ema
+        state_init_fn(task),
+        self.tx,
+        self.mesh,
+        jax.random.key(config.seed),
+        mode=config.sharding,
+        use_ema=task.use_ema,
     )
     digest = ckpt_lib.fingerprint(task.abstract_variables) + task.tag
     self.fingerprint = hashlib.sha256(digest.encode()).hexdigest()[:16]
@@ -137,15 +210,8 @@ class Loop:
   @property
   def eval_step(self):
     if self._eval_step is None:
-      self._eval_step = step_lib.make_eval_step(
-          self.task.apply_fn,
-          self.mesh,
-          self.shardings,
-          compute_dtype=self.task.compute_dtype,
-          use_ema=self.task.use_ema,
-          compiler_options=jax_utils.compile_options(self.config.xla_opt_level),
-          objective=self.objective,
-      )
+      options = jax_utils.compile_options(self.config.xla_opt_level)
+      self._eval_step = eval_step(self.config, self.task, self.mesh, self.shardings, options)
     return self._eval_step
 
   def evaluate(self, batches: Optional[Iterator[dict]] = None) -> dict:
@@ -163,23 +229,11 @@ class Loop:
     return self.objective.metrics(jax.device_get(sums))
 
   def _train_step(self):
-    c, t = self.config, self.task
-    return step_lib.make_train_step(
-        t.apply_fn,
-        self.tx,
-        self.mesh,
-        self.shardings,
-        trainable_mask=t.trainable_mask,
-        lr_fn=optim.make_train_lr_fn(self.optim_config),
-        grad_accum_steps=self.optim_config["grad_accum_steps"],
-        objective=self.objective,
-        ema_decay=c.ema_decay if t.use_ema else None,
-        batch_transform=t.batch_transform,
-        compute_dtype=t.compute_dtype,
-        compiler_options=jax_utils.compile_options(c.xla_opt_level),
-    )
+    options = jax_utils.compile_options(self.config.xla_opt_level)
+    return train_step(self.config, self.task, self.tx, self.optim_config, self.mesh, self.shardings, options)
 
   def save(self, step: int) -> None:
+    self.lock.check()  # a lease taken over by another run: stop before writing
     self.ckpt.save(step, self.state, {"fingerprint": self.fingerprint, **self.task.meta}, force=True)
 
   # ---- Loop
@@ -191,6 +245,7 @@ class Loop:
     progress = metrics_lib.Progress(c.steps, self.task.label)
     first_bad = jnp.asarray(-1, jnp.int32)  # device-side: first step with a non-finite loss
     t_start, t_loop, timed_steps, last_good = time.perf_counter(), None, 0, self.start
+    trained = False
     try:
       if c.steps > self.start:
         train_step = self._train_step()
@@ -237,15 +292,27 @@ class Loop:
       if ev:
         writer.write(c.steps, ev)
         info.update(ev)
+      trained = True
     finally:
-      self.close()
+      self._close_checkpoints()
       writer.close()
-    if self.task.export is not None:
-      info.update(self.task.export(self.state))
+      if not trained:
+        self.lock.release()  # nothing more is written
+    try:
+      if self.task.export is not None:
+        info.update(self.task.export(self.state))
+    finally:
+      self.close()  # the export is written under the lock too
     return info
 
-  def close(self) -> None:
-    """Waits for the last checkpoint write (idempotent)."""
+  def _close_checkpoints(self) -> None:
     if self.ckpt is not None:
       self.ckpt.close()
       self.ckpt = None
+
+  def close(self) -> None:
+    """Waits for the last checkpoint write, then releases the workdir (idempotent)."""
+    try:
+      self._close_checkpoints()
+    finally:
+      self.lock.release()

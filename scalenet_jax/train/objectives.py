@@ -51,6 +51,15 @@ class Classification:
     hard = labels if labels.ndim == 1 else jnp.argmax(labels, -1)  # soft targets: their argmax
     return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == hard)}
 
+  def batch_spec(self, inputs: jax.ShapeDtypeStruct, eval: bool = False) -> dict:  # pylint: disable=redefined-builtin
+    """The abstract step batch the data pipeline yields for model inputs `inputs` (B, ...): int labels
+    (B,), and for evaluation the float mask of real examples."""
+    n = inputs.shape[0]
+    batch = {self.inputs: inputs, "labels": jax.ShapeDtypeStruct((n,), jnp.int32)}
+    if eval:
+      batch["mask"] = jax.ShapeDtypeStruct((n,), jnp.float32)
+    return batch
+
   def eval_sums(self, logits, batch):
     labels = batch["labels"]
     mask = batch.get("mask", jnp.ones(labels.shape, jnp.float32)).astype(jnp.float32)
@@ -92,6 +101,13 @@ class NextToken:
     labels = batch["labels"]
     mask = batch.get("mask", jnp.ones(labels.shape, bool)).astype(jnp.float32)
     return nll, mask
+
+  def batch_spec(self, inputs: jax.ShapeDtypeStruct, eval: bool = False) -> dict:  # pylint: disable=redefined-builtin
+    """The abstract step batch `data.text` yields for token inputs (B, T): labels and the bool loss mask,
+    in training and evaluation alike."""
+    del eval
+    like = lambda dtype: jax.ShapeDtypeStruct(inputs.shape, dtype)
+    return {self.inputs: inputs, "labels": like(jnp.int32), "mask": like(jnp.bool_)}
 
   def loss(self, logits, batch):
     nll, mask = self._nll(logits, batch, self.label_smoothing)

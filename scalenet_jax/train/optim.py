@@ -17,7 +17,6 @@ trainable set), so it cannot be set twice.
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any, Callable, Sequence
 
@@ -90,14 +89,6 @@ def param_labels(params, trainable_patterns: str | Sequence[str] = "all"):
 def trainable_mask(params, trainable_patterns: str | Sequence[str] = "all"):
   """Pytree of bools (True = trainable), same structure as `params`."""
   return jax.tree_util.tree_map(lambda l: l == TRAINABLE, param_labels(params, trainable_patterns))
-
-
-def count(params, mask=None) -> int:
-  """Number of scalar parameters (optionally only leaves where the bool pytree `mask` is True)."""
-  sizes = jax.tree_util.tree_map(lambda x: math.prod(x.shape), params)
-  if mask is not None:
-    sizes = jax.tree_util.tree_map(lambda s, m: s if m else 0, sizes, mask)
-  return int(sum(jax.tree_util.tree_leaves(sizes)))
 
 
 def make_lr_schedule(config) -> optax.Schedule:

@@ -37,7 +37,7 @@ from jax.sharding import Mesh
 
 from scalenet_jax import jax_utils
 from scalenet_jax.train import sharding as sh
-from scalenet_jax.train.objectives import Classification, cross_entropy  # noqa: F401 (cross_entropy: API)
+from scalenet_jax.train.objectives import Classification
 
 
 @flax.struct.dataclass
@@ -65,6 +65,39 @@ def flax_apply_fn(module: nn.Module) -> Callable:
 
 
 # ---------------------------------------------------------------------------------------------- State
+def _state_init(init_fn: Callable, tx: optax.GradientTransformation, use_ema: bool) -> Callable:
+  """`init(raw key data) -> TrainState` of `init_fn`'s variables."""
+
+  def init(key):
+    k_init, k_train = jax.random.split(key)
+    variables = nn.meta.unbox(dict(init_fn(k_init)))
+    if "params" not in variables:
+      raise ValueError(f"init_fn must return a variables dict with 'params', got keys {list(variables)}")
+    params = variables.pop("params")
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        model_state=variables or None,
+        ema_params=jax.tree_util.tree_map(jnp.copy, params) if use_ema else None,
+        rng=jax.random.key_data(k_train),
+    )
+
+  return init
+
+
+def _raw_key(rng) -> jax.Array:
+  if jax.dtypes.issubdtype(getattr(rng, "dtype", None), jax.dtypes.prng_key):
+    return jax.random.key_data(rng)
+  return rng
+
+
+def abstract_train_state(init_fn: Callable, tx: optax.GradientTransformation, *, use_ema: bool = False):
+  """The `TrainState` that `create_train_state` builds, as `jax.ShapeDtypeStruct` leaves (nothing is
+  computed): what an ahead-of-time compile (`scalenet_jax.tpu_check`) lowers the step with."""
+  return jax.eval_shape(_state_init(init_fn, tx, use_ema), _raw_key(jax.random.key(0)))
+
+
 def create_train_state(
     init_fn: Callable,
     tx: optax.GradientTransformation,
@@ -82,26 +115,8 @@ def create_train_state(
   Returns `(state, state_shardings)`; the abstract state is `jax.eval_shape` of the same init, so the
   shardings can also serve as a restore target.
   """
-
-  def init(key):
-    k_init, k_train = jax.random.split(key)
-    variables = nn.meta.unbox(dict(init_fn(k_init)))
-    if "params" not in variables:
-      raise ValueError(f"init_fn must return a variables dict with 'params', got keys {list(variables)}")
-    params = variables.pop("params")
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=tx.init(params),
-        model_state=variables or None,
-        ema_params=jax.tree_util.tree_map(jnp.copy, params) if use_ema else None,
-        rng=jax.random.key_data(k_train),
-    )
-
-  if jax.dtypes.issubdtype(getattr(rng, "dtype", None), jax.dtypes.prng_key):
-    rng = jax.random.key_data(rng)
-  abstract = jax.eval_shape(init, rng)
-  shardings = sh.param_shardings(abstract, mesh, mode, fsdp_min_size)
+  init, rng = _state_init(init_fn, tx, use_ema), _raw_key(rng)
+  shardings = sh.param_shardings(jax.eval_shape(init, rng), mesh, mode, fsdp_min_size)
   # Small leaves (step, rng, norm params, optimizer counters) fall under min_size and stay replicated.
   state = jax_utils.run_once(init, rng, in_shardings=sh.replicated(mesh), out_shardings=shardings)
   return state, shardings
@@ -131,7 +146,7 @@ def _jit_per_batch_structure(fn, state_shardings, mesh, out_shardings, donate_ar
   {'xla_backend_optimization_level': 1} compiles a CPU step several times faster, for short runs)."""
   cache = {}
 
-  def call(first, batch):
+  def jitted(batch):
     treedef = jax.tree_util.tree_structure(batch)
     if treedef not in cache:
       cache[treedef] = jax.jit(
@@ -141,8 +156,14 @@ def _jit_per_batch_structure(fn, state_shardings, mesh, out_shardings, donate_ar
           donate_argnums=donate_argnums,
           compiler_options=compiler_options,
       )
-    return cache[treedef](first, batch)
+    return cache[treedef]
 
+  def call(first, batch):
+    return jitted(batch)(first, batch)
+
+  # The program for (`first`, `batch`) lowered without running it; the args may be abstract
+  # (`jax.ShapeDtypeStruct`): what `--mode compile` compiles for a TPU topology on any host.
+  call.lower = lambda first, batch: jitted(batch).lower(first, batch)
   call.jitted = cache  # exposed for lowering / cost analysis
   return call
 
