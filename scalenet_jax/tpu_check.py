@@ -97,7 +97,9 @@ def parse_topology(name: str) -> tuple[Chip, str]:
   cores = int(m.group(3))
   grid = _GRIDS[chip.torus_dims].get(cores // chip.cores_per_chip) if cores % chip.cores_per_chip == 0 else None
   if grid is None:
-    raise ConfigError(f"no known chip grid for {name!r} (counts: {[n * chip.cores_per_chip for n in _GRIDS[chip.torus_dims]]})")
+    raise ConfigError(
+        f"no known chip grid for {name!r} (counts: {[n * chip.cores_per_chip for n in _GRIDS[chip.torus_dims]]})"
+    )
   return chip, f"{gen}:{grid}"
 
 
@@ -248,12 +250,11 @@ def check(config, topology: str, name: str | None = None) -> dict:
       b[sh.MODEL_KWARGS] = kwargs
     return _with_shardings(b, sh.batch_shardings(b, mesh))
 
-  programs, per_example = {}, 1
-  eval_specs = task.input_specs(cfg.eval_batch_size)
+  programs, specs, eval_specs = {}, task.input_specs(cfg.batch_size), task.input_specs(cfg.eval_batch_size)
+  first = next(iter(specs.values()))[0]
+  per_example = first.shape[1] if objective.inputs == "tokens" else 1  # a decoder's tokens per sequence
   # A train state larger than the chip cannot fit whatever the program: say so without compiling.
-  specs = task.input_specs(cfg.batch_size) if state_bytes <= chip.hbm_bytes else {}
-  for variant, (inputs, kwargs) in specs.items():
-    per_example = inputs.shape[1] if objective.inputs == "tokens" else 1  # a decoder's tokens per sequence
+  for variant, (inputs, kwargs) in (specs if state_bytes <= chip.hbm_bytes else {}).items():
     batch = batch_of(inputs, kwargs, False)
     p = _program(train_step, state, batch, n)
     p["batch_bytes"] = _per_device_bytes(batch, jax.tree.map(lambda x: x.sharding, batch))

@@ -65,7 +65,17 @@ def key(row: dict) -> str:
 
 def command(row: dict) -> list[str]:
   spec = row["config"] + (f":{row['arg']}" if row["arg"] else "")
-  cmd = [sys.executable, "-m", "scalenet_jax.main", "--config", spec, "--mode", "compile", "--topology", row["topology"]]
+  cmd = [
+      sys.executable,
+      "-m",
+      "scalenet_jax.main",
+      "--config",
+      spec,
+      "--mode",
+      "compile",
+      "--topology",
+      row["topology"],
+  ]
   if row["dtype"] == "alt":
     cmd.append(f"--config.model.dtype={dtype_of(row)}")
   return cmd

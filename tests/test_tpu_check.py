@@ -92,7 +92,10 @@ def test_fsdp_in_bf16_splits_the_state_over_the_devices():
   """fsdp puts a quarter of every large leaf (>= 2**14 elements: the six blocks' qkv, proj, fc1, fc2
   stacks, 294,912 params) on each of the 4 devices, and the compiled program's arguments shrink with it
   (they are larger than our count of the shards: TPU layouts pad small minor dimensions to tiles)."""
-  checks = {m: tpu_check.check(tiny_config(sharding=m, **{"model.dtype": "bfloat16"}), "v5e:2x2") for m in ("replicate", "fsdp")}
+  checks = {
+      m: tpu_check.check(tiny_config(sharding=m, **{"model.dtype": "bfloat16"}), "v5e:2x2")
+      for m in ("replicate", "fsdp")
+  }
   rep, fsdp = checks["replicate"], checks["fsdp"]
   large = 6 * (64 * 192 + 64 * 64 + 2 * 64 * 256)
   assert rep["params_bytes_per_device"] == 4 * PARAMS
