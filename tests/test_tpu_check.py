@@ -132,3 +132,28 @@ def test_the_launcher_checks_before_any_cloud_command():
   assert r.returncode == 2, r.stderr[-3000:]
   assert "--mode compile --topology v5litepod-4 --config.model.num_classes=30000000" in r.stderr
   assert "gcloud" not in r.stdout and "no cloud command was run" in r.stderr
+
+
+def test_the_table_plans_chunks_and_marks_pending_rows(tmp_path):
+  """docs/tpu.md's generator: every paper config's main run comes first on the four slices, `alt` rows
+  override the compute dtype, a chunk starts no row it cannot finish, and unfinished rows are marked."""
+  from scalenet_jax import tpu_table
+
+  rows = tpu_table.rows()
+  assert [r["topology"] for r in rows[:4]] == ["v4-8", "v5e-8", "v5e-16", "v5p-8"]
+  assert {(r["config"], r["arg"]) for r in rows[:28]} == {
+      *((f"configs/{m}_2x.py", "scalenet") for m in tpu_table.VISION),
+      ("configs/llama3_1b_2x.py", "run=scalenet"),
+  }
+  alt = next(r for r in rows if r["dtype"] == "alt" and r["config"] == "configs/llama3_1b_2x.py")
+  assert tpu_table.command(alt)[-1] == "--config.model.dtype=float32"  # the LM ships in bf16
+  assert not any(a.startswith("--config.model.dtype") for a in tpu_table.command(rows[0]))
+  assert not any(r["dtype"] == "alt" and "nas_" in r["config"] for r in rows)
+  done = {tpu_table.key(rows[0]): dict(rows[0], exit=1, wall_s=100.0, error="error: a failed compile")}
+  record, out = tmp_path / "tpu.json", tmp_path / "tpu.md"
+  tpu_table.write_record(str(record), done)
+  # 1 minute cannot hold a ~100 s row: nothing runs, the doc is written from the record.
+  assert tpu_table.main(["--record", str(record), "--out", str(out), "--max_minutes", "1"]) == 0
+  doc = out.read_text()
+  assert f"1 of {len(rows)} rows are done" in doc and doc.count("| pending |") == len(rows) - 1
+  assert "| error: error: a failed compile |" in doc
