@@ -40,8 +40,22 @@ def _take(tree, i):
 def expand(pretrained_params, model, spec: ExpansionSpec, fresh=None):
   """Expand a plain pretrained `model` with `pretrained_params` according to `spec`.
 
-  New params (adjustment modules, random layers) come from `fresh`, params of the expanded
-  structure (e.g. a train state's init, saving a second init compile), or from an init with spec.seed.
+  Args:
+    pretrained_params: the params pytree of the plain `model` (numpy or device arrays).
+    model: the plain (unexpanded) pretrained model.
+    spec: what to grow and how (`kind`, mapping, adjustment, baseline layer count).
+    fresh: params of the expanded structure (e.g. a train state's init, saving a second init compile)
+      that new params (adjustment modules, random layers) are taken from; None = an init with
+      `spec.seed`.
+
+  Returns:
+    `(expanded_model, params)`: the structure of `expanded_model(model, spec)` and its params (numpy),
+    which at init compute the pretrained layers in the mapped order (ScaleNet) or hold the baseline's
+    new layers; `scratch` returns the fresh init.
+
+  Raises:
+    ValueError: `model` is already expanded.
+    ConfigError: a mapping or subset that does not fit the model's stacks.
   """
   _check_plain(model)
   new = expanded_model(model, spec)
@@ -54,6 +68,7 @@ def expand(pretrained_params, model, spec: ExpansionSpec, fresh=None):
 
 
 def scalenet_model(model, spec: ExpansionSpec):
+  """The ScaleNet-expanded structure of the plain `model`: its stacks with the layouts of `spec`."""
   layouts = model_layouts(model.depths, spec)
   return model.with_layouts(layouts, rank=spec.rank, adapter_act=spec.act)
 
@@ -125,7 +140,20 @@ def _grown_model(model, spec, k):
 
 
 def expanded_model(model, spec: ExpansionSpec):
-  """The structure `expand` produces, without building any params (cheap: for summaries)."""
+  """The structure `expand` produces, without building any params (cheap: for summaries).
+
+  Args:
+    model: the plain (unexpanded) model.
+    spec: the expansion.
+
+  Returns:
+    The expanded model: shared-core layouts (`scalenet`), an R-times deeper plain model (`scratch`), or
+    the plain model with the baseline's new layers in its grown stacks.
+
+  Raises:
+    ValueError: `model` is already expanded.
+    ConfigError: a mapping or subset that does not fit the model's stacks.
+  """
   _check_plain(model)
   if spec.kind == "scalenet":
     return scalenet_model(model, spec)
@@ -156,11 +184,20 @@ def _grown(pre, model, spec, new, fresh):
 
 
 def param_count(model) -> int:
+  """Number of parameters of `model` (from its abstract params; nothing is allocated)."""
   return counting.count_params(model.abstract_params())
 
 
 def matched_new_layers(model, spec: ExpansionSpec) -> int:
-  """Layers a baseline adds so its parameter count is closest to the ScaleNet model's (>= 1)."""
+  """Layers a baseline adds so its parameter count is closest to the ScaleNet model's.
+
+  Args:
+    model: the plain model.
+    spec: the baseline's spec; its ScaleNet counterpart has the same reuse, mapping and adjustment.
+
+  Returns:
+    The number of new layers per grown stack (at least 1).
+  """
   target = param_count(scalenet_model(model, spec))
   base = param_count(model)
   per_layer = param_count(_grown_model(model, spec, 1)) - base
@@ -168,7 +205,14 @@ def matched_new_layers(model, spec: ExpansionSpec) -> int:
 
 
 def trainable_patterns(spec: ExpansionSpec) -> tuple[str, ...]:
-  """Param-path regexes of the trainable set (`all` -> everything)."""
+  """Param-path regexes of the trainable set of `spec` (`optim.trainable_mask` patterns).
+
+  Args:
+    spec: the expansion (`trainable`, `kind`, `adjust`).
+
+  Returns:
+    A tuple of regexes over '/'-joined param paths; `('.*',)` for `trainable='all'` and for `scratch`.
+  """
   if spec.trainable == "all" or spec.kind == "scratch":
     # A random init has no pretrained weights to keep frozen: the paper's scratch rows (and
     # `configs/swin_*_2x.py:scratch`, whose recipe says adjust_ln_head) train every parameter.
@@ -187,9 +231,17 @@ def trainable_patterns(spec: ExpansionSpec) -> tuple[str, ...]:
 
 
 def trainable_rows(model, spec: ExpansionSpec) -> dict[str, np.ndarray]:
-  """Baselines under `adjust_ln_head`: which rows of each stacked core leaf are new (trainable).
+  """Baselines under a restricted trainable set: which rows of each stacked core leaf are new (trainable).
 
-  Keys are stack names ('blocks', 'stage3'); pretrained layers stay frozen like ScaleNet's shared ones.
+  Pretrained layers stay frozen like ScaleNet's shared ones.
+
+  Args:
+    model: the plain model.
+    spec: the expansion.
+
+  Returns:
+    `{stack name ('blocks', 'stage3'): bool array [depth of the grown stack]}`, True on the new layers
+    (all False in stacks that do not grow); empty for `trainable='all'` and for non-baseline kinds.
   """
   if spec.trainable == "all" or spec.kind not in ("random", "stack", "interpolate", "swa"):
     return {}

@@ -26,6 +26,7 @@ FAMILY_ADJUST_SCOPE = {"swin": "all"}  # default of other families: reused
 
 
 def default_adjust_scope(family: str) -> str:
+  """The adjustment scope of a model family when the config leaves it empty: `all` for Swin, else `reused`."""
   return FAMILY_ADJUST_SCOPE.get(family, "reused")
 
 
@@ -34,6 +35,29 @@ TRAINABLE = ("all", "adjust_ln_head", "adjust_ln")  # adjust_ln: adjustment modu
 
 @dataclasses.dataclass(frozen=True)
 class ExpansionSpec:
+  """What a depth expansion does; validated on construction.
+
+  Attributes:
+    kind: one of `KINDS`: `scalenet`, the baselines `random` / `stack` / `interpolate` / `swa`, or
+      `scratch` (an R-times deeper random init).
+    reuse: R, how many times each reused layer runs.
+    mapping: `interpolate`, `stack` or an explicit tuple of core indices, one per scaled layer (module
+      docstring).
+    subset: ViT / decoder: the reused layer indices (default all); Swin: the expanded stages (default the
+      last).
+    adjust: adjustment module of the reused layers, one of `models.stack.ADJUST_KINDS`.
+    adjust_scope: `reused` | `all` (see `ADJUST_SCOPES`).
+    rank: rank of the adjustment modules (> 0 unless `adjust` is `none`).
+    act: activation of the adapter.
+    trainable: one of `TRAINABLE`: everything, or the adjustment modules and norms (and the head).
+    num_new_layers: baselines: new layers per grown stack; 0 = parameter-matched to the ScaleNet model.
+    seed: init of adjustment modules / random and SWA layers.
+
+  Raises:
+    ConfigError: an unknown kind, mapping, adjustment, scope or trainable set, R < 1, rank <= 0, or
+      a negative `num_new_layers`.
+  """
+
   kind: str = "scalenet"
   reuse: int = 2  # R
   mapping: Union[str, tuple[int, ...]] = "interpolate"
@@ -66,7 +90,20 @@ class ExpansionSpec:
 
 
 def stack_layout(num_layers: int, spec: ExpansionSpec, subset: Optional[Sequence[int]] = None) -> StackLayout:
-  """ScaleNet layout of one stack of `num_layers` pretrained layers."""
+  """ScaleNet layout of one stack of `num_layers` pretrained layers.
+
+  Args:
+    num_layers: L, the stack's pretrained depth.
+    spec: the expansion (reuse R, mapping, adjustment and its scope).
+    subset: the reused layer indices S; None = all.
+
+  Returns:
+    The `StackLayout`: the mapping (one core index per scaled layer) and the adjustment kind of each.
+
+  Raises:
+    ConfigError: an empty or out-of-range subset, or an explicit mapping of the wrong length (L + (R-1)·|S|)
+      or with out-of-range indices.
+  """
   subset = sorted(set(range(num_layers) if subset is None else subset))
   bad = [s for s in subset if not 0 <= s < num_layers]
   if bad:
@@ -96,8 +133,18 @@ def stack_layout(num_layers: int, spec: ExpansionSpec, subset: Optional[Sequence
 
 
 def expanded_stacks(depths: Sequence[int], spec: ExpansionSpec) -> tuple[int, ...]:
-  """Indices of the stacks that grow: the only stack of a single-stack model (ViT, decoder LM), or the
-  chosen stages of a hierarchical one (Swin; default the last stage)."""
+  """Indices of the stacks that grow.
+
+  Args:
+    depths: the depth of every stack of the plain model.
+    spec: the expansion (`subset` names the stages of a hierarchical model).
+
+  Returns:
+    `(0,)` for a single-stack model (ViT, decoder LM), else the chosen stages (Swin; default the last).
+
+  Raises:
+    ConfigError: a stage out of range.
+  """
   if len(depths) == 1:
     return (0,)
   stages = tuple(spec.subset) if spec.subset is not None else (len(depths) - 1,)
@@ -108,8 +155,21 @@ def expanded_stacks(depths: Sequence[int], spec: ExpansionSpec) -> tuple[int, ..
 
 
 def model_layouts(depths: Sequence[int], spec: ExpansionSpec) -> tuple[StackLayout, ...]:
-  """Layouts of every stack of a model. A single stack (ViT) reuses `spec.subset` of its layers; a
-  hierarchical model (Swin) expands each chosen stage as a whole."""
+  """Layouts of every stack of a model.
+
+  A single stack (ViT) reuses `spec.subset` of its layers; a hierarchical model (Swin) expands each
+  chosen stage as a whole, and with scope `all` the other stages still give every block an adjustment.
+
+  Args:
+    depths: the depth of every stack of the plain model.
+    spec: the expansion.
+
+  Returns:
+    One `StackLayout` per stack.
+
+  Raises:
+    ConfigError: as in `stack_layout` and `expanded_stacks`.
+  """
   if len(depths) == 1:
     return (stack_layout(depths[0], spec, spec.subset),)
   grown = expanded_stacks(depths, spec)

@@ -24,9 +24,19 @@ from scalenet_jax.models.stack import Dtype, StackLayout
 class StackedModel(nn.Module):
   """Base of the models in this package: one `BlockStack` per entry of `layouts`.
 
-  `layouts` (one per stack, None = identity) make a model ScaleNet-expanded; `rank`/`adapter_act`
-  configure its adjustment modules; `unroll` None unrolls short block stacks (`stack.unroll_segment`),
-  True every stack (cost analysis: XLA does not multiply loop bodies), False none.
+  A family subclass adds its `config` field (the architecture) and its `__call__`.
+
+  Attributes:
+    layouts: one `StackLayout` per stack (None = identity); non-identity layouts make a model
+      ScaleNet-expanded. None = a plain model.
+    drop_path_rate: stochastic depth rate (linear over the blocks).
+    rank: rank of the adjustment modules.
+    adapter_act: activation of the adapters.
+    dtype: compute dtype.
+    remat: rematerialise each block in the backward pass.
+    unroll: None unrolls short block stacks (`stack.unroll_segment`), True every stack (cost analysis:
+      XLA does not multiply loop bodies), False none.
+    family: (class variable) the registry family name, e.g. `'vit'`.
   """
 
   layouts: Optional[tuple[Optional[StackLayout], ...]] = None
@@ -57,17 +67,28 @@ class StackedModel(nn.Module):
     raise NotImplementedError
 
   def checkpoint_filter(self, state_dict: dict) -> dict:
-    """The family's foreign state dict in the layout of `key_table` (e.g. an original-release layout);
-    a checkpoint of another variant it cannot load raises `CheckpointError` saying what it is."""
+    """The family's foreign state dict in the layout of `key_table` (e.g. an original-release layout).
+
+    Args:
+      state_dict: `{key: numpy array}` as read from the checkpoint.
+
+    Returns:
+      The state dict with `key_table` keys (the base class returns it unchanged).
+
+    Raises:
+      CheckpointError: a checkpoint of another variant the family cannot load, saying what it is.
+    """
     return state_dict
 
   def input_spec(self, batch: int = 1) -> jax.ShapeDtypeStruct:
-    """Shape and dtype of a model input batch."""
+    """Shape and dtype of a model input batch of `batch` examples (images NHWC float32, or token ids)."""
     raise NotImplementedError
 
   # -- structure --------------------------------------------------------------------------------------
   @property
   def stack_layouts(self) -> tuple[StackLayout, ...]:
+    """The layout of every stack (identity where `layouts` gives None); raises ValueError on a count that
+    is not the number of stacks."""
     depths = self.plain_depths()
     given = self.layouts or (None,) * len(depths)
     if len(given) != len(depths):
@@ -81,9 +102,11 @@ class StackedModel(nn.Module):
 
   @property
   def is_plain(self) -> bool:
+    """Whether every stack has the identity layout (an unexpanded model)."""
     return all(l == StackLayout.identity(l.depth) for l in self.stack_layouts)
 
   def with_layouts(self, layouts: Optional[Sequence[Optional[StackLayout]]], **fields) -> "StackedModel":
+    """A clone with `layouts` (None = plain) and other fields replaced (e.g. `rank`, `adapter_act`)."""
     return self.clone(layouts=None if layouts is None else tuple(layouts), **fields)
 
   # -- params -----------------------------------------------------------------------------------------
@@ -92,13 +115,14 @@ class StackedModel(nn.Module):
     return jax.eval_shape(lambda x: self.init(jax.random.key(0), x), self.input_spec())["params"]
 
   def init_params(self, seed: int) -> dict:
-    """Freshly initialised params as host numpy arrays (one cheaply compiled init)."""
+    """Freshly initialised params as host numpy arrays (one cheaply compiled init) from `jax.random.key(seed)`."""
     x = np.zeros(self.input_spec().shape, self.input_spec().dtype)
     params = jax_utils.run_once(self.init, jax.random.key(seed), x)["params"]
     return jax.tree.map(np.asarray, params)
 
 
 def image_input_spec(cfg, batch: int = 1) -> jax.ShapeDtypeStruct:
+  """Float32 NHWC images `(batch, img_size, img_size, in_chans)` of an image config (`ViTConfig`, `SwinConfig`)."""
   return jax.ShapeDtypeStruct((batch, cfg.img_size, cfg.img_size, cfg.in_chans), jnp.float32)
 
 
@@ -107,6 +131,18 @@ def image_input_spec(cfg, batch: int = 1) -> jax.ShapeDtypeStruct:
 # ----------------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Entry:
+  """One foreign checkpoint key and the Flax param it maps to.
+
+  Attributes:
+    key: key in the foreign (timm / Hugging Face) state dict.
+    path: Flax param path.
+    index: index along the stacked (scan / core) axis, None for unstacked params.
+    kind: how the tensor converts: `'linear'` (out, in) -> transposed, `'conv'` (O, I, kh, kw) -> HWIO,
+      `'same'` unchanged.
+    optional: a second name of a param another entry already maps (a tied LM head): a checkpoint may omit
+      it; when present it must equal that param.
+  """
+
   key: str  # key in the foreign (timm / Hugging Face) state dict
   path: tuple[str, ...]  # Flax param path
   index: Optional[int]  # index along the stacked (scan / core) axis, None for unstacked params
@@ -117,6 +153,7 @@ class Entry:
 
 
 def linear_entries(key: str, path: tuple[str, ...], index: Optional[int] = None, bias: bool = True) -> list[Entry]:
+  """Entries of a linear layer: `<key>.weight` -> `path/kernel` (and `<key>.bias` -> `path/bias`)."""
   out = [Entry(f"{key}.weight", path + ("kernel",), index, "linear")]
   if bias:
     out.append(Entry(f"{key}.bias", path + ("bias",), index, "same"))
@@ -124,6 +161,7 @@ def linear_entries(key: str, path: tuple[str, ...], index: Optional[int] = None,
 
 
 def norm_entries(key: str, path: tuple[str, ...], index: Optional[int] = None, bias: bool = True) -> list[Entry]:
+  """Entries of a norm layer: `<key>.weight` -> `path/scale` (and `<key>.bias` -> `path/bias`)."""
   out = [Entry(f"{key}.weight", path + ("scale",), index, "same")]
   if bias:
     out.append(Entry(f"{key}.bias", path + ("bias",), index, "same"))
@@ -131,7 +169,18 @@ def norm_entries(key: str, path: tuple[str, ...], index: Optional[int] = None, b
 
 
 def adjust_entries(prefix: str, segment: tuple[str, ...], position: int, kind: str, names: Sequence[str]):
-  """Keys of one block's adjustment modules: `<prefix>.adjust.<linear>.{A,B}` (not part of timm/HF models)."""
+  """Keys of one block's adjustment modules: `<prefix>.adjust.<linear>.{A,B}` (not part of timm/HF models).
+
+  Args:
+    prefix: the block's key prefix, e.g. `'blocks.3'`.
+    segment: Flax path of the block's segment (`(..., 'seg1')`).
+    position: the block's index inside its segment.
+    kind: `'adapter'` or `'lora'`.
+    names: the adjusted linears (`ADJUSTED_LINEARS[kind]`).
+
+  Returns:
+    The entries (`<kind>_<linear>/{A,B}/kernel`, no biases).
+  """
   out = []
   for n in names:
     for ab in ("A", "B"):
@@ -142,7 +191,18 @@ def adjust_entries(prefix: str, segment: tuple[str, ...], position: int, kind: s
 def transformer_stack_entries(
     prefix: str, root: tuple[str, ...], layout: StackLayout, window: bool, qkv_bias: bool = True
 ) -> list[Entry]:
-  """timm keys of the blocks of one ViT/Swin stack (`prefix` = 'blocks' or 'layers.i.blocks')."""
+  """timm keys of the blocks of one ViT/Swin stack.
+
+  Args:
+    prefix: `'blocks'` or `'layers.i.blocks'`.
+    root: Flax path of the stack.
+    layout: its layout: block l reads core `layout.mapping[l]` and owns its norms and adjustment modules.
+    window: Swin blocks (with a relative position bias table).
+    qkv_bias: whether the qkv linear has a bias.
+
+  Returns:
+    The entries of every block, in block order.
+  """
   out = []
   core = root + ("core",)
   for l, c in enumerate(layout.mapping):
@@ -167,5 +227,6 @@ ADJUSTED_LINEARS: dict[str, tuple[str, ...]] = {"adapter": ("fc1", "fc2"), "lora
 
 
 def patch_embed_entries() -> list[Entry]:
+  """Entries of the `patch_embed.proj` conv."""
   t = linear_entries("patch_embed.proj", ("patch_embed",))
   return [dataclasses.replace(t[0], kind="conv"), t[1]]

@@ -59,7 +59,16 @@ _MMSEG_BLOCK_NAMES = (
 
 
 def check_out_indices(out_indices: Optional[Sequence[int]], num_stacks: int, family: str):
-  """`out_indices` (None = classifier) must be increasing stack indices of the model."""
+  """`out_indices` (None = classifier) must be increasing stack indices of the model.
+
+  Args:
+    out_indices: the requested feature maps, or None.
+    num_stacks: stacks of the model.
+    family: named in the error.
+
+  Raises:
+    ValueError: empty, not strictly increasing, or out of [0, num_stacks).
+  """
   if out_indices is None:
     return
   idx = tuple(out_indices)
@@ -80,7 +89,15 @@ def _rename_block_key(key: str) -> str:
 
 
 def mmseg_swin_entries(model) -> list[common.Entry]:
-  """Key table of a Swin feature backbone (`model.out_indices` set) in mmdet/mmseg's names (module doc)."""
+  """Key table of a Swin feature backbone in mmdet/mmseg's names (module doc).
+
+  Args:
+    model: a `Swin` with `out_indices` set.
+
+  Returns:
+    The entries (`common.Entry`) of the patch embedding, every stage's blocks and patch merging, and the
+    `norm{i}` of each output.
+  """
   t = common.patch_embed_entries()
   t = [dataclasses.replace(e, key=e.key.replace("patch_embed.proj.", "patch_embed.projection.")) for e in t]
   t += common.norm_entries("patch_embed.norm", ("patch_norm",))

@@ -48,7 +48,27 @@ _HF_LINEARS = {
 
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig:
-  """Architecture, with the field names of `transformers.LlamaConfig` (`rope_scaling` flattened)."""
+  """Architecture, with the field names of `transformers.LlamaConfig` (`rope_scaling` flattened).
+
+  Attributes:
+    vocab_size: tokens of the vocabulary.
+    hidden_size: model width.
+    intermediate_size: SwiGLU MLP width.
+    num_hidden_layers: decoder layers.
+    num_attention_heads: query heads.
+    num_key_value_heads: key / value heads (grouped-query attention; divides the query heads).
+    head_dim: 0 = hidden_size // num_attention_heads (must be even).
+    rope_theta: RoPE base.
+    rope_type: `'default'` | `'llama3'`.
+    rope_factor, rope_low_freq_factor, rope_high_freq_factor, rope_original_max_position_embeddings:
+      llama3 scaling (ignored for default RoPE; `rope_inv_freq`).
+    max_position_embeddings: context length of the checkpoint (not a limit here).
+    rms_norm_eps: RMSNorm epsilon.
+    tie_word_embeddings: the LM head is the input embedding.
+
+  Raises:
+    ConfigError: query heads not a multiple of the kv heads, an unknown rope type, or an odd head_dim.
+  """
 
   vocab_size: int = 32000
   hidden_size: int = 4096
@@ -80,12 +100,23 @@ class LlamaConfig:
 
   @property
   def dim_head(self) -> int:
+    """The head dimension (`head_dim`, or hidden_size // num_attention_heads when 0)."""
     return self.head_dim or self.hidden_size // self.num_attention_heads
 
   # -- Hugging Face config.json -------------------------------------------------------------------
   @classmethod
   def from_hf(cls, hf: dict[str, Any]) -> "LlamaConfig":
-    """From a `config.json` dict (rope as `rope_scaling` + `rope_theta`, or transformers 5's `rope_parameters`)."""
+    """From a `config.json` dict (rope as `rope_scaling` + `rope_theta`, or transformers 5's `rope_parameters`).
+
+    Args:
+      hf: the parsed `config.json`.
+
+    Returns:
+      The `LlamaConfig`.
+
+    Raises:
+      CheckpointError: not a `llama` model, or a setting this implementation does not support.
+    """
     if hf.get("model_type") != "llama":
       raise CheckpointError(
           f"checkpoint config is a {hf.get('model_type')!r} model, not a Llama-style decoder ('llama')"
@@ -167,7 +198,14 @@ def rope_inv_freq(cfg: LlamaConfig) -> np.ndarray:
 
   llama3 scaling: wavelengths shorter than `original / high_freq_factor` stay, those longer than
   `original / low_freq_factor` are divided by `factor`, and the band between is interpolated
-  linearly in `original / wavelength`."""
+  linearly in `original / wavelength`.
+
+  Args:
+    cfg: the architecture (`dim_head`, `rope_*`).
+
+  Returns:
+    float32 numpy array (head_dim / 2,).
+  """
   d = cfg.dim_head
   inv = (1.0 / np.float32(cfg.rope_theta) ** (np.arange(0, d, 2, dtype=np.float32) / np.float32(d))).astype(np.float32)
   if cfg.rope_type == "default":
@@ -199,7 +237,14 @@ def apply_rope(x, cos, sin):
 # Modules
 # ----------------------------------------------------------------------------------------------------
 class RMSNorm(nn.Module):
-  """x / rms(x) · scale, normalised in float32 and scaled in the compute dtype."""
+  """x / rms(x) · scale, normalised in float32 and scaled in the compute dtype.
+
+  Attributes:
+    eps: added to the mean square.
+    dtype: compute (and output) dtype.
+
+  `__call__(x)`: normalised over the last axis, same shape.
+  """
 
   eps: float = 1e-6
   dtype: stack_lib.Dtype = jnp.float32
@@ -213,7 +258,14 @@ class RMSNorm(nn.Module):
 
 
 class DecoderCore(nn.Module):
-  """The shared weights of `n` decoder layers, stacked once (kernels (n, d_in, d_out), no biases)."""
+  """The shared weights of `n` decoder layers, stacked once (kernels (n, d_in, d_out), no biases).
+
+  Attributes:
+    n: core layers.
+    config: the architecture.
+
+  `__call__()` takes no input and returns `{"q", "k", "v", "o", "gate", "up", "down"}` weights.
+  """
 
   n: int
   config: LlamaConfig
@@ -241,7 +293,21 @@ jax.tree_util.register_dataclass(_Context, data_fields=["cos", "sin", "allowed",
 
 
 class DecoderBlock(nn.Module):
-  """One pre-norm decoder block on gathered core weights, with its own RMSNorms and adjustments."""
+  """One pre-norm decoder block on gathered core weights, with its own RMSNorms and adjustments.
+
+  Called by `stack.scan_blocks` (through `DecoderStack`), not directly.
+
+  Attributes:
+    config: the architecture.
+    adjust: this block's adjustment kind (the linears of `ADJUSTED_LINEARS[adjust]` get one).
+    rank: adjustment rank.
+    adapter_act: adapter activation.
+    dtype: compute dtype.
+
+  `__call__(x, step, shared)`: x (B, T, hidden); `step` = (core index, own core weights or None, and with
+  a cache this block's k / v cache slices); `shared` = (core stack or None, the call's context: RoPE
+  tables, attention mask, cache index). Returns `(x, (k, v) or None)`; sows `intermediates/block_out`.
+  """
 
   config: LlamaConfig
   adjust: str = "none"
@@ -292,7 +358,20 @@ class DecoderBlock(nn.Module):
 
 
 class DecoderStack(nn.Module):
-  """`layout.depth` decoder blocks over `layout.num_core` shared core layers (`core`, `seg{i}`)."""
+  """`layout.depth` decoder blocks over `layout.num_core` shared core layers (`core`, `seg{i}`).
+
+  Attributes:
+    layout: the stack's layout.
+    config: the architecture.
+    rank: adjustment rank.
+    adapter_act: adapter activation.
+    dtype: compute dtype.
+    remat: rematerialise each block.
+    unroll: as `StackedModel.unroll`.
+
+  `__call__(x, ctx, cache=None)`: x (B, T, hidden) -> `(x, new k / v stacked over the blocks, or None)`
+  (`stack.scan_blocks`).
+  """
 
   layout: stack_lib.StackLayout
   config: LlamaConfig
@@ -325,7 +404,10 @@ class DecoderStack(nn.Module):
 class Llama(common.StackedModel):
   """Decoder LM (one block stack, `layers`); `layouts` make it a ScaleNet-expanded model.
 
-  `seq_len` is only the length of `input_spec` (init, summaries, cost analysis): any length runs.
+  Attributes:
+    config: the architecture.
+    seq_len: only the length of `input_spec` (init, summaries, cost analysis): any length runs.
+    (and the `StackedModel` runtime fields; `drop_path_rate` must be 0)
   """
 
   config: LlamaConfig = LlamaConfig()
@@ -362,6 +444,9 @@ class Llama(common.StackedModel):
     tokens (0..T-1 without padding; for left-padded prompts what `transformers`' generate uses).
     `cache` (`init_cache`): the tokens go to cache slots `[cache['index'], cache['index'] + T)` and
     attend to every earlier valid slot. `train` is accepted for the trainer's interface (no dropout).
+
+    Raises:
+      ConfigError: a nonzero `drop_path_rate`.
     """
     cfg = self.config
     if self.drop_path_rate:
@@ -427,8 +512,18 @@ def decoder_stack_entries(layout: stack_lib.StackLayout) -> list[Entry]:
 # KV cache and generation
 # ----------------------------------------------------------------------------------------------------
 def init_cache(model: Llama, batch: int, max_len: int, dtype=None) -> dict:
-  """An empty KV cache for `max_len` tokens: `k`/`v` (blocks, B, max_len, kv_heads, head_dim) in the
-  compute dtype, `valid` (B, max_len) bool, `index` (next free slot)."""
+  """An empty KV cache for `max_len` tokens.
+
+  Args:
+    model: the decoder.
+    batch: B.
+    max_len: cache slots (prompt plus new tokens).
+    dtype: of `k` / `v`; None = the model's compute dtype.
+
+  Returns:
+    `{"k", "v"}` zeros (blocks, B, max_len, kv_heads, head_dim), `"valid"` (B, max_len) bool all False,
+    `"index"` int32 scalar 0 (the next free slot).
+  """
   c = model.config
   shape = (sum(model.depths), batch, max_len, c.num_key_value_heads, c.dim_head)
   dtype = dtype or model.dtype
@@ -463,6 +558,19 @@ def generate(
   `i` of `split(rng, max_new_tokens)` draws token `i`). Prompts of different lengths are
   left-padded, `prompt_mask` False on the padding. After `eos_id` a row repeats `eos_id`.
   The prompt is one prefill call; each new token is one call on the cache.
+
+  Args:
+    model: the decoder (static: hashed for the jit cache).
+    params: its params.
+    prompt: int (B, P) token ids.
+    max_new_tokens: tokens to generate (static).
+    prompt_mask: bool (B, P), False on left padding; None = no padding.
+    rng: PRNG key for sampling; None = `jax.random.key(0)`.
+    temperature: 0 = greedy (static).
+    eos_id: end-of-sequence id, or None (static).
+
+  Returns:
+    int32 (B, max_new_tokens).
   """
   b, p = prompt.shape
   variables = {"params": params}
@@ -487,7 +595,12 @@ def generate(
 # Hugging Face checkpoint directories (config.json + safetensors)
 # ----------------------------------------------------------------------------------------------------
 def read_hf_config(path: str) -> LlamaConfig:
-  """The `LlamaConfig` of a Hugging Face checkpoint directory (its `config.json`)."""
+  """The `LlamaConfig` of a Hugging Face checkpoint directory (its `config.json`).
+
+  Raises:
+    MissingInputError: the directory has no `config.json`.
+    CheckpointError: as in `LlamaConfig.from_hf`.
+  """
   file = paths.path(path) / "config.json"
   if not file.is_file():
     raise MissingInputError(f"no config.json in checkpoint directory {path}")
@@ -495,7 +608,8 @@ def read_hf_config(path: str) -> LlamaConfig:
 
 
 def check_config(model: Llama, cfg: LlamaConfig):
-  """`CheckpointError` naming the first architecture field where a checkpoint's config differs from the model's."""
+  """Raises `CheckpointError` naming the first architecture field where a checkpoint's config `cfg` differs
+  from `model`'s (`max_position_embeddings` is not compared: it changes neither the weights nor the function)."""
   for f in dataclasses.fields(LlamaConfig):
     if f.name in ("max_position_embeddings",):  # does not change the weights or the function up to it
       continue
@@ -508,7 +622,14 @@ def save_hf(path: str, params, model: Llama, max_shard_bytes: Optional[int] = No
   """Write `config.json` and the weights as `transformers` lays out a checkpoint (tied head written once).
 
   An expanded model is written unrolled, with its adjustment modules under `...adjust.*` keys
-  that `LlamaForCausalLM` does not have."""
+  that `LlamaForCausalLM` does not have.
+
+  Args:
+    path: the output directory (local or gs://).
+    params: the model's params.
+    model: the decoder (its config and layouts; `num_hidden_layers` is written as the built depth).
+    max_shard_bytes: None = one `model.safetensors`; else shards of at most this size with an index.
+  """
   from scalenet_jax import convert
 
   hf = model.config.to_hf()

@@ -119,10 +119,12 @@ REGISTRY["llama_tiny"] = (
 
 
 def list_models() -> list[str]:
+  """The registered model names, sorted."""
   return sorted(REGISTRY)
 
 
 def family_of(name: str) -> str:
+  """The family (`'vit'`, `'swin'`, `'llama'`) of model `name`; raises `ConfigError` on an unknown name."""
   return _lookup(name)[0]
 
 
@@ -133,7 +135,18 @@ def _lookup(name):
 
 
 def arch_kwargs(name: str, **overrides) -> dict[str, Any]:
-  """The timm-style architecture kwargs of `name` with `overrides` applied (validated)."""
+  """The timm-style architecture kwargs of `name` with `overrides` applied.
+
+  Args:
+    name: a registered model name.
+    **overrides: fields of the family's config dataclass (lists become tuples).
+
+  Returns:
+    The kwargs of the family's config dataclass.
+
+  Raises:
+    ConfigError: an unknown name or a field the family's config does not have.
+  """
   family, kwargs = _lookup(name)
   fields = {f.name for f in dataclasses.fields(FAMILIES[family][0])}
   bad = sorted(set(overrides) - fields)
@@ -143,12 +156,25 @@ def arch_kwargs(name: str, **overrides) -> dict[str, Any]:
 
 
 def model_config(name: str, **overrides):
+  """The family's config dataclass of `name` (`ViTConfig`, `SwinConfig`, `LlamaConfig`), as `arch_kwargs`."""
   family, _ = _lookup(name)
   return FAMILIES[family][0](**arch_kwargs(name, **overrides))
 
 
 def create_model(name: str, arch: dict | None = None, **module_kwargs):
-  """Build the Flax module `name`; `arch` overrides architecture fields (e.g. num_classes),
-  `module_kwargs` set runtime options (drop_path_rate, dtype, remat, layout(s), rank...)."""
+  """Build the Flax module `name`.
+
+  Args:
+    name: a registered model name (`list_models()`).
+    arch: architecture field overrides (e.g. num_classes), as in `arch_kwargs`.
+    **module_kwargs: runtime options, the `StackedModel` fields (drop_path_rate, dtype, remat, layouts,
+      rank, unroll ...).
+
+  Returns:
+    The (plain unless `layouts` are given) `StackedModel`.
+
+  Raises:
+    ConfigError: an unknown name or architecture field.
+  """
   family, _ = _lookup(name)
   return FAMILIES[family][1](config=model_config(name, **(arch or {})), **module_kwargs)

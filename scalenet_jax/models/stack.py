@@ -33,7 +33,17 @@ Dtype = Any
 
 @dataclasses.dataclass(frozen=True)
 class StackLayout:
-  """Which core layer and which adjustment each block of a stack uses."""
+  """Which core layer and which adjustment each block of a stack uses (validated on construction).
+
+  Attributes:
+    num_core: core layers of the stack (the pretrained depth L).
+    mapping: per block (L' entries), the core layer it runs.
+    adjust: per block, its adjustment kind (`ADJUST_KINDS`).
+
+  Raises:
+    ValueError: `num_core` < 1, `mapping` and `adjust` of different lengths, a mapping index out of range
+      or an unknown adjustment.
+  """
 
   num_core: int
   mapping: tuple[int, ...]
@@ -53,10 +63,12 @@ class StackLayout:
 
   @classmethod
   def identity(cls, depth: int) -> "StackLayout":
+    """The plain layout of `depth` blocks: block l runs core l, no adjustment."""
     return cls(depth, tuple(range(depth)), ("none",) * depth)
 
   @property
   def depth(self) -> int:
+    """Blocks of the stack (L')."""
     return len(self.mapping)
 
   def segments(self) -> list[tuple[int, int, str]]:
@@ -77,11 +89,24 @@ class StackLayout:
 
 
 def trunc_normal(std=0.02):
+  """Truncated-normal initializer with standard deviation `std` (timm's default for linears)."""
   return nn.initializers.truncated_normal(std)
 
 
 def patch_embed(images, cfg, dtype):
-  """Input check, then the patchify conv (timm's `patch_embed.proj`). Call inside a compact method."""
+  """Input check, then the patchify conv (timm's `patch_embed.proj`). Call inside a compact method.
+
+  Args:
+    images: (B, img_size, img_size, in_chans) float.
+    cfg: the image config (`img_size`, `in_chans`, `patch_size`, `embed_dim`).
+    dtype: compute dtype.
+
+  Returns:
+    (B, img_size / p, img_size / p, embed_dim) patch embeddings.
+
+  Raises:
+    ValueError: images of another shape.
+  """
   if images.shape[1:] != (cfg.img_size, cfg.img_size, cfg.in_chans):
     raise ValueError(
         f"expected images of shape (B, {cfg.img_size}, {cfg.img_size}, {cfg.in_chans})," f" got {images.shape}"
@@ -92,7 +117,15 @@ def patch_embed(images, cfg, dtype):
 class PatchEmbed(nn.Module):
   """A p×p, stride-p conv with nn.Conv's params (HWIO kernel, bias; same init), computed as a matmul
   on non-overlapping patches. Why: XLA's CPU backend runs this conv's weight gradient ~2.8x slower than
-  the equivalent dot (DeiT-S at 224 px: 554 vs 198 ms at batch 64)."""
+  the equivalent dot (DeiT-S at 224 px: 554 vs 198 ms at batch 64).
+
+  Attributes:
+    patch: p, the patch size (height and width must be multiples of it).
+    dim: output channels.
+    dtype: compute dtype.
+
+  `__call__(images)`: (B, H, W, C) -> (B, H / p, W / p, dim).
+  """
 
   patch: int
   dim: int
@@ -110,7 +143,16 @@ class PatchEmbed(nn.Module):
 
 
 class StackedDense(nn.Module):
-  """`n` independent Linear layers, kernels stacked as (n, d_in, d_out)."""
+  """`n` independent Linear layers, kernels stacked as (n, d_in, d_out).
+
+  Attributes:
+    n: number of layers.
+    d_in: input features.
+    d_out: output features.
+    use_bias: whether they have biases (stacked as (n, d_out)).
+
+  `__call__()` takes no input and returns the weights `{"kernel", "bias"}` (bias None without biases).
+  """
 
   n: int
   d_in: int
@@ -125,7 +167,19 @@ class StackedDense(nn.Module):
 
 
 class CoreStack(nn.Module):
-  """The shared (possibly frozen) weights of `n` transformer layers, stacked once."""
+  """The shared (possibly frozen) weights of `n` transformer layers, stacked once.
+
+  Attributes:
+    n: core layers.
+    dim: model width C.
+    hidden: MLP width.
+    num_heads: attention heads (the width of the relative-position-bias table).
+    rel_pos_size: (2w-1)^2 entries of the Swin relative-position-bias table, 0 = none.
+    qkv_bias: whether the qkv linear has a bias.
+
+  `__call__()` takes no input and returns `{"qkv", "proj", "fc1", "fc2"}` (each `StackedDense` weights
+  with a leading axis of n) and, with a table, `"rel_pos"` (n, rel_pos_size, num_heads).
+  """
 
   n: int
   dim: int
@@ -153,6 +207,16 @@ class Adjust(nn.Module):
   adapter: y = θx + B σ(A x)   (A: d_in→r, B: r→d_out, no biases, B zero-init)
   lora:    y = (θ + B A) x      (A Gaussian, B zero-init). θ is shared, so LoRA cannot be merged.
   Both start as the identity adjustment, so an expanded model starts from the pretrained function.
+
+  Attributes:
+    kind: `'adapter'` or `'lora'`.
+    d_out: output features of the adjusted linear.
+    rank: r (> 0).
+    act: σ of the adapter (`'gelu'` or `'relu'`).
+    dtype: compute dtype.
+
+  `__call__(x)`: x (..., d_in), the adjusted linear's input -> the term added to its output (..., d_out);
+  raises ValueError on rank <= 0 or an unknown kind.
   """
 
   kind: str
@@ -260,7 +324,14 @@ _layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 class LayerNorm(nn.Module):
   """`nn.LayerNorm` over the last axis: same params ('scale' ones, 'bias' zeros, float32), same forward
   values; the backward keeps x̂ and 1/σ only (autodiff of flax's keeps x², x - mean and the output: three
-  (B, N, C) arrays per norm)."""
+  (B, N, C) arrays per norm).
+
+  Attributes:
+    epsilon: added to the variance.
+    dtype: output dtype.
+
+  `__call__(x)`: normalised x, same shape.
+  """
 
   epsilon: float = 1e-6
   dtype: Dtype = jnp.float32
@@ -274,6 +345,7 @@ class LayerNorm(nn.Module):
 
 
 def activation(name: str):
+  """The activation function `name` (`'gelu'`: the exact `gelu` above, `'relu'`); ValueError otherwise."""
   acts = {"gelu": gelu, "relu": nn.relu}
   if name not in acts:
     raise ValueError(f"unknown activation {name!r}; choose one of {sorted(acts)}")
@@ -285,7 +357,16 @@ def linear(x, w, dtype):
 
   Why 2-D: for a (B, N, C) input, XLA's CPU backend builds the weight gradient (a contraction over both B
   and N) from an explicit transposed copy of the output gradient; flattened to (B*N, C) it contracts the
-  rows in place (DeiT-S: one fewer 3152 x 1536 copy per linear and step). Same products, same values."""
+  rows in place (DeiT-S: one fewer 3152 x 1536 copy per linear and step). Same products, same values.
+
+  Args:
+    x: (..., d_in).
+    w: `{"kernel": (d_in, d_out), "bias": (d_out,) or None}`.
+    dtype: compute dtype (x and the weights are cast to it).
+
+  Returns:
+    (..., d_out).
+  """
   lead = x.shape[:-1]
   y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(dtype), w["kernel"].astype(dtype))
   if w["bias"] is not None:
@@ -294,7 +375,17 @@ def linear(x, w, dtype):
 
 
 def drop_path(x, rate, rng, train: bool):
-  """Stochastic depth with a traced per-block rate (so it can be scanned); `rng` None = no drop path."""
+  """Stochastic depth with a traced per-block rate (so it can be scanned).
+
+  Args:
+    x: (B, ...) the residual branch's output.
+    rate: drop probability (a traced scalar).
+    rng: PRNG key; None = no drop path.
+    train: drop only in training.
+
+  Returns:
+    x with each example's branch zeroed with probability `rate` and the others scaled by 1 / (1 - rate).
+  """
   if not train or rng is None:
     return x
   keep = 1.0 - rate
@@ -307,7 +398,13 @@ def drop_path(x, rate, rng, train: bool):
 # ----------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class WindowSpec:
-  """Static geometry of Swin window attention for one stage (timm's conventions)."""
+  """Static geometry of Swin window attention for one stage (timm's conventions).
+
+  Attributes:
+    resolution: (H, W) token grid of the stage.
+    window: window size (the whole grid when it fits in one window).
+    shift: shift used by odd blocks; 0 when the stage fits in one window.
+  """
 
   resolution: tuple[int, int]
   window: int
@@ -315,6 +412,7 @@ class WindowSpec:
 
   @classmethod
   def for_stage(cls, resolution, window):
+    """The spec of a stage at `resolution` with windows of `window`; ValueError if it does not tile."""
     # timm: when the stage fits in one window, the window shrinks to it and nothing shifts.
     if min(resolution) <= window:
       return cls(tuple(resolution), min(resolution), 0)
@@ -324,9 +422,11 @@ class WindowSpec:
 
   @property
   def area(self):
+    """Tokens per window."""
     return self.window * self.window
 
   def rel_pos_index(self) -> np.ndarray:
+    """(area, area) indices into the (2w-1)^2 relative-position-bias table."""
     w = self.window
     coords = np.stack(np.meshgrid(np.arange(w), np.arange(w), indexing="ij")).reshape(2, -1)
     rel = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0) + (w - 1)
@@ -345,24 +445,38 @@ class WindowSpec:
 
 
 def window_partition(x, w):
+  """(B, H, W, C) -> (B * H/w * W/w, w*w, C) non-overlapping windows, image-major."""
   b, h, wd, c = x.shape
   x = x.reshape(b, h // w, w, wd // w, w, c).transpose(0, 1, 3, 2, 4, 5)
   return x.reshape(-1, w * w, c)
 
 
 def window_reverse(x, w, b, h, wd):
+  """Inverse of `window_partition`: windows (B * nW, w*w, C) -> (b, h, wd, C)."""
   c = x.shape[-1]
   x = x.reshape(b, h // w, wd // w, w, w, c).transpose(0, 1, 3, 2, 4, 5)
   return x.reshape(b, h, wd, c)
 
 
 def multihead_attention(x, core, num_heads, dtype, bias=None, adjust=None):
-  """x: (B, N, C). `bias` is added to the logits: (1 | W, heads, N, N), W = windows per image (the B
-  windows are image-major, so the logits are viewed as (B / W, W, heads, N, N) rather than tiling `bias`).
+  """Multi-head self-attention with the core weights of one block.
 
   Layout (why): q, k, v are split from the fused qkv with `jnp.split`, whose transpose is one concatenate
   (indexing a (B, N, 3, H, D) view transposes to three zero-padded full-size buffers that are then summed),
-  and are moved once to head-major (B, H, N, D), so both attention products are plain batched matmuls."""
+  and are moved once to head-major (B, H, N, D), so both attention products are plain batched matmuls.
+
+  Args:
+    x: (B, N, C) tokens.
+    core: the block's core weights (`qkv`, `proj`).
+    num_heads: heads H (C / H per head).
+    dtype: compute dtype (softmax in float32).
+    bias: added to the logits: (1 | W, heads, N, N), W = windows per image (the B windows are
+      image-major, so the logits are viewed as (B / W, W, heads, N, N) rather than tiling `bias`).
+    adjust: `adjust(name, x, d_out)` LoRA term added to qkv and proj, or None.
+
+  Returns:
+    (B, N, C).
+  """
   b, n, c = x.shape
   d = c // num_heads
   qkv = linear(x, core["qkv"], dtype)
@@ -387,7 +501,17 @@ def multihead_attention(x, core, num_heads, dtype, bias=None, adjust=None):
 def window_attention(x, core, num_heads, spec: WindowSpec, shifted, dtype, adjust=None):
   """Swin (shifted) window attention on a (B, H*W, C) token grid.
 
-  `shifted` is a traced 0/1 flag so one scanned block serves both W-MSA and SW-MSA blocks.
+  Args:
+    x: (B, H*W, C) tokens of the stage's grid.
+    core: the block's core weights (`qkv`, `proj`, `rel_pos`).
+    num_heads: heads.
+    spec: the stage's window geometry.
+    shifted: a traced 0/1 flag so one scanned block serves both W-MSA and SW-MSA blocks.
+    dtype: compute dtype.
+    adjust: LoRA term of `multihead_attention`, or None.
+
+  Returns:
+    (B, H*W, C).
   """
   b, _, c = x.shape
   h, w = spec.resolution
@@ -410,7 +534,27 @@ def window_attention(x, core, num_heads, spec: WindowSpec, shifted, dtype, adjus
 
 
 class Block(nn.Module):
-  """One pre-norm transformer block running gathered core weights plus its own LNs/adjustments."""
+  """One pre-norm transformer block running gathered core weights plus its own LNs/adjustments.
+
+  Called by `scan_blocks` (one `nn.scan` per segment), not directly.
+
+  Attributes:
+    dim: width C.
+    num_heads: attention heads.
+    hidden: MLP width.
+    adjust: this block's adjustment kind (`ADJUST_KINDS`): adapters on fc1 / fc2, LoRA on all four linears.
+    rank: adjustment rank.
+    adapter_act: adapter activation.
+    norm_eps: LayerNorm epsilon.
+    window: Swin window geometry, None = global attention.
+    dtype: compute dtype.
+    train: training mode (drop path).
+    drop_path: False: every rate of the segment is 0, so no masks are drawn (same values).
+
+  `__call__(x, step_inputs, shared)`: x (B, N, C); `step_inputs` = (core index, own core weights or None,
+  drop-path rate, shifted flag) of this block; `shared` = (the broadcast core stack or None,). Returns
+  `(x, None)`; sows the output as `intermediates/block_out`.
+  """
 
   dim: int
   num_heads: int
@@ -486,7 +630,17 @@ def segment_core(core, seg_mapping: np.ndarray, unroll: bool):
   DeiT-S: ~1 GB per step). Scanned as xs instead, the per-block weight gradients are concatenated and
   reach the core through one slice (contiguous mapping) or one scatter-add (`jnp.take`). A rolled scan
   with a non-contiguous mapping (ScaleNet's shared layers) keeps the in-loop gather: its gradient
-  accumulates in place in the loop carry, and no (depth, ...) copy of the weights is materialised."""
+  accumulates in place in the loop carry, and no (depth, ...) copy of the weights is materialised.
+
+  Args:
+    core: the stack's core weights (leaves with a leading axis of `num_core`).
+    seg_mapping: int (n,) core index of each block of the segment.
+    unroll: whether the segment is unrolled.
+
+  Returns:
+    `(own, broadcast)`: exactly one is set. `own`: the blocks' weights (leading axis n; a slice for a
+    contiguous mapping, else a `jnp.take`); `broadcast`: `core` itself, gathered per block in the loop.
+  """
   lo, n = int(seg_mapping[0]), len(seg_mapping)
   if np.array_equal(seg_mapping, np.arange(lo, lo + n)):
     return jax.tree.map(lambda a: a[lo : lo + n], core), None
@@ -496,7 +650,26 @@ def segment_core(core, seg_mapping: np.ndarray, unroll: bool):
 
 
 class BlockStack(nn.Module):
-  """`layout.depth` blocks over `layout.num_core` shared core layers (see module doc)."""
+  """`layout.depth` blocks over `layout.num_core` shared core layers (see module doc).
+
+  Attributes:
+    layout: the stack's layout.
+    dim: width C.
+    num_heads: attention heads.
+    mlp_ratio: MLP width / C.
+    drop_path: drop-path rate per block; empty = no drop path.
+    rank: adjustment rank.
+    adapter_act: adapter activation.
+    norm_eps: LayerNorm epsilon.
+    window: Swin window geometry, None = global attention.
+    qkv_bias: whether qkv has a bias.
+    dtype: compute dtype.
+    remat: rematerialise each block.
+    unroll: as `StackedModel.unroll`.
+
+  `__call__(x, train=False)`: x (B, N, C) -> (B, N, C); raises ValueError when `drop_path` has not one
+  rate per block.
+  """
 
   layout: StackLayout
   dim: int
@@ -570,7 +743,20 @@ def scan_blocks(block, layout: StackLayout, x, core, per_block=(), shared=(), *,
   it takes its weights with `block_core(mapping[l], own_core, core_or_None)` (`segment_core` decides
   which of the two is set). `per_block` arrays have a leading axis of `layout.depth`; `shared` is
   broadcast. `unroll`: None = `unroll_segment`'s rule per segment, True / False = every segment.
-  Returns the final `x` and the blocks' `y` stacked over all blocks (None when blocks return None).
+
+  Args:
+    block: the block module class (`Block`, `llama.DecoderBlock`).
+    layout: the stack's layout (segments, mapping).
+    x: the stack's input activations (the scan carry).
+    core: the stack's core weights.
+    per_block: arrays with a leading axis of `layout.depth`, sliced per block.
+    shared: values broadcast to every block.
+    remat: rematerialise each block.
+    unroll: as above.
+    **fields: the block's module fields (besides `adjust`).
+
+  Returns:
+    The final `x` and the blocks' `y` stacked over all blocks (None when blocks return None).
   """
   mapping = np.asarray(layout.mapping, np.int32)
   cls = nn.remat(block) if remat else block

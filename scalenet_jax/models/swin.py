@@ -17,6 +17,22 @@ from scalenet_jax.models import stack as stack_lib
 
 @dataclasses.dataclass(frozen=True)
 class SwinConfig:
+  """Swin architecture (timm `SwinTransformer` argument names).
+
+  Attributes:
+    img_size: input height = width in pixels.
+    patch_size: patch embedding stride.
+    in_chans: input channels.
+    num_classes: classifier outputs.
+    embed_dim: width of stage 0 (doubled per stage).
+    depths: blocks per stage.
+    num_heads: attention heads per stage.
+    window_size: attention window (clipped to a stage's resolution when smaller).
+    mlp_ratio: MLP width / block width.
+    qkv_bias: whether qkv has a bias.
+    norm_eps: LayerNorm epsilon.
+  """
+
   img_size: int = 224
   patch_size: int = 4
   in_chans: int = 3
@@ -30,15 +46,24 @@ class SwinConfig:
   norm_eps: float = 1e-5
 
   def stage_dim(self, i):
+    """Width of stage `i`: embed_dim · 2^i."""
     return self.embed_dim * 2**i
 
   def stage_resolution(self, i):
+    """(H, W) token grid of stage `i`."""
     r = self.img_size // self.patch_size // 2**i
     return (r, r)
 
 
 class PatchMerging(nn.Module):
-  """2x2 neighbourhood concat (timm order: (h0,w0),(h1,w0),(h0,w1),(h1,w1)) -> LN -> Linear(4C->2C)."""
+  """2x2 neighbourhood concat (timm order: (h0,w0),(h1,w0),(h0,w1),(h1,w1)) -> LN -> Linear(4C->2C).
+
+  Attributes:
+    norm_eps: LayerNorm epsilon.
+    dtype: compute dtype.
+
+  `__call__(x)`: (B, H, W, C) -> (B, H/2, W/2, 2C).
+  """
 
   norm_eps: float
   dtype: stack_lib.Dtype = jnp.float32
@@ -58,7 +83,15 @@ class PatchMerging(nn.Module):
 class Swin(common.StackedModel):
   """Swin (one block stack per stage, `stage{i}`); `layouts` make it a ScaleNet-expanded model.
 
-  `out_indices` (stage indices) make it a feature backbone in mmdet/mmseg's layout (`models/features.py`).
+  Attributes:
+    config: the architecture.
+    out_indices: stage indices that make it a feature backbone in mmdet/mmseg's layout
+      (`models/features.py`); None = the classifier.
+    (and the `StackedModel` runtime fields)
+
+  `__call__(images, train=False)`: images (B, img_size, img_size, in_chans) float -> logits
+  (B, num_classes) float32, or with `out_indices` a list of NCHW feature maps (B, stage_dim(i), H_i, W_i),
+  each through its own LayerNorm `norm{i}`.
   """
 
   config: SwinConfig = SwinConfig()

@@ -58,7 +58,15 @@ _SEG_INIT = nn.initializers.normal(0.01)
 
 
 def adaptive_avg_pool(x, size: int):
-  """torch's `AdaptiveAvgPool2d(size)` on NHWC: bin i of n covers [floor(i n / s), ceil((i + 1) n / s))."""
+  """torch's `AdaptiveAvgPool2d(size)` on NHWC: bin i of n covers [floor(i n / s), ceil((i + 1) n / s)).
+
+  Args:
+    x: (B, H, W, C).
+    size: s, output height = width.
+
+  Returns:
+    (B, s, s, C).
+  """
 
   def bins(n):
     m = np.zeros((size, n), np.float32)
@@ -71,14 +79,31 @@ def adaptive_avg_pool(x, size: int):
 
 
 def resize(x, hw):
-  """Bilinear, `align_corners=False`, no antialiasing (torch's `F.interpolate`); NHWC."""
+  """Bilinear, `align_corners=False`, no antialiasing (torch's `F.interpolate`).
+
+  Args:
+    x: (B, H, W, C).
+    hw: the output (H', W').
+
+  Returns:
+    (B, H', W', C).
+  """
   if tuple(x.shape[1:3]) == tuple(hw):
     return x
   return jax.image.resize(x, (x.shape[0], *hw, x.shape[3]), "bilinear", antialias=False).astype(x.dtype)
 
 
 class ConvModule(nn.Module):
-  """conv (no bias) -> BatchNorm -> ReLU, `padding = kernel // 2`."""
+  """conv (no bias) -> BatchNorm -> ReLU, `padding = kernel // 2`.
+
+  Attributes:
+    features: output channels.
+    kernel: square kernel size.
+    dtype: compute dtype.
+
+  `__call__(x, train)`: NHWC -> NHWC with `features` channels; BN uses batch statistics (and updates
+  `batch_stats`) when `train`, else its running averages.
+  """
 
   features: int
   kernel: int = 1
@@ -101,7 +126,15 @@ class ConvModule(nn.Module):
 
 
 class ClsSeg(nn.Module):
-  """Dropout2d (whole channels) -> 1x1 `conv_seg` to the classes (mmseg's `BaseDecodeHead.cls_seg`)."""
+  """Dropout2d (whole channels) -> 1x1 `conv_seg` to the classes (mmseg's `BaseDecodeHead.cls_seg`).
+
+  Attributes:
+    num_classes: output channels.
+    dropout: channel dropout rate (training only; uses the 'dropout' rng).
+    dtype: compute dtype.
+
+  `__call__(x, train)`: NHWC -> float32 NHWC logits.
+  """
 
   num_classes: int
   dropout: float = 0.1
@@ -115,7 +148,18 @@ class ClsSeg(nn.Module):
 
 
 class UPerHead(nn.Module):
-  """mmseg's UPerHead (module doc) on a list of NHWC maps, finest first; NHWC logits at the finest scale."""
+  """mmseg's UPerHead (module doc) on a list of NHWC maps, finest first; NHWC logits at the finest scale.
+
+  Attributes:
+    num_classes: output classes.
+    channels: width of every ConvModule.
+    pool_scales: PPM output sizes on the coarsest map.
+    dropout: of `ClsSeg`.
+    dtype: compute dtype.
+
+  `__call__(maps, train=False)`: maps, a list of (B, H_i, W_i, C_i) finest first -> float32 logits
+  (B, H_0, W_0, num_classes).
+  """
 
   num_classes: int
   channels: int = 512
@@ -142,7 +186,16 @@ class UPerHead(nn.Module):
 
 
 class FCNHead(nn.Module):
-  """mmseg's FCNHead with one 3x3 ConvModule and no input concat (upernet_swin's auxiliary head)."""
+  """mmseg's FCNHead with one 3x3 ConvModule and no input concat (upernet_swin's auxiliary head).
+
+  Attributes:
+    num_classes: output classes.
+    channels: width of the ConvModule.
+    dropout: of `ClsSeg`.
+    dtype: compute dtype.
+
+  `__call__(x, train=False)`: (B, H, W, C) -> float32 logits (B, H, W, num_classes).
+  """
 
   num_classes: int
   channels: int = 256
@@ -156,7 +209,22 @@ class FCNHead(nn.Module):
 
 
 class Segmentor(nn.Module):
-  """Feature backbone + UPerHead (+ FCN auxiliary head). Params `backbone`, `decode_head`, `auxiliary_head`."""
+  """Feature backbone + UPerHead (+ FCN auxiliary head). Params `backbone`, `decode_head`, `auxiliary_head`.
+
+  Attributes:
+    backbone: a `common.StackedModel` built with `out_indices`.
+    num_classes: output classes.
+    channels: width of the UPerHead.
+    pool_scales: PPM output sizes.
+    aux_channels: width of the auxiliary head; 0 = no auxiliary head.
+    aux_in_index: which feature map (position in the backbone's outputs) the auxiliary head reads.
+    dropout: of both heads' `ClsSeg`.
+    dtype: compute dtype of the heads.
+
+  `__call__(images, train=False)`: images (B, H, W, C) as the backbone takes them -> `{"decode_head": ...,
+  "auxiliary_head": ...}` float32 NCHW logits at the finest map's resolution (the auxiliary one at its
+  map's); raises ValueError when the backbone has no `out_indices`.
+  """
 
   backbone: Any  # a `common.StackedModel` built with `out_indices`
   num_classes: int = 150
@@ -183,6 +251,7 @@ class Segmentor(nn.Module):
 
   # -- structure and weights ---------------------------------------------------------------------------
   def input_spec(self, batch: int = 1):
+    """The backbone's input batch spec."""
     return self.backbone.input_spec(batch)
 
   def abstract_variables(self) -> dict:
@@ -190,6 +259,7 @@ class Segmentor(nn.Module):
     return jax.eval_shape(lambda x: self.init(jax.random.key(0), x), self.input_spec())
 
   def abstract_params(self) -> dict:
+    """Shapes of `params` (`jax.ShapeDtypeStruct` leaves)."""
     return self.abstract_variables()["params"]
 
   def init_variables(self, seed: int) -> dict:
@@ -236,7 +306,17 @@ def _conv_seg_entries(head: str) -> list[common.Entry]:
 
 def swin_upernet(size: str, num_classes: int = 150, aux: bool = True, **backbone_kwargs) -> Segmentor:
   """UPerNet on `swin_{size}_patch4_window7_224` as mmseg's upernet_swin configs build it (all four stages
-  out, channels 512, auxiliary FCN head on stage 3)."""
+  out, channels 512, auxiliary FCN head on stage 3).
+
+  Args:
+    size: `'tiny'`, `'small'` or `'base'`.
+    num_classes: segmentation classes (150: ADE20K).
+    aux: with the auxiliary FCN head (256 channels).
+    **backbone_kwargs: `StackedModel` runtime fields of the backbone (dtype, layouts, ...).
+
+  Returns:
+    The `Segmentor`.
+  """
   from scalenet_jax.models import registry  # pylint: disable=g-import-not-at-top
 
   backbone = registry.create_model(f"swin_{size}_patch4_window7_224", out_indices=(0, 1, 2, 3), **backbone_kwargs)

@@ -17,6 +17,21 @@ from scalenet_jax.models import stack as stack_lib
 
 @dataclasses.dataclass(frozen=True)
 class ViTConfig:
+  """ViT / DeiT architecture (timm `VisionTransformer` argument names).
+
+  Attributes:
+    img_size: input height = width in pixels.
+    patch_size: patch size (the patch embedding's kernel and stride).
+    in_chans: input channels.
+    num_classes: classifier outputs.
+    embed_dim: token width.
+    depth: blocks.
+    num_heads: attention heads.
+    mlp_ratio: MLP width / token width.
+    qkv_bias: whether qkv has a bias.
+    norm_eps: LayerNorm epsilon.
+  """
+
   img_size: int = 224
   patch_size: int = 16
   in_chans: int = 3
@@ -30,6 +45,7 @@ class ViTConfig:
 
   @property
   def num_patches(self):
+    """Patch tokens per image (without the class token)."""
     return (self.img_size // self.patch_size) ** 2
 
 
@@ -38,6 +54,14 @@ class ViT(common.StackedModel):
 
   `out_indices=(0,)` makes it a single-scale feature backbone: the final-norm output of the patch tokens as
   one NCHW map, no head (timm's keys otherwise; `models/features.py`).
+
+  Attributes:
+    config: the architecture.
+    out_indices: `(0,)` for the feature backbone; None = the classifier.
+    (and the `StackedModel` runtime fields)
+
+  `__call__(images, train=False)`: images (B, img_size, img_size, in_chans) float -> logits of the class
+  token (B, num_classes) float32, or `[map (B, embed_dim, img_size / p, img_size / p)]` with `out_indices`.
   """
 
   config: ViTConfig = ViTConfig()
@@ -57,6 +81,7 @@ class ViT(common.StackedModel):
     return common.image_input_spec(self.config, batch)
 
   def checkpoint_filter(self, state_dict):
+    """The state dict unchanged; a distilled DeiT checkpoint raises `CheckpointError`."""
     # The DeiT release's distilled models (deit_*_distilled_patch16_224) carry a distillation token and
     # head: a different architecture (two output heads), not supported here.
     if "dist_token" in state_dict or any(k.startswith("head_dist.") for k in state_dict):

@@ -1,41 +1,8 @@
 """Batched evaluation of supernet paths: width/depth buckets × `jax.vmap` over paths, and a sequential
 reference.
 
-# Usage
-
-```python
-ev = PathEvaluator(SuperNet(space), params, space, batches=minival)   # minival: list of (images, labels)
-accs = ev([(alpha, S), ...])            # batched evaluator; also the MCEA objective
-accs_ref = ev.evaluate_sequential([(alpha, S), ...])
-```
-
-* `batches`: list of `(images NHWC float32, labels int)` at any resolution, or a dict
-  `{resolution: list of (images, labels)}` (e.g. center crops made by the input pipeline at each
-  resolution). A list is resized to each path's resolution with `jax.image.resize` (bilinear).
-* Paths are grouped by resolution and by *bucket* (`supernet.bucket_of`: the smallest scaling stage
-  whose widest path holds them), so a stage-0 path runs at the width and depth of stage 0's widest
-  path, not of the whole supernet (same parameters; `buckets=False` turns this off). Each group runs in
-  chunks of at most `vmap_size` paths, one compiled call per chunk on the shared evaluation batch.
-  Accuracy = correct / total over all batches.
-* `batching`: how a call evaluates its chunk. `'vmap'`: `vmap(apply, in_axes=path)`; chunk sizes are
-  `vmap_size` and the binary digits of the remainder (16 + 4 + 1 for 21 paths), so no path is
-  computed twice and at most log2(vmap_size) + 1 programs exist per (resolution, bucket). `'loop'`: a
-  loop over the chunk's paths inside the compiled call, with the number of real paths as an input
-  (padding is free), so one program per (resolution, bucket). `'auto'` (default): 'loop' on CPU,
-  'vmap' on accelerators. On CPU, vmap over paths does not add parallelism (one path already keeps the
-  cores busy) and multiplies the working set of the memory-bound depthwise convs by the number of
-  paths, which made it slower per path than a Python loop (`benchmarks/nas_vmap.py`).
-* `depthwise='unrolled'` (default) evaluates with the fused depthwise sum (`supernet.depthwise_conv`),
-  which is the fast form for forward passes, and much faster under `vmap` than the tap loop.
-* BN uses the statistics of each evaluated batch (per path), as the official one-shot evaluation does.
-  `calib_batches` (list of (images, labels) from the training set) switches to *BN recalibration*: each
-  evaluation batch is concatenated with the calibration images and BN statistics are taken from the
-  calibration images only (`stat_weights`), in the same single pass.
-* Paths are evaluated with every BCNet module left-aligned (the official evaluation keeps flipping
-  each module's side on every forward pass, which has no fixed meaning to reproduce).
-* `evaluate_sequential` runs a Python loop over paths with the single-path compiled function of the
-  `model` as given (full supernet width, its depthwise impl): the reference. It gives the same
-  accuracies (tested) and is the baseline of `benchmarks/nas_vmap.py`.
+Usage, the evaluation batches, bucketing, the `'vmap'` / `'loop'` batching modes, BN statistics and
+recalibration, and the sequential reference are described in `docs/nas.md` §5.
 """
 
 from __future__ import annotations
@@ -85,7 +52,7 @@ def _correct(model):
 
 
 class PathEvaluator:
-  """Accuracy of (α, S) paths of a supernet on fixed mini-val batches (see module docstring)."""
+  """Accuracy of (α, S) paths of a supernet on fixed mini-val batches (see `docs/nas.md` §5)."""
 
   def __init__(
       self,

@@ -1,37 +1,7 @@
 """Export of searched architectures as JSON, and the released ScaleNet ImageNet models.
 
-# Format (`save_arch` / `load_arch`)
-```json
-{"format": "scalenet_jax.nas/arch/v1", "space": "imagenet", "in_channels": 3, "space_kwargs": {},
- "alpha": {"depths": [...], "kernels": [[...], ...]}, "scaling": {"d": 1.0, "w": 1.0, "r": 224},
- "arch": {... Arch.to_dict() ...}, "macs": 354933888, "params": 6686680}
-```
-`load_arch(path) -> Arch` rebuilds the concrete architecture from (space, α, S) and checks it against the
-stored `arch` (a stale file from a changed space definition is rejected); `build_model(arch)` returns the
-stand-alone `PathNet`. `space_kwargs` holds the `get_space` arguments of the space (`space.space_kwargs`,
-e.g. the fmnist space's `stem_stride`); a file without it is read with `in_channels` alone.
-
-# Released ImageNet models (`RELEASED`)
-α of ScaleNet-S0 from the official repository's retraining configs (stage depths 1,1,4,2,2,3,1; kernels
-5 | 5 | 7,7,5,3 | 5,5 | 7,7 | 7,5,7 | 5) and the S1..S5 multipliers (d, w, resolution multiplier);
-r = ceil(224 · multiplier) in pixels, which is the candidate grid point for S1..S3 (1.14 → 256,
-1.355 → 304, 1.58 → 354) and 458, 533 for the generalised S4, S5. FLOPs by the official counter
-(`official_macs`) and by `count_macs` (true conv output sizes), parameters of the supernet's block
-definition (SE on hidden // 4) and of the paper's (SE squeeze ≈ C_in / 4, subnet hidden widths),
-1000 classes, vs. paper Table 1; `docs/nas_flops.md` explains every column:
-
-| model | d | w | r | MMACs official | MMACs count_macs | paper GFLOPs | official / paper | params (M) supernet def. | params (M) paper def. | paper #Param |
-|---|---|---|---|---|---|---|---|---|---|---|
-| S0 | 1.00 | 1.00 | 224 | 354.9 | 354.9 | 0.35 | 1.014 | 6.69 | 4.44 | 4.4 |
-| S1 | 1.04 | 1.04 | 256 | 805.3 | 800.0 | 0.80 | 1.007 | 12.41 | 7.43 | 7.4 |
-| S2 | 1.36 | 1.20 | 304 | 1511.7 | 1621.4 | 1.45 | 1.043 | 17.67 | 10.23 | 10.2 |
-| S3 | 1.40 | 1.40 | 354 | 2766.3 | 3036.7 | 2.76 | 1.002 | 23.35 | 13.20 | 13.2 |
-| S4 | 1.653 | 1.534 | 458 | 5971.2 | 6389.7 | 5.97 | 1.000 | 28.97 | 16.19 | 16.1 |
-| S5 | 1.848 | 1.688 | 533 | 10223.1 | 10836.1 | 10.22 | 1.000 | 38.04 | 20.96 | 20.9 |
-
-The official counter reproduces the paper's FLOPs within 1.5 % for all models but S2 (+4.3 %; at
-303 px, int(224 · 1.355), it gives 1454.8 M, the paper's 1.45 G). `tests/test_nas_export.py` checks
-the official and paper-definition columns against paper Table 1. `released_arch(name, definition)` builds either definition.
+The JSON format of `save_arch` / `load_arch` and the released S0..S5 (`RELEASED`, with their MACs and
+parameters vs paper Table 1) are described in `docs/nas.md` §9.
 """
 
 from __future__ import annotations
@@ -57,7 +27,7 @@ from scalenet_jax.nas.supernet import PathNet
 FORMAT = "scalenet_jax.nas/arch/v1"
 
 S0_ALPHA = Alpha(depths=(1, 1, 4, 2, 2, 3, 1), kernels=((5,), (5,), (7, 7, 5, 3), (5, 5), (7, 7), (7, 5, 7), (5,)))
-# (d, w, resolution multiplier) as released; r = ceil(224 · multiplier) (module docstring).
+# (d, w, resolution multiplier) as released; r = ceil(224 · multiplier) (docs/nas.md §9).
 _RELEASED_MULTS = {
     "s0": (1.0, 1.0, 1.0),
     "s1": (1.04, 1.04, 1.14),
@@ -128,7 +98,7 @@ def released_arch(name: str, definition: str = "supernet") -> Arch:
 
 
 def released_table() -> list[dict]:
-  """Rows of the table in the module docstring."""
+  """Rows of the released-models table in `docs/nas.md` §9."""
   space = get_space("imagenet")
   rows = []
   for name, (alpha, S) in RELEASED.items():

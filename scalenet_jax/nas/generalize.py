@@ -1,19 +1,6 @@
 """Generalising searched scaling strategies to larger stages (paper §3.4 / Fig. 7).
 
-# Method
-For each dimension independently (depth multiplier d, width multiplier w, resolution multiplier
-r / r_0) fit x_j = a0 · (a1^j − 1) + 1 to the searched S_0..S_M (x_0 = 1 by construction; least
-squares with `scipy.optimize.least_squares`). The raw fitted point of a new stage j rarely lands on its
-MACs budget 2^j · F(α) (ceil() on depth/width, rounding of r), so `extrapolate` moves along the fitted
-direction, P(t) = 1 + t · (x̂_j − 1) for all three dimensions at once, and picks by bisection the t
-whose MACs are closest to the budget (MACs grow monotonically with t up to rounding steps).
-Linear (x = 1 + b·j) and quadratic (x = 1 + b·j + c·j²) fits are provided for comparison, and
-`plot_fits` draws all three per dimension.
-
-```python
-fits = fit_all(scalings, space)                     # {'d': (a0, a1), 'w': ..., 'r': ...}
-S4, S5 = extrapolate(alpha, scalings, space, stages=[4, 5])
-```
+The fits and the extrapolation along the fitted direction under the MACs budget: `docs/nas.md` §7.
 """
 
 from __future__ import annotations

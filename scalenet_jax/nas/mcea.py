@@ -1,51 +1,7 @@
 """Markov-chain evolutionary algorithm (MCEA): joint search of the base model α and scalings S_1..S_M.
 
-# Objective
-max_{α, S_1..S_M} Σ_{j=1..M} π_j · score_j(α, S_j) subject to the base budget |F(α) − base_target| ≤
-base_tol and the stage budgets |F(S_j(α)) − 2^j F(α)| ≤ 2^j·tol (S_0 = (1, 1, r_0) is fixed;
-`include_s0=True` adds it to the sum, the earlier form of this module). score_j is ACC(S_j(α)) from a
-*batched* callable `evaluate(list of (Alpha, Scaling)) -> list of float` (e.g. `evaluate.PathEvaluator`,
-accuracies in [0, 1]); every call carries all the paths of one generation / grid, so a batched
-evaluator sees large batches. Infeasible points are scored as the official code does (the paper is
-silent): a base-infeasible α scores (3 + (base_target − F(α)) / base_target) / 100, and each infeasible
-stage of a feasible α scores (3 + (T_j − F_j) / T_j) / 100 with T_j = 2^j·base_target, averaged with the
-feasible stages' accuracies (the official 3 + relative error is in accuracy percent; /100 puts it on our
-[0, 1] scale). While α evolves, a stage counts as feasible within 2^j·base_tol, as the official code
-checks it there (the S_j grid search uses 2^j·stage_tol).
-
-# Algorithm (a coupled Markov chain; `MCEAConfig` holds every knob)
-1. *init*: K = `n_base` random base-feasible α; every S of each stage grid j ≥ 1 is scored by the mean
-   over the α (S kept if the mean |F − 2^j F(α)| over the K α is within budget; mean of accuracies and
-   penalties); S_j ← best.
-2. for t < T = `iterations`: *(a)* evolve α with the S_j fixed (the GA below) for `generations`
-   generations of `population`; *(b)* with α fixed, re-search each S_j by enumerating its grid
-   (feasible points only).
-3. Output α, S_0..S_M, the objective, and per-iteration accuracy mean/std of the final population
-   (`history`; it should shrink as the chain converges).
-
-The GA is the official NSGA-Net engine (pymoo 0.3) with one objective: genome = one op gene
-per base layer slot, 0 = identity, 1..3 = kernel (the first slot of a stage ≥ 1); decoding keeps the
-non-identity genes in order (depth = their count; the official repair swaps only one gene per run of
-identities, which can leave a hole, so we compact fully). A fresh population of random base-feasible α
-each iteration; generation 1 is that population, each further one makes `population` offspring by
-binary tournament selection, two-point crossover (both children) and polynomial mutation of the
-integer genes (index `eta_mutation`, probability 1 / genes per gene, bounds widened by ±0.5 and the
-result rounded), drops offspring already in the population or made twice, and keeps the best
-`population` of parents + offspring (ties at random). Random α are drawn as a depth index per stage
-and a kernel index per slot (`decode`).
-
-# Resumability
-The run is split into phases `init, a0, b0, a1, b1, ...`; phase p uses the RNG
-`default_rng([seed, phase index])` and the JSON state file (`state_path`) is atomically rewritten after
-each phase. A killed run restarted with the same config and state file skips the finished phases and
-repeats the interrupted one from its start, so (with a deterministic `evaluate`) the result equals an
-uninterrupted run. A state file written with another config is refused (ValueError).
-
-```python
-result = run_mcea(space, evaluate, MCEAConfig(iterations=4), state_path='workdir/mcea.json')
-result['alpha'], result['scalings'], result['history']
-cfg = MCEAConfig.from_config(config.search)    # the MCEAConfig fields of a search ConfigDict
-```
+The objective and its infeasibility scores, the algorithm (init, α evolution by the GA, S_j grid
+search) and the resumable phases are described in `docs/nas.md` §6.
 """
 
 from __future__ import annotations
@@ -279,7 +235,7 @@ class _Search:
     )
 
   def fitness(self, alphas: Sequence[Alpha], scalings: Sequence[Scaling]) -> np.ndarray:
-    """π-weighted objective of every α with the S_j fixed (module docstring: infeasible points)."""
+    """π-weighted objective of every α with the S_j fixed (`docs/nas.md` §6: infeasible points)."""
     sp = self.space
     scores = []  # per α: its penalty, or a list with a penalty or a pair to evaluate per stage
     for a in alphas:

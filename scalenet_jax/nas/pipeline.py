@@ -1,23 +1,8 @@
 r"""ScaleNet-search end to end: supernet training → MCEA → generalisation → export → report.
 
-Entry point of `python -m scalenet_jax.main` for configs with a top-level `pipeline` field:
-
-* `'nas_search'` (`configs/nas_fmnist_search.py`): `run_search(config, workdir)`:
-  1. MACs histograms of HSS vs uniform path sampling (`flops_hist.png`);
-  2. `train_supernet.train_supernet` on `train_minus_minival` (`workdir/supernet`, resumable);
-  3. MCEA (`mcea.run_mcea`, state in `workdir/mcea.json`, resumable) with the vmap `PathEvaluator` on the
-     `minival` split (N images per class held out of train), preprocessed at every resolution of the space;
-  4. exponential fits of S_0..S_M and extrapolated S_{M+1}, S_{M+2} (`generalize`, `fits.png`);
-  5. `archs/s{j}.json` for S_0..S_{M+2} (`export.save_arch`; each is re-loaded and built);
-  6. optional rank correlation supernet vs stand-alone accuracy (`rank_corr.num_paths > 0`; with
-     `rank_corr.compare_uniform` a second supernet is trained with uniform sampling);
-  7. `report.md` and `results.json`.
-  `--config.quick=True` merges `config.quick_overrides` (`config_lib.resolve`; a few minutes on a CPU).
-* `'nas_supernet'`: only `train_supernet` (`configs/nas_imagenet_supernet.py`, `configs/nas_fmnist_supernet.py`).
-* `'nas_retrain'` (`configs/nas_retrain.py:<arch.json | s0..s5>`): trains the exported architecture
-  stand-alone (`PathNet`, BN running averages) and writes `result.json` and `export/params`.
-
-Only mode 'train' is supported for these configs.
+Entry point of `python -m scalenet_jax.main` for configs with a top-level `pipeline` field
+(`'nas_search'`, `'nas_supernet'`, `'nas_retrain'`; mode 'train' only): the stages and their outputs are
+described in `docs/nas.md` §10.
 """
 
 from __future__ import annotations
@@ -44,7 +29,7 @@ PIPELINES = ("nas_search", "nas_supernet", "nas_retrain")
 
 
 def run(config, workdir: str, mode: str = "train") -> dict:
-  """Runs the pipeline named by `config.pipeline` (see module docstring)."""
+  """Runs the pipeline named by `config.pipeline` (see `docs/nas.md` §10)."""
   if config.pipeline not in PIPELINES:
     raise ConfigError(f"unknown pipeline {config.pipeline!r}; known: {PIPELINES}")
   if mode != "train":

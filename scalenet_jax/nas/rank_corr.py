@@ -1,13 +1,6 @@
 """Rank correlation between supernet (one-shot) and stand-alone accuracies (paper Table 4).
 
-```python
-rank_correlations(supernet_accs, standalone_accs)   # {'pearson', 'spearman', 'kendall', 'n', '*_ci'}
-path_rank_correlation(pairs, supernet_evaluate, standalone_accs)  # evaluates the supernet side first
-```
-Pearson measures linear agreement; Spearman and Kendall only the ranking, which is what matters for
-architecture selection. Computed with `scipy.stats`; the 95% intervals of Spearman and Kendall come
-from a paired percentile bootstrap over the paths (`scipy.stats.bootstrap`, fixed seed): with a few dozen
-paths they are wide, and a difference between two supernets means something only where they separate.
+The measures and their bootstrap intervals: `docs/nas.md` §8.
 """
 
 from __future__ import annotations

@@ -1,40 +1,7 @@
 """Path samplers for super-supernet training: hierarchical (HSS) and uniform.
 
-# Samplers
-
-* **HSS** (hierarchical scaling sampling): draw a scaling stage j ~ Categorical(η), then d, w, r
-  uniformly from stage j's candidates, and a base model α uniformly (each stage depth uniform over its
-  choices, each layer kernel uniform). `eta='width'` uses η_j ∝ number of width candidates of stage j
-  (what the official code does: 1/17, 4/17, 5/17, 7/17 on ImageNet); `eta='uniform'` uses 1/(M+1)
-  (the paper's description).
-* **uniform** (baseline): α as above, d, w and r each uniform over the union of all stages' candidates
-  (independently), so the FLOPs histogram is one bell.
-
-Randomness is a numpy `Generator` seeded by `(seed, step)`: `sample_path(space, 'hss', seed, step)`
-always returns the same (α, S), so a resumed run draws the same paths as an uninterrupted one.
-
-# BCNet slice sides
-
-`sample_sides(space, seed, step, asyn=True)` gives the step's left/right slice side of every module
-(stem, each layer slot, head) for a `'bcnet'` space (`supernet.py`), from its own generator
-`(seed, step, SIDE_STREAM)` so that (α, S) do not depend on it. The official code (config
-`n_laterally_couplng: 2, asyn: True`) flips each op module's side every time that module runs; a pure
-function of (seed, step) cannot count past uses, so with `asyn` every module draws a fair side per
-step instead (independent across modules, as the official counters drift apart; each module is
-right-aligned half of the time in both). `asyn=False` is the synchronous form: every module takes
-step % 2 (the official one runs both sides in the same step, with half the loss each; alternating
-steps gives the two slices the same share of updates with one pass per step).
-
-```python
-alpha, S = sample_path(space, method='hss', seed=0, step=step)   # method: 'hss' | 'hss_uniform' | 'uniform'
-sides = sample_sides(space, seed=0, step=step)
-arch = apply_scaling(alpha, S, space); path = path_arrays(arch, space, sides); images at S.r
-```
-
-# CLI
-
-`python -m scalenet_jax.nas.sampling --space fmnist|imagenet --n 5000 --out DIR` writes
-`DIR/flops_hist_<space>.png` (HSS vs uniform MACs histograms) and `DIR/flops_<space>.json`.
+The samplers, their (seed, step) determinism, the BCNet slice sides and the CLI are described in
+`docs/nas.md` §3.
 """
 
 from __future__ import annotations
@@ -114,7 +81,7 @@ def sample_path(
 
 
 def sample_sides(space: SearchSpace, seed: int = 0, step: int = 0, asyn: bool = True) -> dict:
-  """BCNet slice sides of step `step` (`space.left_sides` format; see module docstring). All left for
+  """BCNet slice sides of step `step` (`space.left_sides` format; see `docs/nas.md` §3). All left for
   a `'left'`-coupling space."""
   ref = left_sides(space)
   if space.coupling == "left":

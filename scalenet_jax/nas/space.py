@@ -1,65 +1,8 @@
 """Search spaces, architecture encoding, scaling and MACs/params counting for ScaleNet-search.
 
-# Search space
-
-A chain of inverted-residual (IR) blocks with squeeze-excite (SE), MobileNetV2/EfficientNet style:
-stem conv k×k (stride `stem_stride`) + BN + h-swish → stages of IR+SE blocks → head conv 1×1 + BN +
-h-swish → global average pool → linear classifier.
-
-* `SearchSpace.stages[s]` is a `StageSpec(c_out, stride, t, depth_choices)`. A stage with a single depth
-  choice has a fixed *base* depth (it is not searched) but is depth-scaled like every other stage: the
-  official supernet gives every backbone stage ceil(n_max · m_max) layer slots (2 for the one-layer
-  stages 1 and 7 of the ImageNet space) and its path builder scales all of them. The first layer of a
-  stage carries the stride and the channel change; the others are stride-1 residual blocks.
-* Per layer the kernel is one of `space.kernels` (3, 5, 7).
-* Scaling stage j = 0..M has candidate lists `mult_candidates[j]` (shared by depth and width) and
-  `res_candidates[j]` (pixels). S_0 = (1, 1, base resolution).
-* Budgets (MACs): base `|F(α) − base_target| ≤ base_tol`; stage j `|F(S_j(α)) − 2^j F(α)| ≤ 2^j·stage_tol`.
-
-Registered spaces (`get_space(name)`): `'imagenet'` (the paper's space, 224 px), `'fmnist'` (same
-structure, 32×32 inputs, 4 stages, MFLOPs budgets; `in_channels` 1 or 3 via `get_space('fmnist',
-in_channels=3)`, `stem_stride` 1 or 2) and `'tiny'` (16×16 inputs, 3 stages; for unit tests).
-
-# Encoding
-
-* `Alpha(depths, kernels)`: `depths[s]` is the base depth of stage s, `kernels[s]` the kernel size of
-  each of its `depths[s]` base layers.
-* `Scaling(d, w, r)`: global depth/width multipliers and the input resolution.
-* `apply_scaling(alpha, S, space, hidden_rule='supernet') -> Arch`: the concrete network (per stage
-  n = ceil(n_base·d) in every stage, extra layers copy the kernel of the last base layer; channels
-  ceil(C·w); SE squeeze = hidden // 4; head channels not scaled; resolution r). The hidden (expanded)
-  width has two official forms: `'supernet'` = ceil(round(C_in·t)·w), what the official supernet slices
-  (and ours masks) during training and search; `'subnet'` = round(ceil(C_in·w)·t), what the official
-  FLOPs counter of the search (and a stand-alone model of the scaled channels) uses. They differ by at
-  most a few channels (≤ 0.7 % MACs on the released models, `docs/nas_flops.md`). `se_rule` sets the SE
-  squeeze width: `'hidden'` = hidden // 4 (the official supernet and FLOPs counter), `'input'` =
-  round(hidden / (4·t)) ≈ C_in / 4 (timm's EfficientNet blocks, which the paper's retrained models and
-  their parameter counts follow, `docs/nas_flops.md`).
-
-All three are frozen dataclasses of ints/floats/tuples; `to_dict()` / `from_dict()` give JSON.
-
-# Counting
-
-`count_macs(arch)` counts multiply-accumulates of every conv and linear (SE 1×1 convs included; BN,
-activations, pooling and biases ignored). Convolutions are counted over all output positions × full
-k×k window (zero padding included, the usual convention), with symmetric padding k//2 so the output
-size is ceil(H / stride), what the network computes; `count_macs(arch, include_padding=False)` counts
-only in-image taps (what XLA's cost analysis counts; the test checks both against XLA).
-`count_macs(arch, out_size='official')` uses the official counter's output size (h + 2p − k + 1) // s
-instead, one row and column short of the real output after a stride-2 layer on an odd map.
-`official_macs(alpha, S, space)` is the official search-time counter: `'subnet'` hidden widths and
-that output size; it reproduces the paper's FLOPs of the released models (`docs/nas_flops.md`).
-`count_params(arch)` counts conv/linear weights and biases plus BN scale/bias.
-
-`path_macs(alpha, S, space)` (cached) is the counter the budgets use: `space.counter` names it,
-`'official'` for the ImageNet space (budgets as the official search checks them), `'conv'`
-(`count_macs` of `apply_scaling`) for the small spaces.
-
-# Supernet buffers
-
-`space.coupling` chooses how the supernet shares channels (`supernet.py`): `'bcnet'` (default, the
-official code) allocates ceil(C·m_max) + C channels per stage and slices paths left- or right-aligned
-per layer (BCNet); `'left'` allocates ceil(C·m_max) and slices left-aligned only.
+The space (IR+SE stages, kernels, scaling candidates, budgets), the encodings `Alpha`, `Scaling` and
+`Arch`, the hidden-width and SE rules of `apply_scaling`, the MACs/params counters and the supernet
+buffer choice (`coupling`) are described in `docs/nas.md` §1.
 """
 
 from __future__ import annotations
@@ -96,7 +39,7 @@ class StageSpec:
 
 @dataclasses.dataclass(frozen=True)
 class SearchSpace:
-  """A ScaleNet search space (see module docstring)."""
+  """A ScaleNet search space (see `docs/nas.md` §1)."""
 
   name: str
   in_channels: int
@@ -113,7 +56,7 @@ class SearchSpace:
   stage_tol: float
   kernels: tuple[int, ...] = KERNELS
   se_reduction: int = 4
-  coupling: str = "bcnet"  # 'bcnet' | 'left' (module docstring)
+  coupling: str = "bcnet"  # 'bcnet' | 'left' (docs/nas.md §1, §2)
   counter: str = "conv"  # MACs counter of the budgets: 'conv' | 'official'
 
   def __post_init__(self):
@@ -398,7 +341,7 @@ def scaled_channels(c: int, w: float) -> int:
 
 
 def hidden_channels(c_in_base: int, t: int, w: float, rule: str = "supernet") -> int:
-  """Expanded width of an IR block with base input `c_in_base` (module docstring: the two rules)."""
+  """Expanded width of an IR block with base input `c_in_base` (`docs/nas.md` §1: the two rules)."""
   if rule == "supernet":
     return scaled_channels(int(round(c_in_base * t)), w)
   if rule == "subnet":
@@ -407,7 +350,7 @@ def hidden_channels(c_in_base: int, t: int, w: float, rule: str = "supernet") ->
 
 
 def se_channels(hidden: int, t: int, space: SearchSpace, rule: str = "hidden") -> int:
-  """SE squeeze width of a block with `hidden` expanded channels (module docstring: the two rules)."""
+  """SE squeeze width of a block with `hidden` expanded channels (`docs/nas.md` §1: the two rules)."""
   if rule == "hidden":
     return hidden // space.se_reduction
   if rule == "input":
@@ -418,7 +361,7 @@ def se_channels(hidden: int, t: int, space: SearchSpace, rule: str = "hidden") -
 def apply_scaling(
     alpha: Alpha, S: Scaling, space: SearchSpace, hidden_rule: str = "supernet", se_rule: str = "hidden"
 ) -> Arch:
-  """Concrete architecture of base model `alpha` scaled by `S` (see module docstring)."""
+  """Concrete architecture of base model `alpha` scaled by `S` (see `docs/nas.md` §1)."""
   validate_alpha(alpha, space)
   stem = scaled_channels(space.stem_channels, S.w)
   c_in_base, c_in = space.stem_channels, stem
@@ -487,7 +430,7 @@ def count_macs(arch: Arch, include_padding: bool = True, out_size: str = "conv")
 
   `include_padding=False` counts only the taps that fall inside the image (what XLA's cost analysis
   counts); the default counts the full k×k window at every output position (the usual convention).
-  `out_size='official'`: the official counter's output-size formula (module docstring)."""
+  `out_size='official'`: the official counter's output-size formula (`docs/nas.md` §1)."""
   if out_size == "official" and not include_padding:
     raise ValueError("out_size='official' counts full windows; it has no include_padding=False form")
   ip, o = include_padding, out_size

@@ -1,91 +1,8 @@
 """Super-supernet (Flax linen) whose paths are selected by arrays, and the stand-alone `PathNet`.
 
-# Usage
-
-```python
-space = get_space('fmnist')
-model = SuperNet(space)
-params = init_supernet(model, seed=0)
-arch = apply_scaling(alpha, S, space)           # S.r is the image size to feed
-path = path_arrays(arch, space, sides)          # pytree of numpy arrays (fixed shapes); sides: BCNet
-logits = model.apply({'params': params}, images_NHWC, path=path, train=True)
-```
-
-One `jax.jit` of `model.apply` serves *every* path of a given resolution (only the image shape changes
-the compiled program), and `jax.vmap` over a stacked batch of path pytrees (`stack_paths`) evaluates
-many paths at once.
-
-# Parameters: one set per candidate op
-
-As in the official supernet, every layer slot holds one complete inverted-residual op per kernel size
-(`k3`, `k5`, `k7`: each with its own expand, depthwise, SE, project and BN affine weights); identity
-(a skipped slot) has none. The stem, head and classifier are shared by all paths.
-
-```
-net/stem, net/bn_stem/{scale,bias}
-net/stage{s}_layer{l}/k{k}/{expand, dw{k}, se_reduce, se_reduce_bias, se_expand, se_expand_bias, project}
-net/stage{s}_layer{l}/k{k}/{bn_expand, bn_dw, bn_project}/{scale,bias}
-net/head, net/bn_head/{scale,bias}, net/classifier/{kernel,bias}
-```
-A path realises its op choice by *weight mixing*: each weight of the slot is Σ_k onehot_k · W_k with the
-path's exact one-hot (depthwise kernels zero-padded to 7×7, centred), then one conv runs. This costs
-one op's compute (running all three ops and mixing outputs would cost three), the output equals the
-chosen op's exactly, and the other ops get exactly zero gradient. BN mixes the affine parameters and
-normalises with the statistics of the batch it sees, hence exactly the chosen op's statistics.
-
-# Channel buffers and BCNet coupling (`space.coupling`)
-
-`buffer_arch(space)` gives the parameter shapes, `supernet_arch(space)` the widest path (the compute
-shapes). With `'bcnet'` (the official code) a stage of base width C has a buffer of ceil(C·m_max) + C
-channels (stem likewise; the hidden buffer is round(C_in buffer · t), SE = hidden // 4); a path of width
-c uses either the first c channels of a weight (left-aligned) or the last c (right-aligned), chosen per
-layer slot by the path's `side` arrays (per op module and per step in the official code; the sampler
-draws them from (seed, step), `sampling.sample_sides`). Activations are always kept left-aligned in the
-first c of the compute width; a right-aligned layer reads its weights at an offset (buffer − c) along
-each channel axis (a gather whose indices are path inputs, so no recompiles). `'left'` allocates
-ceil(C·m_max) channels, always left-aligned (no gathers).
-
-# Path arrays (same structure and shapes for every path of a bucket)
-
-```
-{'stem': f32[C_stem],  'stem_side': f32[],  'head_side': f32[],   # side: 0 = left, 1 = right
- 'stages': ({'active': f32[L_s],          # 1 = layer runs, 0 = identity (layer 0 always 1)
-             'kernel': f32[L_s, 3],       # one-hot over space.kernels; all-zero for inactive layers
-             'side':   f32[L_s],          # BCNet slice side of each layer slot
-             'out':    f32[C_s],          # left-aligned channel mask of the stage output
-             'hidden': (f32[H_{s,l}] for l),    # hidden (expanded) channel mask per layer
-             'se':     (f32[H_{s,l} // 4] for l)},  # SE squeeze channel mask per layer
-            ... one dict per stage)}
-```
-Sizes are those of `supernet_arch(space, bucket)`. A *bucket* j (`SuperNet(space, bucket=j)`) computes
-at the widest path of scaling stages 0..j (largest α, max multiplier of stage j): same parameters, fewer
-slots and channels, so small paths do not run at the full supernet width (`bucket_of(S, space)`; the
-evaluator groups paths by bucket). `bucket=None` is the whole supernet.
-
-# How a path is realised
-* **Kernel / op**: weight mixing (above). Padding is symmetric k//2 (PyTorch convention), so the
-  centred, zero-padded kernels give the same result as the small conv at stride 1 and 2.
-* **Width**: activations are multiplied by left-aligned channel masks *after* each BN (BN of an all-zero
-  channel would otherwise output its bias). SE squeeze outputs are masked too (their bias would leak).
-  Masked channels are exactly zero, so they contribute exactly nothing to the next conv (nor to the
-  gradient of the weights a right-aligned gather wraps around onto them).
-* **Depth**: non-first layers are stride-1 residual blocks; an inactive layer is skipped (`lax.cond`;
-  with `conditional=False` it selects its input x over f(x)), so it is exactly the identity and its
-  parameters get zero gradient.
-* **Kernel size** (`conditional`): the depthwise conv of the mixed 7×7 kernel runs only the chosen
-  size's centred taps (`lax.switch`), the same result as all 49 (the others are zero).
-* **BN**: always batch statistics, per path (no running averages are kept; the one-shot evaluation of
-  the official code also uses batch statistics). Statistics are per channel, so masked BN equals BN on
-  the sliced channels. `stat_weights` (f32[N], 0/1) restricts the statistics to a subset of the batch:
-  concatenating a few training images (weight 1) with evaluation images (weight 0) gives BN
-  *recalibration* in one pass (see `evaluate.py`).
-
-`PathNet(arch)` is the stand-alone network built with exactly the sliced shapes (same parameter names:
-one op per layer, `k{kernel}`) and standard BN with running averages (`batch_stats` collection, at
-`stage{s}_layer{l}/bn_*` and `bn_stem`, `bn_head`). `slice_params(supernet_params, arch, sides)` returns
-its parameters, cut left- or right-aligned (per `sides`) out of the supernet's. With
-`PathNet(arch, bn_batch_stats=True)` it uses batch statistics in eval mode too, which is what the
-equivalence tests compare against.
+Design in `docs/nas.md` §2: usage, one parameter set per candidate op (weight mixing), channel buffers
+and BCNet coupling, the path arrays and buckets, how a path is realised (masks, conditional depth and
+kernel compute, batch-statistics BN and recalibration) and `PathNet` / `slice_params`.
 """
 
 from __future__ import annotations
@@ -719,7 +636,7 @@ def _mask(n: int, nmax: int, what: str) -> np.ndarray:
 
 
 def path_arrays(arch: Arch, space: SearchSpace, sides: dict | None = None, bucket: int | None = None) -> dict:
-  """Path pytree (numpy, see module docstring) selecting `arch` inside the supernet of `space` (in
+  """Path pytree (numpy, see `docs/nas.md` §2) selecting `arch` inside the supernet of `space` (in
   bucket `bucket`'s compute shapes). `sides`: BCNet slice sides (`space.left_sides` format, e.g. from
   `sampling.sample_sides`); None = all left-aligned."""
   sup = supernet_arch(space, bucket)

@@ -1,28 +1,7 @@
 """Super-supernet training (one sampled path per step) and stand-alone training of searched networks.
 
-Both run through the shared training loop (`train/loop.py`: sharded step, Orbax checkpoints, metrics)
-and the deterministic data sources (`data/`):
-
-* `train_supernet(config, workdir) -> params`: at step s the path (α, S) is
-  `sampling.sample_path(space, config.sampling, config.seed, s)` with BCNet sides
-  `sampling.sample_sides(space, config.seed, s)`; its arrays go to the model as
-  `batch['model_kwargs']['path']` (replicated numpy arrays) and the images of the step are produced at
-  the path's resolution S.r by the host pipeline (a resolution is a different image shape, so
-  `jax.jit` compiles one program per resolution and reuses it for every path of that resolution).
-  Data order, augmentation, path and rng are pure functions of (seed, step), so a run killed and
-  resumed from its last checkpoint ends bit-identical to an uninterrupted one.
-* `train_standalone(config, workdir, arch) -> dict`: trains `PathNet(arch)` (BatchNorm running
-  averages kept in `TrainState.model_state`) and evaluates it on `config.data.eval_split`.
-
-Parameters are built on the host (`supernet.init_supernet`; compiling the init of this many-branch
-network costs over a minute on CPU) and handed to the loop as the task's initial variables. These CNNs
-are small (a few M parameters), so one host copy of the params is harmless.
-
-Config: `supernet_config()` below lists every field (the files in `configs/nas_*` override them).
-
-```python
-params = train_supernet(supernet_config(space='fmnist', steps=2000), '/tmp/supernet')
-```
+How a step gets its path and images, resumability and the host-side init are described in
+`docs/nas.md` §4; `supernet_config()` below lists every config field.
 """
 
 from __future__ import annotations
@@ -200,7 +179,7 @@ def supernet_task(config, source, platform: str | None = None) -> loop_lib.Task:
 
 def train_supernet(config, workdir: str):
   """Trains (or resumes) the super-supernet of `config.space` with one sampled path per step; returns
-  the final params (device arrays). See the module docstring."""
+  the final params (device arrays). See `docs/nas.md` §4."""
   source = open_split(config, config.data.train_split, cache_dir=workdir)
   loop = loop_lib.Loop(config, workdir, supernet_task(config, source))
   loop.train()

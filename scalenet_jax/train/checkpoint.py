@@ -48,8 +48,14 @@ CORRUPT_DIR = "checkpoints.corrupt"
 def fingerprint(abstract_params) -> str:
   """Short hash of the sorted (param path, shape, dtype) triples of a pytree.
 
-  Accepts concrete arrays or `jax.ShapeDtypeStruct`s (e.g. from `jax.eval_shape`); values and shardings
-  are ignored, so the same model config always gives the same fingerprint on any mesh.
+  Values and shardings are ignored, so the same model config always gives the same fingerprint on any
+  mesh.
+
+  Args:
+    abstract_params: a pytree of concrete arrays or `jax.ShapeDtypeStruct`s (e.g. from `jax.eval_shape`).
+
+  Returns:
+    16 hex digits (a truncated sha256).
   """
   leaves = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
   triples = sorted(
@@ -75,6 +81,13 @@ class Checkpointer:
 
   `state` is any pytree of jax arrays (sharded or not). For exact resumption it should hold everything the
   loop needs (params, optimizer state, step, rng key data as uint32); restored leaves are bit-identical.
+
+  Args:
+    workdir: the run's directory (local, relative to the cwd, or gs://); checkpoints go to
+      `<workdir>/checkpoints`.
+    max_to_keep: newest finalized steps kept (None = all).
+    save_interval_steps: `save` skips steps that are not a multiple of it (unless forced).
+    async_save: write in a background thread (`wait` / `close` block on it).
   """
 
   def __init__(self, workdir, *, max_to_keep: int | None = 3, save_interval_steps: int = 1, async_save: bool = True):
@@ -94,11 +107,22 @@ class Checkpointer:
 
   # -- saving ------------------------------------------------------------------------------------------
   def save(self, step: int, state, meta: Mapping[str, Any], *, force: bool = False) -> bool:
-    """Starts an async save of `state` and `meta` at `step`; returns False if the interval skips it.
+    """Starts an async save of `state` and `meta` at `step`.
 
-    `meta` must be JSON-serializable and hold the model `"fingerprint"`; `"step"` is added. `force`
-    saves regardless of `save_interval_steps` (use it for the final step). Orbax copies the arrays to
-    host memory before this returns, so the caller may donate `state`'s buffers to the next step.
+    Orbax copies the arrays to host memory before this returns, so the caller may donate `state`'s buffers
+    to the next step.
+
+    Args:
+      step: the step number (the directory name).
+      state: pytree of jax arrays.
+      meta: JSON-serializable mapping holding the model `"fingerprint"`; `"step"` is added.
+      force: save regardless of `save_interval_steps` (use it for the final step).
+
+    Returns:
+      False if the interval skips the step, else True.
+
+    Raises:
+      ValueError: `meta` has no fingerprint or is not JSON-serializable.
     """
     if "fingerprint" not in meta:
       raise ValueError(f"checkpoint meta for step {step} has no 'fingerprint' key (got {sorted(meta)})")
@@ -134,14 +158,25 @@ class Checkpointer:
 
   # -- restoring ---------------------------------------------------------------------------------------
   def restore_latest(self, abstract_state, expected_fingerprint: str, *, discard_bad: bool = True):
-    """Restores the newest good checkpoint into `abstract_state`; returns `(step, state)` or None.
+    """Restores the newest good checkpoint into `abstract_state`.
 
-    `abstract_state` is a pytree of `jax.ShapeDtypeStruct`s carrying `.sharding` (`jax.eval_shape` plus
-    shardings); arrays are read straight into those shardings, each host reading only its shards.
+    Arrays are read straight into the shardings of `abstract_state`, each host reading only its shards.
     Unfinished or unreadable steps newer than the restored one are skipped with a warning and, with
-    `discard_bad`, moved aside / deleted. Pass `discard_bad=False` when another job may be writing to
-    this workdir (an evaluator following a live run): its save in progress looks unfinished.
-    A fingerprint or shape/dtype mismatch raises ValueError. Returns None when no good step exists.
+    `discard_bad`, moved aside / deleted.
+
+    Args:
+      abstract_state: pytree of `jax.ShapeDtypeStruct`s carrying `.sharding` (`jax.eval_shape` plus
+        shardings), the structure of the saved state.
+      expected_fingerprint: `fingerprint` of the model's params; a checkpoint of another model is refused.
+      discard_bad: move skipped steps aside. Pass False when another job may be writing to this workdir
+        (an evaluator following a live run): its save in progress looks unfinished.
+
+    Returns:
+      `(step, state)`, or None when no good step exists.
+
+    Raises:
+      CheckpointError: (a ValueError) a fingerprint, structure, shape or dtype mismatch; the workdir is left
+        untouched.
     """
     self.wait()  # never read a step this process is still writing
     skipped = []  # (step, path) moved aside once a good step is found
@@ -159,8 +194,16 @@ class Checkpointer:
     return None if step is None else (step, restored)
 
   def restore_into(self, state, shardings, expected_fingerprint: str):
-    """`restore_latest` for a concrete `state` laid out by `shardings` (as `create_train_state`
-    returns them): the checkpoint's arrays are read straight into those shardings."""
+    """`restore_latest` for a concrete `state` laid out by `shardings`.
+
+    Args:
+      state: a pytree of arrays (only shapes and dtypes are used), as `create_train_state` returns it.
+      shardings: the matching pytree of shardings; the checkpoint's arrays are read straight into them.
+      expected_fingerprint: as in `restore_latest`.
+
+    Returns:
+      `(step, state)` or None, as `restore_latest`.
+    """
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings)
     return self.restore_latest(abstract, expected_fingerprint)
 
@@ -284,7 +327,16 @@ def _sync(name: str) -> None:
 # Final params export
 # ----------------------------------------------------------------------------------------------------------
 def export_params(path, params, *, overwrite: bool = False) -> None:
-  """Writes `params` (a pytree of arrays, possibly sharded) as a standalone Orbax checkpoint at `path`."""
+  """Writes `params` as a standalone Orbax checkpoint at `path`.
+
+  Args:
+    path: destination directory (local or gs://).
+    params: a pytree of arrays, possibly sharded.
+    overwrite: replace an existing export.
+
+  Raises:
+    FileExistsError: `path` exists and `overwrite` is False.
+  """
   path = paths.path(path)
   if path.exists() and not overwrite:
     raise FileExistsError(f"params export {path} already exists (pass overwrite=True to replace it)")
@@ -300,8 +352,20 @@ def is_params_export(path) -> bool:
 
 
 def load_params_like(path, like):
-  """Exported params at `path` on the default device, required to have exactly the arrays (paths, shapes,
-  dtypes) of `like` (arrays or ShapeDtypeStructs)."""
+  """Exported params at `path`, checked against `like`, as host arrays.
+
+  Args:
+    path: a directory written by `export_params`.
+    like: pytree of arrays or ShapeDtypeStructs; the export must have exactly its arrays (paths, shapes,
+      dtypes).
+
+  Returns:
+    The params pytree (numpy arrays, read on the default device).
+
+  Raises:
+    MissingInputError: `path` does not exist.
+    CheckpointError: the arrays differ from `like`'s.
+  """
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), like)
   return jax.device_get(load_params(path, abstract))
@@ -310,8 +374,17 @@ def load_params_like(path, like):
 def load_params(path, abstract_params=None):
   """Reads params written by `export_params`.
 
-  With `abstract_params` (ShapeDtypeStructs with shardings) the arrays land directly in those shardings
-  and shapes/dtypes are checked; without it they are restored as saved, on the default device.
+  Args:
+    path: a directory written by `export_params`.
+    abstract_params: ShapeDtypeStructs with shardings: the arrays land directly in those shardings and
+      structure, shapes and dtypes are checked; None = restored as saved, on the default device.
+
+  Returns:
+    The params pytree (jax arrays).
+
+  Raises:
+    MissingInputError: `path` does not exist.
+    CheckpointError: the arrays differ from `abstract_params`.
   """
   path = paths.path(path)
   if not path.exists():

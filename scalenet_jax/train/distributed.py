@@ -37,7 +37,15 @@ LOCAL_DEVICE_IDS = "SCALENET_LOCAL_DEVICE_IDS"
 
 @dataclasses.dataclass(frozen=True)
 class DistributedSpec:
-  """Arguments for `jax.distributed.initialize`; None fields are left for JAX to discover."""
+  """Arguments for `jax.distributed.initialize`; None fields are left for JAX to discover.
+
+  Attributes:
+    source: `"env"`, `"slurm"` or `"auto"`: which rule of the module docstring matched.
+    coordinator_address: `host:port` of process 0.
+    num_processes: processes of the job.
+    process_id: this process's index.
+    local_device_ids: the accelerators this process drives.
+  """
 
   source: str  # "env", "slurm" or "auto": which rule matched
   coordinator_address: str | None = None
@@ -46,6 +54,7 @@ class DistributedSpec:
   local_device_ids: tuple[int, ...] | None = None
 
   def initialize_kwargs(self) -> dict:
+    """Keyword arguments of `jax.distributed.initialize`: the fields that are set."""
     kwargs = dict(
         coordinator_address=self.coordinator_address, num_processes=self.num_processes, process_id=self.process_id
     )
@@ -55,7 +64,18 @@ class DistributedSpec:
 
 
 def parse_env(env: Mapping[str, str]) -> DistributedSpec | None:
-  """The multi-process set-up the environment asks for, or None for a single process."""
+  """The multi-process set-up the environment asks for (the rules of the module docstring, in order).
+
+  Args:
+    env: environment variables (e.g. `os.environ`).
+
+  Returns:
+    The `DistributedSpec`, or None for a single process.
+
+  Raises:
+    ValueError: an inconsistent or malformed set-up (an unknown `SCALENET_DISTRIBUTED`, only some of the
+      explicit variables, a non-integer, a bad address or hostlist, a process id out of range).
+  """
   mode = env.get(DISTRIBUTED, "").strip().lower()
   if mode not in ("", "auto", "off"):
     raise ValueError(f"{DISTRIBUTED}={env[DISTRIBUTED]!r} is not one of 'auto', 'off' (or unset)")
@@ -93,7 +113,16 @@ def parse_env(env: Mapping[str, str]) -> DistributedSpec | None:
 def maybe_initialize(env: Mapping[str, str] | None = None) -> DistributedSpec | None:
   """Calls `jax.distributed.initialize` if the environment describes a multi-process job.
 
-  Returns what was used (None for a single process). Safe to call twice.
+  Safe to call twice. Must run before anything touches a JAX backend.
+
+  Args:
+    env: environment variables; None = `os.environ`.
+
+  Returns:
+    The `DistributedSpec` used, or None for a single process.
+
+  Raises:
+    ValueError: as in `parse_env`.
   """
   spec = parse_env(os.environ if env is None else env)
   if spec is None:
@@ -110,6 +139,15 @@ def expand_hostlist(hostlist: str) -> list[str]:
 
   Same result as `scontrol show hostnames`, without needing Slurm installed; ranges keep zero padding and
   several bracket groups in one name expand as a product ('r[1-2]n[1-2]' -> r1n1 r1n2 r2n1 r2n2).
+
+  Args:
+    hostlist: a Slurm hostlist expression.
+
+  Returns:
+    The host names in order.
+
+  Raises:
+    ValueError: unbalanced brackets, a bad range or an empty list.
   """
   if hostlist.count("[") != hostlist.count("]"):
     raise ValueError(f"unbalanced brackets in Slurm hostlist {hostlist!r}")

@@ -40,25 +40,31 @@ from scalenet_jax.train import workdir_lock
 class Task:
   """What a `Loop` trains (everything model-, data- and paper-specific).
 
-  apply_fn: the step contract of `train/step.py` (`flax_apply_fn(module)`).
-  abstract_variables: {'params': ..., other collections}: `jax.ShapeDtypeStruct` leaves.
-  batches: `batches(start_step)` -> iterator of this host's step batches from `start_step` on.
-  init_fn: `init_fn(rng) -> variables`, traced and run sharded on the devices (a fresh random init).
-  initial_variables: `() -> variables` as host arrays (pretrained, expanded or host-built); used instead
-    of `init_fn` on a fresh start. One of the two is required.
-  tag: mixed into the checkpoint fingerprint, so a workdir of another task/model is refused.
-  trainable_mask: bool pytree like the params (leaves may be bool arrays over a stacked leaf's rows);
-    frozen leaves and rows get no update and hold no optimizer state. None = everything trains.
-  eval_batches: `() -> iterator` of eval step batches with 'mask' (periodic and final evaluation: the
-    objective's metrics over every real example / token), or None.
-  objective: what the step optimises and evaluates (`train/objectives.py`); None = classification with
-    `config.label_smoothing`.
-  export: `export(state) -> dict` written at the end of training, or None.
-  input_specs: `input_specs(n) -> {name: (model inputs, model_kwargs or None)}` for a global batch of n,
-    as `jax.ShapeDtypeStruct`s: one entry per program training compiles ('' for one; the NAS supernet
-    has one per resolution). The objective adds the labels (`batch_spec`). What `--mode compile`
-    lowers (`scalenet_jax.tpu_check`); None = not compilable ahead of time.
-  label: shown in progress lines.
+  Attributes:
+    apply_fn: the step contract of `train/step.py` (`flax_apply_fn(module)`).
+    abstract_variables: {'params': ..., other collections}: `jax.ShapeDtypeStruct` leaves.
+    batches: `batches(start_step)` -> iterator of this host's step batches from `start_step` on.
+    init_fn: `init_fn(rng) -> variables`, traced and run sharded on the devices (a fresh random init).
+    initial_variables: `() -> variables` as host arrays (pretrained, expanded or host-built); used instead
+      of `init_fn` on a fresh start. One of the two is required.
+    tag: mixed into the checkpoint fingerprint, so a workdir of another task/model is refused.
+    trainable_mask: bool pytree like the params (leaves may be bool arrays over a stacked leaf's rows);
+      frozen leaves and rows get no update and hold no optimizer state. None = everything trains.
+    batch_transform: `batch_transform(rng, batch) -> batch` traced inside the train step (Mixup / CutMix),
+      or None.
+    compute_dtype: dtype of the forward / backward pass (params stay float32 masters).
+    use_ema: keep an EMA of the params (`config.ema_decay`) and evaluate it.
+    eval_batches: `() -> iterator` of eval step batches with 'mask' (periodic and final evaluation: the
+      objective's metrics over every real example / token), or None.
+    export: `export(state) -> dict` run at the end of training (its dict joins the run's info), or None.
+    label: shown in progress lines.
+    objective: what the step optimises and evaluates (`train/objectives.py`); None = classification with
+      `config.label_smoothing`.
+    meta: extra JSON saved with every checkpoint.
+    input_specs: `input_specs(n) -> {name: (model inputs, model_kwargs or None)}` for a global batch of n,
+      as `jax.ShapeDtypeStruct`s: one entry per program training compiles ('' for one; the NAS supernet
+      has one per resolution). The objective adds the labels (`batch_spec`). What `--mode compile`
+      lowers (`scalenet_jax.tpu_check`); None = not compilable ahead of time.
   """
 
   apply_fn: Callable
@@ -85,15 +91,35 @@ def objective_of(config, task: Task):
 
 
 def make_optimizer(config, task: Task):
-  """(optimizer, its config with `total_steps` filled) of a task's trainable set."""
+  """The optimizer of a task's trainable set.
+
+  Args:
+    config: a train config (`config.optim`, `config.steps`).
+    task: the task (its params and trainable mask).
+
+  Returns:
+    `(tx, optim_config)`: the optax transformation and `optimizer_config(config)` (`total_steps` filled).
+  """
   c = optimizer_config(config)
   trainable = "all" if task.trainable_mask is None else task.trainable_mask
   return optim.make_optimizer(c, task.abstract_variables["params"], trainable), c
 
 
 def state_init_fn(task: Task) -> Callable:
-  """The on-device init of a task's variables (with host-side initial variables it only has to produce
-  the right shapes: they are put in place afterwards)."""
+  """The on-device init of a task's variables.
+
+  With host-side initial variables it only has to produce the right shapes (zeros): they are put in place
+  afterwards.
+
+  Args:
+    task: the task.
+
+  Returns:
+    `init(rng) -> variables`.
+
+  Raises:
+    ValueError: the task has neither `init_fn` nor `initial_variables`.
+  """
   if task.init_fn is None and task.initial_variables is None:
     raise ValueError("Task needs init_fn or initial_variables")
   if task.initial_variables is None:
@@ -102,8 +128,22 @@ def state_init_fn(task: Task) -> Callable:
 
 
 def train_step(config, task: Task, tx, optim_config: dict, mesh, shardings, compiler_options=None):
-  """The jitted train step of a task (`step.make_train_step` with the config's recipe): what `Loop.train`
-  runs and `--mode compile` compiles."""
+  """The jitted train step of a task (`step.make_train_step` with the config's recipe).
+
+  What `Loop.train` runs and `--mode compile` compiles.
+
+  Args:
+    config: a train config (`label_smoothing`, `ema_decay`).
+    task: the task.
+    tx: its optimizer (`make_optimizer`).
+    optim_config: the optimizer config of `make_optimizer` (lr schedule, `grad_accum_steps`).
+    mesh: the device mesh.
+    shardings: the `TrainState` of shardings (`step.create_train_state`).
+    compiler_options: XLA options (`jax_utils.compile_options`), or None.
+
+  Returns:
+    `step(state, batch) -> (state, metrics)` (see `step.make_train_step`).
+  """
   return step_lib.make_train_step(
       task.apply_fn,
       tx,
@@ -121,7 +161,11 @@ def train_step(config, task: Task, tx, optim_config: dict, mesh, shardings, comp
 
 
 def eval_step(config, task: Task, mesh, shardings, compiler_options=None):
-  """The jitted eval step of a task (`step.make_eval_step`)."""
+  """The jitted eval step of a task (`step.make_eval_step`); arguments as in `train_step`.
+
+  Returns:
+    `eval_step(state, batch) -> sums` of the task's objective.
+  """
   return step_lib.make_eval_step(
       task.apply_fn,
       mesh,
@@ -134,6 +178,7 @@ def eval_step(config, task: Task, mesh, shardings, compiler_options=None):
 
 
 def check_batch_sizes(config, mesh) -> None:
+  """Raises `ConfigError` unless `batch_size` and `eval_batch_size` divide over the mesh's data axis."""
   data_size = mesh.shape["data"]
   for name in ("batch_size", "eval_batch_size"):
     if config[name] % data_size:
@@ -149,7 +194,18 @@ def optimizer_config(config) -> dict:
 
 
 class Loop:
-  """Restore-or-init on construction; `train()` runs the remaining steps. See the module docstring."""
+  """Restore-or-init on construction; `train()` runs the remaining steps. See the module docstring.
+
+  Args:
+    config: a train config (`config_lib.base_config()` fields: mesh, optimizer, steps, logging, seed).
+    workdir: the run's directory (local or gs://): lock, checkpoints, metrics.
+    task: what to train.
+
+  Raises:
+    WorkdirBusy: a live run holds the workdir.
+    ConfigError: batch sizes that do not divide over the mesh.
+    CheckpointError: the workdir holds a checkpoint of another model / task.
+  """
 
   def __init__(self, config, workdir, task: Task):
     distributed.maybe_initialize()
@@ -209,15 +265,24 @@ class Loop:
   # ---- Steps
   @property
   def eval_step(self):
+    """The task's jitted eval step, built on first use."""
     if self._eval_step is None:
       options = jax_utils.compile_options(self.config.xla_opt_level)
       self._eval_step = eval_step(self.config, self.task, self.mesh, self.shardings, options)
     return self._eval_step
 
   def evaluate(self, batches: Optional[Iterator[dict]] = None) -> dict:
-    """The objective's metrics of the current params over `batches` (default: the task's eval batches;
-    {} when the task has none): top-1 / top-5 / mean loss, or next-token loss and perplexity. Padded
-    examples / tokens (mask 0) are excluded."""
+    """The objective's metrics of the current params over `batches`.
+
+    Padded examples / tokens (mask 0) are excluded.
+
+    Args:
+      batches: host step batches with 'mask'; None = the task's eval batches.
+
+    Returns:
+      `objective.metrics` of the summed batches: top-1 / top-5 / mean loss, or next-token loss and
+      perplexity; {} when `batches` is None and the task has no eval batches.
+    """
     if batches is None:
       if self.task.eval_batches is None:
         return {}
@@ -233,12 +298,23 @@ class Loop:
     return train_step(self.config, self.task, self.tx, self.optim_config, self.mesh, self.shardings, options)
 
   def save(self, step: int) -> None:
+    """Checks the workdir lock, then saves the state at `step` (forced, async)."""
     self.lock.check()  # a lease taken over by another run: stop before writing
     self.ckpt.save(step, self.state, {"fingerprint": self.fingerprint, **self.task.meta}, force=True)
 
   # ---- Loop
   def train(self) -> dict:
-    """Trains from `self.start` to `config.steps`, then evaluates and exports; returns the run's info."""
+    """Trains from `self.start` to `config.steps`, then evaluates and exports.
+
+    Returns:
+      The run's info: workdir, start step, steps, compile / per-step / training seconds, the final
+      evaluation's metrics and the export's dict.
+
+    Raises:
+      TrainingDiverged: the loss became NaN / inf (found at the next log or checkpoint step); the last good
+        checkpoint stays.
+      WorkdirBusy: another run took the workdir's lease over.
+    """
     c = self.config
     info = {"workdir": str(self.workdir), "start_step": self.start, "steps": c.steps}
     writer = metrics_lib.Writer(self.workdir)

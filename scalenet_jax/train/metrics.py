@@ -27,8 +27,16 @@ def read(workdir) -> list[dict]:
 
 
 def final(workdir, steps: int) -> dict | None:
-  """What a run finished at `steps` logged there (its last train metrics and its final evaluation, merged),
-  or None while the run is unfinished: a finished run can be reported without restoring it."""
+  """What a run finished at `steps` logged, so that it can be reported without restoring it.
+
+  Args:
+    workdir: the run's directory.
+    steps: the run's total steps.
+
+  Returns:
+    Its last train metrics and its final evaluation (`top1` ...) merged into one dict, or None while the
+    run is unfinished (no evaluation logged at `steps`).
+  """
   at = [l for l in read(workdir) if l["step"] == steps]
   if not any("top1" in l for l in at):
     return None
@@ -36,7 +44,14 @@ def final(workdir, steps: int) -> dict | None:
 
 
 class Writer:
-  """`metrics.jsonl` + TensorBoard event files in `workdir` (process 0 only)."""
+  """`metrics.jsonl` + TensorBoard event files in `workdir` (process 0 only).
+
+  An existing `metrics.jsonl` is kept and appended to (a resumed run). On a remote workdir (gs://) the
+  event files are written to a local staging dir and copied to `<workdir>/tb` after every write.
+
+  Args:
+    workdir: the run's directory (local or gs://).
+  """
 
   def __init__(self, workdir):
     self.active = jax.process_index() == 0
@@ -52,6 +67,7 @@ class Writer:
     self.tb = SummaryWriter(str(self.tb_dir) if self.staging is None else self.staging)
 
   def write(self, step: int, metrics: dict) -> None:
+    """Appends `{"step": step, **metrics}` to `metrics.jsonl` and logs the numeric (non-bool) values."""
     if not self.active:
       return
     self.lines.append(json.dumps({"step": int(step), **metrics}))
@@ -70,6 +86,7 @@ class Writer:
       (self.tb_dir / f.name).write_bytes(f.read_bytes())
 
   def close(self) -> None:
+    """Closes the TensorBoard writer (and copies its last events to a remote workdir)."""
     if self.active:
       self.tb.close()
       self._mirror()
@@ -78,12 +95,18 @@ class Writer:
 
 
 class Progress:
-  """One line per log step with loss, accuracy, rate and ETA (plain text: works in logs and CI)."""
+  """One line per log step with loss, accuracy, rate and ETA (plain text: works in logs and CI).
+
+  Args:
+    total: the run's total steps.
+    tag: prefix of every line (e.g. the task's label).
+  """
 
   def __init__(self, total: int, tag: str = ""):
     self.total, self.tag, self.t0 = total, f"[{tag}] " if tag else "", time.perf_counter()
 
   def __call__(self, done: int, m: dict) -> None:
+    """Prints the line of step `done` from the logged metrics `m` (`loss`, `accuracy`, optional `lr`)."""
     rate = m.get("steps_per_sec") or 0.0
     eta = (self.total - done) / rate if rate else float("nan")
     print0(

@@ -25,10 +25,18 @@ from scalenet_jax.errors import DataError
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
-  """Per-example softmax cross-entropy; `labels` int (B,) or soft (B, K).
+  """Per-example softmax cross-entropy.
 
   Smoothing is applied to soft targets too: for mixup targets lam*y1 + (1-lam)*y2 this equals mixing the
   smoothed one-hots (timm's convention), so a mixup batch_transform should not smooth by itself.
+
+  Args:
+    logits: (B, K) float.
+    labels: int (B,) class indices or soft targets (B, K).
+    label_smoothing: mass spread uniformly over the K classes.
+
+  Returns:
+    (B,) float32 losses.
   """
   num_classes = logits.shape[-1]
   targets = jax.nn.one_hot(labels, num_classes) if labels.ndim == logits.ndim - 1 else labels
@@ -40,12 +48,19 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
 
 @dataclasses.dataclass(frozen=True)
 class Classification:
-  """One label per example (`labels` int (B,) or soft targets (B, K)); inputs `images`."""
+  """One label per example (`labels` int (B,) or soft targets (B, K)); inputs `images`.
+
+  Attributes:
+    label_smoothing: of the training loss (evaluation is unsmoothed).
+    inputs: the batch entry the model reads.
+  """
 
   label_smoothing: float = 0.0
   inputs: str = "images"
 
   def loss(self, logits, batch):
+    """Mean (smoothed) cross-entropy of `logits` (B, K) and `{"accuracy": ...}` (argmax vs the labels or
+    the soft targets' argmax)."""
     labels = batch["labels"]
     loss = cross_entropy(logits, labels, self.label_smoothing).mean()
     hard = labels if labels.ndim == 1 else jnp.argmax(labels, -1)  # soft targets: their argmax
@@ -61,6 +76,8 @@ class Classification:
     return batch
 
   def eval_sums(self, logits, batch):
+    """Sums over the real examples (`mask` (B,), default all) of an eval batch with int labels (B,):
+    `correct1`, `correct5` (ties count for the label), `loss_sum` and `count`."""
     labels = batch["labels"]
     mask = batch.get("mask", jnp.ones(labels.shape, jnp.float32)).astype(jnp.float32)
     label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
@@ -73,6 +90,7 @@ class Classification:
     }
 
   def metrics(self, sums) -> dict:
+    """`top1`, `top5`, `eval_loss` and `eval_examples` of the summed `eval_sums`."""
     n = float(sums["count"])
     return {
         "top1": float(sums["correct1"]) / n,
@@ -82,13 +100,19 @@ class Classification:
     }
 
   def describe(self, m) -> str:
+    """One-line summary of `metrics`."""
     return f"top1 {m['top1']:.4f} top5 {m['top5']:.4f}"
 
 
 @dataclasses.dataclass(frozen=True)
 class NextToken:
   """Next-token prediction: `tokens` (B, T) in, `labels` (B, T) the next tokens, `mask` (B, T) bool where
-  a label counts (all when absent). Label smoothing mixes in the mean NLL over the vocabulary."""
+  a label counts (all when absent).
+
+  Attributes:
+    label_smoothing: of the training loss: mixes in the mean NLL over the vocabulary.
+    inputs: the batch entry the model reads.
+  """
 
   label_smoothing: float = 0.0
   inputs: str = "tokens"
@@ -110,6 +134,7 @@ class NextToken:
     return {self.inputs: inputs, "labels": like(jnp.int32), "mask": like(jnp.bool_)}
 
   def loss(self, logits, batch):
+    """Token-weighted mean NLL of `logits` (B, T, V) over the masked positions, and `{"accuracy", "tokens"}`."""
     nll, mask = self._nll(logits, batch, self.label_smoothing)
     tokens = mask.sum()
     # Token-weighted: every counted token weighs the same, however the mask spreads them over rows.
@@ -118,6 +143,8 @@ class NextToken:
     return loss, {"accuracy": correct.sum() / jnp.maximum(tokens, 1.0), "tokens": tokens}
 
   def eval_sums(self, logits, batch):
+    """Sums over the masked positions: `loss_sum`, `correct`, `count` (tokens) and `examples` (rows with a
+    counted token)."""
     nll, mask = self._nll(logits, batch, 0.0)
     return {
         "loss_sum": jnp.sum(nll * mask),
@@ -127,6 +154,8 @@ class NextToken:
     }
 
   def metrics(self, sums) -> dict:
+    """`eval_loss` (NLL per token), `perplexity`, `token_accuracy`, `eval_tokens`, `eval_examples`; raises
+    `DataError` when no token counted."""
     n = float(sums["count"])
     if n == 0:
       raise DataError("the evaluation data has no token with a loss (are all responses cut off by seq_len?)")
@@ -140,4 +169,5 @@ class NextToken:
     }
 
   def describe(self, m) -> str:
+    """One-line summary of `metrics`."""
     return f"perplexity {m['perplexity']:.3f} (loss {m['eval_loss']:.4f} over {m['eval_tokens']} tokens)"

@@ -69,9 +69,18 @@ def _compile(patterns: Sequence[str], what: str) -> list[re.Pattern]:
 def param_labels(params, trainable_patterns: str | Sequence[str] = "all"):
   """Pytree of 'trainable' / 'frozen' labels, one per leaf of `params` (abstract shapes are fine).
 
-  `trainable_patterns` is 'all' or a list of regexes (re.search on the param path). Each pattern must match
-  at least one parameter, and at least one parameter must be trainable, so typos cannot silently freeze
-  the whole model.
+  Each pattern must match at least one parameter, so typos cannot silently freeze the whole model.
+
+  Args:
+    params: the param pytree (arrays or abstract shapes).
+    trainable_patterns: 'all' or a list of regexes (re.search on the '/'-joined param path).
+
+  Returns:
+    A pytree like `params` with the string `'trainable'` or `'frozen'` per leaf.
+
+  Raises:
+    ValueError: a string other than 'all', or a pattern that matches no parameter.
+    ConfigError: a pattern that is not a valid regex.
   """
   if isinstance(trainable_patterns, str):
     if trainable_patterns != "all":
@@ -87,12 +96,24 @@ def param_labels(params, trainable_patterns: str | Sequence[str] = "all"):
 
 
 def trainable_mask(params, trainable_patterns: str | Sequence[str] = "all"):
-  """Pytree of bools (True = trainable), same structure as `params`."""
+  """Pytree of bools (True = trainable), same structure as `params`; arguments and errors as in
+  `param_labels`."""
   return jax.tree_util.tree_map(lambda l: l == TRAINABLE, param_labels(params, trainable_patterns))
 
 
 def make_lr_schedule(config) -> optax.Schedule:
-  """Linear warmup then cosine decay to `min_lr`, as a function of the *optimizer* step."""
+  """Linear warmup then cosine decay to `min_lr`, as a function of the *optimizer* step.
+
+  Args:
+    config: optimizer config (`config_lib.optim_config()` fields: `lr`, `warmup_init_lr`, `warmup_steps`,
+      `total_steps`, `min_lr`).
+
+  Returns:
+    The optax schedule.
+
+  Raises:
+    ConfigError: an unknown key or a bad value (`total_steps` <= `warmup_steps`, ...).
+  """
   c = _resolve_config(config)
   return optax.warmup_cosine_decay_schedule(
       init_value=c.warmup_init_lr,
@@ -104,7 +125,14 @@ def make_lr_schedule(config) -> optax.Schedule:
 
 
 def make_train_lr_fn(config) -> Callable:
-  """Learning rate as a function of the *train-step* counter (accounts for gradient accumulation)."""
+  """Learning rate as a function of the *train-step* counter (accounts for gradient accumulation).
+
+  Args:
+    config: optimizer config, as in `make_lr_schedule`.
+
+  Returns:
+    `lr(step)`: the schedule at optimizer step `step // grad_accum_steps`.
+  """
   c = _resolve_config(config)
   sched, k = make_lr_schedule(c), c.grad_accum_steps
   return lambda step: sched(step // k)
@@ -139,10 +167,17 @@ def _is_rows(m) -> bool:
 def rows_only(inner: optax.GradientTransformation, mask) -> optax.GradientTransformation:
   """`inner` applied to the trainable rows of row-masked leaves only (and to other leaves as they are).
 
-  `mask` is a bool pytree like the params whose leaves are bools or bool arrays over a stacked leaf's
-  leading axis (e.g. only a baseline's new layers in a stacked core). Those leaves are gathered to their
-  true rows before `inner`, so its state (Adam moments, momentum, accumulation) exists for those rows
-  only; the updates of the other rows are exact zeros."""
+  Row-masked leaves are gathered to their true rows before `inner`, so its state (Adam moments, momentum,
+  accumulation) exists for those rows only; the updates of the other rows are exact zeros.
+
+  Args:
+    inner: the transformation to wrap.
+    mask: a bool pytree like the params whose leaves are bools or bool arrays over a stacked leaf's
+      leading axis (e.g. only a baseline's new layers in a stacked core).
+
+  Returns:
+    The wrapped `optax.GradientTransformation`.
+  """
   # Row indices are static numpy: the gathers and scatters compile to fixed slices.
   pick = lambda tree: jax.tree.map(lambda x, m: x[np.flatnonzero(m)] if _is_rows(m) else x, tree, mask)
 
@@ -160,13 +195,25 @@ def rows_only(inner: optax.GradientTransformation, mask) -> optax.GradientTransf
 
 
 def make_optimizer(config, params_abstract, trainable="all") -> optax.GradientTransformation:
-  """The full optimizer for `params_abstract` (a param pytree; `jax.ShapeDtypeStruct` leaves are fine).
+  """The full optimizer for `params_abstract`.
 
-  `trainable`: 'all', a list of param-path regexes, or a bool pytree like the params (`trainable_mask`),
-  whose leaves may be bool arrays over a stacked leaf's leading axis: only those rows train and hold
-  optimizer state (`rows_only`). Trainable branch: [clip] -> AdamW (scale_by_adam, decoupled decay) or
-  SGD (decay added to the gradient, Nesterov momentum) -> warmup-cosine learning rate, wrapped in
-  `optax.MultiSteps` when grad_accum_steps > 1. Frozen branch: `optax.set_to_zero()` (no state).
+  Trainable branch: [clip] -> AdamW (scale_by_adam, decoupled decay) or SGD (decay added to the gradient,
+  Nesterov momentum) -> warmup-cosine learning rate, wrapped in `optax.MultiSteps` when
+  grad_accum_steps > 1. Frozen branch: `optax.set_to_zero()` (no state).
+
+  Args:
+    config: optimizer config (`config_lib.optim_config()` fields; unknown keys are rejected).
+    params_abstract: the param pytree (`jax.ShapeDtypeStruct` leaves are fine).
+    trainable: 'all', a list of param-path regexes, or a bool pytree like the params (`trainable_mask`),
+      whose leaves may be bool arrays over a stacked leaf's leading axis: only those rows train and hold
+      optimizer state (`rows_only`).
+
+  Returns:
+    The `optax.GradientTransformation`.
+
+  Raises:
+    ConfigError: an unknown key, a bad value or a bad regex.
+    ValueError: a trainable pattern that matches no parameter.
   """
   c = _resolve_config(config)
   schedule = make_lr_schedule(c)

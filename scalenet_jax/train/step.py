@@ -42,6 +42,17 @@ from scalenet_jax.train.objectives import Classification
 
 @flax.struct.dataclass
 class TrainState:
+  """The pytree a train step carries, checkpoints and restores.
+
+  Attributes:
+    step: int32 scalar: number of train-step calls (micro-steps under accumulation).
+    params: the params pytree.
+    opt_state: the optax state of the trainable params.
+    model_state: None, or a dict of non-param collections, e.g. {'batch_stats': ...}.
+    ema_params: EMA of the params; None unless EMA is enabled.
+    rng: raw key data (uint32), so it checkpoints like any other array.
+  """
+
   step: jax.Array  # int32 scalar: number of train-step calls (micro-steps under accumulation)
   params: Any
   opt_state: Any
@@ -51,7 +62,15 @@ class TrainState:
 
 
 def flax_apply_fn(module: nn.Module) -> Callable:
-  """`apply_fn` for a linen module following the project convention (model kwargs pass through)."""
+  """`apply_fn` for a linen module following the project convention (model kwargs pass through).
+
+  Args:
+    module: a linen module whose `__call__(inputs, train=..., **model_kwargs)` returns logits.
+
+  Returns:
+    `apply_fn(params, inputs, train, rngs, model_state=None, **model_kwargs)`: logits, or
+    `(logits, new_model_state)` when `model_state` is given (mutable in training).
+  """
 
   def apply_fn(params, images, train, rngs, model_state=None, **model_kwargs):
     if model_state is None:
@@ -93,8 +112,16 @@ def _raw_key(rng) -> jax.Array:
 
 
 def abstract_train_state(init_fn: Callable, tx: optax.GradientTransformation, *, use_ema: bool = False):
-  """The `TrainState` that `create_train_state` builds, as `jax.ShapeDtypeStruct` leaves (nothing is
-  computed): what an ahead-of-time compile (`scalenet_jax.tpu_check`) lowers the step with."""
+  """The `TrainState` that `create_train_state` builds, as `jax.ShapeDtypeStruct` leaves.
+
+  Nothing is computed: what an ahead-of-time compile (`scalenet_jax.tpu_check`) lowers the step with.
+
+  Args:
+    init_fn, tx, use_ema: as in `create_train_state`.
+
+  Returns:
+    A `TrainState` of `jax.ShapeDtypeStruct`s.
+  """
   return jax.eval_shape(_state_init(init_fn, tx, use_ema), _raw_key(jax.random.key(0)))
 
 
@@ -110,10 +137,22 @@ def create_train_state(
 ):
   """Sharded initial state, built directly on the devices (never as one unsharded host copy).
 
-  `init_fn(rng) -> variables` returns a flax variables dict with a 'params' entry (e.g.
-  `lambda r: model.init(r, dummy_images, train=False)`); other collections become `model_state`.
-  Returns `(state, state_shardings)`; the abstract state is `jax.eval_shape` of the same init, so the
-  shardings can also serve as a restore target.
+  Args:
+    init_fn: `init_fn(rng) -> variables`, a flax variables dict with a 'params' entry (e.g.
+      `lambda r: model.init(r, dummy_images, train=False)`); other collections become `model_state`.
+    tx: the optimizer; its state is initialised on the params.
+    mesh: the device mesh.
+    rng: a PRNG key (typed or raw key data); split into the init key and the state's training key.
+    mode: param sharding, `'replicate'` or `'fsdp'` (`sharding.param_shardings`).
+    fsdp_min_size: leaves smaller than this stay replicated under FSDP.
+    use_ema: also keep `ema_params` (a copy of the params).
+
+  Returns:
+    `(state, state_shardings)`: the `TrainState` and the matching `TrainState` of shardings. The abstract
+    state is `jax.eval_shape` of the same init, so the shardings can also serve as a restore target.
+
+  Raises:
+    ValueError: `init_fn` returns no 'params'.
   """
   init, rng = _state_init(init_fn, tx, use_ema), _raw_key(rng)
   shardings = sh.param_shardings(jax.eval_shape(init, rng), mesh, mode, fsdp_min_size)
@@ -272,19 +311,35 @@ def make_train_step(
 ):
   """Jitted `step(state, batch) -> (state, metrics)`; `state` is donated.
 
-  trainable_mask: bool pytree like params (`optim.trainable_mask`); a leaf may also be a bool array over
-    its leading (stacked) axis to train only some rows. Only trainable leaves/rows are differentiated
-    (frozen ones are constants of the loss: no weight-gradient compute, see `_Partition`), and frozen
-    ones are passed through untouched (bit-identical). None = all trainable.
-  lr_fn: learning rate as a function of `state.step` for the metrics (`optim.make_train_lr_fn(config)`).
-  grad_accum_steps: must equal the optimizer's; EMA is updated only on steps that update the params.
-  ema_decay: requires a state created with `use_ema=True`.
-  compute_dtype: e.g. jnp.bfloat16 runs the forward/backward in bf16 on float32 master weights.
-  objective: `objectives.Classification(label_smoothing)` when None, or e.g. `objectives.NextToken()`.
-  Metrics (device arrays, no host sync): loss (the objective's, e.g. mean with smoothing), the
-  objective's train metrics (accuracy: argmax vs the labels, or vs the argmax of soft targets; tokens),
-  grad_norm (of this micro-batch's trainable gradients, before clipping), lr (only with lr_fn),
-  is_finite (loss and grad_norm finite; the loop should stop when False).
+  Args:
+    apply_fn: the model contract of this module (`flax_apply_fn(module)`).
+    tx: the optimizer.
+    mesh: the device mesh.
+    state_shardings: the `TrainState` of shardings of `create_train_state`.
+    trainable_mask: bool pytree like params (`optim.trainable_mask`); a leaf may also be a bool array over
+      its leading (stacked) axis to train only some rows. Only trainable leaves/rows are differentiated
+      (frozen ones are constants of the loss: no weight-gradient compute, see `_Partition`), and frozen
+      ones are passed through untouched (bit-identical). None = all trainable.
+    lr_fn: learning rate as a function of `state.step` for the metrics (`optim.make_train_lr_fn(config)`).
+    grad_accum_steps: must equal the optimizer's; EMA is updated only on steps that update the params.
+    label_smoothing: of the default objective (ignored when `objective` is given).
+    objective: `objectives.Classification(label_smoothing)` when None, or e.g. `objectives.NextToken()`.
+    ema_decay: requires a state created with `use_ema=True`.
+    batch_transform: `batch_transform(rng, batch) -> batch`, traced inside the step (Mixup / CutMix).
+    compute_dtype: e.g. jnp.bfloat16 runs the forward/backward in bf16 on float32 master weights.
+    rng_names: the model's rng collections, each given its own key per step.
+    compiler_options: XLA options of the compile, or None.
+
+  Returns:
+    `step(state, batch) -> (state, metrics)`, jitted once per batch structure. Metrics (device arrays, no
+    host sync): loss (the objective's, e.g. mean with smoothing), the objective's train metrics (accuracy:
+    argmax vs the labels, or vs the argmax of soft targets; tokens), grad_norm (of this micro-batch's
+    trainable gradients, before clipping), lr (only with lr_fn), is_finite (loss and grad_norm finite;
+    the loop should stop when False).
+
+  Raises:
+    ValueError: `ema_decay` set without an EMA state or the reverse; (on the first call) a
+      `trainable_mask` whose leaves do not match the params.
   """
   if (ema_decay is None) != (state_shardings.ema_params is None):
     raise ValueError("ema_decay must be set exactly when the state was created with use_ema=True")
@@ -364,7 +419,18 @@ def make_eval_step(
   {correct1, correct5, loss_sum, count}; labels int (B,)).
 
   Padded examples / tokens are excluded via batch['mask'] (true = real). Add the sums over batches on
-  the host and finish them with `objective.metrics(sums)`. `use_ema` evaluates `state.ema_params`.
+  the host and finish them with `objective.metrics(sums)`.
+
+  Args:
+    apply_fn, mesh, state_shardings, compute_dtype, compiler_options: as in `make_train_step`.
+    use_ema: evaluate `state.ema_params`.
+    objective: the objective whose `eval_sums` the step returns; None = `Classification()`.
+
+  Returns:
+    `eval_step(state, batch) -> sums` (replicated device arrays), jitted once per batch structure.
+
+  Raises:
+    ValueError: `use_ema` without an EMA state.
   """
   objective = Classification() if objective is None else objective
   if use_ema and state_shardings.ema_params is None:

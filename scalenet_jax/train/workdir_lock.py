@@ -47,6 +47,7 @@ _ADVICE = "one run per workdir: wait for it to end, stop it, or use another --wo
 
 
 def lease_seconds() -> float:
+  """Length of a lease in seconds: `$SCALENET_WORKDIR_LEASE_SEC`, default 60."""
   return float(os.environ.get(LEASE_ENV, DEFAULT_LEASE_SEC))
 
 
@@ -277,6 +278,9 @@ class WorkdirLock:
 
   Idempotent: a second `acquire` or `release` of the same object does nothing. Held locks are released at
   interpreter exit.
+
+  Args:
+    workdir: the run's directory (local or gs://).
   """
 
   def __init__(self, workdir):
@@ -286,6 +290,14 @@ class WorkdirLock:
     self._counted = False  # this object holds one count of `_HELD[key]` (process 0 only)
 
   def acquire(self) -> "WorkdirLock":
+    """Takes the lock (process 0; every process of a job learns the verdict).
+
+    Returns:
+      self.
+
+    Raises:
+      WorkdirBusy: a live run holds the workdir (on every process of a refused job).
+    """
     if self.held:
       return self
     index, count = _process()
@@ -313,6 +325,7 @@ class WorkdirLock:
     return self
 
   def release(self) -> None:
+    """Releases this object's hold; the workdir is freed when the process's last holder releases it."""
     if not self.held:
       return
     self.held = False
