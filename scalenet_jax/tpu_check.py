@@ -164,9 +164,35 @@ def _cost(compiled) -> dict:
   return {"flops": float(cost.get("flops", 0.0)), "bytes": float(cost.get("bytes accessed", 0.0))}
 
 
-def _program(step, state, batch, n_devices: int) -> dict:
-  """Compile `step` for (state, batch); per-device memory (XLA's memory analysis) and costs."""
-  compiled = step.lower(state, batch).compile()
+# The TPU compiler refuses a program whose buffers exceed HBM, e.g. "RESOURCE_EXHAUSTED: Ran out of memory
+# on HBM, the total memory required for HLO temporaries (33.42G) exceeds available HBM (15.75G)" (G = GiB).
+_OOM_TEMPS = re.compile(r"required for HLO temporaries \(([\d.]+)([KMGT])\)")
+
+
+def _out_of_memory(error: Exception, arguments: int) -> dict:
+  """The record of a program the compiler refused for want of HBM: our count of its arguments plus the
+  temporaries the compiler names (when it names them); no costs."""
+  m = _OOM_TEMPS.search(str(error))
+  temps = int(float(m[1]) * 1024 ** ("KMGT".index(m[2]) + 1)) if m else 0
+  message = " ".join(str(error).split())
+  message = message[message.find("RESOURCE_EXHAUSTED") :][:300]
+  return {
+      "out_of_memory": message,
+      "argument_bytes": arguments,
+      "temp_bytes": temps,
+      "bytes_per_device": arguments + temps,
+  }
+
+
+def _program(step, state, batch, n_devices: int, arguments: int) -> dict:
+  """Compile `step` for (state, batch); per-device memory (XLA's memory analysis) and costs. `arguments`:
+  our count of the state and batch bytes per device, for a program the compiler refuses (out of HBM)."""
+  try:
+    compiled = step.lower(state, batch).compile()
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    return _out_of_memory(e, arguments)
   mem = compiled.memory_analysis()
   # The donated state's outputs alias its arguments: counted once.
   total = (
@@ -230,7 +256,7 @@ def check(config, topology: str, name: str | None = None) -> dict:
   if task.input_specs is None:
     raise ConfigError(f"the task {task.tag!r} has no input specs: it cannot be compiled ahead of time")
   mesh = sh.make_mesh(cfg.mesh_data, cfg.mesh_model, devices)
-  loop_lib.check_batch_sizes(cfg, mesh)
+  loop_lib.check_batch_sizes(cfg, mesh, task)
   n = len(devices)
   tx, optim_config = loop_lib.make_optimizer(cfg, task)
   abstract = step_lib.abstract_train_state(loop_lib.state_init_fn(task), tx, use_ema=task.use_ema)
@@ -256,14 +282,18 @@ def check(config, topology: str, name: str | None = None) -> dict:
   # A train state larger than the chip cannot fit whatever the program: say so without compiling.
   for variant, (inputs, kwargs) in (specs if state_bytes <= chip.hbm_bytes else {}).items():
     batch = batch_of(inputs, kwargs, False)
-    p = _program(train_step, state, batch, n)
-    p["batch_bytes"] = _per_device_bytes(batch, jax.tree.map(lambda x: x.sharding, batch))
-    p.update(_roofline(p, chip, cfg.batch_size, per_example))
+    batch_bytes = _per_device_bytes(batch, jax.tree.map(lambda x: x.sharding, batch))
+    p = _program(train_step, state, batch, n, state_bytes + batch_bytes)
+    p["batch_bytes"] = batch_bytes
+    if "out_of_memory" not in p:
+      p.update(_roofline(p, chip, cfg.batch_size, per_example))
     programs[f"train{variant}"] = p
     if eval_step is not None:
-      programs[f"eval{variant}"] = _program(eval_step, state, batch_of(eval_specs[variant][0], kwargs, True), n)
+      eval_batch = batch_of(eval_specs[variant][0], kwargs, True)
+      eval_bytes = _per_device_bytes(eval_batch, jax.tree.map(lambda x: x.sharding, eval_batch))
+      programs[f"eval{variant}"] = _program(eval_step, state, eval_batch, n, state_bytes + eval_bytes)
   worst = max(programs.values(), key=lambda p: p["bytes_per_device"], default={"bytes_per_device": state_bytes})
-  trains = [p for k, p in programs.items() if k.startswith("train")]
+  trains = [p for k, p in programs.items() if k.startswith("train") and "step_seconds_bound" in p]
   t = max(trains, key=lambda p: p["step_seconds_bound"], default=dict.fromkeys(_BOUND_KEYS))
   report = {
       "config": name or task.tag,
@@ -318,6 +348,9 @@ def render(r: dict) -> str:
       f"{_gib(r['optimizer_bytes_per_device'])}, whole train state {_gib(r['state_bytes_per_device'])}",
   ]
   for name, p in r["programs"].items():
+    if "out_of_memory" in p:
+      L.append(f"  {name:<12s} refused by the compiler, >= {_gib(p['bytes_per_device'])} needed: {p['out_of_memory']}")
+      continue
     line = (
         f"  {name:<12s} arguments {_gib(p['argument_bytes'])} + outputs {_gib(p['output_bytes'])} + temporaries "
         f"{_gib(p['temp_bytes'])} + code {_gib(p['code_bytes'])} = {_gib(p['bytes_per_device'])} of "

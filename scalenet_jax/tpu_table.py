@@ -8,7 +8,7 @@ Each row is `python -m scalenet_jax.main --config C --mode compile --topology T 
 in its own process (one libtpu, one failure at a time); its JSON line goes into the record
 (docs/tpu.json) as soon as it finishes, so a chunk cut short loses at most the row it was running, and
 the next run (on any machine: the numbers come from the compiler, not from this host's speed) continues
-with the rows still missing. Rows are ordered so that the ScaleNet rows land first; pending rows are
+with the rows still missing (and those that failed). Rows are ordered so that the ScaleNet rows land first; pending rows are
 marked in the doc. A row records the compile's wall time on the host that ran it, which `--max_minutes`
 uses to plan the next chunk.
 """
@@ -126,8 +126,9 @@ def _fmt_row(row: dict, done: dict | None) -> str:
   gib = rep["bytes_per_device"] / 2**30
   hbm = rep["hbm_bytes_per_device"] / 2**30
   fits = "yes" if rep["fits"] else "**no**"
-  if not rep.get("compiled", True):
-    return head + f" {fits} | > {gib:.1f} / {hbm:.0f} (state alone) |  |  |  | {rep['devices']} |"
+  if not rep.get("compiled", True) or rep["step_seconds_bound"] is None:
+    why = "the state alone" if not rep.get("compiled", True) else "refused by the compiler"
+    return head + f" {fits} | >= {gib:.1f} / {hbm:.0f} ({why}) |  |  |  | {rep['devices']} |"
   ms = rep["step_seconds_bound"] * 1e3
   rate = f"{rep['items_per_second_bound']:,.0f} {rep['item']}/s"
   return head + f" {fits} | {gib:.2f} / {hbm:.0f} | {ms:.1f} | {rate} | {rep['mfu_at_bound']:.0%} | {rep['devices']} |"
@@ -196,7 +197,8 @@ def main(argv=None) -> int:
   record = read_record(args.record)
   t0 = time.perf_counter()
   if not args.render_only:
-    todo = [r for r in rows() if key(r) not in record and args.only in key(r)]
+    # A row that failed (no report: a crash, a timeout, a bug since fixed) is tried again.
+    todo = [r for r in rows() if "report" not in record.get(key(r), {}) and args.only in key(r)]
     for i, row in enumerate(todo):
       elapsed = time.perf_counter() - t0
       if args.max_minutes and elapsed + _estimate(record, row) > args.max_minutes * 60:

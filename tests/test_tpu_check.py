@@ -15,6 +15,7 @@ import json
 import subprocess
 import sys
 
+import jax
 import pytest
 from helpers import REPO
 
@@ -157,3 +158,43 @@ def test_the_table_plans_chunks_and_marks_pending_rows(tmp_path):
   doc = out.read_text()
   assert f"1 of {len(rows)} rows are done" in doc and doc.count("| pending |") == len(rows) - 1
   assert "| error: error: a failed compile |" in doc
+
+
+def test_only_the_batches_a_task_splits_must_divide_over_the_mesh():
+  """A supernet run (no eval step) is not refused for an eval batch that does not divide over the
+  devices; a run that evaluates is (a 4-device v5e mesh)."""
+  from scalenet_jax.train import loop as loop_lib
+  from scalenet_jax.train import sharding as sh
+
+  chip, topology = tpu_check.parse_topology("v5e:2x2")
+  mesh = sh.make_mesh(-1, 1, tpu_check.topology_devices(chip, topology))
+  config = config_lib.train_config("vit_micro_patch4_28", batch_size=8, eval_batch_size=250)
+  task = lambda evals: loop_lib.Task(apply_fn=None, abstract_variables={}, batches=None, eval_batches=evals)
+  loop_lib.check_batch_sizes(config, mesh, task(None))
+  with pytest.raises(ConfigError, match="eval_batch_size=250"):
+    loop_lib.check_batch_sizes(config, mesh, task(lambda: iter(())))
+  config.batch_size = 6
+  with pytest.raises(ConfigError, match="batch_size=6"):
+    loop_lib.check_batch_sizes(config, mesh, task(None))
+
+
+def test_a_program_the_compiler_refuses_for_memory_is_reported_as_not_fitting():
+  """libtpu refuses a program whose temporaries exceed HBM at compile time (the NAS ImageNet supernet at
+  128 images per v5e chip: 33.42G of temporaries): the check records the compiler's number and our count
+  of the arguments instead of failing."""
+  message = (
+      "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries (33.42G) "
+      "exceeds available HBM (15.75G)."
+  )
+
+  class Refused:
+
+    def lower(self, *args):
+      return self
+
+    def compile(self):
+      raise jax.errors.JaxRuntimeError(message)
+
+  p = tpu_check._program(Refused(), None, None, 8, arguments=1000)
+  assert p["temp_bytes"] == int(33.42 * 2**30) and p["bytes_per_device"] == 1000 + int(33.42 * 2**30)
+  assert p["out_of_memory"].startswith("RESOURCE_EXHAUSTED: Ran out of memory")

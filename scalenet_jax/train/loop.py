@@ -177,10 +177,12 @@ def eval_step(config, task: Task, mesh, shardings, compiler_options=None):
   )
 
 
-def check_batch_sizes(config, mesh) -> None:
-  """Raises `ConfigError` unless `batch_size` and `eval_batch_size` divide over the mesh's data axis."""
+def check_batch_sizes(config, mesh, task: Task) -> None:
+  """Raises `ConfigError` unless the global batches the task's steps split over the mesh's data axis
+  divide over it: `batch_size`, and `eval_batch_size` only when the task evaluates (a supernet's run
+  does not: its paths are evaluated by `nas.evaluate`)."""
   data_size = mesh.shape["data"]
-  for name in ("batch_size", "eval_batch_size"):
+  for name in ("batch_size",) + (("eval_batch_size",) if task.eval_batches is not None else ()):
     if config[name] % data_size:
       raise ConfigError(f"{name}={config[name]} is not divisible by the {data_size} devices of the mesh's data axis")
 
@@ -226,7 +228,7 @@ class Loop:
 
     # ---- Mesh
     self.mesh = sh.make_mesh(config.mesh_data, config.mesh_model)
-    check_batch_sizes(config, self.mesh)
+    check_batch_sizes(config, self.mesh, task)
 
     # ---- Optimizer and sharded state
     self.tx, self.optim_config = make_optimizer(config, task)
