@@ -110,6 +110,7 @@ def read_record(path: str) -> dict:
 
 
 def write_record(path: str, record: dict) -> None:
+  jax_utils.cpu_unless_accelerator()  # the machine facts need jax's CPU backend, not libtpu probing for a TPU
   data = {"machine": jax_utils.machine(), "rows": dict(sorted(record.items()))}
   paths.write_json(path, data)
 
@@ -193,7 +194,6 @@ def main(argv=None) -> int:
   p.add_argument("--render_only", action="store_true")
   p.add_argument("--only", default="", help="run only rows whose key contains this text")
   args = p.parse_args(argv)
-  jax_utils.cpu_unless_accelerator()  # the machine facts of the record need jax, not a TPU probe
   record = read_record(args.record)
   t0 = time.perf_counter()
   if not args.render_only:
