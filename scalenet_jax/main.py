@@ -45,7 +45,7 @@ def _run(argv):
     from scalenet_jax import tpu_check  # pylint: disable=g-import-not-at-top
 
     if not FLAGS.topology:
-      raise app.UsageError("--mode=compile needs --topology (e.g. v5e:2x2 or v5e-8)")
+      raise ConfigError("--mode=compile needs --topology (e.g. v5e:2x2 or v5e-8)")
     tpu_check.run(config, FLAGS.topology, name=config_flags.get_config_filename(FLAGS["config"]))
     return
   if not FLAGS.workdir:

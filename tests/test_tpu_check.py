@@ -66,6 +66,12 @@ def test_bad_topology_is_a_config_error(name):
     tpu_check.parse_topology(name)
 
 
+@pytest.mark.parametrize("args,says", [((), "needs --topology"), (("--topology", "v9-8"), "unknown TPU topology")])
+def test_a_missing_or_unknown_topology_is_one_line(args, says):
+  r = main_compile(*args, timeout=120)
+  assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()] and says in r.stderr
+
+
 def test_a_step_that_fits_through_main():
   """The CLI compiles train and eval for 4 v5e chips, prints per-device memory and the roofline, and
   ends with the JSON line; the numbers are checked against the hand counts above."""
