@@ -187,8 +187,9 @@ def _out_of_memory(error: Exception, arguments: int) -> dict:
 def _program(step, state, batch, n_devices: int, arguments: int) -> dict:
   """Compile `step` for (state, batch); per-device memory (XLA's memory analysis) and costs. `arguments`:
   our count of the state and batch bytes per device, for a program the compiler refuses (out of HBM)."""
+  traced = step.trace(state, batch)  # one trace serves the FLOP count and the compile
   try:
-    compiled = step.lower(state, batch).compile()
+    compiled = traced.lower().compile()
   except jax.errors.JaxRuntimeError as e:
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
@@ -203,7 +204,7 @@ def _program(step, state, batch, n_devices: int, arguments: int) -> dict:
       + mem.generated_code_size_in_bytes
   )
   xla = _cost(compiled)
-  step_flops = 2 * counting.macs(lambda s, b: step(s, b), state, batch) / n_devices
+  step_flops = 2 * counting.jaxpr_macs(traced.jaxpr.jaxpr) / n_devices
   return {
       "argument_bytes": int(mem.argument_size_in_bytes),
       "output_bytes": int(mem.output_size_in_bytes - mem.alias_size_in_bytes),

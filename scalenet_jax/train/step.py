@@ -200,9 +200,9 @@ def _jit_per_batch_structure(fn, state_shardings, mesh, out_shardings, donate_ar
   def call(first, batch):
     return jitted(batch)(first, batch)
 
-  # The program for (`first`, `batch`) lowered without running it; the args may be abstract
+  # The program for (`first`, `batch`) traced without running it (`.jaxpr`, `.lower()`); the args may be abstract
   # (`jax.ShapeDtypeStruct`): what `--mode compile` compiles for a TPU topology on any host.
-  call.lower = lambda first, batch: jitted(batch).lower(first, batch)
+  call.trace = lambda first, batch: jitted(batch).trace(first, batch)
   call.jitted = cache  # exposed for lowering / cost analysis
   return call
 
