@@ -34,3 +34,36 @@ def decide(diff: float, half: float) -> str:
   if math.isnan(half):
     return "one seed"
   return "higher" if diff - half > 0 else "lower" if diff + half < 0 else "undecided"
+
+
+def paired_test(a, b) -> tuple[float, float, float]:
+  """(mean of a - b, 95% half-width, two-sided p of the paired t-test) over runs paired by seed; the p is
+  nan below two pairs, 0 when every pair differs by the same nonzero amount."""
+  d, h = paired(a, b)
+  diffs = [x - y for x, y in zip(a, b)]
+  if len(diffs) < 2:
+    return d, h, float("nan")
+  sd = statistics.stdev(diffs)
+  if sd == 0:
+    return d, h, 1.0 if d == 0 else 0.0
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+
+  t = d / (sd / math.sqrt(len(diffs)))
+  return d, h, float(2 * stats.t.sf(abs(t), len(diffs) - 1))
+
+
+def holm(pvalues) -> list[float]:
+  """Holm-Bonferroni adjusted p-values, in the order given (nan stays nan and is not counted).
+
+  The k-th smallest of m p-values is multiplied by m - k + 1 (k from 1), made non-decreasing along that
+  order and capped at 1; a claim holds at level alpha when its adjusted p is below alpha. This controls
+  the family-wise error of a report's claims, whatever their dependence.
+  """
+  ps = list(pvalues)
+  live = sorted((p, i) for i, p in enumerate(ps) if p == p)
+  out = [float("nan")] * len(ps)
+  running = 0.0
+  for k, (p, i) in enumerate(live):
+    running = max(running, min(1.0, (len(live) - k) * p))
+    out[i] = running
+  return out

@@ -1,0 +1,131 @@
+r"""The fair ScaleNet-grow study on Fashion-MNIST: the paper's budget ratios, a depth-headroom check first.
+
+  python -m scalenet_jax.study --config configs/grow_study.py:vit --workdir /tmp/study --max_minutes 55
+  python -m scalenet_jax.main --config configs/grow_study.py:vit,run=scalenet,seed=1 --workdir /tmp/one
+
+`get_config("family,run=R,seed=S")` is one run of the study (any run can be trained on its own);
+`study("family")` is its plan for `scalenet_jax.study`: the runs in order, the arms and the claims.
+What the study keeps from the paper (../shared/docs/scalenet_grow.md §8, paper Tables I, II, VII):
+- the base trains to the end of its own schedule (`BASE_EPOCHS`, the released base's recipe,
+  configs/pretrain_fmnist.py, over fewer epochs: the 30-epoch schedule of pretrained/ costs 5 h per
+  2x-deep seed here, and the headroom check must come first);
+- headroom: the 2x-deep model from scratch gets the base's full budget, 3 seeds of each;
+- every grown arm fine-tunes one third of the base's training images (paper: 100 of 300 epochs), at 0.4x
+  the base's learning rate (paper: 2e-4 after 5e-4) from the seed-0 base, released under
+  pretrained/study/ when it finishes;
+- adapters r = 5 at width 64: +13.1 % unique parameters, as DeiT-T 2x adds (+13.06 %, r/d 0.083; here
+  r/d 0.078), and one new layer for the independent-layer baselines (+16.4 %; the paper's +16 %);
+- Table II: adapters without sharing (R = 1) and sharing without adapters; Table VII: the 2x-deep model
+  from scratch at the fine-tune budget and at the base's full budget (the headroom runs);
+- controls: the base trained further with every parameter (the ViT recipe trains every parameter of the
+  grown model too, so this is also the trainable-matched control).
+"""
+
+from scalenet_jax import config_lib, paths
+from scalenet_jax.demo import RECIPES, TRAIN_IMAGES  # the family's expansion recipe (paper §2)
+from scalenet_jax.errors import ConfigError
+
+HERE = paths.REPO_ROOT / "configs"
+FAMILIES = {
+    # base recipe (configs/pretrain_fmnist.py:<family>) trained for `base_epochs`; adapter rank; baselines'
+    # new layers per grown stack.
+    "vit": dict(base_epochs=6, rank=5, new_layers=1),
+}
+FINETUNE_LR_RATIO = 0.4  # paper: DeiT fine-tunes at 2e-4 after pretraining at 5e-4
+SEEDS = 3
+# arm -> (label, expansion kind, expansion overrides, budget: 'base' | 'finetune', starts from the base)
+ARMS = {
+    "base": ("base (6 layers, from scratch)", "", {}, "base", False),
+    "deep": ("2x deep from scratch, base's full budget (Table VII)", "scratch", {}, "base", False),
+    "scalenet": ("ScaleNet 2x (shared + adapters)", "scalenet", {}, "finetune", True),
+    "random": ("Random (1 new layer)", "random", {}, "finetune", True),
+    "stack": ("Stack (1 new layer)", "stack", {}, "finetune", True),
+    "interpolate": ("Interpolate (1 new layer)", "interpolate", {}, "finetune", True),
+    "swa": ("SWA (1 new layer)", "swa", {}, "finetune", True),
+    "scratch": ("2x deep from scratch, fine-tune budget (Table VII)", "scratch", {}, "finetune", False),
+    "further": ("base trained further, every parameter (control)", "", {}, "finetune", True),
+    "adapters_only": ("adapters without sharing (Table II)", "scalenet", {"reuse": 1}, "finetune", True),
+    "sharing_only": ("sharing without adapters (Table II)", "scalenet", {"adjust": "none"}, "finetune", True),
+}
+PHASES = {"headroom": ("base", "deep"), "grow": tuple(a for a in ARMS if a not in ("base", "deep"))}
+
+
+def release_path(family: str):
+  """Where the seed-0 base is released; every grown arm starts from it."""
+  return paths.REPO_ROOT / "pretrained" / "study" / f"{family}_base_s0.safetensors"
+
+
+def _check(family: str) -> str:
+  if family not in FAMILIES:
+    raise ConfigError(f"unknown study family {family!r}; choose one of {sorted(FAMILIES)}")
+  return family
+
+
+def get_config(arg="vit"):
+  family, _, rest = (arg or "vit").partition(",")  # "vit,run=scalenet,seed=1"
+  _check(family)
+  a = config_lib.parse_arg(rest, run="scalenet", seed=0)
+  if a["run"] not in ARMS:
+    raise ConfigError(f"unknown run {a['run']!r}; choose one of {sorted(ARMS)}")
+  f = FAMILIES[family]
+  _, kind, overrides, budget, from_base = ARMS[a["run"]]
+  c = config_lib.load_config_file(HERE / "pretrain_fmnist.py", family)
+  base_steps = f["base_epochs"] * TRAIN_IMAGES // c.batch_size
+  c.seed = a["seed"]
+  c.steps = base_steps if budget == "base" else base_steps // 3
+  c.expansion.update(RECIPES[family])
+  c.expansion.kind = kind
+  c.expansion.seed = a["seed"]
+  c.expansion.rank = f["rank"]
+  c.expansion.num_new_layers = f["new_layers"]
+  c.expansion.update(overrides)
+  if from_base:
+    c.init_from = str(release_path(family))
+    c.eval_at_init = True
+    c.init_eval_split = "minival"  # an indicator only: 1,000 held-out images
+    c.optim.lr *= FINETUNE_LR_RATIO
+    c.optim.min_lr *= FINETUNE_LR_RATIO
+  c.optim.warmup_steps = max(1, c.steps // 20)
+  c.log_every = max(1, c.steps // 20)
+  c.ckpt_every = max(1, c.steps // 4)
+  c.eval_every = TRAIN_IMAGES // c.batch_size if budget == "base" else 0  # the headroom runs' curves
+  return c
+
+
+def study(arg="vit"):
+  family = _check(arg or "vit")
+  runs = []
+  for phase, arms in PHASES.items():
+    for seed in range(SEEDS):  # seed by seed: every chunk adds paired runs
+      for arm in arms:
+        run = dict(name=f"{arm}_s{seed}", arg=f"{family},run={arm},seed={seed}", arm=arm, seed=seed, phase=phase)
+        if ARMS[arm][4]:
+          run["needs"] = "base_s0"
+        if (arm, seed) == ("base", 0):
+          run["release"] = str(release_path(family).relative_to(paths.REPO_ROOT))
+        runs.append(run)
+  vs = lambda arm: dict(a="scalenet", b=arm, family="grow", text=f"ScaleNet 2x beats {ARMS[arm][0]}")
+  return dict(
+      title=f"ScaleNet-grow on Fashion-MNIST, {family}: the paper's budget ratios",
+      record=f"docs/grow_study_{family}.json",
+      report=f"docs/grow_study_{family}.md",
+      metric="top1",
+      arms={k: v[0] for k, v in ARMS.items()},
+      phases=list(PHASES),
+      runs=runs,
+      claims=[
+          dict(a="deep", b="base", family="headroom", text="the 2x-deep model beats the base at the base's budget"),
+          *[vs(arm) for arm in ("random", "stack", "interpolate", "swa", "further", "adapters_only", "sharing_only")],
+          vs("scratch"),
+          dict(
+              a="scalenet",
+              b="deep",
+              family="grow",
+              text="ScaleNet 2x (one third of the budget) beats the 2x-deep model from scratch at the full budget",
+          ),
+      ],
+      # first guess of the runner's time estimate until this machine has finished a run: seconds per
+      # training image per forward GFLOP (2-core Xeon, the 6-layer base at batch 128: ~530 images/s at
+      # 0.0167 GFLOPs, pretrained/README.md)
+      sec_per_image_gflop=0.13,
+  )

@@ -1,0 +1,287 @@
+r"""Resumable small-scale studies: a config file's plan of training runs, one record, one report.
+
+  python -m scalenet_jax.study --config configs/grow_study.py:vit --workdir /tmp/study --max_minutes 55
+  python -m scalenet_jax.study --config configs/grow_study.py:vit --render_only
+
+The config file defines `get_config(arg)` (one run: a `scalenet_jax.trainer` config) and `study(arg)`,
+the plan: `runs` in order (name, config arg, arm, seed, phase; `needs`: the run whose release it starts
+from; `release`: where this run's final weights are released), `arms` (labels), `claims` (arm a beats
+arm b, in a family) and the `record` / `report` paths, relative to the repository.
+
+- Every finished run is written to the record at once (one JSON file, replaced atomically), with what it
+  measured, its parameter counts, budget and machine. A rerun, on any machine, trains only the runs the
+  record lacks, so a study continues from the committed record on a fresh clone.
+- `--max_minutes N` starts no run whose estimated time would pass N minutes from the start (estimate:
+  training images x forward GFLOPs x the slowest rate measured so far on this CPU model, else the plan's
+  first guess, plus a minute of compile and evaluation).
+- The report is rendered from the record after every run, pending runs marked: per phase a table of the
+  arms (mean ± 95% t-interval over seeds), then the claims as paired (same-seed) differences with their
+  raw p and the Holm-Bonferroni adjusted p over the claims of the same family. A claim holds only when
+  the adjusted p is below 0.05; until every run of a family is in, its verdicts are provisional.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import subprocess
+import sys
+import time
+
+from absl import app, flags, logging
+
+from scalenet_jax import config_lib, jax_utils, paths, stats
+from scalenet_jax.errors import ConfigError, UserError
+
+FLAGS = flags.FLAGS
+ALPHA = 0.05
+COMPILE_AND_EVAL_SEC = 60.0  # per run, on top of the training images (2-core CPU, micro models)
+
+
+class Study:
+  """A study config file's plan and its record."""
+
+  def __init__(self, config_arg: str):
+    path, _, arg = config_arg.partition(":")
+    self.module = config_lib.load_config_module(path)
+    self.plan = self.module.study(arg) if arg else self.module.study()
+    self.record_path = paths.REPO_ROOT / self.plan["record"]
+    self.record = paths.read_json(self.record_path) if self.record_path.exists() else {"runs": {}}
+    self.record["title"] = self.plan["title"]
+    self.command = f"python -m scalenet_jax.study --config {config_arg}"
+
+  def config(self, run: dict):
+    return self.module.get_config(run["arg"])
+
+  def done(self, name: str) -> dict | None:
+    return self.record["runs"].get(name)
+
+  def pending(self) -> list[dict]:
+    return [r for r in self.plan["runs"] if r["name"] not in self.record["runs"]]
+
+  def save(self):
+    paths.write_json(self.record_path, self.record)
+    paths.write_text(paths.REPO_ROOT / self.plan["report"], render(self.plan, self.record))
+
+  def estimate_sec(self, run: dict, counts: dict) -> float:
+    """Seconds `run` should take here: its training images x forward GFLOPs x the slowest rate measured
+    on this CPU model (the plan's first guess before any run finished here), plus compile and eval."""
+    cpu = jax_utils.cpu_model()
+    rates = [
+        r["train_sec"] / (r["images"] * r["gflops"])
+        for r in self.record["runs"].values()
+        if r.get("machine", {}).get("cpu") == cpu and r.get("train_sec")
+    ]
+    rate = max(rates) if rates else self.plan["sec_per_image_gflop"]
+    return rate * counts["images"] * counts["gflops"] + COMPILE_AND_EVAL_SEC
+
+
+def counts_of(config) -> dict:
+  """What a report states of a run without training it: layers, parameters, budget."""
+  from scalenet_jax import summary  # pylint: disable=g-import-not-at-top
+
+  s = summary.summarize(config, xla_check=False)
+  out = {k: s[k] for k in ("depths", "params", "unique_params", "trainable_params", "gflops")}
+  out.update(steps=config.steps, batch_size=config.batch_size, images=config.steps * config.batch_size)
+  return out
+
+
+def git_commit() -> str:
+  try:
+    return subprocess.run(
+        ["git", "-C", str(paths.REPO_ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return ""
+
+
+def train_one(study: Study, run: dict, workdir: str, counts: dict) -> dict:
+  """Trains (or resumes) one run in `<workdir>/<name>`; returns its record entry."""
+  from scalenet_jax import release, trainer  # pylint: disable=g-import-not-at-top
+
+  cfg = study.config(run)
+  wd = os.path.join(workdir, run["name"])
+  t0 = time.time()
+  r = trainer.run(cfg, wd)
+  entry = dict(
+      arm=run["arm"],
+      seed=run["seed"],
+      phase=run["phase"],
+      arg=run["arg"],
+      **counts,
+      **{k: r[k] for k in ("top1", "top5", "loss", "train_sec", "compile_sec", "sec_per_step") if k in r},
+      wall_sec=time.time() - t0,
+      machine=jax_utils.machine(),
+      code=git_commit(),
+      date=datetime.date.today().isoformat(),
+  )
+  if "init_eval" in r:
+    entry["top1_init"] = r["init_eval"]["top1"]
+  if run.get("release"):
+    out = paths.REPO_ROOT / run["release"]
+    release.write(cfg, wd, out, f"{study.command} (run {run['name']})")
+    entry["release"] = run["release"]
+  return entry
+
+
+def run_study(config_arg: str, workdir: str, max_minutes: float = 0, phase: str = "") -> Study:
+  """Trains the plan's missing runs in order (within `max_minutes` when > 0), recording each at once."""
+  study = Study(config_arg)
+  t_start = time.time()
+  runs = [r for r in study.pending() if not phase or r["phase"] == phase]
+  if phase and phase not in study.plan["phases"]:
+    raise ConfigError(f"unknown phase {phase!r}; the plan has {study.plan['phases']}")
+  print(f"{len(study.record['runs'])} runs recorded in {study.plan['record']}; {len(runs)} to go", flush=True)
+  for i, run in enumerate(runs):
+    need = run.get("needs")
+    if need and not study.done(need):
+      print(f"- {run['name']}: waits for {need}", flush=True)
+      continue
+    counts = counts_of(study.config(run))
+    est = study.estimate_sec(run, counts)
+    left = max_minutes * 60 - (time.time() - t_start)
+    if max_minutes and est > left:
+      print(f"- {run['name']}: ~{est / 60:.0f} min, {max(left, 0) / 60:.0f} min left: not started", flush=True)
+      continue
+    print(f"== [{i + 1}/{len(runs)}] {run['name']} ({run['arg']}): ~{est / 60:.0f} min", flush=True)
+    study.record["runs"][run["name"]] = train_one(study, run, workdir, counts)
+    study.save()
+  study.save()
+  return study
+
+
+# ------------------------------------------------------------------------------------------------------
+# The report
+# ------------------------------------------------------------------------------------------------------
+def _pct(x: float) -> str:
+  return f"{x * 100:.2f}"
+
+
+def _mean_ci(values) -> str:
+  if not values:
+    return "pending"
+  m, h = stats.t_interval([v * 100 for v in values])
+  return f"{m:.2f}" if h != h else f"{m:.2f} ± {h:.2f}"
+
+
+def arm_runs(plan: dict, record: dict, arm: str) -> tuple[list[dict], int]:
+  """(finished runs of `arm` in seed order, planned runs of `arm`)."""
+  planned = [r for r in plan["runs"] if r["arm"] == arm]
+  return [record["runs"][r["name"]] for r in planned if r["name"] in record["runs"]], len(planned)
+
+
+def claim_rows(plan: dict, record: dict) -> list[dict]:
+  """Every claim with its paired difference (points), raw and Holm-adjusted p within its family, and
+  verdict; claims whose arms share fewer than two finished seeds stay pending."""
+  metric = plan["metric"]
+  rows = []
+  for c in plan["claims"]:
+    (done_a, n_a), (done_b, n_b) = arm_runs(plan, record, c["a"]), arm_runs(plan, record, c["b"])
+    a, b = {r["seed"]: r[metric] for r in done_a}, {r["seed"]: r[metric] for r in done_b}
+    seeds = sorted(set(a) & set(b))
+    complete = len(done_a) == n_a and len(done_b) == n_b
+    d = h = p = float("nan")
+    if len(seeds) >= 2:
+      d, h, p = stats.paired_test([a[s] * 100 for s in seeds], [b[s] * 100 for s in seeds])
+    rows.append(dict(c, seeds=len(seeds), diff=d, half=h, p=p, complete=complete))
+  for family in {r["family"] for r in rows}:
+    members = [r for r in rows if r["family"] == family]
+    for r, adj in zip(members, stats.holm([r["p"] for r in members])):
+      r["p_holm"] = adj
+      r["family_complete"] = all(m["complete"] for m in members)
+  for r in rows:
+    if r["p"] != r["p"]:
+      r["verdict"] = "pending"
+    elif r["p_holm"] < ALPHA:
+      r["verdict"] = "holds" if r["diff"] > 0 else "reversed (b beats a)"
+    else:
+      r["verdict"] = "not shown"
+    if r["verdict"] != "pending" and not r["family_complete"]:
+      r["verdict"] += " (provisional: runs of its family pending)"
+  return rows
+
+
+def _p(p: float) -> str:
+  return "" if p != p else f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def render(plan: dict, record: dict) -> str:
+  runs = record["runs"]
+  out = [f"# {plan['title']}", ""]
+  out.append(
+      f"Generated by `python -m scalenet_jax.study` from `{plan['record']}` "
+      f"({len(runs)} of {len(plan['runs'])} runs finished). Values: top-1 on the Fashion-MNIST test set (10,000 "
+      "images), mean ± 95% t-interval over seeds; budgets in training images and as a fraction of the base's."
+  )
+  base_images = next((r["images"] for r in runs.values() if r["arm"] == "base"), None)
+  for phase in plan["phases"]:
+    out += ["", f"## {phase}", ""]
+    out += [
+        "| arm | layers | params | unique | trainable | training images | of the base's | top-1 at init (minival) |"
+        " top-1 | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for arm in dict.fromkeys(r["arm"] for r in plan["runs"] if r["phase"] == phase):
+      done, n = arm_runs(plan, record, arm)
+      if not done:
+        out.append(f"| {plan['arms'][arm]} | | | | | | | | pending | 0/{n} |")
+        continue
+      r = done[0]
+      frac = f"{r['images'] / base_images:.1%}" if base_images else ""
+      init = [x["top1_init"] for x in done if "top1_init" in x]
+      out.append(
+          f"| {plan['arms'][arm]} | {sum(r['depths'])} | {r['params']:,} | {r['unique_params']:,} | "
+          f"{r['trainable_params']:,} | {r['images']:,} | {frac} | {_mean_ci(init) if init else ''} | "
+          f"{_mean_ci([x['top1'] for x in done])} | {len(done)}/{n} |"
+      )
+  out += [
+      "",
+      "## Claims",
+      "",
+      f"Paired (same-seed) differences of top-1 in points, a minus b. A claim holds when its Holm-Bonferroni "
+      f"adjusted p (over the claims of its family) is below {ALPHA}; the raw interval and p are shown beside it.",
+      "",
+      "| family | claim | seeds | a minus b | p | p (Holm) | verdict |",
+      "|---|---|---|---|---|---|---|",
+  ]
+  for r in claim_rows(plan, record):
+    diff = "" if r["diff"] != r["diff"] else f"{r['diff']:+.2f} ± {r['half']:.2f}"
+    out.append(
+        f"| {r['family']} | {r['text']} | {r['seeds']} | {diff} | {_p(r['p'])} | {_p(r.get('p_holm', math.nan))} | "
+        f"{r['verdict']} |"
+    )
+  machines = sorted({f"{r['machine']['cpu']} ({r['machine']['cores']} cores)" for r in runs.values()})
+  if machines:
+    out += ["", f"Machines of the runs: {'; '.join(machines)}. No time column: the runs were not one quiet run."]
+  return "\n".join(out) + "\n"
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  try:
+    if FLAGS.render_only:
+      study = Study(FLAGS.config)
+      study.save()
+    else:
+      study = run_study(FLAGS.config, FLAGS.workdir, FLAGS.max_minutes, FLAGS.phase)
+  except UserError as e:
+    print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+    sys.exit(2)
+  left = len(study.pending())
+  print(f"record {study.plan['record']}: {len(study.record['runs'])} runs, {left} pending; report {study.plan['report']}")
+
+
+def define_flags():
+  flags.DEFINE_string("config", "configs/grow_study.py:vit", "Study config file and its argument (path:arg).")
+  flags.DEFINE_string("workdir", "study_workdir", "Where the runs' checkpoints go (the record is in the repository).")
+  flags.DEFINE_float("max_minutes", 0, "Start no run that would not finish within this many minutes (0: no limit).")
+  flags.DEFINE_string("phase", "", "Only the runs of this phase of the plan.")
+  flags.DEFINE_bool("render_only", False, "Render the report from the record; train nothing.")
+
+
+if __name__ == "__main__":
+  jax_utils.configure_cpu()
+  define_flags()
+  app.run(main)

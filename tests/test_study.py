@@ -1,0 +1,113 @@
+"""The resumable study runner (scalenet_jax.study) on a toy plan, and the fair study's recipe
+(configs/grow_study.py) against hand counts and the paper's ratios."""
+
+import json
+import math
+import textwrap
+
+import pytest
+
+from scalenet_jax import config_lib, paths, study
+
+TOY = """
+from scalenet_jax import config_lib
+
+def get_config(arg):
+  a = config_lib.parse_arg(arg, run="base", seed=0)
+  c = config_lib.train_config("vit_micro_patch4_28")
+  c.data.name, c.data.synthetic_examples, c.data.eval_split = "synthetic", 32, "test"
+  c.steps, c.batch_size, c.eval_batch_size, c.seed = 2, 8, 16, a["seed"]
+  c.log_every, c.ckpt_every, c.xla_opt_level = 1, 0, 1
+  if a["run"] == "grown":
+    c.expansion.kind, c.init_from, c.eval_at_init = "scalenet", "{release}", True
+  return c
+
+def study(arg=""):
+  runs = [dict(name="base_s0", arg="run=base,seed=0", arm="base", seed=0, phase="p", release="{release}")]
+  runs += [dict(name=f"grown_s{{s}}", arg=f"run=grown,seed={{s}}", arm="grown", seed=s, phase="p",
+                needs="base_s0") for s in range(2)]
+  runs += [dict(name="base_s1", arg="run=base,seed=1", arm="base", seed=1, phase="p")]
+  return dict(title="toy", record="{tmp}/rec.json", report="{tmp}/rep.md", metric="top1",
+              arms=dict(base="the base", grown="grown 2x"), phases=["p"], runs=runs,
+              claims=[dict(a="grown", b="base", family="f", text="grown beats base")], sec_per_image_gflop=1e-3)
+"""
+
+
+@pytest.fixture
+def toy(tmp_path):
+  cfg = tmp_path / "toy_study.py"
+  cfg.write_text(textwrap.dedent(TOY).format(release=tmp_path / "base.safetensors", tmp=tmp_path))
+  return str(cfg), tmp_path
+
+
+def test_runner_records_each_run_resumes_and_keeps_to_the_time_limit(toy, monkeypatch):
+  cfg, tmp = toy
+  # A limit no run fits in: nothing starts, the record is consistent and the report marks all pending.
+  s = study.run_study(cfg, str(tmp / "wd"), max_minutes=0.01)
+  assert s.record["runs"] == {} and len(s.pending()) == 4
+  assert "0 of 4 runs finished" in (tmp / "rep.md").read_text() and "pending" in (tmp / "rep.md").read_text()
+
+  s = study.run_study(cfg, str(tmp / "wd"))
+  rec = json.loads((tmp / "rec.json").read_text())
+  assert list(rec["runs"]) == ["base_s0", "grown_s0", "grown_s1", "base_s1"]  # grown waited for base_s0
+  base = rec["runs"]["base_s0"]
+  assert (base["steps"], base["images"], base["depths"]) == (2, 16, [6])
+  assert rec["runs"]["grown_s0"]["depths"] == [12] and "top1_init" in rec["runs"]["grown_s0"]
+  # The released weights are what the record says it scored.
+  from scalenet_jax import release
+
+  assert release.metadata_of(tmp / "base.safetensors")["top1"] == base["top1"]
+  # What the trainer logged is what the record holds.
+  final = [json.loads(l) for l in (tmp / "wd" / "grown_s1" / "metrics.jsonl").read_text().splitlines()][-1]
+  assert final["top1"] == rec["runs"]["grown_s1"]["top1"]
+
+  # A rerun trains nothing: the record is the state (a fresh clone with no workdir continues from it).
+  monkeypatch.setattr(study, "train_one", lambda *a: pytest.fail("a recorded run was trained again"))
+  s = study.run_study(cfg, str(tmp / "elsewhere"))
+  assert s.pending() == []
+  report = (tmp / "rep.md").read_text()
+  assert "4 of 4 runs finished" in report and "grown beats base" in report
+
+
+def test_claims_holm_and_pending(toy):
+  cfg, _ = toy
+  plan = study.Study(cfg).plan
+  plan["claims"].append(dict(a="base", b="grown", family="f", text="base beats grown"))
+  run = lambda arm, seed, top1: dict(arm=arm, seed=seed, top1=top1)
+  record = {"runs": {"grown_s0": run("grown", 0, 0.90), "base_s0": run("base", 0, 0.80)}}
+  rows = study.claim_rows(plan, record)
+  assert [r["verdict"] for r in rows] == ["pending", "pending"]  # one shared seed: no test
+  record["runs"].update(grown_s1=run("grown", 1, 0.92), base_s1=run("base", 1, 0.81))
+  rows = study.claim_rows(plan, record)
+  # Differences 10 and 11 points: the paired t-test by hand, t = 10.5 / (0.7071 / sqrt 2) = 21, 1 dof.
+  p = 2 * (0.5 - math.atan(21.0) / math.pi)  # the t(1) distribution is Cauchy
+  assert rows[0]["p"] == pytest.approx(p) and rows[0]["p_holm"] == pytest.approx(min(1, 2 * p))
+  assert rows[0]["diff"] == pytest.approx(10.5)
+  assert rows[0]["verdict"] == "not shown"  # 2p = 0.06 after Holm over the family of two claims
+  assert rows[1]["diff"] == pytest.approx(-10.5)
+
+
+GROW = paths.REPO_ROOT / "configs" / "grow_study.py"
+
+
+def test_grow_study_recipe_keeps_the_papers_ratios():
+  from scalenet_jax import summary
+
+  m = config_lib.load_config_module(GROW)
+  counts = lambda run: summary.summarize(m.get_config(f"vit,run={run},seed=1"), xla_check=False)
+  base = counts("base")["unique_params"]
+  block = 2 * 2 * 64 + (64 * 192 + 192) + (64 * 64 + 64) + (64 * 256 + 256) + (256 * 64 + 64)  # LNs, qkv, proj, fc1, fc2
+  # ScaleNet: an adapter pair of 10 r d on each of the 12 block instances, two LNs of each new layer.
+  assert counts("scalenet")["unique_params"] == base + 12 * 10 * 5 * 64 + 6 * 2 * 2 * 64
+  # DeiT-T 2x by the same rule (5,717,416 params, d 192, r 16, 24 instances, 12 new): the same proportion.
+  deit = (12 * 10 * 16 * 192 * 2 + 12 * 2 * 2 * 192) / 5_717_416
+  assert (counts("scalenet")["unique_params"] - base) / base == pytest.approx(deit, abs=0.002)
+  assert counts("stack")["unique_params"] == base + block  # one new layer: +16 %, the paper's baselines
+  b, ft, deep = (m.get_config(f"vit,run={r},seed=0") for r in ("base", "scalenet", "deep"))
+  assert ft.steps * ft.batch_size * 3 == pytest.approx(b.steps * b.batch_size, rel=0.01)  # one third
+  assert deep.steps == b.steps and ft.optim.lr == pytest.approx(0.4 * b.optim.lr)
+  assert ft.init_from.endswith("vit_base_s0.safetensors") and not deep.init_from
+  plan = m.study("vit")
+  names = [r["name"] for r in plan["runs"]]
+  assert names[:6] == ["base_s0", "deep_s0", "base_s1", "deep_s1", "base_s2", "deep_s2"]  # headroom first
+  assert {c["a"] for c in plan["claims"]} | {c["b"] for c in plan["claims"]} <= set(plan["arms"])
