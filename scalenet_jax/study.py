@@ -270,7 +270,9 @@ def main(argv):
     print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
     sys.exit(2)
   left = len(study.pending())
-  print(f"record {study.plan['record']}: {len(study.record['runs'])} runs, {left} pending; report {study.plan['report']}")
+  print(
+      f"record {study.plan['record']}: {len(study.record['runs'])} runs, {left} pending; report {study.plan['report']}"
+  )
 
 
 def define_flags():

@@ -96,7 +96,9 @@ def test_grow_study_recipe_keeps_the_papers_ratios():
   m = config_lib.load_config_module(GROW)
   counts = lambda run: summary.summarize(m.get_config(f"vit,run={run},seed=1"), xla_check=False)
   base = counts("base")["unique_params"]
-  block = 2 * 2 * 64 + (64 * 192 + 192) + (64 * 64 + 64) + (64 * 256 + 256) + (256 * 64 + 64)  # LNs, qkv, proj, fc1, fc2
+  block = (
+      2 * 2 * 64 + (64 * 192 + 192) + (64 * 64 + 64) + (64 * 256 + 256) + (256 * 64 + 64)
+  )  # LNs, qkv, proj, fc1, fc2
   # ScaleNet: an adapter pair of 10 r d on each of the 12 block instances, two LNs of each new layer.
   assert counts("scalenet")["unique_params"] == base + 12 * 10 * 5 * 64 + 6 * 2 * 2 * 64
   # DeiT-T 2x by the same rule (5,717,416 params, d 192, r 16, 24 instances, 12 new): the same proportion.
