@@ -57,8 +57,11 @@ class Study:
   def done(self, name: str) -> dict | None:
     return self.record["runs"].get(name)
 
+  def runs(self) -> list[dict]:
+    return planned_runs(self.plan, self.record)
+
   def pending(self) -> list[dict]:
-    return [r for r in self.plan["runs"] if r["name"] not in self.record["runs"]]
+    return [r for r in self.runs() if r["name"] not in self.record["runs"]]
 
   def save(self):
     paths.write_json(self.record_path, self.record)
@@ -99,6 +102,7 @@ def git_commit() -> str:
 def train_one(study: Study, run: dict, workdir: str, counts: dict) -> dict:
   """Trains (or resumes) one run in `<workdir>/<name>`; returns its record entry."""
   from scalenet_jax import release, trainer  # pylint: disable=g-import-not-at-top
+  from scalenet_jax.train import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
 
   cfg = study.config(run)
   wd = os.path.join(workdir, run["name"])
@@ -118,6 +122,9 @@ def train_one(study: Study, run: dict, workdir: str, counts: dict) -> dict:
   )
   if "init_eval" in r:
     entry["top1_init"] = r["init_eval"]["top1"]
+  evals = [[l["step"], l["top1"]] for l in metrics_lib.read(wd) if "top1" in l]
+  if len(evals) > 1:
+    entry["curve"] = evals  # (step, top-1) of the evaluations during training
   if run.get("release"):
     out = paths.REPO_ROOT / run["release"]
     release.write(cfg, wd, out, f"{study.command} (run {run['name']})")
@@ -129,11 +136,18 @@ def run_study(config_arg: str, workdir: str, max_minutes: float = 0, phase: str 
   """Trains the plan's missing runs in order (within `max_minutes` when > 0), recording each at once."""
   study = Study(config_arg)
   t_start = time.time()
-  runs = [r for r in study.pending() if not phase or r["phase"] == phase]
   if phase and phase not in study.plan["phases"]:
     raise ConfigError(f"unknown phase {phase!r}; the plan has {study.plan['phases']}")
-  print(f"{len(study.record['runs'])} runs recorded in {study.plan['record']}; {len(runs)} to go", flush=True)
-  for i, run in enumerate(runs):
+  print(
+      f"{len(study.record['runs'])} runs recorded in {study.plan['record']}; {len(study.pending())} to go", flush=True
+  )
+  seen = set()
+  while True:  # pending runs are re-read after each run: a finished verdict may add seeds
+    todo = [r for r in study.pending() if r["name"] not in seen and (not phase or r["phase"] == phase)]
+    if not todo:
+      break
+    run = todo[0]
+    seen.add(run["name"])
     need = run.get("needs")
     if need and not study.done(need):
       print(f"- {run['name']}: waits for {need}", flush=True)
@@ -144,7 +158,7 @@ def run_study(config_arg: str, workdir: str, max_minutes: float = 0, phase: str 
     if max_minutes and est > left:
       print(f"- {run['name']}: ~{est / 60:.0f} min, {max(left, 0) / 60:.0f} min left: not started", flush=True)
       continue
-    print(f"== [{i + 1}/{len(runs)}] {run['name']} ({run['arg']}): ~{est / 60:.0f} min", flush=True)
+    print(f"== {run['name']} ({run['arg']}): ~{est / 60:.0f} min; {len(todo) - 1} more to go", flush=True)
     study.record["runs"][run["name"]] = train_one(study, run, workdir, counts)
     study.save()
   study.save()
@@ -154,10 +168,6 @@ def run_study(config_arg: str, workdir: str, max_minutes: float = 0, phase: str 
 # ------------------------------------------------------------------------------------------------------
 # The report
 # ------------------------------------------------------------------------------------------------------
-def _pct(x: float) -> str:
-  return f"{x * 100:.2f}"
-
-
 def _mean_ci(values) -> str:
   if not values:
     return "pending"
@@ -165,19 +175,32 @@ def _mean_ci(values) -> str:
   return f"{m:.2f}" if h != h else f"{m:.2f} ± {h:.2f}"
 
 
-def arm_runs(plan: dict, record: dict, arm: str) -> tuple[list[dict], int]:
+def planned_runs(plan: dict, record: dict) -> list[dict]:
+  """The plan's runs, plus seeds up to `plan['max_seeds']` for both arms of every claim whose finished
+  interval misses 0 by less than its half-width (a verdict the next seeds could still overturn)."""
+  extra = []
+  for r in claim_rows(plan, record, plan["runs"]):
+    if r["complete"] and r["half"] < abs(r["diff"]) < 2 * r["half"]:
+      extra += [plan["make_run"](arm, s) for arm in (r["a"], r["b"]) for s in range(r["seeds"], plan["max_seeds"])]
+  have = {r["name"] for r in plan["runs"]}
+  return plan["runs"] + [r for r in {r["name"]: r for r in extra}.values() if r["name"] not in have]
+
+
+def arm_runs(runs: list[dict], record: dict, arm: str) -> tuple[list[dict], int]:
   """(finished runs of `arm` in seed order, planned runs of `arm`)."""
-  planned = [r for r in plan["runs"] if r["arm"] == arm]
+  planned = sorted((r for r in runs if r["arm"] == arm), key=lambda r: r["seed"])
   return [record["runs"][r["name"]] for r in planned if r["name"] in record["runs"]], len(planned)
 
 
-def claim_rows(plan: dict, record: dict) -> list[dict]:
+def claim_rows(plan: dict, record: dict, runs: list[dict] | None = None) -> list[dict]:
   """Every claim with its paired difference (points), raw and Holm-adjusted p within its family, and
-  verdict; claims whose arms share fewer than two finished seeds stay pending."""
+  verdict; claims whose arms share fewer than two finished seeds stay pending. `runs`: the planned runs
+  (default: `planned_runs`, the plan with its added seeds)."""
+  runs = planned_runs(plan, record) if runs is None else runs
   metric = plan["metric"]
   rows = []
   for c in plan["claims"]:
-    (done_a, n_a), (done_b, n_b) = arm_runs(plan, record, c["a"]), arm_runs(plan, record, c["b"])
+    (done_a, n_a), (done_b, n_b) = arm_runs(runs, record, c["a"]), arm_runs(runs, record, c["b"])
     a, b = {r["seed"]: r[metric] for r in done_a}, {r["seed"]: r[metric] for r in done_b}
     seeds = sorted(set(a) & set(b))
     complete = len(done_a) == n_a and len(done_b) == n_b
@@ -207,11 +230,12 @@ def _p(p: float) -> str:
 
 
 def render(plan: dict, record: dict) -> str:
+  planned = planned_runs(plan, record)
   runs = record["runs"]
   out = [f"# {plan['title']}", ""]
   out.append(
       f"Generated by `python -m scalenet_jax.study` from `{plan['record']}` "
-      f"({len(runs)} of {len(plan['runs'])} runs finished). Values: top-1 on the Fashion-MNIST test set (10,000 "
+      f"({len(runs)} of {len(planned)} runs finished). Values: top-1 on the Fashion-MNIST test set (10,000 "
       "images), mean ± 95% t-interval over seeds; budgets in training images and as a fraction of the base's."
   )
   base_images = next((r["images"] for r in runs.values() if r["arm"] == "base"), None)
@@ -222,8 +246,8 @@ def render(plan: dict, record: dict) -> str:
         " top-1 | seeds |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for arm in dict.fromkeys(r["arm"] for r in plan["runs"] if r["phase"] == phase):
-      done, n = arm_runs(plan, record, arm)
+    for arm in dict.fromkeys(r["arm"] for r in planned if r["phase"] == phase):
+      done, n = arm_runs(planned, record, arm)
       if not done:
         out.append(f"| {plan['arms'][arm]} | | | | | | | | pending | 0/{n} |")
         continue
@@ -245,7 +269,7 @@ def render(plan: dict, record: dict) -> str:
       "| family | claim | seeds | a minus b | p | p (Holm) | verdict |",
       "|---|---|---|---|---|---|---|",
   ]
-  for r in claim_rows(plan, record):
+  for r in claim_rows(plan, record, planned):
     diff = "" if r["diff"] != r["diff"] else f"{r['diff']:+.2f} ± {r['half']:.2f}"
     out.append(
         f"| {r['family']} | {r['text']} | {r['seeds']} | {diff} | {_p(r['p'])} | {_p(r.get('p_holm', math.nan))} | "

@@ -22,14 +22,19 @@ def get_config(arg):
     c.expansion.kind, c.init_from, c.eval_at_init = "scalenet", "{release}", True
   return c
 
+def make_run(arm, s):
+  run = dict(name=f"{{arm}}_s{{s}}", arg=f"run={{arm}},seed={{s}}", arm=arm, seed=s, phase="p")
+  if arm == "grown":
+    run["needs"] = "base_s0"
+  return run
+
 def study(arg=""):
-  runs = [dict(name="base_s0", arg="run=base,seed=0", arm="base", seed=0, phase="p", release="{release}")]
-  runs += [dict(name=f"grown_s{{s}}", arg=f"run=grown,seed={{s}}", arm="grown", seed=s, phase="p",
-                needs="base_s0") for s in range(2)]
-  runs += [dict(name="base_s1", arg="run=base,seed=1", arm="base", seed=1, phase="p")]
+  runs = [dict(make_run("base", 0), release="{release}"), make_run("grown", 0), make_run("grown", 1)]
+  runs += [make_run("base", 1)]
   return dict(title="toy", record="{tmp}/rec.json", report="{tmp}/rep.md", metric="top1",
-              arms=dict(base="the base", grown="grown 2x"), phases=["p"], runs=runs,
-              claims=[dict(a="grown", b="base", family="f", text="grown beats base")], sec_per_image_gflop=1e-3)
+              arms=dict(base="the base", grown="grown 2x"), phases=["p"], runs=runs, make_run=make_run,
+              max_seeds=5, claims=[dict(a="grown", b="base", family="f", text="grown beats base")],
+              sec_per_image_gflop=1e-3)
 """
 
 
@@ -83,8 +88,26 @@ def test_claims_holm_and_pending(toy):
   p = 2 * (0.5 - math.atan(21.0) / math.pi)  # the t(1) distribution is Cauchy
   assert rows[0]["p"] == pytest.approx(p) and rows[0]["p_holm"] == pytest.approx(min(1, 2 * p))
   assert rows[0]["diff"] == pytest.approx(10.5)
-  assert rows[0]["verdict"] == "not shown"  # 2p = 0.06 after Holm over the family of two claims
+  # 2p = 0.06 after Holm over the family of two claims; and the interval (half-width 12.7 * 0.5 = 6.35)
+  # misses 0 by less than its half-width, so seeds 2-4 joined the plan: the verdict waits for them.
+  assert rows[0]["verdict"] == "not shown (provisional: runs of its family pending)"
   assert rows[1]["diff"] == pytest.approx(-10.5)
+
+
+def test_a_verdict_near_its_interval_edge_adds_seeds(toy):
+  cfg, _ = toy
+  plan = study.Study(cfg).plan
+  plan["runs"] = [plan["make_run"](arm, s) for s in range(3) for arm in ("base", "grown")]
+  runs = lambda diffs: {
+      f"{arm}_s{s}": dict(arm=arm, seed=s, top1=0.5 + (d / 100 if arm == "grown" else 0))
+      for s, d in enumerate(diffs)
+      for arm in ("base", "grown")
+  }
+  # Differences 1.0, 1.05, 0.95 points: half-width 4.303 * 0.05 / sqrt 3 = 0.12, far from 0: no more seeds.
+  assert study.planned_runs(plan, {"runs": runs([1.0, 1.05, 0.95])}) == plan["runs"]
+  # 1.0, 1.3, 0.7: half-width 0.75 < 1.0 < 1.5: seeds 3 and 4 of both arms join the plan.
+  added = study.planned_runs(plan, {"runs": runs([1.0, 1.3, 0.7])})[len(plan["runs"]) :]
+  assert sorted(r["name"] for r in added) == ["base_s3", "base_s4", "grown_s3", "grown_s4"]
 
 
 GROW = paths.REPO_ROOT / "configs" / "grow_study.py"
