@@ -112,6 +112,7 @@ def study(arg="vit"):
       record=f"docs/grow_study_{family}.json",
       report=f"docs/grow_study_{family}.md",
       metric="top1",
+      metric_text="top-1 on the Fashion-MNIST test set (10,000 images; at init: the 1,000-image minival split)",
       arms={k: v[0] for k, v in ARMS.items()},
       phases=list(PHASES),
       runs=runs,

@@ -3,8 +3,9 @@ r"""Resumable small-scale studies: a config file's plan of training runs, one re
   python -m scalenet_jax.study --config configs/grow_study.py:vit --workdir /tmp/study --max_minutes 55
   python -m scalenet_jax.study --config configs/grow_study.py:vit --render_only
 
-The config file defines `get_config(arg)` (one run: a `scalenet_jax.trainer` config) and `study(arg)`,
-the plan: `runs` in order (name, config arg, arm, seed, phase; `needs`: the run whose release it starts
+The config file defines `get_config(arg)` (one run, of any pipeline `scalenet_jax.main` runs) and
+`study(arg)`, the plan: `metric` (a key of the run's final evaluation, `top1` or `perplexity`;
+`lower_is_better` for the latter), `runs` in order (name, config arg, arm, seed, phase; `needs`: the run whose release it starts
 from; `release`: where this run's final weights are released), `arms` (labels), `claims` (arm a beats
 arm b, in a family) and the `record` / `report` paths, relative to the repository.
 
@@ -37,6 +38,8 @@ from scalenet_jax.errors import ConfigError, UserError
 FLAGS = flags.FLAGS
 ALPHA = 0.05
 COMPILE_AND_EVAL_SEC = 60.0  # per run, on top of the training images (2-core CPU, micro models)
+# What a record entry keeps of a run's result besides the plan's metric.
+KEEP = ("top1", "top5", "loss", "eval_loss", "perplexity", "train_sec", "compile_sec", "sec_per_step")
 
 
 class Study:
@@ -101,30 +104,32 @@ def git_commit() -> str:
 
 def train_one(study: Study, run: dict, workdir: str, counts: dict) -> dict:
   """Trains (or resumes) one run in `<workdir>/<name>`; returns its record entry."""
-  from scalenet_jax import release, trainer  # pylint: disable=g-import-not-at-top
+  from scalenet_jax import main as main_lib  # pylint: disable=g-import-not-at-top
+  from scalenet_jax import release  # pylint: disable=g-import-not-at-top
   from scalenet_jax.train import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
 
   cfg = study.config(run)
   wd = os.path.join(workdir, run["name"])
   t0 = time.time()
-  r = trainer.run(cfg, wd)
+  r = main_lib.run(cfg, wd)
+  metric = study.plan["metric"]
   entry = dict(
       arm=run["arm"],
       seed=run["seed"],
       phase=run["phase"],
       arg=run["arg"],
       **counts,
-      **{k: r[k] for k in ("top1", "top5", "loss", "train_sec", "compile_sec", "sec_per_step") if k in r},
+      **{k: r[k] for k in (metric, *KEEP) if k in r},
       wall_sec=time.time() - t0,
       machine=jax_utils.machine(),
       code=git_commit(),
       date=datetime.date.today().isoformat(),
   )
   if "init_eval" in r:
-    entry["top1_init"] = r["init_eval"]["top1"]
-  evals = [[l["step"], l["top1"]] for l in metrics_lib.read(wd) if "top1" in l]
+    entry[f"{metric}_init"] = r["init_eval"][metric]
+  evals = [[l["step"], l[metric]] for l in metrics_lib.read(wd) if metric in l]
   if len(evals) > 1:
-    entry["curve"] = evals  # (step, top-1) of the evaluations during training
+    entry["curve"] = evals  # (step, metric) of the evaluations during training
   if run.get("release"):
     out = paths.REPO_ROOT / run["release"]
     release.write(cfg, wd, out, f"{study.command} (run {run['name']})")
@@ -168,10 +173,17 @@ def run_study(config_arg: str, workdir: str, max_minutes: float = 0, phase: str 
 # ------------------------------------------------------------------------------------------------------
 # The report
 # ------------------------------------------------------------------------------------------------------
-def _mean_ci(values) -> str:
+def metric_of(plan: dict) -> tuple[str, float, int]:
+  """(name in the report, scale of its values there, +1 when higher is better, else -1)."""
+  if plan["metric"] == "top1":
+    return "top-1 (%)", 100.0, 1
+  return plan["metric"], 1.0, -1 if plan.get("lower_is_better") else 1
+
+
+def _mean_ci(values, scale: float) -> str:
   if not values:
     return "pending"
-  m, h = stats.t_interval([v * 100 for v in values])
+  m, h = stats.t_interval([v * scale for v in values])
   return f"{m:.2f}" if h != h else f"{m:.2f} ± {h:.2f}"
 
 
@@ -197,7 +209,7 @@ def claim_rows(plan: dict, record: dict, runs: list[dict] | None = None) -> list
   verdict; claims whose arms share fewer than two finished seeds stay pending. `runs`: the planned runs
   (default: `planned_runs`, the plan with its added seeds)."""
   runs = planned_runs(plan, record) if runs is None else runs
-  metric = plan["metric"]
+  metric, (_, scale, sign) = plan["metric"], metric_of(plan)
   rows = []
   for c in plan["claims"]:
     (done_a, n_a), (done_b, n_b) = arm_runs(runs, record, c["a"]), arm_runs(runs, record, c["b"])
@@ -206,7 +218,7 @@ def claim_rows(plan: dict, record: dict, runs: list[dict] | None = None) -> list
     complete = len(done_a) == n_a and len(done_b) == n_b
     d = h = p = float("nan")
     if len(seeds) >= 2:
-      d, h, p = stats.paired_test([a[s] * 100 for s in seeds], [b[s] * 100 for s in seeds])
+      d, h, p = stats.paired_test([a[s] * scale for s in seeds], [b[s] * scale for s in seeds])
     rows.append(dict(c, seeds=len(seeds), diff=d, half=h, p=p, complete=complete))
   for family in {r["family"] for r in rows}:
     members = [r for r in rows if r["family"] == family]
@@ -217,7 +229,7 @@ def claim_rows(plan: dict, record: dict, runs: list[dict] | None = None) -> list
     if r["p"] != r["p"]:
       r["verdict"] = "pending"
     elif r["p_holm"] < ALPHA:
-      r["verdict"] = "holds" if r["diff"] > 0 else "reversed (b beats a)"
+      r["verdict"] = "holds" if sign * r["diff"] > 0 else "reversed (b beats a)"
     else:
       r["verdict"] = "not shown"
     if r["verdict"] != "pending" and not r["family_complete"]:
@@ -232,18 +244,19 @@ def _p(p: float) -> str:
 def render(plan: dict, record: dict) -> str:
   planned = planned_runs(plan, record)
   runs = record["runs"]
+  metric, (label, scale, sign) = plan["metric"], metric_of(plan)
   out = [f"# {plan['title']}", ""]
   out.append(
-      f"Generated by `python -m scalenet_jax.study` from `{plan['record']}` "
-      f"({len(runs)} of {len(planned)} runs finished). Values: top-1 on the Fashion-MNIST test set (10,000 "
-      "images), mean ± 95% t-interval over seeds; budgets in training images and as a fraction of the base's."
+      f"Generated by `python -m scalenet_jax.study` from `{plan['record']}` ({len(runs)} of {len(planned)} runs "
+      f"finished). Values: {plan['metric_text']}, mean ± 95% t-interval over seeds; budgets in training "
+      f"{plan.get('unit', 'images')} and as a fraction of the base's."
   )
   base_images = next((r["images"] for r in runs.values() if r["arm"] == "base"), None)
   for phase in plan["phases"]:
     out += ["", f"## {phase}", ""]
     out += [
-        "| arm | layers | params | unique | trainable | training images | of the base's | top-1 at init (minival) |"
-        " top-1 | seeds |",
+        f"| arm | layers | params | unique | trainable | training {plan.get('unit', 'images')} | of the base's | "
+        f"{label} at init | {label} | seeds |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for arm in dict.fromkeys(r["arm"] for r in planned if r["phase"] == phase):
@@ -253,18 +266,19 @@ def render(plan: dict, record: dict) -> str:
         continue
       r = done[0]
       frac = f"{r['images'] / base_images:.1%}" if base_images else ""
-      init = [x["top1_init"] for x in done if "top1_init" in x]
+      init = [x[f"{metric}_init"] for x in done if f"{metric}_init" in x]
       out.append(
           f"| {plan['arms'][arm]} | {sum(r['depths'])} | {r['params']:,} | {r['unique_params']:,} | "
-          f"{r['trainable_params']:,} | {r['images']:,} | {frac} | {_mean_ci(init) if init else ''} | "
-          f"{_mean_ci([x['top1'] for x in done])} | {len(done)}/{n} |"
+          f"{r['trainable_params']:,} | {r['images']:,} | {frac} | {_mean_ci(init, scale) if init else ''} | "
+          f"{_mean_ci([x[metric] for x in done], scale)} | {len(done)}/{n} |"
       )
   out += [
       "",
       "## Claims",
       "",
-      f"Paired (same-seed) differences of top-1 in points, a minus b. A claim holds when its Holm-Bonferroni "
-      f"adjusted p (over the claims of its family) is below {ALPHA}; the raw interval and p are shown beside it.",
+      f"Paired (same-seed) differences of {label}, a minus b ({'higher' if sign > 0 else 'lower'} is better). A "
+      f"claim holds when its Holm-Bonferroni adjusted p (over the claims of its family) is below {ALPHA}; the raw "
+      "95% interval and p are shown beside it.",
       "",
       "| family | claim | seeds | a minus b | p | p (Holm) | verdict |",
       "|---|---|---|---|---|---|---|",

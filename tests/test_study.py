@@ -31,7 +31,7 @@ def make_run(arm, s):
 def study(arg=""):
   runs = [dict(make_run("base", 0), release="{release}"), make_run("grown", 0), make_run("grown", 1)]
   runs += [make_run("base", 1)]
-  return dict(title="toy", record="{tmp}/rec.json", report="{tmp}/rep.md", metric="top1",
+  return dict(title="toy", record="{tmp}/rec.json", report="{tmp}/rep.md", metric="top1", metric_text="top-1",
               arms=dict(base="the base", grown="grown 2x"), phases=["p"], runs=runs, make_run=make_run,
               max_seeds=5, claims=[dict(a="grown", b="base", family="f", text="grown beats base")],
               sec_per_image_gflop=1e-3)
@@ -92,6 +92,16 @@ def test_claims_holm_and_pending(toy):
   # misses 0 by less than its half-width, so seeds 2-4 joined the plan: the verdict waits for them.
   assert rows[0]["verdict"] == "not shown (provisional: runs of its family pending)"
   assert rows[1]["diff"] == pytest.approx(-10.5)
+
+
+def test_lower_is_better_metric(toy):
+  cfg, _ = toy
+  plan = dict(study.Study(cfg).plan, metric="perplexity", lower_is_better=True, max_seeds=2)
+  ppl = {"grown": [10.0, 10.2], "base": [12.0, 12.1]}
+  record = {"runs": {f"{a}_s{s}": dict(arm=a, seed=s, perplexity=v[s]) for a, v in ppl.items() for s in range(2)}}
+  (row,) = study.claim_rows(plan, record)
+  assert row["diff"] == pytest.approx(-1.95)  # a minus b, unscaled; lower is better, so "grown beats base"
+  assert row["p"] < 0.05 and row["verdict"] == "holds"  # one claim: Holm changes nothing
 
 
 def test_a_verdict_near_its_interval_edge_adds_seeds(toy):
