@@ -17,7 +17,7 @@ comparison (3 seeds) and writes the table of docs/reproduction.md.
 
 import ml_collections
 
-from scalenet_jax import config_lib
+from scalenet_jax import config_lib, paths
 
 PRETRAIN_STEPS = 600
 GROW_STEPS = 100
@@ -33,6 +33,7 @@ def get_config(arg=None):
       mapping="interpolate",
       adjust="adapter",
       trainable="adjust_ln",
+      reuse=2,  # 1 with run=scalenet: the base with adapters, no new layers (the study's trainable-matched control)
   )
   c = config_lib.lm_config("llama_tiny")
   c.data = config_lib.text_data_config(name="fortunes", seq_len=128, held_out_fraction=0.05)
@@ -50,10 +51,20 @@ def get_config(arg=None):
   c.optim.b2 = 0.95
   c.optim.clip_grad_norm = 1.0
   c.log_every = 50
-  c.eval_every = 0
+  c.eval_every = c.steps // 20 if pretrain else 0  # the base's held-out curve: has it reached its plateau?
+  c.eval_at_init = not pretrain  # where each arm starts (the grown models are not the base's function)
   c.ckpt_every = 400
   c.xla_opt_level = 1  # short CPU runs: compile time matters
-  config_lib.lm_run(c, a["run"], a["base"], mapping=a["mapping"], adjust=a["adjust"], rank=16, trainable=a["trainable"])
+  config_lib.lm_run(
+      c,
+      a["run"],
+      a["base"],
+      mapping=a["mapping"],
+      adjust=a["adjust"],
+      rank=16,
+      trainable=a["trainable"],
+      reuse=a["reuse"],
+  )
   c.expansion.seed = a["seed"]
   # --config.quick=True: a smoke run of a minute on a CPU (a few steps, a shorter context).
   c.quick_overrides = ml_collections.ConfigDict(
@@ -67,3 +78,61 @@ def get_config(arg=None):
       }
   )
   return c
+
+
+# ----------------------------------------------------------------------------------------------------
+# The LM study (`python -m scalenet_jax.study --config configs/llama_fortunes_2x.py:study`), on the
+# principles of the fair grow study (../shared/docs/scalenet_grow.md §8): a base trained to the end of
+# its schedule, its held-out curve recorded; every arm one third of the base's sequences from the seed-0
+# base; trainable-matched arms; 3 seeds; paired differences, Holm-corrected.
+# ----------------------------------------------------------------------------------------------------
+STUDY_BASE_STEPS = 3000  # 5x the comparison above, whose base still gained 1.6 perplexity in 100 steps
+STUDY_ARMS = {  # arm -> (label, config argument)
+    "base": ("base (llama_tiny, 4 layers, from scratch)", "run=pretrain"),
+    "scalenet": ("ScaleNet 2x (8 blocks over 4 shared layers; adapters + norms train)", "run=scalenet"),
+    "stack": ("stacked baseline (parameter-matched new layers; they and the norms train)", "run=stack"),
+    "further_adapters": (
+        "base + adapters, no new layers (adapters + norms train: trainable-matched)",
+        "run=scalenet,reuse=1",
+    ),
+    "further_all": ("base trained further, every parameter (not trainable-matched)", "run=further"),
+}
+
+
+def study(arg="study"):
+  del arg
+  release = "pretrained/study/llama_fortunes_base_s0"  # the Hugging Face export of the base: every arm starts here
+
+  def run_of(arm: str, seed: int) -> dict:
+    steps = STUDY_BASE_STEPS if arm == "base" else STUDY_BASE_STEPS // 3
+    base = "" if arm == "base" else f",base={paths.REPO_ROOT / release}"
+    run = dict(
+        name=f"{arm}_s{seed}",
+        arg=f"{STUDY_ARMS[arm][1]},seed={seed},steps={steps}{base}",
+        arm=arm,
+        seed=seed,
+        phase="base" if arm == "base" else "grow",
+    )
+    if arm == "base":
+      run["release"] = release
+    else:
+      run["needs"] = "base_s0"
+    return run
+
+  vs = lambda arm: dict(a="scalenet", b=arm, family="grow", text=f"ScaleNet 2x beats the {STUDY_ARMS[arm][0]}")
+  return dict(
+      title="ScaleNet-grow of a decoder LM on Debian's fortunes: the paper's budget ratios",
+      record="docs/lm_study.json",
+      report="docs/lm_study.md",
+      metric="perplexity",
+      lower_is_better=True,
+      metric_text="held-out perplexity (5 % of the fortunes, by a hash of their text)",
+      unit="sequences (128 tokens)",
+      arms={k: v[0] for k, v in STUDY_ARMS.items()},
+      phases=["base", "grow"],
+      runs=[run_of("base", 0)] + [run_of(arm, s) for s in range(3) for arm in STUDY_ARMS if arm != "base"],
+      make_run=run_of,
+      max_seeds=5,
+      claims=[vs("stack"), vs("further_adapters"), vs("further_all")],
+      sec_per_image_gflop=0.1,  # a first guess (per sequence per forward GFLOP) until a run here measures it
+  )

@@ -257,8 +257,9 @@ def lm_config(model: str = "llama_small", **overrides) -> ml_collections.ConfigD
 LM_RUNS = ("pretrain", "scalenet", "stack", "further")
 
 
-def lm_run(c, run: str, base: str, *, mapping="interpolate", adjust="adapter", rank=16, trainable="adjust_ln"):
-  """Sets `c` (an `lm_config`) up as one arm of `LM_RUNS`, growing from / continuing `base`."""
+def lm_run(c, run: str, base: str, *, mapping="interpolate", adjust="adapter", rank=16, trainable="adjust_ln", reuse=2):
+  """Sets `c` (an `lm_config`) up as one arm of `LM_RUNS`, growing from / continuing `base` (`reuse` 1 with
+  `run='scalenet'`: the base with adjustment modules and no new layers)."""
   if run not in LM_RUNS:
     raise ConfigError(f"unknown run {run!r}; choose one of {LM_RUNS}")
   if run == "pretrain":
@@ -266,7 +267,9 @@ def lm_run(c, run: str, base: str, *, mapping="interpolate", adjust="adapter", r
     return c
   c.init_from = base
   if run == "scalenet":
-    c.expansion = expansion_config(kind="scalenet", mapping=mapping, adjust=adjust, rank=rank, trainable=trainable)
+    c.expansion = expansion_config(
+        kind="scalenet", mapping=mapping, adjust=adjust, rank=rank, trainable=trainable, reuse=reuse
+    )
   elif run == "stack":
     # num_new_layers=0: as many new layers as match ScaleNet's added parameters; they and every norm train
     # under adjust_ln (adjust_ln_head: + an untied head), the pretrained layers stay frozen like ScaleNet's.

@@ -47,12 +47,12 @@ class Study:
 
   def __init__(self, config_arg: str):
     path, _, arg = config_arg.partition(":")
+    self.config_path = path
     self.module = config_lib.load_config_module(path)
     self.plan = self.module.study(arg) if arg else self.module.study()
     self.record_path = paths.REPO_ROOT / self.plan["record"]
     self.record = paths.read_json(self.record_path) if self.record_path.exists() else {"runs": {}}
     self.record["title"] = self.plan["title"]
-    self.command = f"python -m scalenet_jax.study --config {config_arg}"
 
   def config(self, run: dict):
     return self.module.get_config(run["arg"])
@@ -132,7 +132,17 @@ def train_one(study: Study, run: dict, workdir: str, counts: dict) -> dict:
     entry["curve"] = evals  # (step, metric) of the evaluations during training
   if run.get("release"):
     out = paths.REPO_ROOT / run["release"]
-    release.write(cfg, wd, out, f"{study.command} (run {run['name']})")
+    command = f"python -m scalenet_jax.main --config {study.config_path}:{run['arg']} --workdir WORKDIR"
+    if out.suffix == ".safetensors":  # an image model: timm-format file with its provenance
+      release.write(cfg, wd, out, command)
+    else:  # a model directory (the LM's Hugging Face export and tokenizer), as the trainer exported it
+      out.mkdir(parents=True, exist_ok=True)
+      for f in (paths.path(wd) / "export").iterdir():
+        if f.is_file():
+          (out / f.name).write_bytes(f.read_bytes())
+      paths.write_json(
+          out / "provenance.json", {"command": command, **{k: entry[k] for k in ("seed", "steps", metric)}}
+      )
     entry["release"] = run["release"]
   return entry
 

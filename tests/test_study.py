@@ -146,3 +146,26 @@ def test_grow_study_recipe_keeps_the_papers_ratios():
   names = [r["name"] for r in plan["runs"]]
   assert names[:6] == ["base_s0", "deep_s0", "base_s1", "deep_s1", "base_s2", "deep_s2"]  # headroom first
   assert {c["a"] for c in plan["claims"]} | {c["b"] for c in plan["claims"]} <= set(plan["arms"])
+
+
+def test_lm_study_plan_keeps_the_ratios_and_matched_arms():
+  from scalenet_jax import summary
+
+  m = config_lib.load_config_module(paths.REPO_ROOT / "configs" / "llama_fortunes_2x.py")
+  plan = m.study()
+  runs = {r["name"]: r for r in plan["runs"]}
+  cfg = {name: m.get_config(r["arg"]) for name, r in runs.items() if name.endswith("_s0")}
+  base = cfg["base_s0"]
+  assert base.eval_every and base.steps % base.eval_every == 0  # the base's held-out curve is recorded
+  for name, c in cfg.items():
+    if name != "base_s0":
+      assert c.steps * 3 == base.steps and c.batch_size == base.batch_size  # one third of its sequences
+      assert c.init_from.endswith(runs["base_s0"]["release"]) and runs[name]["needs"] == "base_s0"
+  count = lambda name: summary.summarize(cfg[name], xla_check=False)
+  # The adapters-only control trains the kind of parameters ScaleNet trains (adapters + norms) on the
+  # base's 4 layers: half of ScaleNet's 8 instances' adapters, no new norms; every-parameter control labelled.
+  sn, ad, full = count("scalenet_s0"), count("further_adapters_s0"), count("further_all_s0")
+  assert sum(ad["depths"]) == 4 and sum(sn["depths"]) == 8
+  assert ad["unique_params"] - full["unique_params"] < sn["unique_params"] - full["unique_params"]
+  assert full["trainable_params"] == full["unique_params"] and "not trainable-matched" in plan["arms"]["further_all"]
+  assert plan["lower_is_better"] and plan["metric"] == "perplexity"
