@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime
 import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -68,7 +69,9 @@ class Study:
 
   def save(self):
     paths.write_json(self.record_path, self.record)
-    paths.write_text(paths.REPO_ROOT / self.plan["report"], render(self.plan, self.record))
+    report = paths.REPO_ROOT / self.plan["report"]
+    curves = plot_curves(self.plan, self.record, report.with_name(report.stem + "_curves.png"))
+    paths.write_text(report, render(self.plan, self.record, curves))
 
   def estimate_sec(self, run: dict, counts: dict) -> float:
     """Seconds `run` should take here: its training images x forward GFLOPs x the slowest rate measured
@@ -251,7 +254,38 @@ def _p(p: float) -> str:
   return "" if p != p else f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
-def render(plan: dict, record: dict) -> str:
+def plot_curves(plan: dict, record: dict, out_png) -> str:
+  """The evaluations during training of every arm that has them (mean over its finished seeds) as a PNG;
+  returns its file name ('' when no run recorded a curve)."""
+  metric, (label, scale, _) = plan["metric"], metric_of(plan)
+  curves = {}
+  for arm in plan["arms"]:
+    done = [r["curve"] for r in record["runs"].values() if r["arm"] == arm and r.get("curve")]
+    if done:
+      n = min(len(c) for c in done)
+      curves[arm] = [(done[0][i][0], statistics.fmean(c[i][1] * scale for c in done), len(done)) for i in range(n)]
+  if not curves:
+    return ""
+  plt = paths.pyplot()
+  fig, ax = plt.subplots(figsize=(7, 3.6), dpi=80)
+  for arm, points in curves.items():
+    ax.plot(
+        [p[0] for p in points],
+        [p[1] for p in points],
+        marker=".",
+        lw=1,
+        label=f"{plan['arms'][arm]} ({points[0][2]} seeds)",
+    )
+  ax.set(xlabel="training step", ylabel=f"{label} ({metric}, evaluation set)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  paths.save_figure(fig, out_png, dpi=80)
+  plt.close(fig)
+  return paths.path(out_png).name
+
+
+def render(plan: dict, record: dict, curves_png: str = "") -> str:
   planned = planned_runs(plan, record)
   runs = record["runs"]
   metric, (label, scale, sign) = plan["metric"], metric_of(plan)
@@ -282,6 +316,8 @@ def render(plan: dict, record: dict) -> str:
           f"{r['trainable_params']:,} | {r['images']:,} | {frac} | {_mean_ci(init, scale) if init else ''} | "
           f"{_mean_ci([x[metric] for x in done], scale)} | {len(done)}/{n} |"
       )
+  if curves_png:
+    out += ["", f"Evaluations during training (mean over the finished seeds): ![curves]({curves_png})"]
   out += [
       "",
       "## Claims",

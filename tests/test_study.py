@@ -18,6 +18,7 @@ def get_config(arg):
   c.data.name, c.data.synthetic_examples, c.data.eval_split = "synthetic", 32, "test"
   c.steps, c.batch_size, c.eval_batch_size, c.seed = 2, 8, 16, a["seed"]
   c.log_every, c.ckpt_every, c.xla_opt_level = 1, 0, 1
+  c.eval_every = 1 if a["run"] == "base" else 0  # the base records a curve
   if a["run"] == "grown":
     c.expansion.kind, c.init_from, c.eval_at_init = "scalenet", "{release}", True
   return c
@@ -72,6 +73,8 @@ def test_runner_records_each_run_resumes_and_keeps_to_the_time_limit(toy, monkey
   assert s.pending() == []
   report = (tmp / "rep.md").read_text()
   assert "4 of 4 runs finished" in report and "grown beats base" in report
+  assert base["curve"] == [[1, base["curve"][0][1]], [2, base["top1"]]] and "![curves](rep_curves.png)" in report
+  assert (tmp / "rep_curves.png").stat().st_size > 1000
 
 
 def test_claims_holm_and_pending(toy):
