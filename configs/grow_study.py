@@ -50,9 +50,9 @@ ARMS = {
 PHASES = {"headroom": ("base", "deep"), "grow": tuple(a for a in ARMS if a not in ("base", "deep"))}
 
 
-def release_path(family: str):
-  """Where the seed-0 base is released; every grown arm starts from it."""
-  return paths.REPO_ROOT / "pretrained" / "study" / f"{family}_base_s0.safetensors"
+def release_path(family: str, arm: str = "base"):
+  """Where the seed-0 weights of `arm` are released; every grown arm starts from the base's."""
+  return paths.REPO_ROOT / "pretrained" / "study" / f"{family}_{arm}_s0.safetensors"
 
 
 def _check(family: str) -> str:
@@ -100,8 +100,8 @@ def study(arg="vit"):
     run = dict(name=f"{arm}_s{seed}", arg=f"{family},run={arm},seed={seed}", arm=arm, seed=seed, phase=phase)
     if ARMS[arm][4]:
       run["needs"] = "base_s0"
-    if (arm, seed) == ("base", 0):
-      run["release"] = str(release_path(family).relative_to(paths.REPO_ROOT))
+    if seed == 0:  # every arm's seed-0 weights are released (the base's: what the grown arms start from)
+      run["release"] = str(release_path(family, arm).relative_to(paths.REPO_ROOT))
     return run
 
   # seed by seed within a phase: every chunk adds paired runs

@@ -29,19 +29,27 @@ from scalenet_jax.train import checkpoint as ckpt_lib
 from scalenet_jax.train import metrics as metrics_lib
 
 TIMM_CLASS = {"vit": "VisionTransformer", "swin": "SwinTransformer"}
-JSON_FIELDS = ("timm_kwargs", "mean", "std", "pad", "top1", "steps", "seed")
+JSON_FIELDS = ("timm_kwargs", "mean", "std", "pad", "top1", "steps", "seed", "depths")
+# Expansions whose every layer is independent: the grown model is a plain timm model of the grown depth.
+# Any other (ScaleNet: shared weights, adapters) is released as its Flax params (format "flax") with the
+# command that rebuilds it.
+INDEPENDENT = ("", "random", "stack", "interpolate", "swa", "scratch")
 
 
-def metadata(config, workdir, command: str) -> dict:
-  """The release metadata of the run in `workdir` (its final evaluation from metrics.jsonl)."""
+def metadata(config, workdir, command: str, depths=None) -> dict:
+  """The release metadata of the run in `workdir` (its final evaluation from metrics.jsonl); `depths`: the
+  blocks per stack of the grown model (an expanded run)."""
   final = metrics_lib.final(workdir, config.steps)
   if final is None:
     raise UserError(f"{workdir} has no final evaluation at step {config.steps}: is the training run finished?")
   name = config.model.name
+  family = registry.family_of(name)
   arch = {k: config.model[k] for k in ("num_classes", "img_size", "in_chans") if config.model[k] is not None}
+  if depths is not None:  # the grown depth as timm's kwargs spell it
+    arch.update({"depth": sum(depths)} if family == "vit" else {"depths": tuple(depths)})
   return {
       "model": name,
-      "timm_class": TIMM_CLASS[registry.family_of(name)],
+      "timm_class": TIMM_CLASS[family],
       "timm_kwargs": registry.arch_kwargs(name, **arch),
       "mean": list(config.data.mean),
       "std": list(config.data.std),
@@ -74,13 +82,29 @@ def plot_curve(workdir, out_png, title: str) -> None:
   plt.close(fig)
 
 
-def write(config, workdir, out, command: str) -> dict:
-  """Writes the release file `out` and its training curve (`out` with suffix .png); returns the metadata."""
-  model = builder.base_model(config)
+def write(config, workdir, out, command: str, extra: dict | None = None) -> dict:
+  """Writes the release file `out` and its training curve (`out` with suffix .png); returns the metadata.
+
+  A plain or independently grown model is a timm state dict; a ScaleNet-grown one holds its Flax params
+  (keys joined by "/", `params_of` reads them back) with `format` "flax", `expansion` and `depths`, and its
+  `command` rebuilds the model (no timm class builds it). `extra`: more metadata (str -> str).
+  """
+  model = builder.build_model(config)
   params = ckpt_lib.load_params(paths.path(workdir) / "export" / "params", model.abstract_params())
-  meta = metadata(config, workdir, command)
+  kind = config.expansion.kind
+  depths = [l.depth for l in model.stack_layouts]
+  meta = metadata(config, workdir, command, depths if kind else None)
+  if kind in INDEPENDENT:
+    tensors = convert.flax_to_timm(params, model)
+  else:
+    from flax import traverse_util  # pylint: disable=g-import-not-at-top
+
+    tensors = traverse_util.flatten_dict(params, sep="/")
+    meta = {k: v for k, v in meta.items() if not k.startswith("timm_")}
+    meta.update(format="flax", expansion=kind, depths=depths)
+  meta.update(extra or {})
   encoded = {k: json.dumps(v) if k in JSON_FIELDS else str(v) for k, v in meta.items()}
-  tensors = {k: np.ascontiguousarray(v) for k, v in convert.flax_to_timm(params, model).items()}
+  tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
   from safetensors.numpy import save  # pylint: disable=g-import-not-at-top
 
   paths.write_bytes(out, save(tensors, metadata=encoded))
@@ -97,6 +121,16 @@ def read(path) -> tuple[dict, dict]:
     meta = dict(f.metadata() or {})
     tensors = {k: f.get_tensor(k) for k in f.keys()}
   return tensors, {k: json.loads(v) if k in JSON_FIELDS else v for k, v in meta.items()}
+
+
+def params_of(path) -> dict:
+  """The Flax params of a release file in format "flax" (a ScaleNet-grown model)."""
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+
+  tensors, meta = read(path)
+  if meta.get("format") != "flax":
+    raise UserError(f"{path} is a timm state dict: load it with init_from, not params_of")
+  return traverse_util.unflatten_dict(tensors, sep="/")
 
 
 def metadata_of(path) -> dict:

@@ -108,7 +108,6 @@ def git_commit() -> str:
 def train_one(study: Study, run: dict, workdir: str, counts: dict) -> dict:
   """Trains (or resumes) one run in `<workdir>/<name>`; returns its record entry."""
   from scalenet_jax import main as main_lib  # pylint: disable=g-import-not-at-top
-  from scalenet_jax import release  # pylint: disable=g-import-not-at-top
   from scalenet_jax.train import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
 
   cfg = study.config(run)
@@ -134,20 +133,27 @@ def train_one(study: Study, run: dict, workdir: str, counts: dict) -> dict:
   if len(evals) > 1:
     entry["curve"] = evals  # (step, metric) of the evaluations during training
   if run.get("release"):
-    out = paths.REPO_ROOT / run["release"]
-    command = f"python -m scalenet_jax.main --config {study.config_path}:{run['arg']} --workdir WORKDIR"
-    if out.suffix == ".safetensors":  # an image model: timm-format file with its provenance
-      release.write(cfg, wd, out, command)
-    else:  # a model directory (the LM's Hugging Face export and tokenizer), as the trainer exported it
-      out.mkdir(parents=True, exist_ok=True)
-      for f in (paths.path(wd) / "export").iterdir():
-        if f.is_file():
-          (out / f.name).write_bytes(f.read_bytes())
-      paths.write_json(
-          out / "provenance.json", {"command": command, **{k: entry[k] for k in ("seed", "steps", metric)}}
-      )
+    release_run(study, run, wd)
     entry["release"] = run["release"]
   return entry
+
+
+def release_run(study: Study, run: dict, wd: str) -> None:
+  """Releases the finished run in `wd` at `run['release']` (repository-relative): an image model as one
+  `.safetensors` file (`release.write`), else its export directory as the trainer wrote it."""
+  from scalenet_jax import release  # pylint: disable=g-import-not-at-top
+
+  out = paths.REPO_ROOT / run["release"]
+  command = f"python -m scalenet_jax.main --config {study.config_path}:{run['arg']} --workdir WORKDIR"
+  if out.suffix == ".safetensors":  # an image model: one file with its provenance
+    where = {"config": f"{study.config_path}:{run['arg']}", "record": study.plan["record"], "run": run["name"]}
+    release.write(study.config(run), wd, out, command, where)
+  else:  # a model directory (the LM's Hugging Face export and tokenizer)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in (paths.path(wd) / "export").iterdir():
+      if f.is_file():
+        (out / f.name).write_bytes(f.read_bytes())
+    paths.write_json(out / "provenance.json", {"command": command, "run": run["name"], "record": study.plan["record"]})
 
 
 def run_study(config_arg: str, workdir: str, max_minutes: float = 0, phase: str = "") -> Study:
@@ -159,6 +165,12 @@ def run_study(config_arg: str, workdir: str, max_minutes: float = 0, phase: str 
   print(
       f"{len(study.record['runs'])} runs recorded in {study.plan['record']}; {len(study.pending())} to go", flush=True
   )
+  for run in study.runs():  # recorded, but its release is missing (stopped in between): release it now
+    wd = os.path.join(workdir, run["name"])
+    if run.get("release") and study.done(run["name"]) and not (paths.REPO_ROOT / run["release"]).exists():
+      if os.path.isdir(os.path.join(wd, "export")):
+        release_run(study, run, wd)
+        study.record["runs"][run["name"]]["release"] = run["release"]
   seen = set()
   while True:  # pending runs are re-read after each run: a finished verdict may add seeds
     todo = [r for r in study.pending() if r["name"] not in seen and (not phase or r["phase"] == phase)]

@@ -5,7 +5,9 @@ import json
 import math
 import textwrap
 
+import numpy as np
 import pytest
+from flax import traverse_util
 
 from scalenet_jax import config_lib, paths, study
 
@@ -30,13 +32,19 @@ def make_run(arm, s):
   return run
 
 def study(arg=""):
-  runs = [dict(make_run("base", 0), release="{release}"), make_run("grown", 0), make_run("grown", 1)]
+  runs = [dict(make_run("base", 0), release="{release}"), dict(make_run("grown", 0), release="{tmp}/grown.safetensors")]
+  runs += [make_run("grown", 1)]
   runs += [make_run("base", 1)]
   return dict(title="toy", record="{tmp}/rec.json", report="{tmp}/rep.md", metric="top1", metric_text="top-1",
               arms=dict(base="the base", grown="grown 2x"), phases=["p"], runs=runs, make_run=make_run,
               max_seeds=5, claims=[dict(a="grown", b="base", family="f", text="grown beats base")],
               sec_per_image_gflop=1e-3)
 """
+
+
+def c_arg(name: str) -> str:
+  arm, _, seed = name.rpartition("_s")
+  return f"run={arm},seed={seed}"
 
 
 @pytest.fixture
@@ -59,9 +67,25 @@ def test_runner_records_each_run_resumes_and_keeps_to_the_time_limit(toy, monkey
   base = rec["runs"]["base_s0"]
   assert (base["steps"], base["images"], base["depths"]) == (2, 16, [6])
   assert rec["runs"]["grown_s0"]["depths"] == [12] and "top1_init" in rec["runs"]["grown_s0"]
-  # The released weights are what the record says it scored.
-  from scalenet_jax import release
+  # The released weights are the run's exported params, with what the record says they scored.
+  from scalenet_jax import builder, convert, release
+  from scalenet_jax.train import checkpoint as ckpt_lib
 
+  toy_module = config_lib.load_config_module(cfg)
+  for name, file in (("base_s0", "base.safetensors"), ("grown_s0", "grown.safetensors")):
+    c = toy_module.get_config(s.plan["runs"][[r["name"] for r in s.plan["runs"]].index(name)]["arg"])
+    model = builder.build_model(c)
+    exported = ckpt_lib.load_params(tmp / "wd" / name / "export" / "params", model.abstract_params())
+    tensors, meta = release.read(tmp / file)
+    assert meta["top1"] == rec["runs"][name]["top1"] and meta["run"] == name and meta["config"].endswith(c_arg(name))
+    got = convert.timm_to_flax(tensors, model) if name == "base_s0" else release.params_of(tmp / file)
+    assert meta.get("format", "timm") == ("timm" if name == "base_s0" else "flax")
+    flat = lambda tree: traverse_util.flatten_dict(tree, sep="/")
+    assert flat(got).keys() == flat(exported).keys()
+    assert all(np.array_equal(flat(got)[k], flat(exported)[k]) for k in flat(got))
+  # A release lost after its run was recorded is written again from the workdir by the next chunk.
+  (tmp / "base.safetensors").unlink()
+  study.run_study(cfg, str(tmp / "wd"))
   assert release.metadata_of(tmp / "base.safetensors")["top1"] == base["top1"]
   # What the trainer logged is what the record holds.
   final = [json.loads(l) for l in (tmp / "wd" / "grown_s1" / "metrics.jsonl").read_text().splitlines()][-1]
