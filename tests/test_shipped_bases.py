@@ -4,6 +4,7 @@ the ViT base the demo grows is converged (>= 90 %)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +83,45 @@ def test_pretrained_readme_states_each_file_and_its_metadata(path):
   assert f"{meta['steps']:,} steps" in readme and meta["command"] in readme
   curve = path.with_suffix(".png")
   assert curve.exists() and f"({curve.name})" in readme
+
+
+STUDY = sorted((REPO / "pretrained" / "study").glob("*.safetensors"))
+
+
+@pytest.mark.parametrize("path", STUDY, ids=[p.name for p in STUDY])
+def test_study_release_scores_what_its_record_says(path, timm, torch):
+  """Each arm's released seed-0 weights (scalenet_jax.study) score, on the 10,000 test images, the top-1 its
+  study record reports: a timm state dict in scalenet_jax and in its timm twin, a ScaleNet model (format
+  flax) in the model its config rebuilds."""
+  import jax
+  import timm.models as timm_models
+
+  from scalenet_jax import convert
+  from scalenet_jax.models import registry
+
+  tensors, meta = release.read(path)
+  entry = json.loads((REPO / meta["record"]).read_text())["runs"][meta["run"]]
+  assert meta["top1"] == entry["top1"] and meta["command"].startswith("python -m scalenet_jax.main")
+  x, labels = _test_images(meta)
+  if meta.get("format") == "flax":
+    config_file, arg = meta["config"].split(":", 1)
+    model = builder.build_model(config_lib.load_config_file(REPO / config_file, arg))
+    params, twin = release.params_of(path), None
+  else:
+    grown = {k: meta["timm_kwargs"][k] for k in ("depth", "depths") if k in meta["timm_kwargs"]}
+    model = registry.create_model(meta["model"], grown)
+    params = convert.timm_to_flax(tensors, model)
+    twin = getattr(timm_models, meta["timm_class"])(**meta["timm_kwargs"]).eval()
+    twin.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}, strict=True)
+  forward = jax.jit(lambda xb: model.apply({"params": params}, xb).argmax(-1))
+  ours = np.concatenate([np.asarray(forward(x[i : i + 1000])) for i in range(0, len(x), 1000)])
+  assert abs((ours == labels).mean() - entry["top1"]) <= 5e-4  # float32 reorderings may flip a near-tie
+  if twin is not None:
+    with torch.no_grad():
+      theirs = np.concatenate(
+          [
+              twin(torch.from_numpy(x[i : i + 1000].transpose(0, 3, 1, 2))).argmax(-1).numpy()
+              for i in range(0, len(x), 1000)
+          ]
+      )
+    assert abs((theirs == labels).mean() - entry["top1"]) <= 5e-4
