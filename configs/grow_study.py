@@ -1,12 +1,13 @@
 r"""The fair ScaleNet-grow study on Fashion-MNIST: the paper's budget ratios, a depth-headroom check first.
 
   python -m scalenet_jax.study --config configs/grow_study.py:vit --workdir /tmp/study --max_minutes 55
+  python -m scalenet_jax.study --config configs/grow_study.py:swin --workdir /tmp/study_swin --max_minutes 55
   python -m scalenet_jax.main --config configs/grow_study.py:vit,run=scalenet,seed=1 --workdir /tmp/one
 
 `get_config("family,run=R,seed=S")` is one run of the study (any run can be trained on its own);
 `study("family")` is its plan for `scalenet_jax.study`: the runs in order, the arms and the claims.
 What the study keeps from the paper (../shared/docs/scalenet_grow.md §8, paper Tables I, II, VII):
-- the base trains to the end of its own schedule (`BASE_EPOCHS`, the released base's recipe,
+- the base trains to the end of its own schedule (`base_epochs`, the released base's recipe,
   configs/pretrain_fmnist.py, over fewer epochs: the 30-epoch schedule of pretrained/ costs 5 h per
   2x-deep seed here, and the headroom check must come first);
 - headroom: the 2x-deep model from scratch gets the base's full budget, 3 seeds of each;
@@ -18,7 +19,9 @@ What the study keeps from the paper (../shared/docs/scalenet_grow.md §8, paper 
 - Table II: adapters without sharing (R = 1) and sharing without adapters; Table VII: the 2x-deep model
   from scratch at the fine-tune budget and at the base's full budget (the headroom runs);
 - controls: the base trained further with every parameter (the ViT recipe trains every parameter of the
-  grown model too, so this is also the trainable-matched control).
+  grown model too, so for the ViT this is also the trainable-matched control; the Swin recipe trains
+  adapters, norms and head, so the Swin study adds the base trained further with its norms and head).
+The Swin-style family follows the same design with the paper's Swin recipe and proportions (`FAMILIES`).
 """
 
 from scalenet_jax import config_lib, paths
@@ -27,27 +30,57 @@ from scalenet_jax.errors import ConfigError
 
 HERE = paths.REPO_ROOT / "configs"
 FAMILIES = {
-    # base recipe (configs/pretrain_fmnist.py:<family>) trained for `base_epochs`; adapter rank; baselines'
-    # new layers per grown stack.
-    "vit": dict(base_epochs=6, rank=5, new_layers=1),
+    # base recipe (configs/pretrain_fmnist.py:<family>) trained for `base_epochs`; adapter rank; what the
+    # independent-layer baselines add; whether the grown model's trainable set differs from "every parameter"
+    # (then the base trained further with that set is a control of its own).
+    "vit": dict(
+        base_epochs=6, rank=5, baseline={"num_new_layers": 1}, new="1 new layer", base="6 layers", matched=False
+    ),
+    # Swin: the paper's recipe grows the last stage (stack mapping; adapters on every block; adapters, norms
+    # and head train). r = 3: 10 r C per block over 2+2+4 blocks of widths 32/64/128 plus the new blocks'
+    # norms, +3.9 % (Swin-T 2x: +3.8 %). Baselines: one block in the stage before the last (+8.8 %), as
+    # the paper's Swin-T baselines add one block of its third stage (1.77 M, +6.3 %).
+    "swin": dict(
+        base_epochs=6,
+        rank=3,
+        baseline={"num_new_layers": 1, "subset": "1"},
+        new="1 new block in stage 1",
+        base="2+2+2 blocks",
+        matched=True,
+    ),
 }
 FINETUNE_LR_RATIO = 0.4  # paper: DeiT fine-tunes at 2e-4 after pretraining at 5e-4
 SEEDS = 3
-# arm -> (label, expansion kind, expansion overrides, budget: 'base' | 'finetune', starts from the base)
+BASELINES = ("random", "stack", "interpolate", "swa")
+# arm -> (label, expansion kind, expansion overrides, budget: 'base' | 'finetune', starts from the base);
+# labels name the family's `new` and `base`.
 ARMS = {
-    "base": ("base (6 layers, from scratch)", "", {}, "base", False),
+    "base": ("base ({base}, from scratch)", "", {}, "base", False),
     "deep": ("2x deep from scratch, base's full budget (Table VII)", "scratch", {}, "base", False),
     "scalenet": ("ScaleNet 2x (shared + adapters)", "scalenet", {}, "finetune", True),
-    "random": ("Random (1 new layer)", "random", {}, "finetune", True),
-    "stack": ("Stack (1 new layer)", "stack", {}, "finetune", True),
-    "interpolate": ("Interpolate (1 new layer)", "interpolate", {}, "finetune", True),
-    "swa": ("SWA (1 new layer)", "swa", {}, "finetune", True),
+    **{k: (f"{k.capitalize() if k != 'swa' else 'SWA'} ({{new}})", k, {}, "finetune", True) for k in BASELINES},
     "scratch": ("2x deep from scratch, fine-tune budget (Table VII)", "scratch", {}, "finetune", False),
     "further": ("base trained further, every parameter (control)", "", {}, "finetune", True),
+    # the base with the grown model's trainable set (norms + head; no adapters, no new layers)
+    "further_matched": (
+        "base trained further, the grown model's trainable set (control)",
+        "scalenet",
+        {"reuse": 1, "adjust": "none"},
+        "finetune",
+        True,
+    ),
     "adapters_only": ("adapters without sharing (Table II)", "scalenet", {"reuse": 1}, "finetune", True),
     "sharing_only": ("sharing without adapters (Table II)", "scalenet", {"adjust": "none"}, "finetune", True),
 }
-PHASES = {"headroom": ("base", "deep"), "grow": tuple(a for a in ARMS if a not in ("base", "deep"))}
+HEADROOM = ("base", "deep")
+
+
+def arms_of(family: str) -> tuple[str, ...]:
+  return tuple(a for a in ARMS if a != "further_matched" or FAMILIES[family]["matched"])
+
+
+def phases_of(family: str) -> dict:
+  return {"headroom": HEADROOM, "grow": tuple(a for a in arms_of(family) if a not in HEADROOM)}
 
 
 def release_path(family: str, arm: str = "base"):
@@ -65,8 +98,8 @@ def get_config(arg="vit"):
   family, _, rest = (arg or "vit").partition(",")  # "vit,run=scalenet,seed=1"
   _check(family)
   a = config_lib.parse_arg(rest, run="scalenet", seed=0)
-  if a["run"] not in ARMS:
-    raise ConfigError(f"unknown run {a['run']!r}; choose one of {sorted(ARMS)}")
+  if a["run"] not in arms_of(family):
+    raise ConfigError(f"unknown run {a['run']!r}; choose one of {sorted(arms_of(family))}")
   f = FAMILIES[family]
   _, kind, overrides, budget, from_base = ARMS[a["run"]]
   c = config_lib.load_config_file(HERE / "pretrain_fmnist.py", family)
@@ -77,7 +110,8 @@ def get_config(arg="vit"):
   c.expansion.kind = kind
   c.expansion.seed = a["seed"]
   c.expansion.rank = f["rank"]
-  c.expansion.num_new_layers = f["new_layers"]
+  if kind in BASELINES:
+    c.expansion.update(f["baseline"])
   c.expansion.update(overrides)
   if from_base:
     c.init_from = str(release_path(family))
@@ -95,8 +129,10 @@ def get_config(arg="vit"):
 def study(arg="vit"):
   family = _check(arg or "vit")
 
+  phases = phases_of(family)
+
   def run_of(arm: str, seed: int) -> dict:
-    phase = next(p for p, arms in PHASES.items() if arm in arms)
+    phase = next(p for p, arms in phases.items() if arm in arms)
     run = dict(name=f"{arm}_s{seed}", arg=f"{family},run={arm},seed={seed}", arm=arm, seed=seed, phase=phase)
     if ARMS[arm][4]:
       run["needs"] = "base_s0"
@@ -105,22 +141,27 @@ def study(arg="vit"):
     return run
 
   # seed by seed within a phase: every chunk adds paired runs
-  runs = [run_of(arm, seed) for arms in PHASES.values() for seed in range(SEEDS) for arm in arms]
-  vs = lambda arm: dict(a="scalenet", b=arm, family="grow", text=f"ScaleNet 2x beats {ARMS[arm][0]}")
+  runs = [run_of(arm, seed) for arms in phases.values() for seed in range(SEEDS) for arm in arms]
+  labels = {a: ARMS[a][0].format(**FAMILIES[family]) for a in arms_of(family)}
+  vs = lambda arm: dict(a="scalenet", b=arm, family="grow", text=f"ScaleNet 2x beats {labels[arm]}")
   return dict(
       title=f"ScaleNet-grow on Fashion-MNIST, {family}: the paper's budget ratios",
       record=f"docs/grow_study_{family}.json",
       report=f"docs/grow_study_{family}.md",
       metric="top1",
       metric_text="top-1 on the Fashion-MNIST test set (10,000 images; at init: the 1,000-image minival split)",
-      arms={k: v[0] for k, v in ARMS.items()},
-      phases=list(PHASES),
+      arms=labels,
+      phases=list(phases),
       runs=runs,
       make_run=run_of,
       max_seeds=5,  # where an interval misses 0 by less than its half-width (the issue's rule)
       claims=[
           dict(a="deep", b="base", family="headroom", text="the 2x-deep model beats the base at the base's budget"),
-          *[vs(arm) for arm in ("random", "stack", "interpolate", "swa", "further", "adapters_only", "sharing_only")],
+          *[
+              vs(a)
+              for a in arms_of(family)
+              if a in BASELINES + ("further", "further_matched", "adapters_only", "sharing_only")
+          ],
           vs("scratch"),
           dict(
               a="scalenet",

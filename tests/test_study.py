@@ -169,6 +169,14 @@ def test_grow_study_recipe_keeps_the_papers_ratios():
   assert ft.steps * ft.batch_size * 3 == pytest.approx(b.steps * b.batch_size, rel=0.01)  # one third
   assert deep.steps == b.steps and ft.optim.lr == pytest.approx(0.4 * b.optim.lr)
   assert ft.init_from.endswith("vit_base_s0.safetensors") and not deep.init_from
+  # Swin: adapters (10 r C, r = 3) on the 2+2+4 blocks of widths 32/64/128, norms of the 2 new blocks;
+  # the baselines' one block in stage 1 (C 64, 4 heads, window 4: norms, qkv, proj, fc1, fc2, bias table).
+  swin = lambda run: summary.summarize(m.get_config(f"swin,run={run},seed=0"), xla_check=False)["unique_params"]
+  swin_base = swin("base")
+  assert swin("scalenet") == swin_base + 10 * 3 * (2 * 32 + 2 * 64 + 4 * 128) + 2 * 2 * 2 * 128
+  block64 = 2 * 2 * 64 + (64 * 192 + 192) + (64 * 64 + 64) + (64 * 256 + 256) + (256 * 64 + 64) + 7 * 7 * 4
+  assert swin("stack") == swin_base + block64
+  assert "further_matched" in m.study("swin")["arms"] and "further_matched" not in m.study("vit")["arms"]
   plan = m.study("vit")
   names = [r["name"] for r in plan["runs"]]
   assert names[:6] == ["base_s0", "deep_s0", "base_s1", "deep_s1", "base_s2", "deep_s2"]  # headroom first
