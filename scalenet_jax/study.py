@@ -68,6 +68,8 @@ class Study:
     return [r for r in self.runs() if r["name"] not in self.record["runs"]]
 
   def save(self):
+    if self.record_path.exists():  # runs another chunk recorded meanwhile (another workdir) are kept
+      self.record["runs"] = {**paths.read_json(self.record_path)["runs"], **self.record["runs"]}
     paths.write_json(self.record_path, self.record)
     report = paths.REPO_ROOT / self.plan["report"]
     curves = plot_curves(self.plan, self.record, report.with_name(report.stem + "_curves.png"))
@@ -158,8 +160,18 @@ def release_run(study: Study, run: dict, wd: str) -> None:
 
 def run_study(config_arg: str, workdir: str, max_minutes: float = 0, phase: str = "") -> Study:
   """Trains the plan's missing runs in order (within `max_minutes` when > 0), recording each at once."""
+  from scalenet_jax.train import workdir_lock  # pylint: disable=g-import-not-at-top
+
   study = Study(config_arg)
   t_start = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  with workdir_lock.WorkdirLock(workdir):  # one study process per workdir (each run also locks its own)
+    _run_pending(study, workdir, max_minutes, phase, t_start)
+  study.save()
+  return study
+
+
+def _run_pending(study: Study, workdir: str, max_minutes: float, phase: str, t_start: float) -> None:
   if phase and phase not in study.plan["phases"]:
     raise ConfigError(f"unknown phase {phase!r}; the plan has {study.plan['phases']}")
   print(
@@ -191,8 +203,6 @@ def run_study(config_arg: str, workdir: str, max_minutes: float = 0, phase: str 
     print(f"== {run['name']} ({run['arg']}): ~{est / 60:.0f} min; {len(todo) - 1} more to go", flush=True)
     study.record["runs"][run["name"]] = train_one(study, run, workdir, counts)
     study.save()
-  study.save()
-  return study
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -204,3 +204,13 @@ def test_lm_study_plan_keeps_the_ratios_and_matched_arms():
   assert ad["unique_params"] - full["unique_params"] < sn["unique_params"] - full["unique_params"]
   assert full["trainable_params"] == full["unique_params"] and "not trainable-matched" in plan["arms"]["further_all"]
   assert plan["lower_is_better"] and plan["metric"] == "perplexity"
+
+
+def test_save_keeps_runs_another_chunk_recorded(toy):
+  cfg, tmp = toy
+  a, b = study.Study(cfg), study.Study(cfg)  # two chunks (other workdirs) started from the same record
+  a.record["runs"]["base_s0"] = dict(arm="base", seed=0, top1=0.5)
+  a.save()
+  b.record["runs"]["base_s1"] = dict(arm="base", seed=1, top1=0.6)
+  b.save()
+  assert set(json.loads((tmp / "rec.json").read_text())["runs"]) == {"base_s0", "base_s1"}
