@@ -209,8 +209,9 @@ def test_lm_study_plan_keeps_the_ratios_and_matched_arms():
 def test_save_keeps_runs_another_chunk_recorded(toy):
   cfg, tmp = toy
   a, b = study.Study(cfg), study.Study(cfg)  # two chunks (other workdirs) started from the same record
-  a.record["runs"]["base_s0"] = dict(arm="base", seed=0, top1=0.5)
+  entry = dict(arm="base", depths=[6], params=1, unique_params=1, trainable_params=1, images=16, gflops=1.0)
+  a.record["runs"]["base_s0"] = dict(entry, seed=0, top1=0.5, machine=dict(cpu="x", cores=2))
   a.save()
-  b.record["runs"]["base_s1"] = dict(arm="base", seed=1, top1=0.6)
+  b.record["runs"]["base_s1"] = dict(entry, seed=1, top1=0.6, machine=dict(cpu="x", cores=2))
   b.save()
   assert set(json.loads((tmp / "rec.json").read_text())["runs"]) == {"base_s0", "base_s1"}
