@@ -13,7 +13,7 @@ arm b, in a family) and the `record` / `report` paths, relative to the repositor
   measured, its parameter counts, budget and machine. A rerun, on any machine, trains only the runs the
   record lacks, so a study continues from the committed record on a fresh clone.
 - `--max_minutes N` starts no run whose estimated time would pass N minutes from the start (estimate:
-  training images x forward GFLOPs x the slowest rate measured so far on this CPU model, else the plan's
+  training images x forward GFLOPs x the median rate measured so far on this CPU model, else the plan's
   first guess, plus a minute of compile and evaluation).
 - The report is rendered from the record after every run, pending runs marked: per phase a table of the
   arms (mean ± 95% t-interval over seeds), then the claims as paired (same-seed) differences with their
@@ -76,7 +76,7 @@ class Study:
     paths.write_text(report, render(self.plan, self.record, curves))
 
   def estimate_sec(self, run: dict, counts: dict) -> float:
-    """Seconds `run` should take here: its training images x forward GFLOPs x the slowest rate measured
+    """Seconds `run` should take here: its training images x forward GFLOPs x the median rate measured
     on this CPU model (the plan's first guess before any run finished here), plus compile and eval."""
     cpu = jax_utils.cpu_model()
     rates = [
@@ -84,7 +84,7 @@ class Study:
         for r in self.record["runs"].values()
         if r.get("machine", {}).get("cpu") == cpu and r.get("train_sec")
     ]
-    rate = max(rates) if rates else self.plan["sec_per_image_gflop"]
+    rate = statistics.median(rates) if rates else self.plan["sec_per_image_gflop"]
     return rate * counts["images"] * counts["gflops"] + COMPILE_AND_EVAL_SEC
 
 
