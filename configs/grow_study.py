@@ -152,6 +152,7 @@ def study(arg="vit"):
       metric_text="top-1 on the Fashion-MNIST test set (10,000 images; at init: the 1,000-image minival split)",
       arms=labels,
       phases=list(phases),
+      gate="headroom",  # the grow phase starts only once the headroom claim holds after correction
       runs=runs,
       make_run=run_of,
       max_seeds=5,  # where an interval misses 0 by less than its half-width (the rule)

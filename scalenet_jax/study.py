@@ -15,6 +15,8 @@ arm b, in a family) and the `record` / `report` paths, relative to the repositor
 - `--max_minutes N` starts no run whose estimated time would pass N minutes from the start (estimate:
   training images x forward GFLOPs x the median rate measured so far on this CPU model, else the plan's
   first guess, plus a minute of compile and evaluation).
+- A plan's `gate` (the grow study's headroom check) holds back every run of the later phases until the
+  gate's claims hold after correction (`--ignore_gate` runs them anyway).
 - The report is rendered from the record after every run, pending runs marked: per phase a table of the
   arms (mean ± 95% t-interval over seeds), then the claims as paired (same-seed) differences with their
   raw p and the Holm-Bonferroni adjusted p over the claims of the same family. A claim holds only when
@@ -158,7 +160,9 @@ def release_run(study: Study, run: dict, wd: str) -> None:
     paths.write_json(out / "provenance.json", {"command": command, "run": run["name"], "record": study.plan["record"]})
 
 
-def run_study(config_arg: str, workdir: str, max_minutes: float = 0, phase: str = "") -> Study:
+def run_study(
+    config_arg: str, workdir: str, max_minutes: float = 0, phase: str = "", ignore_gate: bool = False
+) -> Study:
   """Trains the plan's missing runs in order (within `max_minutes` when > 0), recording each at once."""
   from scalenet_jax.train import workdir_lock  # pylint: disable=g-import-not-at-top
 
@@ -166,12 +170,25 @@ def run_study(config_arg: str, workdir: str, max_minutes: float = 0, phase: str 
   t_start = time.time()
   os.makedirs(workdir, exist_ok=True)
   with workdir_lock.WorkdirLock(workdir):  # one study process per workdir (each run also locks its own)
-    _run_pending(study, workdir, max_minutes, phase, t_start)
+    _run_pending(study, workdir, max_minutes, phase, t_start, ignore_gate)
   study.save()
   return study
 
 
-def _run_pending(study: Study, workdir: str, max_minutes: float, phase: str, t_start: float) -> None:
+def gate_open(plan: dict, record: dict) -> tuple[bool, str]:
+  """(whether the runs after the plan's `gate` phase may start, why): every claim of the gate's family must
+  hold after correction (the headroom check: without it no growth method can show anything)."""
+  gate = plan.get("gate")
+  if not gate:
+    return True, ""
+  rows = [r for r in claim_rows(plan, record) if r["family"] == gate]
+  verdicts = "; ".join(f"{r['text']}: {r['verdict']}" for r in rows)
+  return all(r["verdict"] == "holds" for r in rows), verdicts
+
+
+def _run_pending(
+    study: Study, workdir: str, max_minutes: float, phase: str, t_start: float, ignore_gate: bool = False
+) -> None:
   if phase and phase not in study.plan["phases"]:
     raise ConfigError(f"unknown phase {phase!r}; the plan has {study.plan['phases']}")
   print(
@@ -190,6 +207,12 @@ def _run_pending(study: Study, workdir: str, max_minutes: float, phase: str, t_s
       break
     run = todo[0]
     seen.add(run["name"])
+    gate = study.plan.get("gate")
+    if gate and run["phase"] != gate and not ignore_gate:
+      is_open, why = gate_open(study.plan, study.record)
+      if not is_open:
+        print(f"- {run['name']}: waits for the {gate} check ({why}); --ignore_gate runs it anyway", flush=True)
+        continue
     need = run.get("needs")
     if need and not study.done(need):
       print(f"- {run['name']}: waits for {need}", flush=True)
@@ -338,6 +361,10 @@ def render(plan: dict, record: dict, curves_png: str = "") -> str:
           f"{r['trainable_params']:,} | {r['images']:,} | {frac} | {_mean_ci(init, scale) if init else ''} | "
           f"{_mean_ci([x[metric] for x in done], scale)} | {len(done)}/{n} |"
       )
+  if plan.get("gate"):
+    is_open, why = gate_open(plan, record)
+    state = "open: the later phases run" if is_open else "closed: the later phases wait for it"
+    out += ["", f"Go/no-go ({plan['gate']} check): {state} ({why})."]
   if curves_png:
     out += ["", f"Evaluations during training (mean over the finished seeds): ![curves]({curves_png})"]
   out += [
@@ -371,7 +398,7 @@ def main(argv):
       study = Study(FLAGS.config)
       study.save()
     else:
-      study = run_study(FLAGS.config, FLAGS.workdir, FLAGS.max_minutes, FLAGS.phase)
+      study = run_study(FLAGS.config, FLAGS.workdir, FLAGS.max_minutes, FLAGS.phase, FLAGS.ignore_gate)
   except UserError as e:
     print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
     sys.exit(2)
@@ -387,6 +414,7 @@ def define_flags():
   flags.DEFINE_float("max_minutes", 0, "Start no run that would not finish within this many minutes (0: no limit).")
   flags.DEFINE_string("phase", "", "Only the runs of this phase of the plan.")
   flags.DEFINE_bool("render_only", False, "Render the report from the record; train nothing.")
+  flags.DEFINE_bool("ignore_gate", False, "Also start runs that wait for the plan's gate (the headroom check).")
 
 
 if __name__ == "__main__":

@@ -215,3 +215,17 @@ def test_save_keeps_runs_another_chunk_recorded(toy):
   b.record["runs"]["base_s1"] = dict(entry, seed=1, top1=0.6, machine=dict(cpu="x", cores=2))
   b.save()
   assert set(json.loads((tmp / "rec.json").read_text())["runs"]) == {"base_s0", "base_s1"}
+
+
+def test_gate_holds_later_phases_until_its_claims_hold(toy):
+  cfg, _ = toy
+  plan = dict(study.Study(cfg).plan, gate="f", max_seeds=2)
+  run = lambda arm, seed, top1: dict(arm=arm, seed=seed, top1=top1)
+  record = {"runs": {"grown_s0": run("grown", 0, 0.90), "base_s0": run("base", 0, 0.80)}}
+  assert study.gate_open(plan, record) == (False, "grown beats base: pending")
+  record["runs"].update(grown_s1=run("grown", 1, 0.91), base_s1=run("base", 1, 0.80))
+  # Differences 10 and 11 points, one claim: t = 21 on 1 dof, p = 0.03 < 0.05: the gate opens.
+  assert study.gate_open(plan, record)[0]
+  record["runs"]["grown_s1"]["top1"] = 0.70  # differences 10 and -10: not shown, the gate stays closed
+  assert not study.gate_open(plan, record)[0]
+  assert study.gate_open(dict(plan, gate=None), record) == (True, "")
