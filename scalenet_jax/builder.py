@@ -72,7 +72,7 @@ def compute_dtype(config):
   return DTYPES[config.model.dtype]
 
 
-def base_model(config, unroll: bool | None = None):
+def base_model(config, unroll: bool | None = None, **model_kwargs):
   """The plain (unexpanded) model of `config.model`.
 
   Args:
@@ -80,6 +80,7 @@ def base_model(config, unroll: bool | None = None):
       (`ARCH_FIELDS`), drop-path rate, compute dtype and remat.
     unroll: None = the per-stack default (`models.stack.unroll_segment`), True / False = unroll / scan
       every block stack.
+    **model_kwargs: further module fields, e.g. `out_indices` (a feature backbone).
 
   Returns:
     The registry model (a `models.common.StackedModel`), not expanded.
@@ -90,7 +91,13 @@ def base_model(config, unroll: bool | None = None):
   m = config.model
   arch = {k: m[k] for k in ARCH_FIELDS if k in m and m[k] is not None}
   return registry.create_model(
-      m.name, arch, drop_path_rate=m.drop_path_rate, dtype=compute_dtype(config), remat=m.remat, unroll=unroll
+      m.name,
+      arch,
+      drop_path_rate=m.drop_path_rate,
+      dtype=compute_dtype(config),
+      remat=m.remat,
+      unroll=unroll,
+      **model_kwargs,
   )
 
 

@@ -53,8 +53,10 @@ def optim_config(**overrides) -> ml_collections.ConfigDict:
       ml_collections.ConfigDict(
           dict(
               name="adamw",  # 'adamw' | 'sgd' (SGD is Nesterov momentum; the NAS recipe)
+              schedule="cosine",  # 'cosine' (warmup + cosine) | 'poly' (mmseg's poly with its warmup)
               lr=2e-4,  # peak learning rate (after warmup)
-              min_lr=0.0,  # end value of the cosine decay
+              min_lr=0.0,  # end value of the decay
+              poly_power=1.0,  # schedule='poly': exponent of (1 - step / total_steps)
               warmup_init_lr=0.0,  # learning rate at step 0 of the linear warmup
               warmup_steps=0,  # in optimizer steps (i.e. after gradient accumulation)
               total_steps=config_dict.placeholder(int),  # optimizer steps; None = the run's steps
@@ -103,7 +105,7 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
 def base_config(**overrides) -> ml_collections.ConfigDict:
   """The fields of every training run (grow, NAS super-supernet, stand-alone retraining)."""
   c = ml_collections.ConfigDict()
-  c.pipeline = "train"  # which driver `main` runs: train | lm | nas_search | nas_supernet | nas_retrain
+  c.pipeline = "train"  # which driver `main` runs: train | lm | segment | nas_search | nas_supernet | nas_retrain
   c.seed = 0
   c.data = data_config()
   c.optim = optim_config()
@@ -181,6 +183,89 @@ def train_config(model: str = "vit_micro_patch4_28", **overrides) -> ml_collecti
   c.eval_at_init = False  # also evaluate the starting params (saved in <workdir>/init_eval.json)
   c.init_eval_split = ""  # the split eval_at_init uses ('' = data.eval_split)
   return override(c, overrides)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Semantic segmentation (pipeline 'segment': UPerNet on a grown Swin backbone, §IV-E)
+# ----------------------------------------------------------------------------------------------------
+def segment_data_config(**overrides) -> ml_collections.ConfigDict:
+  """Segmentation data: a TFDS image / annotation dataset and mmseg's recipe (`data/segmentation.py`);
+  ADE20K by default."""
+  return override(
+      ml_collections.ConfigDict(
+          dict(
+              name="tfds:scene_parse150",  # TFDS's ADE20K (SceneParse150): `image` and `annotation` features
+              root="",  # the TFDS data dir ('' = TFDS_DATA_DIR or TFDS's default)
+              train_split="train",
+              eval_split="test",  # TFDS's name for ADE20K's 2,000 validation images
+              crop_size=512,  # training crops and evaluation squares; the backbone's input size
+              resize_long=2048,  # mmseg's img_scale (2048, 512): keep-ratio resize to fit it
+              resize_short=512,
+              ratio_range=(0.5, 2.0),  # training: the scale times a ratio uniform in this range
+              cat_max_ratio=0.75,  # training crops: largest class share of the labelled pixels
+              hflip=True,
+              reduce_zero_label=True,  # annotation 0 ("other") -> ignored (255), classes 1..K -> 0..K-1
+              mean=(0.485, 0.456, 0.406),
+              std=(0.229, 0.224, 0.225),
+              num_threads=2,
+          )
+      ),
+      overrides,
+  )
+
+
+def segment_config(backbone: str = "swin_tiny_patch4_window7_224", **overrides) -> ml_collections.ConfigDict:
+  """A run of `scalenet_jax.segmenter`: UPerNet (+ FCN auxiliary head) on a feature `backbone`, grown by
+  `expansion` (every stage: `subset`), started from `init_from`'s backbone weights."""
+  c = base_config()
+  c.pipeline = "segment"
+  c.model = model_config(backbone, num_classes=150)  # num_classes: the segmentation classes
+  c.head = ml_collections.ConfigDict(
+      dict(
+          channels=512,  # UPerHead width (mmseg's upernet_swin)
+          aux_channels=256,  # FCN auxiliary head width; 0 = none
+          aux_in_index=2,  # the backbone output the auxiliary head reads (Swin stage 3)
+          aux_weight=0.4,  # its loss weight
+          dropout=0.1,
+      )
+  )
+  # The paper's dense setting: every stage 2x (stack mapping), all layers reused, adapters on every block;
+  # the backbone trains its adjustment modules and norms, the heads train whole (`dense.trainable_mask`).
+  # subset '' = every stage of the backbone.
+  c.expansion = expansion_config(kind="scalenet", mapping="stack", subset="", adjust_scope="all", trainable="adjust_ln")
+  # An mmseg / mmdet checkpoint (`backbone.*` keys; its other parts left out only when `init_skip` names
+  # them), a timm / original-release Swin classifier, or an exported classifier params dir.
+  c.init_from = ""
+  c.init_skip = "decode_head.,auxiliary_head."  # comma-separated key prefixes of init_from not loaded
+  c.data = segment_data_config()
+  c.batch_size = 16
+  c.eval_batch_size = 16
+  return override(c, overrides)
+
+
+def upernet_paper_config(backbone: str, steps: int = 40_000) -> ml_collections.ConfigDict:
+  """§IV-E's ADE20K setting on `backbone`: UPerNet grown 2x over every stage, mmseg's upernet_swin recipe
+  (batch 16 of 512 px crops, AdamW lr 6e-5, weight decay 0.01 off norms and relative position tables,
+  poly schedule with power 1 after 1,500 warmup iterations from 1e-6 x lr, drop path 0.3); `steps` 40k
+  as the paper (mmseg's schedule is 160k)."""
+  c = segment_config(backbone)
+  c.model.drop_path_rate = 0.3
+  c.init_from = f"pretrained/{backbone}.safetensors"  # timm's ImageNet classifier, as mmseg starts
+  c.steps = steps
+  c.optim = optim_config(
+      schedule="poly",
+      lr=6e-5,
+      min_lr=0.0,
+      warmup_steps=1500,
+      warmup_init_lr=6e-5 * 1e-6,
+      weight_decay=0.01,
+      no_decay=[r"relative_position_bias_table", r"(^|/)[^/]*norm[^/]*/"],  # mmseg's paramwise_cfg
+  )
+  c.log_every = 50
+  c.eval_every = 4000  # mmseg: every 16k of its 160k iterations
+  c.ckpt_every = 4000
+  c.keep_checkpoints = 2
+  return c
 
 
 # ----------------------------------------------------------------------------------------------------

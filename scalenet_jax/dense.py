@@ -15,6 +15,9 @@
   `rpn_reg`; in UPerNet (and its FCN auxiliary head) the 1x1 classifier `conv_seg` (`HEAD_FINAL_LAYERS`).
   BatchNorm running statistics are not parameters: a recipe that freezes a head should also run its
   BatchNorms with running statistics (mmdet's `norm_eval`), which is the training loop's choice.
+
+The segmentation pipeline over these pieces (`pipeline = "segment"`) is `scalenet_jax.segmenter`
+(docs/dense.md).
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ def _buffers(backbone, prefix: str) -> dict[str, np.ndarray]:
     return {}
   cfg, out = backbone.config, {}
   for i, layout in enumerate(backbone.stack_layouts):
-    index = stack_lib.WindowSpec.for_stage(cfg.stage_resolution(i), cfg.window_size).rel_pos_index()
+    index = stack_lib.WindowSpec.for_stage(cfg.stage_resolution(i), cfg.window_size, pad=True).rel_pos_index()
     for j in range(layout.depth):
       out[f"{prefix}stages.{i}.blocks.{j}.attn.w_msa.relative_position_index"] = index.astype(np.int64)
   return out

@@ -1,7 +1,8 @@
 r"""Entry point: `python -m scalenet_jax.main --config configs/deit_base_2x.py --workdir DIR`.
 
 The config's `pipeline` field picks the driver: `train` (image models, `trainer`), `lm` (decoder LMs,
-`lm_trainer`; e.g. configs/llama_fortunes_2x.py), or one of the NAS pipelines.
+`lm_trainer`; e.g. configs/llama_fortunes_2x.py), `segment` (UPerNet on a grown backbone, `segmenter`;
+configs/upernet_swin_tiny_2x.py), or one of the NAS pipelines.
 
 Modes: `train` (default; resumes from the workdir), `eval`, `summary` (params/FLOPs table and a
 final JSON line), `export` (final params as Orbax + timm-format safetensors), `compile` (the train and
@@ -16,6 +17,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from scalenet_jax.errors import ConfigError, UserError
+from scalenet_jax.pipelines import run  # what the command line runs; library callers may import it from here
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -23,13 +25,6 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and export
 flags.DEFINE_enum("mode", "train", ["train", "eval", "summary", "export", "compile"], "What to do.")
 flags.DEFINE_bool("xla_check", True, "summary: cross-check FLOPs with XLA's cost analysis.")
 flags.DEFINE_string("topology", None, "compile: a TPU slice, e.g. v5e:2x2, v4:2x2x1 or an accelerator type v5e-8.")
-
-
-def _pipelines():
-  from scalenet_jax import lm_trainer, trainer  # pylint: disable=g-import-not-at-top
-  from scalenet_jax.nas import pipeline  # pylint: disable=g-import-not-at-top
-
-  return {"train": trainer.run, "lm": lm_trainer.run, **{name: pipeline.run for name in pipeline.PIPELINES}}
 
 
 def _run(argv):
@@ -51,19 +46,6 @@ def _run(argv):
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required for --mode=train/eval/export")
   run(config, FLAGS.workdir, FLAGS.mode)
-
-
-def run(config, workdir: str, mode: str = "train"):
-  """Runs `config` with the driver its `pipeline` field names (what the command line does)."""
-  pipelines = _pipelines()
-  name = config.get("pipeline", "train")
-  if name not in pipelines:
-    raise ConfigError(f"unknown pipeline {name!r}; choose one of {sorted(pipelines)}")
-  from scalenet_jax.train import workdir_lock  # pylint: disable=g-import-not-at-top
-
-  # One run per workdir, taken before the pipeline writes anything (data caches, NAS stage files).
-  with workdir_lock.WorkdirLock(workdir):
-    return pipelines[name](config, workdir, mode)
 
 
 def main(argv):

@@ -111,13 +111,13 @@ def git_commit() -> str:
 
 def train_one(study: Study, run: dict, workdir: str, counts: dict) -> dict:
   """Trains (or resumes) one run in `<workdir>/<name>`; returns its record entry."""
-  from scalenet_jax import main as main_lib  # pylint: disable=g-import-not-at-top
+  from scalenet_jax import pipelines  # pylint: disable=g-import-not-at-top
   from scalenet_jax.train import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
 
   cfg = study.config(run)
   wd = os.path.join(workdir, run["name"])
   t0 = time.time()
-  r = main_lib.run(cfg, wd)
+  r = pipelines.run(cfg, wd)
   metric = study.plan["metric"]
   entry = dict(
       arm=run["arm"],

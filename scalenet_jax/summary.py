@@ -19,6 +19,10 @@ def _instance_params(model, abstract) -> int:
 
 
 def summarize(config, xla_check: bool = True) -> dict:
+  if config.get("pipeline") == "segment":  # a segmentor: its own counts (no XLA cross-check)
+    from scalenet_jax import segmenter  # pylint: disable=g-import-not-at-top
+
+    return segmenter.summarize(config)
   model = builder.build_model(config)
   abstract = model.abstract_params()
   out = {

@@ -139,12 +139,19 @@ def loop_config_and_task(config):
     from scalenet_jax import lm_trainer  # pylint: disable=g-import-not-at-top
 
     return config, lm_trainer.make_task(config, None, "compile")[0]
+  if name == "segment":
+    from scalenet_jax import segmenter  # pylint: disable=g-import-not-at-top
+
+    config = segmenter.resolve(config)
+    return config, segmenter.make_task(config, None, "compile")[0]
   if name in ("nas_supernet", "nas_search"):
     from scalenet_jax.nas import train_supernet  # pylint: disable=g-import-not-at-top
 
     sn = config if name == "nas_supernet" else config.supernet
     return sn, train_supernet.supernet_task(sn, source=None, platform="tpu")
-  raise ConfigError(f"--mode compile supports the pipelines train, lm, nas_supernet and nas_search, not {name!r}")
+  raise ConfigError(
+      f"--mode compile supports the pipelines train, lm, segment, nas_supernet and nas_search, not {name!r}"
+  )
 
 
 # ---------------------------------------------------------------------------------------------- Check

@@ -37,6 +37,8 @@ TRAINER_CONFIGS = [
     ("ablation_grow.py", "model=swin_tiny,subset=2"),
     *[("llama_fortunes_2x.py", a) for a in (None, "run=pretrain", "run=stack", "run=further", "adjust=lora")],
     *[("llama3_1b_2x.py", a) for a in (None, "run=stack", "run=further", "mapping=stack")],
+    ("upernet_swin_tiny_2x.py", None),
+    *[("grow_study.py", a) for a in ("vit,run=scalenet,seed=1", "vit,run=deep,seed=0", "swin,run=stack,seed=0")],
 ]
 
 
@@ -109,6 +111,23 @@ def _grow(model: str, kind: str = "scalenet") -> dict:
 def expected(name: str, arg) -> dict:
   """The fields each documented config argument sets, from the docs and docstrings (not from the code)."""
   stem = name[: -len(".py")]
+  if stem.startswith("upernet_"):  # §IV-E with mmseg's upernet_swin recipe (docs/dense.md), the paper's 40k steps
+    return {
+        "pipeline": "segment",
+        "model.name": "swin_tiny_patch4_window7_224",
+        "model.drop_path_rate": 0.3,
+        "expansion.kind": "scalenet",
+        "expansion.mapping": "stack",
+        "expansion.subset": "",
+        "init_from": "pretrained/swin_tiny_patch4_window7_224.safetensors",
+        "data.name": "tfds:scene_parse150",
+        "data.crop_size": 512,
+        "steps": 40_000,
+        "batch_size": 16,
+        "optim.lr": 6e-5,
+        "optim.weight_decay": 0.01,
+        "optim.schedule": "poly",
+    }
   if stem.endswith("_2x") and not stem.startswith("llama"):
     model = next(m for m in GROW if m.startswith(stem[: -len("_2x")] + "_patch"))
     return _grow(model, arg or "scalenet")
@@ -127,6 +146,24 @@ def expected(name: str, arg) -> dict:
     )
     if "mapping" in a:
       out["expansion.mapping"] = a["mapping"]
+    return out
+  if stem == "grow_study":  # the module docstring: 6 base epochs, one third for the grown arms at 0.4x the lr
+    family, run, seed = (v.split("=")[-1] for v in arg.split(","))
+    base_steps = 6 * 59_000 // 128
+    from_base = run not in ("base", "deep", "scratch")
+    out = {
+        "model.name": {"vit": "vit_micro_patch4_28", "swin": "swin_micro_patch2_window4_32"}[family],
+        "seed": int(seed),
+        "steps": base_steps if run in ("base", "deep") else base_steps // 3,
+        "batch_size": 128,
+        "optim.lr": 4e-4 if from_base else 1e-3,
+        "expansion.kind": run if run in ("scalenet", "stack", "deep", "scratch") else "",
+        "expansion.rank": {"vit": 5, "swin": 3}[family],
+        "init_from": str(CONFIGS.parent / "pretrained" / "study" / f"{family}_base_s0.safetensors")
+        if from_base
+        else "",
+    }
+    out["expansion.kind"] = "scratch" if run == "deep" else out["expansion.kind"]
     return out
   if stem == "vit_micro_fmnist":
     return {"model.name": "vit_micro_patch4_28", "expansion.kind": "", "init_from": "", "data.name": "fashion_mnist"}
@@ -208,6 +245,14 @@ def test_micro_summary():
   s = summarize("vit_micro_fmnist.py")
   assert s["params"] == s["unique_params"] == s["trainable_params"] == 305034
   assert s["depths"] == [6] and s["expansion"] == "none" and s["gflops"] > 0
+
+
+def test_upernet_swin_tiny_2x_summary():
+  """Table IX's grown UPerNet Swin-T as stored: 59,941,862 (test_dense.py's hand count with the auxiliary
+  head) + per block an r = 16 adapter pair on each of its 2 instances (2 x 10 r C) and the new instance's
+  two LayerNorms (4 C): 324 C per pretrained block, 324 x (96 x 2 + 192 x 2 + 384 x 6 + 768 x 2) = 1,430,784."""
+  s = summarize("upernet_swin_tiny_2x.py")
+  assert s["unique_params"] == 59_941_862 + 1_430_784 and s["depths"] == [4, 4, 12, 4] and s["crop_size"] == 512
 
 
 @functools.lru_cache(maxsize=None)

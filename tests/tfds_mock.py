@@ -1,4 +1,5 @@
-"""TFDS `imagenet2012` served by `tfds.testing.mock_data`: 1000 classes, the real feature spec, any split sizes.
+"""TFDS `imagenet2012` (or `scene_parse150`) served by `tfds.testing.mock_data`: the real feature spec, any
+split sizes.
 
 `tfds.testing.mock_data` alone cannot serve the end-to-end tests: without metadata files it has no
 split sizes (every split has `num_examples` records, `is_prepared()` is False), its random labels leave
@@ -11,6 +12,12 @@ serialized `tf.train.Example`s (JPEG image, label, file name) decoded by TFDS's 
 Record `i` of a split is a pure function of (split, i): labels are `i % 1000` in a fixed shuffled
 order (every class has `n // 1000` or one more examples), images are small JPEGs of varying size in a
 per-class colour. Everything TFDS writes (and our label / mini-val index files) lives under `root`.
+
+`Spec(dataset="scene_parse150")` serves ADE20K's TFDS builder instead (splits `train` and `test`, the
+latter sized by `validation`): record `i` is a JPEG `image` and a PNG `annotation` (H, W, 3) of the same
+varying size, whose first channel holds ADE20K classes 0..150 in vertical bands (`annotation_of`: band
+`b` of record `i` has class `(7 i + 37 b) % 151`, so 0 = "other" occurs) and whose image is coloured by
+that class.
 
 In-process:
 
@@ -42,6 +49,7 @@ from typing import Iterator
 
 import numpy as np
 
+EVAL_SPLIT = {"imagenet2012": "validation", "scene_parse150": "test"}
 ENV = "SCALENET_TFDS_MOCK"  # JSON `Spec` for the subprocess entry point below (read only by this file).
 NUM_CLASSES = 1000
 TESTS = Path(__file__).resolve().parent
@@ -56,10 +64,11 @@ class Spec:
   train: int = 3000
   validation: int = 50
   seed: int = 0
+  dataset: str = "imagenet2012"  # or "scene_parse150"
 
   @property
   def sizes(self) -> dict[str, int]:
-    return {"train": self.train, "validation": self.validation}
+    return {"train": self.train, EVAL_SPLIT[self.dataset]: self.validation}
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self))
@@ -80,7 +89,7 @@ def write_metadata(spec: Spec) -> Path:
   import tensorflow_datasets as tfds
   from tensorflow_datasets.core import splits as splits_lib
 
-  builder = tfds.builder("imagenet2012", data_dir=spec.root, file_format="array_record")
+  builder = tfds.builder(spec.dataset, data_dir=spec.root, file_format="array_record")
   variant = Path(builder.data_dir)
   info_file = variant / "dataset_info.json"
   if info_file.exists() and _sizes_of(info_file) == spec.sizes:
@@ -128,11 +137,41 @@ def _jpeg(label: int, variant: int) -> bytes:
   return buf.getvalue()
 
 
+ADE_CLASSES = 150  # scene_parse150: annotation values 0 ("other") .. 150
+
+
+def annotation_of(i: int) -> np.ndarray:
+  """The ADE20K class map (uint8 (H, W)) of scene_parse150 record `i`: 4 size variants, vertical bands of
+  8 columns, band `b` of class `(7 i + 37 b) % 151`."""
+  h, w = 20 + 6 * (i % 4), 36 - 4 * (i % 4)
+  bands = (7 * i + 37 * (np.arange(w) // 8)) % (ADE_CLASSES + 1)
+  return np.broadcast_to(bands[None, :], (h, w)).astype(np.uint8)
+
+
+def _encode(array: np.ndarray, fmt: str) -> bytes:
+  from PIL import Image
+
+  buf = io.BytesIO()
+  Image.fromarray(array).save(buf, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+  return buf.getvalue()
+
+
+def _segmentation_example(example, i: int) -> None:
+  label = annotation_of(i)
+  palette = np.random.default_rng(0).integers(0, 256, (ADE_CLASSES + 1, 3), dtype=np.uint8)
+  feature = example.features.feature
+  feature["image"].bytes_list.value.append(_encode(palette[label], "JPEG"))
+  # Instance-annotation layout (R: class, G: an instance id), as TFDS's builder reads ADE's PNGs.
+  feature["annotation"].bytes_list.value.append(_encode(np.stack([label, label // 2, 0 * label], -1), "PNG"))
+
+
 class Records:
   """The raw record store of one split (what ArrayRecord would hold), counting reads."""
 
-  def __init__(self, split: str, size: int, seed: int, counter: collections.Counter, lock: threading.Lock):
-    self.split, self.size, self.counter, self.lock = split, size, counter, lock
+  def __init__(
+      self, split: str, size: int, seed: int, counter: collections.Counter, lock: threading.Lock, dataset: str
+  ):
+    self.split, self.size, self.counter, self.lock, self.dataset = split, size, counter, lock, dataset
     salt = sum(map(ord, split))  # Different splits, different orders.
     self.labels = np.random.default_rng((seed, salt)).permutation(size) % NUM_CLASSES
 
@@ -144,8 +183,11 @@ class Records:
 
     if not 0 <= i < self.size:
       raise IndexError(f"record {i} out of range [0, {self.size}) of {self.split}")
-    label = int(self.labels[i])
     example = tf_example_pb2.Example()
+    if self.dataset == "scene_parse150":
+      _segmentation_example(example, i)
+      return example.SerializeToString()
+    label = int(self.labels[i])
     feature = example.features.feature
     feature["image"].bytes_list.value.append(_jpeg(label, i % 4))
     feature["label"].int64_list.value.append(label)
@@ -173,9 +215,10 @@ class Mock:
 
   def records(self, split: str) -> Records:
     if split not in self.spec.sizes:
-      raise ValueError(f"mock imagenet2012 has no split {split!r} ({', '.join(self.spec.sizes)})")
+      raise ValueError(f"mock {self.spec.dataset} has no split {split!r} ({', '.join(self.spec.sizes)})")
     if split not in self._records:
-      self._records[split] = Records(split, self.spec.sizes[split], self.spec.seed, self.reads, self._lock)
+      size = self.spec.sizes[split]
+      self._records[split] = Records(split, size, self.spec.seed, self.reads, self._lock, self.spec.dataset)
     return self._records[split]
 
   def as_data_source(self, builder, split=None, decoders=None, deserialize_method=None, **kwargs):
@@ -185,7 +228,7 @@ class Mock:
 
     del kwargs
     if not isinstance(split, str):
-      raise ValueError(f"the imagenet2012 mock serves one named split at a time, got {split!r}")
+      raise ValueError(f"the {self.spec.dataset} mock serves one named split at a time, got {split!r}")
     source = base.BaseDataSource(
         dataset_info=builder.info,
         split=split,

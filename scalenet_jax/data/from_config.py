@@ -74,10 +74,11 @@ def _step_batch(b: dict) -> dict:
 
 
 def train_stream(
-    data_cfg, source, prep, global_batch: int, seed: int, start: int, num_steps: int, plan=None
+    data_cfg, source, prep, global_batch: int, seed: int, start: int, num_steps: int, plan=None, loader=None
 ) -> Iterator[dict]:
   """This host's rows of the global train batches of steps `start .. start + num_steps - 1`
-  (`plan`: per-step preprocessing and extra batch entries, see `pipeline.train_batches`)."""
+  (`plan`: per-step preprocessing and extra batch entries; `loader`: examples other than an image and a
+  class, see `pipeline.train_batches`)."""
   batches = pipeline.train_batches(
       source,
       global_batch,
@@ -89,12 +90,14 @@ def train_stream(
       num_steps=num_steps,
       num_threads=data_cfg.num_threads,
       plan=plan,
+      loader=loader,
   )
   return map(_step_batch, batches)
 
 
-def eval_stream(data_cfg, source, prep, batch_size: int) -> Iterator[dict]:
-  """Every example of `source` once (padded last batch, `mask` = 1 on real examples), this host's rows."""
+def eval_stream(data_cfg, source, prep, batch_size: int, loader=None) -> Iterator[dict]:
+  """Every example of `source` once (padded last batch, `mask` = 1 on real examples), this host's rows
+  (`loader`: as in `train_stream`)."""
   batches = pipeline.eval_batches(
       source,
       batch_size,
@@ -102,5 +105,6 @@ def eval_stream(data_cfg, source, prep, batch_size: int) -> Iterator[dict]:
       process_index=jax.process_index(),
       process_count=jax.process_count(),
       num_threads=data_cfg.num_threads,
+      loader=loader,
   )
   return map(_step_batch, batches)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import grain
 import numpy as np
@@ -51,6 +51,17 @@ def host_slice(global_batch: int, process_index: int, process_count: int) -> sli
   return slice(process_index * per_host, (process_index + 1) * per_host)
 
 
+class Loader(Protocol):
+  """Loads and preprocesses examples of a source in place of `Preprocessor` and `source.labels`."""
+
+  def __call__(self, indices: np.ndarray, seed: int = 0, epoch: int = 0) -> dict:
+    """`{'image', 'label', ...}` arrays of the examples at `indices` (training randomness from
+    (seed, epoch, index); none for evaluation)."""
+
+  def blank(self, n: int) -> dict:
+    """`n` padding rows shaped like `__call__`'s (their content is masked out)."""
+
+
 def _iterate(dataset: grain.MapDataset, num_threads: int, prefetch: int) -> Iterator[dict]:
   read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
   return iter(dataset.to_iter_dataset(read))
@@ -69,6 +80,7 @@ def train_batches(
     num_threads: int = 2,
     prefetch: int = 4,
     plan: Callable[[int], tuple[Preprocess, dict | None]] | None = None,
+    loader: Loader | None = None,
 ) -> Iterator[dict]:
   """Infinite (or `num_steps`) iterator of this host's share of the global training batches.
 
@@ -77,15 +89,20 @@ def train_batches(
   `prefetch` wait ready (the per-step work is batched numpy or PIL, which mostly releases the GIL).
   `plan(step) -> (preprocess, extra)`, when given, chooses each step's preprocessing (NAS: the sampled
   path's resolution) in place of `preprocess` and adds the `extra` entries (or none) to its batch; the
-  example order stays a pure function of (seed, step) either way.
+  example order stays a pure function of (seed, step) either way. `loader`, when given, loads and
+  preprocesses examples in place of `preprocess` and the source's labels (`Loader`: e.g. a segmentation
+  map per image).
   """
   rows = host_slice(global_batch, process_index, process_count)
   n = len(source)
   steps_per_epoch(n, global_batch)  # Fail now, not in a worker thread.
-  labels = source.labels
+  labels = source.labels if loader is None else None
   preps = {}  # Preprocess -> Preprocessor (a benign race between loader threads may build one twice)
 
   def load(step: int) -> dict:
+    if loader is not None:
+      idx, epoch = global_batch_indices(n, global_batch, seed, step)
+      return loader(idx[rows], seed, epoch)
     p, extra = plan(step) if plan is not None else (preprocess, None)
     if p not in preps:
       preps[p] = Preprocessor(source, p, train=True)
@@ -110,20 +127,28 @@ def eval_batches(
     process_count: int = 1,
     num_threads: int = 2,
     prefetch: int = 4,
+    loader: Loader | None = None,
 ) -> Iterator[dict]:
   """Every example exactly once, in order, in global batches of `batch_size` (this host's rows).
 
   The last batch is padded with zero images; `mask` (bool) is False on padding so metrics can
-  ignore it: `{'image': float32, 'label': int32, 'mask': bool}`."""
+  ignore it: `{'image': float32, 'label': int32, 'mask': bool}`. With a `loader` (`Loader`) its
+  examples, padded with its `blank` rows."""
   rows = host_slice(batch_size, process_index, process_count)
   n = len(source)
-  prep = Preprocessor(source, preprocess, train=False)
-  labels = source.labels
+  prep = Preprocessor(source, preprocess, train=False) if loader is None else None
+  labels = source.labels if loader is None else None
 
   def load(k: int) -> dict:
     idx = np.arange(k * batch_size, (k + 1) * batch_size)[rows]
     mask = idx < n
     real = idx[mask]
+    if loader is not None:
+      out = loader.blank(len(idx))
+      if len(real):
+        for key, value in loader(real).items():
+          out[key][: len(real)] = value
+      return {**out, "mask": mask}
     # Padding rows are zeros; their shape is known without reading any example (not even one of
     # another host's rows, when this host's share of the last batch is all padding).
     if len(real) == len(idx):

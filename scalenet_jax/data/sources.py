@@ -355,18 +355,8 @@ class TfdsSource(Source):
       manual_dir: str | None = None,
       download: bool = False,
   ):
-    tfds = import_tfds()
-    _quiet_tfds()
-    try:
-      builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as e:  # DatasetNotFoundError lists every dataset: keep the message one line.
-      raise DataError(f"unknown TFDS dataset {name!r}: {str(e).splitlines()[0]}") from None
-    if not builder.is_prepared():
-      _prepare(tfds, builder, name, manual_dir, download)
+    builder, self.split = open_tfds(name, split, data_dir, manual_dir, download)
     self.name, self._builder = name, builder
-    known = list(builder.info.splits)
-    # Metadata without splits (plain `tfds.testing.mock_data`) accepts any name, as TFDS then does.
-    self.split = resolve_split(split, known, f"tfds:{name}") if known else {"val": "validation"}.get(split, split)
     self.split_sizes = {s: int(info.num_examples) for s, info in builder.info.splits.items()}
     self.index_id = builder.info.full_name  # e.g. imagenet2012/5.1.0: a new version is a new index.
     self._ds = builder.as_data_source(split=self.split)
@@ -449,6 +439,23 @@ class TfdsSource(Source):
 
   def __repr__(self):
     return f"TfdsSource({self.name}/{self.split}, n={len(self)})"
+
+
+def open_tfds(name: str, split: str, data_dir=None, manual_dir=None, download: bool = False):
+  """(builder, native split name) of a TFDS dataset, prepared (or a `DataError` / `MissingInputError`
+  naming what is missing, see `TfdsSource`)."""
+  tfds = import_tfds()
+  _quiet_tfds()
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # DatasetNotFoundError lists every dataset: keep the message one line.
+    raise DataError(f"unknown TFDS dataset {name!r}: {str(e).splitlines()[0]}") from None
+  if not builder.is_prepared():
+    _prepare(tfds, builder, name, manual_dir, download)
+  known = list(builder.info.splits)
+  # Metadata without splits (plain `tfds.testing.mock_data`) accepts any name, as TFDS then does.
+  native = resolve_split(split, known, f"tfds:{name}") if known else {"val": "validation"}.get(split, split)
+  return builder, native
 
 
 def _record_label(record: bytes) -> int:

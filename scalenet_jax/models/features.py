@@ -33,10 +33,12 @@ concatenates the four positions (kw, kh, c): the merge norm and reduction are pe
 (`convert`'s `unfold_norm` / `unfold_linear`). An expanded backbone exports unrolled, its adjustment modules
 under `stages.i.blocks.j.adjust.*` as the classifier's do.
 
-Geometry: window attention follows timm (a stage that fits in one window shrinks the window and never shifts;
-other stage sizes must be multiples of the window). That is mmseg's computation whenever every stage is larger
-than the window and a multiple of it (e.g. 448 or 896 px for window 7; not its 512 px ADE20K crops, where
-mmseg pads each window grid).
+Geometry: window attention follows timm where the two agree (a stage that fits in one window shrinks the
+window and never shifts), and pads as mmseg's Swin does where timm refuses: a stage grid that is not a
+multiple of the window (ADE20K's 512 px crops: 128, 64, 32, 16 tokens for window 7) is zero-padded at the
+bottom and right after `norm1`, shifted, windowed and masked over the padded grid, and cropped back
+(`stack.WindowSpec.pad`). That is mmseg's computation whenever every stage is larger than the window (mmseg
+never shrinks a window).
 """
 
 from __future__ import annotations

@@ -398,27 +398,47 @@ def drop_path(x, rate, rng, train: bool):
 # ----------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class WindowSpec:
-  """Static geometry of Swin window attention for one stage (timm's conventions).
+  """Static geometry of Swin window attention for one stage (timm's conventions, mmseg's padding).
 
   Attributes:
     resolution: (H, W) token grid of the stage.
     window: window size (the whole grid when it fits in one window).
     shift: shift used by odd blocks; 0 when the stage fits in one window.
+    pad: (bottom, right) zero rows / columns that make the grid a multiple of the window (mmseg's Swin:
+      the normalised tokens are padded before the cyclic shift, windows and the shift mask cover the
+      padded grid, and the output is cropped back); (0, 0) for timm's geometry.
   """
 
   resolution: tuple[int, int]
   window: int
   shift: int  # shift used by odd blocks; 0 when the stage fits in one window
+  pad: tuple[int, int] = (0, 0)
 
   @classmethod
-  def for_stage(cls, resolution, window):
-    """The spec of a stage at `resolution` with windows of `window`; ValueError if it does not tile."""
+  def for_stage(cls, resolution, window, pad: bool = False):
+    """The spec of a stage at `resolution` with windows of `window`.
+
+    Args:
+      resolution: (H, W) token grid.
+      window: the configured window size.
+      pad: pad a grid that is not a multiple of the window (mmseg's dense backbones at e.g. 512 px);
+        False raises instead, as timm's classifiers do.
+
+    Raises:
+      ValueError: the grid does not tile and `pad` is False.
+    """
     # timm: when the stage fits in one window, the window shrinks to it and nothing shifts.
     if min(resolution) <= window:
       return cls(tuple(resolution), min(resolution), 0)
-    if any(r % window for r in resolution):
+    extra = tuple(-r % window for r in resolution)
+    if any(extra) and not pad:
       raise ValueError(f"stage resolution {tuple(resolution)} is not a multiple of window size {window}")
-    return cls(tuple(resolution), window, window // 2)
+    return cls(tuple(resolution), window, window // 2, extra)
+
+  @property
+  def padded(self) -> tuple[int, int]:
+    """The (H, W) grid the windows tile: `resolution` plus `pad`."""
+    return (self.resolution[0] + self.pad[0], self.resolution[1] + self.pad[1])
 
   @property
   def area(self):
@@ -433,8 +453,9 @@ class WindowSpec:
     return rel[..., 0] * (2 * w - 1) + rel[..., 1]
 
   def shift_mask(self) -> np.ndarray:
-    """(num_windows, area, area) additive mask of shifted-window attention (-100 across regions)."""
-    h, w = self.resolution
+    """(num_windows, area, area) additive mask of shifted-window attention (-100 across regions), over the
+    padded grid (mmseg's: padding forms regions like any other cells)."""
+    h, w = self.padded
     img = np.zeros((h, w), np.float32)
     cuts = (slice(0, -self.window), slice(-self.window, -self.shift), slice(-self.shift, None))
     for cnt, (hs, ws) in enumerate(itertools.product(cuts, cuts)):
@@ -516,6 +537,9 @@ def window_attention(x, core, num_heads, spec: WindowSpec, shifted, dtype, adjus
   b, _, c = x.shape
   h, w = spec.resolution
   grid = x.reshape(b, h, w, c)
+  if any(spec.pad):  # zero tokens, which attend and are attended to like any other (mmseg's Swin)
+    grid = jnp.pad(grid, ((0, 0), (0, spec.pad[0]), (0, spec.pad[1]), (0, 0)))
+  hp, wp = spec.padded
   s = spec.shift
   if s:
     grid = jnp.where(shifted, jnp.roll(grid, (-s, -s), axis=(1, 2)), grid)
@@ -527,10 +551,10 @@ def window_attention(x, core, num_heads, spec: WindowSpec, shifted, dtype, adjus
     mask = jnp.asarray(spec.shift_mask()) * shifted  # (nW, area, area)
     bias = (bias + mask[:, None]).astype(jnp.float32)  # (nW, heads, area, area), broadcast over images
   out = multihead_attention(windows, core, num_heads, dtype, bias=bias, adjust=adjust)
-  grid = window_reverse(out, spec.window, b, h, w)
+  grid = window_reverse(out, spec.window, b, hp, wp)
   if s:
     grid = jnp.where(shifted, jnp.roll(grid, (s, s), axis=(1, 2)), grid)
-  return grid.reshape(b, h * w, c)
+  return grid[:, :h, :w].reshape(b, h * w, c)
 
 
 class Block(nn.Module):

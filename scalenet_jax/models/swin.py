@@ -157,7 +157,8 @@ class Swin(common.StackedModel):
       if i > 0:
         x = PatchMerging(cfg.norm_eps, self.dtype, name=f"merge{i}")(x)
       b, h, w, c = x.shape
-      window = stack_lib.WindowSpec.for_stage((h, w), cfg.window_size)
+      # A feature backbone pads its window grids as mmseg's Swin does (ADE20K's 512 px crops: 128 tokens).
+      window = stack_lib.WindowSpec.for_stage((h, w), cfg.window_size, pad=self.out_indices is not None)
       x = stack_lib.BlockStack(
           layout,
           c,

@@ -10,6 +10,9 @@ unequal token counts weigh every real example / token once.
 * `NextToken` (decoder LMs): the token-weighted next-token cross-entropy over the positions where
   `mask` (B, T) is true (padding and prompt tokens carry no loss); eval loss = total NLL / tokens,
   perplexity = exp(eval loss), token accuracy.
+* `Segmentation` (a segmentor's per-pixel logits, one dict entry per head): mmseg's per-pixel
+  cross-entropy with `IGNORE_INDEX` (255) pixels carrying no loss, the auxiliary heads' losses weighted;
+  eval per-class intersection / union counts over the eval set -> mIoU (mmseg's `mean_iou`).
 """
 
 from __future__ import annotations
@@ -17,11 +20,14 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
+
 import jax
 import jax.numpy as jnp
 import optax
 
 from scalenet_jax.errors import DataError
+from scalenet_jax.models import upernet
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
@@ -171,3 +177,116 @@ class NextToken:
   def describe(self, m) -> str:
     """One-line summary of `metrics`."""
     return f"perplexity {m['perplexity']:.3f} (loss {m['eval_loss']:.4f} over {m['eval_tokens']} tokens)"
+
+
+IGNORE_INDEX = 255  # mmseg's label of pixels that carry no loss and do not count in the metrics
+
+
+def resize_logits(logits, hw):
+  """NCHW logits -> NHWC at the labels' (H, W): bilinear, `align_corners=False` (mmseg resizes the heads'
+  stride-4 / stride-16 outputs to the labels before the loss and the argmax)."""
+  return upernet.resize(jnp.transpose(logits, (0, 2, 3, 1)), hw)
+
+
+def pixel_cross_entropy(logits, labels):
+  """(per-pixel cross-entropy (B, H, W), 0 on ignored pixels; valid mask) of NHWC `logits` and int
+  `labels` (B, H, W) with `IGNORE_INDEX`."""
+  valid = labels != IGNORE_INDEX
+  safe = jnp.where(valid, labels, 0)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), safe)
+  return jnp.where(valid, ce, 0.0), valid
+
+
+def confusion_counts(pred, labels, num_classes: int, weight=None) -> dict:
+  """Per-class pixel counts of a prediction against labels with `IGNORE_INDEX`: `intersect` (pred = label
+  = k), `pred_area`, `label_area` (each (K,), over the valid pixels times `weight`, broadcastable)."""
+  valid = (labels != IGNORE_INDEX).astype(jnp.float32)
+  if weight is not None:
+    valid = valid * weight
+  safe = jnp.where(labels == IGNORE_INDEX, 0, labels).reshape(-1)
+  pred, valid = pred.reshape(-1), valid.reshape(-1)
+  count = lambda idx, w: jnp.bincount(idx, weights=w, length=num_classes)
+  return {
+      "intersect": count(safe, valid * (pred == safe)),
+      "pred_area": count(pred, valid),
+      "label_area": count(safe, valid),
+  }
+
+
+def iou_metrics(sums) -> dict:
+  """mmseg's `mean_iou` of summed `confusion_counts`: per-class IoU = intersect / union (NaN for a class in
+  neither the labels nor the predictions, left out of the mean), `miou`, `macc` (per-class accuracy over
+  the classes present in the labels) and `aacc` (all valid pixels)."""
+  inter, pred, label = (np.asarray(sums[k], np.float64) for k in ("intersect", "pred_area", "label_area"))
+  union = pred + label - inter
+  with np.errstate(invalid="ignore", divide="ignore"):
+    iou, acc = inter / union, inter / label
+  if not label.sum():
+    raise DataError("the evaluation data has no labelled pixel (all are the ignore index 255)")
+  return {
+      "miou": float(np.nanmean(iou)),
+      "macc": float(np.nanmean(acc)),
+      "aacc": float(inter.sum() / label.sum()),
+      "iou": [None if np.isnan(v) else float(v) for v in iou],
+  }
+
+
+@dataclasses.dataclass(frozen=True)
+class Segmentation:
+  """Per-pixel classification by a segmentor: `images` (B, H, W, C) in, `labels` int (B, H, W) with
+  `IGNORE_INDEX`, logits `{head: (B, K, h, w)}` (`models.upernet.Segmentor`).
+
+  Attributes:
+    num_classes: K.
+    aux_weight: weight of every head other than `decode_head` in the loss (mmseg's UPerNet: 0.4 on the
+      auxiliary FCN head).
+    inputs: the batch entry the model reads.
+  """
+
+  num_classes: int
+  aux_weight: float = 0.4
+  inputs: str = "images"
+
+  def loss(self, logits, batch):
+    """Sum over heads of weight x mean cross-entropy over *all* pixels, ignored ones counting 0 (mmseg's
+    `CrossEntropyLoss` with `avg_non_ignore=False`, the behaviour its Swin configs were trained with), and
+    `{"accuracy"}` of the decode head over the valid pixels."""
+    labels = batch["labels"]
+    total, accuracy = 0.0, None
+    for name, out in logits.items():
+      resized = resize_logits(out, labels.shape[1:])
+      ce, valid = pixel_cross_entropy(resized, labels)
+      total = total + (1.0 if name == "decode_head" else self.aux_weight) * ce.mean()
+      if name == "decode_head":
+        hit = (jnp.argmax(resized, -1) == labels) & valid
+        accuracy = hit.sum() / jnp.maximum(valid.sum(), 1)
+    return total, {"accuracy": accuracy}
+
+  def batch_spec(self, inputs: jax.ShapeDtypeStruct, eval: bool = False) -> dict:  # pylint: disable=redefined-builtin
+    """Per-pixel int labels like the inputs' (B, H, W), and for evaluation the float mask of real examples."""
+    n, h, w = inputs.shape[:3]
+    batch = {self.inputs: inputs, "labels": jax.ShapeDtypeStruct((n, h, w), jnp.int32)}
+    if eval:
+      batch["mask"] = jax.ShapeDtypeStruct((n,), jnp.float32)
+    return batch
+
+  def eval_sums(self, logits, batch):
+    """`confusion_counts` of the decode head's argmax (at the labels' size) over the real examples, the
+    summed cross-entropy of their valid pixels (`loss_sum`) and the number of examples (`count`)."""
+    labels = batch["labels"]
+    mask = batch.get("mask", jnp.ones(labels.shape[:1], jnp.float32)).astype(jnp.float32)
+    resized = resize_logits(logits["decode_head"], labels.shape[1:])
+    ce, _ = pixel_cross_entropy(resized, labels)
+    sums = confusion_counts(jnp.argmax(resized, -1), labels, self.num_classes, mask[:, None, None])
+    return {**sums, "loss_sum": jnp.sum(ce * mask[:, None, None]), "count": jnp.sum(mask)}
+
+  def metrics(self, sums) -> dict:
+    """`iou_metrics` (mIoU, mAcc, aAcc, per-class IoU), `eval_loss` per valid pixel, `eval_examples`."""
+    m = iou_metrics(sums)
+    m["eval_loss"] = float(sums["loss_sum"]) / float(np.sum(sums["label_area"]))
+    m["eval_examples"] = int(sums["count"])
+    return m
+
+  def describe(self, m) -> str:
+    """One-line summary of `metrics`."""
+    return f"mIoU {m['miou']:.4f} aAcc {m['aacc']:.4f} mAcc {m['macc']:.4f}"

@@ -46,6 +46,10 @@ def _resolve_config(config: Any) -> ml_collections.ConfigDict:
   config_lib.override(c, dict(config.items()))
   if c.name not in ("adamw", "sgd"):
     raise ConfigError(f"optimizer name must be 'adamw' or 'sgd', got {c.name!r}")
+  if c.schedule not in ("cosine", "poly"):
+    raise ConfigError(f"optimizer schedule must be 'cosine' or 'poly', got {c.schedule!r}")
+  if c.poly_power <= 0:
+    raise ConfigError(f"optimizer poly_power must be > 0, got {c.poly_power}")
   if c.total_steps is None or c.total_steps <= 0 or c.total_steps <= c.warmup_steps:
     raise ConfigError(f"optimizer total_steps={c.total_steps} must be > warmup_steps={c.warmup_steps}")
   if c.grad_accum_steps < 1:
@@ -101,12 +105,30 @@ def trainable_mask(params, trainable_patterns: str | Sequence[str] = "all"):
   return jax.tree_util.tree_map(lambda l: l == TRAINABLE, param_labels(params, trainable_patterns))
 
 
+def poly_schedule(c) -> optax.Schedule:
+  """mmseg's `poly` policy with its linear warmup (`PolyLrUpdaterHook`, by iteration): (lr - min_lr) x
+  (1 - step / total_steps)^power + min_lr, and during the first `warmup_steps` that value times
+  1 - (1 - step / warmup_steps)(1 - warmup_init_lr / lr) (mmseg's warmup scales the regular rate)."""
+  ratio = c.warmup_init_lr / c.lr if c.lr else 1.0
+
+  def schedule(step):
+    t = jnp.minimum(step, c.total_steps) / c.total_steps
+    lr = (c.lr - c.min_lr) * (1.0 - t) ** c.poly_power + c.min_lr
+    if not c.warmup_steps:
+      return lr
+    warm = 1.0 - (1.0 - step / c.warmup_steps) * (1.0 - ratio)
+    return lr * jnp.where(step < c.warmup_steps, warm, 1.0)
+
+  return schedule
+
+
 def make_lr_schedule(config) -> optax.Schedule:
-  """Linear warmup then cosine decay to `min_lr`, as a function of the *optimizer* step.
+  """The learning rate as a function of the *optimizer* step: `schedule='cosine'`: linear warmup then
+  cosine decay to `min_lr`; `'poly'`: mmseg's (`poly_schedule`).
 
   Args:
-    config: optimizer config (`config_lib.optim_config()` fields: `lr`, `warmup_init_lr`, `warmup_steps`,
-      `total_steps`, `min_lr`).
+    config: optimizer config (`config_lib.optim_config()` fields: `schedule`, `lr`, `warmup_init_lr`,
+      `warmup_steps`, `total_steps`, `min_lr`, `poly_power`).
 
   Returns:
     The optax schedule.
@@ -115,6 +137,8 @@ def make_lr_schedule(config) -> optax.Schedule:
     ConfigError: an unknown key or a bad value (`total_steps` <= `warmup_steps`, ...).
   """
   c = _resolve_config(config)
+  if c.schedule == "poly":
+    return poly_schedule(c)
   return optax.warmup_cosine_decay_schedule(
       init_value=c.warmup_init_lr,
       peak_value=c.lr,
@@ -198,7 +222,7 @@ def make_optimizer(config, params_abstract, trainable="all") -> optax.GradientTr
   """The full optimizer for `params_abstract`.
 
   Trainable branch: [clip] -> AdamW (scale_by_adam, decoupled decay) or SGD (decay added to the gradient,
-  Nesterov momentum) -> warmup-cosine learning rate, wrapped in `optax.MultiSteps` when
+  Nesterov momentum) -> the learning-rate schedule (warmup-cosine or poly), wrapped in `optax.MultiSteps` when
   grad_accum_steps > 1. Frozen branch: `optax.set_to_zero()` (no state).
 
   Args:

@@ -176,7 +176,8 @@ def _forward(apply_fn, params, model_state, batch, train, rngs, compute_dtype, i
   x = x.astype(compute_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
   out = apply_fn(_cast_floats(params, compute_dtype), x, train=train, rngs=rngs, **kwargs)
   logits, new_model_state = out if model_state is not None else (out, None)
-  return logits.astype(jnp.float32), new_model_state
+  # A dict of logits (a segmentor's heads) is cast leaf by leaf.
+  return jax.tree_util.tree_map(lambda l: l.astype(jnp.float32), logits), new_model_state
 
 
 def _jit_per_batch_structure(fn, state_shardings, mesh, out_shardings, donate_argnums=(), compiler_options=None):
