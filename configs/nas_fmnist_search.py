@@ -39,8 +39,12 @@ def get_config():
   c.search = mcea.search_config(iterations=2, n_base=4, population=12, generations=4, vmap_size=8)
   c.extra_stages = 2
   # 250 steps of 64 (16,000 images) per stand-alone path: at 150 x 32 the paths' accuracies spread no
-  # more than the mini-val's own error.
-  c.rank_corr = ml_collections.ConfigDict(dict(num_paths=30, steps=250, batch_size=64, seed=1234, compare_uniform=True))
+  # more than the mini-val's own error. masked=True trains them through the masked supernet, one program
+  # per (resolution, bucket) instead of one per path (vmap_size paths per call); on 2 CPU cores its step
+  # costs 1.3-1.9x a PathNet's, which outweighs the compiles saved over 250 steps (docs/nas.md §4).
+  c.rank_corr = ml_collections.ConfigDict(
+      dict(num_paths=30, steps=250, batch_size=64, seed=1234, compare_uniform=True, masked=False, vmap_size=1)
+  )
   c.quick_overrides = ml_collections.ConfigDict(
       dict(
           # The 'tiny' space (16/20 px, 2 resolutions): compiles dominate on CPU, the fmnist space has 5.

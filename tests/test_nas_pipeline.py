@@ -111,6 +111,27 @@ def test_supernet_resume_is_bit_identical(tmp_path):
   assert [l["step"] for l in lines] == [2, 4]
 
 
+def test_masked_standalone_paths_train_evaluate_and_resume(tmp_path, monkeypatch):
+  """`train_paths_masked` on real data: 3 paths in 2 (resolution, bucket) groups, 2 per vmapped call
+  (one padded); the record in the workdir makes a second call train nothing."""
+  c = tiny_config(steps=2)
+  pairs = [sample_path(SPACE, "hss", 1234, i) for i in range(40)]
+  by_group = {}
+  for a, S in pairs:
+    by_group.setdefault((S.r, ts.bucket_of(S, SPACE)), []).append((a, S))
+  groups = sorted(by_group.values(), key=len, reverse=True)
+  chosen = groups[0][:2] + groups[1][:1]
+  accs = ts.train_paths_masked(c, str(tmp_path), chosen, SPACE, vmap_size=2)
+  assert len(accs) == 3 and all(0.0 <= a <= 1.0 for a in accs)
+  record = json.loads((tmp_path / "standalone.json").read_text())
+  assert sorted(record.values()) == sorted(accs)
+  # A resumed call trains nothing (it does not even open the data); another recipe is not resumed.
+  monkeypatch.setattr(ts, "open_split", lambda *a, **k: pytest.fail("resumed call opened the data"))
+  assert ts.train_paths_masked(c, str(tmp_path), chosen, SPACE, vmap_size=2) == accs
+  with pytest.raises(pytest.fail.Exception, match="opened the data"):
+    ts.train_paths_masked(tiny_config(steps=3), str(tmp_path), chosen, SPACE, vmap_size=2)
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
   wd = tmp_path_factory.mktemp("nas_quick")

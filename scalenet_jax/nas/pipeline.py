@@ -93,23 +93,30 @@ def flops_histograms(space, n: int, seed: int, path: str) -> dict:
 
 
 def _standalone_accs(sn_cfg, pairs, space, rc, workdir) -> list[float]:
-  """Brief stand-alone training of each (α, S) pair; top-1 on the mini-val split."""
-  accs = []
-  for i, (alpha, S) in enumerate(pairs):
-    c = config_lib.override(
-        ml_collections.ConfigDict(sn_cfg.to_dict()),
-        {
-            "steps": rc.steps,
-            "batch_size": rc.batch_size,
-            "log_every": rc.steps,
-            "ckpt_every": 0,
-            "optim.warmup_steps": min(sn_cfg.optim.warmup_steps, rc.steps // 4),
-            "optim.total_steps": None,
-        },
-    )
-    info = ts.train_standalone(c, str(paths.path(workdir) / f"path{i}"), apply_scaling(alpha, S, space))
-    accs.append(info["top1"])
-  return accs
+  """Brief stand-alone training of each (α, S) pair from its own fresh init; top-1 on the mini-val split.
+  `rc.masked`: through the masked supernet, one compiled program per (resolution, bucket)
+  (`train_supernet.train_paths_masked`, `rc.vmap_size` paths per call); else one `PathNet` per path
+  (`train_supernet.train_standalone`: a compile per path, but a cheaper step on CPU, `docs/nas.md` §4)."""
+  c = config_lib.override(
+      ml_collections.ConfigDict(sn_cfg.to_dict()),
+      {
+          "steps": rc.steps,
+          "batch_size": rc.batch_size,
+          "log_every": rc.steps,
+          "ckpt_every": 0,
+          "optim.warmup_steps": min(sn_cfg.optim.warmup_steps, rc.steps // 4),
+          "optim.total_steps": None,
+      },
+  )
+  masked = rc.get("masked", False)  # configs written before the field: per-path PathNets
+  if not isinstance(masked, bool):
+    raise ConfigError(f"rank_corr.masked must be True or False, got {masked!r}")
+  if masked:
+    return ts.train_paths_masked(c, workdir, pairs, space, vmap_size=rc.get("vmap_size", 1))
+  wd = paths.path(workdir)
+  return [
+      ts.train_standalone(c, str(wd / f"path{i}"), apply_scaling(a, S, space))["top1"] for i, (a, S) in enumerate(pairs)
+  ]
 
 
 def rank_correlation(config, space, evaluators: dict, workdir: str) -> dict:

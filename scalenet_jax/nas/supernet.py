@@ -548,11 +548,39 @@ def bucket_of(S: Scaling, space: SearchSpace) -> int:
   raise ValueError(f"scaling {S} exceeds the largest multiplier {space.max_mult} of space {space.name!r}")
 
 
+def _arch_signature(arch: Arch) -> tuple:
+  """What fixes the shapes of the path arrays of a bucket: stem width, and per stage the slot count,
+  output width and hidden width of each slot."""
+  return (arch.stem_channels, tuple((len(ls), ls[0].c_out, tuple(la.hidden for la in ls)) for ls in arch.stages))
+
+
+def _path_signature(path: dict) -> tuple:
+  size = lambda a: int(np.shape(a)[0])
+  stages = tuple((size(sp["active"]), size(sp["out"]), tuple(size(h) for h in sp["hidden"])) for sp in path["stages"])
+  return (size(path["stem"]), stages)
+
+
+def path_bucket(path: dict, space: SearchSpace) -> int | None:
+  """The bucket whose compute shapes `path`'s arrays have (`path_arrays(..., bucket=j)`; None: the whole
+  supernet's). The shapes are static under `jit`, so this chooses a program, not a branch. Buckets with
+  equal shapes compute the same, so the first match is returned."""
+  sig = _path_signature(path)
+  for j in [*range(space.num_scaling_stages), None]:
+    if _arch_signature(supernet_arch(space, j)) == sig:
+      return j
+  raise ValueError(f"path arrays of shapes {sig} match no bucket of space {space.name!r}")
+
+
+BUCKET_FROM_PATH = "path"
+
+
 class SuperNet(nn.Module):
   """Super-supernet of `space`; `__call__(images, *, path, train=False, stat_weights=None)`.
 
   `bucket` (None = all) restricts the compute shapes to the paths of scaling stages 0..bucket; the
-  parameters are the same. `depthwise`: `depthwise_conv` impl ('unrolled' for fast forward-only
+  parameters are the same. `bucket='path'` takes the bucket from the shapes of each call's path arrays
+  (`path_bucket`), so one module serves paths made with `path_arrays(..., bucket=j)` for any j (one
+  compiled program per bucket and image shape): what supernet training uses. `depthwise`: `depthwise_conv` impl ('unrolled' for fast forward-only
   evaluation). `train` does not change the computation (BN always uses batch statistics); it is
   accepted for the project's apply convention.
 
@@ -563,7 +591,7 @@ class SuperNet(nn.Module):
   predicate becomes a select that computes every branch, so the vmap evaluator turns it off."""
 
   space: SearchSpace
-  bucket: int | None = None
+  bucket: int | str | None = None
   depthwise: str = "loop"
   conditional: bool = True
 
@@ -571,8 +599,13 @@ class SuperNet(nn.Module):
   def __call__(self, images, *, path, train: bool = False, stat_weights=None):
     del train
     sp = self.space
+    bucket = self.bucket
+    if bucket == BUCKET_FROM_PATH:
+      bucket = path_bucket(path, sp)
+    elif bucket is not None and not isinstance(bucket, int):
+      raise ValueError(f"SuperNet bucket must be an int, None or {BUCKET_FROM_PATH!r}, got {bucket!r}")
     trunk = _Net(
-        supernet_arch(sp, self.bucket),
+        supernet_arch(sp, bucket),
         buffer_arch(sp),
         kernels=tuple(sp.kernels),
         bcnet=sp.coupling == "bcnet",
@@ -730,3 +763,37 @@ def slice_params(supernet_params: Any, arch: Arch, sides: dict | None = None) ->
     return src[tuple(slice(m - n, m) if right else slice(0, n) for n, m in zip(t.shape, src.shape))]
 
   return jax.tree_util.tree_map_with_path(cut, target)
+
+
+@functools.lru_cache(maxsize=8)
+def supernet_shapes(space: SearchSpace) -> dict:
+  """The supernet's `params` tree as `jax.ShapeDtypeStruct`s (tracing the init costs seconds: cached)."""
+  images = jax.ShapeDtypeStruct((1, space.base_resolution, space.base_resolution, space.in_channels), jnp.float32)
+  path = path_arrays(supernet_arch(space), space)
+  return jax.eval_shape(lambda k: SuperNet(space).init(k, images, path=path), jax.random.key(0))["params"]
+
+
+def embed_params(pathnet_params: Any, arch: Arch, space: SearchSpace) -> dict:
+  """Supernet-shaped parameters (`init_supernet`'s tree) holding `PathNet(arch)`'s params left-aligned
+  and zeros elsewhere: the inverse of `slice_params(., arch)` with left sides. With a left-aligned path
+  the masked supernet then computes exactly the PathNet (train-mode BN), and the zeros never change:
+  they get zero gradient, and weight decay and momentum of zero are zero. This is how a stand-alone path
+  trains through the one compiled masked program of its (resolution, bucket)."""
+  flat = {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(pathnet_params)}
+  used = set()
+
+  def fill(keypath, t):
+    name = jax.tree_util.keystr(keypath)
+    out = np.zeros(t.shape, t.dtype)
+    if name in flat:
+      v = flat[name]
+      if v.ndim != out.ndim or any(n > m for n, m in zip(v.shape, out.shape)):
+        raise ValueError(f"embed_params: {name} has shape {v.shape}, the supernet's is {out.shape}")
+      out[tuple(slice(0, n) for n in v.shape)] = v
+      used.add(name)
+    return out
+
+  out = jax.tree_util.tree_map_with_path(fill, supernet_shapes(space))
+  if used != set(flat):
+    raise KeyError(f"embed_params: the supernet has no parameters {sorted(set(flat) - used)}")
+  return out
