@@ -133,13 +133,19 @@ def train_one(study: Study, run: dict, workdir: str, counts: dict) -> dict:
   )
   if "init_eval" in r:
     entry[f"{metric}_init"] = r["init_eval"][metric]
-  evals = [[l["step"], l[metric]] for l in metrics_lib.read(wd) if metric in l]
-  if len(evals) > 1:
-    entry["curve"] = evals  # (step, metric) of the evaluations during training
+  entry.update(curve_of(wd, metric))
   if run.get("release"):
     release_run(study, run, wd)
     entry["release"] = run["release"]
   return entry
+
+
+def curve_of(wd: str, metric: str) -> dict:
+  """`{'curve': [[step, value], ...]}` of the evaluations a run logged during training ({} for one)."""
+  from scalenet_jax.train import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+
+  evals = [[l["step"], l[metric]] for l in metrics_lib.read(wd) if metric in l]
+  return {"curve": evals} if len(evals) > 1 else {}
 
 
 def release_run(study: Study, run: dict, wd: str) -> None:
@@ -194,12 +200,15 @@ def _run_pending(
   print(
       f"{len(study.record['runs'])} runs recorded in {study.plan['record']}; {len(study.pending())} to go", flush=True
   )
-  for run in study.runs():  # recorded, but its release is missing (stopped in between): release it now
-    wd = os.path.join(workdir, run["name"])
-    if run.get("release") and study.done(run["name"]) and not (paths.REPO_ROOT / run["release"]).exists():
-      if os.path.isdir(os.path.join(wd, "export")):
-        release_run(study, run, wd)
-        study.record["runs"][run["name"]]["release"] = run["release"]
+  for run in study.runs():  # recorded runs whose workdir is here: what an older or stopped chunk left out
+    wd, entry = os.path.join(workdir, run["name"]), study.done(run["name"])
+    if entry is None or not os.path.isdir(os.path.join(wd, "export")):
+      continue
+    if run.get("release") and not (paths.REPO_ROOT / run["release"]).exists():
+      release_run(study, run, wd)
+      entry["release"] = run["release"]
+    if "curve" not in entry:
+      entry.update(curve_of(wd, study.plan["metric"]))
   seen = set()
   while True:  # pending runs are re-read after each run: a finished verdict may add seeds
     todo = [r for r in study.pending() if r["name"] not in seen and (not phase or r["phase"] == phase)]
@@ -361,10 +370,10 @@ def render(plan: dict, record: dict, curves_png: str = "") -> str:
           f"{r['trainable_params']:,} | {r['images']:,} | {frac} | {_mean_ci(init, scale) if init else ''} | "
           f"{_mean_ci([x[metric] for x in done], scale)} | {len(done)}/{n} |"
       )
-  if plan.get("gate"):
-    is_open, why = gate_open(plan, record)
-    state = "open: the later phases run" if is_open else "closed: the later phases wait for it"
-    out += ["", f"Go/no-go ({plan['gate']} check): {state} ({why})."]
+    if phase == plan.get("gate"):
+      is_open, why = gate_open(plan, record)
+      state = "open: the later phases run" if is_open else "closed: the later phases wait for it"
+      out += ["", f"Go/no-go ({phase} check): {state} ({why})."]
   if curves_png:
     out += ["", f"Evaluations during training (mean over the finished seeds): ![curves]({curves_png})"]
   out += [

@@ -83,10 +83,15 @@ def test_runner_records_each_run_resumes_and_keeps_to_the_time_limit(toy, monkey
     flat = lambda tree: traverse_util.flatten_dict(tree, sep="/")
     assert flat(got).keys() == flat(exported).keys()
     assert all(np.array_equal(flat(got)[k], flat(exported)[k]) for k in flat(got))
-  # A release lost after its run was recorded is written again from the workdir by the next chunk.
+  # A release lost after its run was recorded, or a curve an older runner did not record, is taken from
+  # the workdir by the next chunk.
   (tmp / "base.safetensors").unlink()
+  older = json.loads((tmp / "rec.json").read_text())
+  del older["runs"]["base_s0"]["curve"]
+  (tmp / "rec.json").write_text(json.dumps(older))
   study.run_study(cfg, str(tmp / "wd"))
   assert release.metadata_of(tmp / "base.safetensors")["top1"] == base["top1"]
+  assert json.loads((tmp / "rec.json").read_text())["runs"]["base_s0"]["curve"] == base["curve"]
   # What the trainer logged is what the record holds.
   final = [json.loads(l) for l in (tmp / "wd" / "grown_s1" / "metrics.jsonl").read_text().splitlines()][-1]
   assert final["top1"] == rec["runs"]["grown_s1"]["top1"]
