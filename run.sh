@@ -2,6 +2,8 @@
 # Set up everything (idempotent) and run the demo or the test suite.
 #   bash run.sh demo [demo flags]   # Fashion-MNIST: released base -> expand 2x (ScaleNet + baselines) -> report
 #   bash run.sh test [pytest args]  # the test suite (what CI runs)
+#   bash run.sh test -m "not e2e"   # the fast subset: every module's unit tests, without the end-to-end runs
+#                                   # (entry points, subprocesses, full-size models; tests/conftest.py)
 set -euo pipefail
 cd "$(dirname "$0")"
 what="${1:-demo}"; shift || true

@@ -21,26 +21,64 @@ What the study keeps from the paper (../shared/docs/scalenet_grow.md §8, paper 
 - controls: the base trained further with every parameter (the ViT recipe trains every parameter of the
   grown model too, so for the ViT this is also the trainable-matched control; the Swin recipe trains
   adapters, norms and head, so the Swin study adds the base trained further with its norms and head).
+- ablations (doc §5; phase `ablations`, after the grow phase): one change each from ScaleNet 2x's
+  recipe (LoRA, the other mapping, R = 3, half and triple rank, drop path, shared subsets), same budget,
+  their claims corrected as one family; their weights are not released;
 The Swin-style family follows the same design with the paper's Swin recipe and proportions (`FAMILIES`).
+`study("demo,...")` is the embedded demo's plan (`python -m scalenet_jax.demo`): this recipe, one seed,
+a short budget, from the 30-epoch released base.
 """
 
-from scalenet_jax import config_lib, paths
-from scalenet_jax.demo import RECIPES, TRAIN_IMAGES  # the family's expansion recipe (paper §2)
-from scalenet_jax.errors import ConfigError
+from scalenet_jax import config_lib, paths, release
+from scalenet_jax.config_lib import FASHION_MNIST_TRAIN_IMAGES as TRAIN_IMAGES
+from scalenet_jax.errors import ConfigError, MissingInputError
+from scalenet_jax.models import registry
+from scalenet_jax.study import WORKDIR  # where a plan keeps what lives in the study's workdir
 
 HERE = paths.REPO_ROOT / "configs"
+# The paper's expansion recipe per model family (doc §2): a ViT/DeiT grows every layer with the
+# interpolate mapping and, small, trains every parameter; a Swin grows its last stage with the stack
+# mapping and trains adapters, norms and head. (The parameter-matched baselines follow the same sets.)
+RECIPES = {
+    "vit": dict(mapping="interpolate", trainable="all"),
+    "swin": dict(mapping="stack", trainable="adjust_ln_head"),
+}
 FAMILIES = {
-    # base recipe (configs/pretrain_fmnist.py:<family>) trained for `base_epochs`; adapter rank; what the
-    # independent-layer baselines add; whether the grown model's trainable set differs from "every parameter"
-    # (then the base trained further with that set is a control of its own).
+    # base recipe (configs/pretrain_fmnist.py:<model>, `depth` blocks if given) trained for `base_epochs`;
+    # adapter rank; what the independent-layer baselines add; whether the grown model's trainable set
+    # differs from "every parameter" (then the base trained further with that set is a control of its
+    # own); `deep`: the run of another family that is this family's 2x-deep model (same config).
     "vit": dict(
-        base_epochs=6, rank=5, baseline={"num_new_layers": 1}, new="1 new layer", base="6 layers", matched=False
+        model="vit",
+        base_epochs=6,
+        rank=5,
+        baseline={"num_new_layers": 1},
+        new="1 new layer",
+        base="6 layers",
+        matched=False,
+    ),
+    # The ViT with 3 blocks: the 6-layer base gained only 0.4 points from 12 layers (seeds 0, 1, within
+    # their noise), so the headroom check moves to the shallower pair, 3 -> 6 blocks, whose 2x-deep model
+    # is the `vit` family's base (its runs are this family's `deep` runs). r = 5: +12.9 % (DeiT-T 2x:
+    # +13.06 %); the baselines' one new layer adds +32 % (half a layer, the paper's +16 %, does not exist:
+    # the baselines get more parameters than ScaleNet, a handicap for ScaleNet).
+    "vit3": dict(
+        model="vit",
+        depth=3,
+        base_epochs=6,
+        rank=5,
+        baseline={"num_new_layers": 1},
+        new="1 new layer",
+        base="3 layers",
+        matched=False,
+        deep="vit,run=base",
     ),
     # Swin: the paper's recipe grows the last stage (stack mapping; adapters on every block; adapters, norms
     # and head train). r = 3: 10 r C per block over 2+2+4 blocks of widths 32/64/128 plus the new blocks'
     # norms, +3.9 % (Swin-T 2x: +3.8 %). Baselines: one block in the stage before the last (+8.8 %), as
     # the paper's Swin-T baselines add one block of its third stage (1.77 M, +6.3 %).
     "swin": dict(
+        model="swin",
         base_epochs=6,
         rank=3,
         baseline={"num_new_layers": 1, "subset": "1"},
@@ -75,12 +113,44 @@ ARMS = {
 HEADROOM = ("base", "deep")
 
 
+def ablations_of(family: str) -> dict:
+  """The paper's ablations of ScaleNet 2x (doc §5), one change each from the family's recipe, as arms:
+  name -> (label, overrides; `drop_path_rate` is the model's, the others the expansion's)."""
+  f = FAMILIES[family]
+  rank, mapping = f["rank"], RECIPES[f["model"]]["mapping"]
+  other = "stack" if mapping == "interpolate" else "interpolate"
+  if f["model"] == "vit":  # each third of the layers alone
+    third = f.get("depth", 6) // 3
+    groups = [",".join(str(i) for i in range(k, k + third)) for k in range(0, 3 * third, third)]
+    subsets = {g: f"layer{'s' * (third > 1)} {g}" for g in groups}
+  else:  # each earlier stage alone
+    subsets = {"0": "stage 0", "1": "stage 1"}
+  return {
+      "lora": (f"LoRA (r={rank}) instead of adapters", {"adjust": "lora"}),
+      f"mapping_{other}": (f"{other} mapping instead of {mapping}", {"mapping": other}),
+      "reuse3": ("R = 3 (3x deep) instead of 2", {"reuse": 3}),
+      **{f"rank{r}": (f"adapters r={r} instead of {rank}", {"rank": r}) for r in (max(1, rank // 2), 3 * rank)},
+      **{f"drop_path{d}": (f"drop path {d} instead of 0", {"drop_path_rate": d}) for d in (0.1, 0.2)},
+      **{f"subset{k.replace(',', '')}": (f"sharing {v} only", {"subset": k}) for k, v in subsets.items()},
+  }
+
+
+def arm_of(family: str, arm: str) -> tuple:
+  """(label, expansion kind, overrides, budget, starts from the base) of an arm of `family`'s study."""
+  if arm in ARMS:
+    return ARMS[arm]
+  label, overrides = ablations_of(family)[arm]
+  return label, "scalenet", overrides, "finetune", True
+
+
 def arms_of(family: str) -> tuple[str, ...]:
-  return tuple(a for a in ARMS if a != "further_matched" or FAMILIES[family]["matched"])
+  return tuple(a for a in ARMS if a != "further_matched" or FAMILIES[family]["matched"]) + tuple(ablations_of(family))
 
 
 def phases_of(family: str) -> dict:
-  return {"headroom": HEADROOM, "grow": tuple(a for a in arms_of(family) if a not in HEADROOM)}
+  ablations = tuple(ablations_of(family))
+  grow = tuple(a for a in arms_of(family) if a not in HEADROOM + ablations)
+  return {"headroom": HEADROOM, "grow": grow, "ablations": ablations}
 
 
 def release_path(family: str, arm: str = "base"):
@@ -95,26 +165,37 @@ def _check(family: str) -> str:
 
 
 def get_config(arg="vit"):
+  """One run: "family,run=ARM,seed=S" (the study's), plus `base=FILE` (grow that release file instead of
+  the study's seed-0 base, e.g. the demo's), `steps=N` (another budget), `eval_split=minival`,
+  `xla_opt_level=1` (faster compiles; the demo's short runs)."""
   family, _, rest = (arg or "vit").partition(",")  # "vit,run=scalenet,seed=1"
   _check(family)
-  a = config_lib.parse_arg(rest, run="scalenet", seed=0)
+  a = config_lib.parse_arg(rest, run="scalenet", seed=0, base="", steps=0, eval_split="test", xla_opt_level=-1)
   if a["run"] not in arms_of(family):
     raise ConfigError(f"unknown run {a['run']!r}; choose one of {sorted(arms_of(family))}")
   f = FAMILIES[family]
-  _, kind, overrides, budget, from_base = ARMS[a["run"]]
-  c = config_lib.load_config_file(HERE / "pretrain_fmnist.py", family)
+  if a["run"] == "deep" and f.get("deep"):  # another family's run is this family's 2x-deep model
+    return get_config(f"{f['deep']},seed={a['seed']},steps={a['steps']},eval_split={a['eval_split']}")
+  _, kind, overrides, budget, from_base = arm_of(family, a["run"])
+  c = config_lib.load_config_file(HERE / "pretrain_fmnist.py", f["model"])
+  c.model.depth = f.get("depth")
   base_steps = f["base_epochs"] * TRAIN_IMAGES // c.batch_size
   c.seed = a["seed"]
-  c.steps = base_steps if budget == "base" else base_steps // 3
-  c.expansion.update(RECIPES[family])
+  c.steps = a["steps"] or (base_steps if budget == "base" else base_steps // 3)
+  c.data.eval_split = a["eval_split"]
+  c.xla_opt_level = a["xla_opt_level"]
+  c.expansion.update(RECIPES[f["model"]])
   c.expansion.kind = kind
   c.expansion.seed = a["seed"]
   c.expansion.rank = f["rank"]
   if kind in BASELINES:
     c.expansion.update(f["baseline"])
-  c.expansion.update(overrides)
+  for k, v in overrides.items():
+    (c.model if k == "drop_path_rate" else c.expansion)[k] = v
   if from_base:
-    c.init_from = str(release_path(family))
+    c.init_from = a["base"] or str(release_path(family))
+    if a["base"]:
+      _check_base(a["base"], c.model.name)
     c.eval_at_init = True
     c.init_eval_split = "minival"  # an indicator only: 1,000 held-out images
     c.optim.lr *= FINETUNE_LR_RATIO
@@ -126,7 +207,19 @@ def get_config(arg="vit"):
   return c
 
 
+def _check_base(path: str, model: str) -> dict:
+  """The release metadata of the base file `path`, which must hold a `model`."""
+  if not paths.path(path).exists():
+    raise MissingInputError(f"base release file not found: {path}")
+  meta = release.metadata_of(path)
+  if meta.get("model") != model:
+    raise ConfigError(f"{path} holds a {meta.get('model')!r} base; this family grows {model}")
+  return meta
+
+
 def study(arg="vit"):
+  if arg.startswith("demo"):
+    return demo(arg.partition(",")[2])
   family = _check(arg or "vit")
 
   phases = phases_of(family)
@@ -134,15 +227,19 @@ def study(arg="vit"):
   def run_of(arm: str, seed: int) -> dict:
     phase = next(p for p, arms in phases.items() if arm in arms)
     run = dict(name=f"{arm}_s{seed}", arg=f"{family},run={arm},seed={seed}", arm=arm, seed=seed, phase=phase)
-    if ARMS[arm][4]:
+    if arm_of(family, arm)[4]:
       run["needs"] = "base_s0"
-    if seed == 0:  # every arm's seed-0 weights are released (the base's: what the grown arms start from)
+    if arm == "deep" and FAMILIES[family].get("deep"):  # another family's run, recorded there
+      other, _, other_arm = FAMILIES[family]["deep"].partition(",run=")
+      run["same_as"] = f"docs/grow_study_{other}.json:{other_arm}_s{seed}"
+    elif seed == 0 and phase != "ablations":  # every Table I row's seed-0 weights are released (the base's:
+      # what the grown arms start from)
       run["release"] = str(release_path(family, arm).relative_to(paths.REPO_ROOT))
     return run
 
   # seed by seed within a phase: every chunk adds paired runs
   runs = [run_of(arm, seed) for arms in phases.values() for seed in range(SEEDS) for arm in arms]
-  labels = {a: ARMS[a][0].format(**FAMILIES[family]) for a in arms_of(family)}
+  labels = {a: arm_of(family, a)[0].format(**FAMILIES[family]) for a in arms_of(family)}
   vs = lambda arm: dict(a="scalenet", b=arm, family="grow", text=f"ScaleNet 2x beats {labels[arm]}")
   return dict(
       title=f"ScaleNet-grow on Fashion-MNIST, {family}: the paper's budget ratios",
@@ -152,7 +249,7 @@ def study(arg="vit"):
       metric_text="top-1 on the Fashion-MNIST test set (10,000 images; at init: the 1,000-image minival split)",
       arms=labels,
       phases=list(phases),
-      gate="headroom",  # the grow phase starts only once the headroom claim holds after correction
+      gate="headroom",  # the later phases start only once the headroom claim holds after correction
       runs=runs,
       make_run=run_of,
       max_seeds=5,  # where an interval misses 0 by less than its half-width (the issue's rule)
@@ -164,6 +261,10 @@ def study(arg="vit"):
               if a in BASELINES + ("further", "further_matched", "adapters_only", "sharing_only")
           ],
           vs("scratch"),
+          *[
+              dict(a="scalenet", b=a, family="ablations", text=f"ScaleNet 2x's recipe beats {labels[a]}")
+              for a in phases["ablations"]
+          ],
           dict(
               a="scalenet",
               b="deep",
@@ -175,4 +276,84 @@ def study(arg="vit"):
       # training image per forward GFLOP (2-core Xeon, the 6-layer base at batch 128: ~530 images/s at
       # 0.0167 GFLOPs, pretrained/README.md)
       sec_per_image_gflop=0.13,
+  )
+
+
+# ------------------------------------------------------------------------------------------------------
+# The embedded demo (`python -m scalenet_jax.demo`): the study's grow recipe, one seed, a 20-minute budget
+# ------------------------------------------------------------------------------------------------------
+RELEASED = paths.REPO_ROOT / "pretrained" / "vit_micro_patch4_28_fmnist.safetensors"  # 30 epochs, pretrained/README.md
+DEMO_ARMS = ("scalenet", *BASELINES, "scratch", "further")
+# Fine-tuning steps at batch 128 (default / --quick) and the split they are scored on. 200 steps = 25,600
+# images, 1.4 % of the released base's 1.77 M (the study fine-tunes a third of its base's): the 7 runs'
+# ~0.16 forward GFLOPs per image x 25,600 images at ~0.18 s per image-GFLOP (the study's runs on a 2-core
+# Xeon) is ~12.5 min of training, plus compiles and evaluations, within the demo's 20 minutes.
+DEMO_BUDGET = {0: (200, "test"), 1: (10, "minival")}
+DEMO_PRETRAIN_STEPS = {0: 400, 1: 20}  # --pretrain: a short (undertrained) base for a smoke test
+
+
+def demo(arg=""):
+  """The demo's plan: "base=FILE" (a ViT or Swin release; default RELEASED), "pretrain=1" (train a short
+  base in the workdir instead), "quick=1", "seed=S". Its record and report live in the workdir."""
+  a = config_lib.parse_arg(arg, base=str(RELEASED), pretrain=0, quick=0, seed=0)
+  steps, split = DEMO_BUDGET[a["quick"]]
+  fast = f"eval_split={split},xla_opt_level=1"  # short runs: compile time matters (docs/performance.md)
+  if a["pretrain"]:  # the recorded base run gives the budget ratios
+    family, base_file = "vit", f"{WORKDIR}/base_s{a['seed']}.safetensors"
+    source = f"a base trained here for {DEMO_PRETRAIN_STEPS[a['quick']]} steps (an undertrained smoke-test base)"
+  else:
+    if not paths.path(a["base"]).exists():
+      raise MissingInputError(
+          f"released base not found: {a['base']} (pass --base FILE, or --pretrain to train one here)"
+      )
+    meta = release.metadata_of(a["base"])
+    family = registry.family_of(meta.get("model", "")) if meta.get("model") in registry.list_models() else ""
+    if family not in FAMILIES:
+      raise ConfigError(
+          f"{a['base']} holds a {meta.get('model')!r} base; the demo grows {' or '.join(FAMILIES)} models"
+      )
+    base_config = config_lib.load_config_file(HERE / "pretrain_fmnist.py", family)  # the release's recipe
+    _check_base(a["base"], base_config.model.name)
+    base_file, base_images = a["base"], meta["steps"] * base_config.batch_size
+    source = (
+        f"the released `{paths.path(base_file).name}` (top-1 {meta['top1'] * 100:.2f}% on {meta['eval_split']} after "
+        f"{base_images:,} training images)"
+    )
+
+  def run_of(arm: str, seed: int) -> dict:
+    if arm == "base":
+      arg_ = f"{family},run=base,seed={seed},steps={DEMO_PRETRAIN_STEPS[a['quick']]},{fast}"
+      return dict(name=f"base_s{seed}", arg=arg_, arm=arm, seed=seed, phase="base", release=base_file)
+    run = dict(name=f"{arm}_s{seed}", arm=arm, seed=seed, phase="grow")
+    run["arg"] = f"{family},run={arm},seed={seed},steps={steps},{fast}"
+    if ARMS[arm][4]:
+      run["arg"] += f",base={base_file}"
+      if a["pretrain"]:
+        run["needs"] = f"base_s{seed}"
+    return run
+
+  f = FAMILIES[family]
+  runs = [run_of("base", a["seed"])] * a["pretrain"] + [run_of(arm, a["seed"]) for arm in DEMO_ARMS]
+  split_text = "the Fashion-MNIST test set (10,000 images)" if split == "test" else "the 1,000-image minival split"
+  return dict(
+      title=f"ScaleNet-grow demo on Fashion-MNIST, {family}{' (--quick smoke run)' if a['quick'] else ''}",
+      record=f"{WORKDIR}/record.json",
+      report=f"{WORKDIR}/report.md",
+      metric="top1",
+      metric_text=f"top-1 on {split_text} (at init: the 1,000-image minival split held out of train)",
+      notes=[
+          f"Every grown row starts from {source}, as the fair study's recipe grows it (configs/grow_study.py: "
+          f"adapters r={f['rank']}, baselines with {f['new']}, 0.4x the base's learning rate), and fine-tunes "
+          f"{steps} steps at batch 128 ({steps * 128:,} images): a budget for a 20-minute demo, not the study's "
+          "third of the base's. One seed: the differences are not tested here; the study "
+          "(`python -m scalenet_jax.study --config configs/grow_study.py:vit`, docs/grow_study_vit.md) tests them.",
+      ],
+      arms={k: ARMS[k][0].format(**f) for k in ("base", *DEMO_ARMS)},
+      phases=["base", "grow"] if a["pretrain"] else ["grow"],
+      base_images=None if a["pretrain"] else base_images,
+      runs=runs,
+      make_run=run_of,
+      max_seeds=1,
+      claims=[],
+      sec_per_image_gflop=0.13,  # as the study's
   )

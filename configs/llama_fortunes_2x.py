@@ -11,8 +11,10 @@ python -m scalenet_jax.main --config configs/llama_fortunes_2x.py:run=further --
 
 Arguments (`:k=v,k2=v2`): run (pretrain | scalenet | stack | further), base (the pretrained export,
 default /tmp/fortunes/base/export), seed, steps, mapping (interpolate | stack), adjust (adapter | lora |
-none), trainable (adjust_ln | adjust_ln_head | all). `python -m scalenet_jax.lm_study` runs the whole
-comparison (3 seeds) and writes the table of docs/reproduction.md.
+none), trainable (adjust_ln | adjust_ln_head | all), reuse (2; 1 with run=scalenet: adapters, no new
+layers). The whole comparison (3 seeds) is the plan `study` below, run by the one study runner:
+
+python -m scalenet_jax.study --config configs/llama_fortunes_2x.py:study --workdir /tmp/lm_study --max_minutes 55
 """
 
 import ml_collections
@@ -134,5 +136,9 @@ def study(arg="study"):
       make_run=run_of,
       max_seeds=5,
       claims=[vs("stack"), vs("further_adapters"), vs("further_all")],
-      sec_per_image_gflop=0.1,  # a first guess (per sequence per forward GFLOP) until a run here measures it
+      # Seconds per training sequence per forward GFLOP, until a run of the study here measures it: 30 steps
+      # of the base's recipe took 0.63-0.96 s/step (0.29-0.45 s per sequence-GFLOP; its 19 held-out evaluations
+      # of ~5.6 s add ~0.035 s/step), the arms 0.20-0.29; Intel Xeon @ 2.80GHz, 2 cores shared with another
+      # training run (load 2-5), 2026-12-07. The base: ~34-50 min, so it has a 55-minute chunk to itself.
+      sec_per_image_gflop=0.4,
   )

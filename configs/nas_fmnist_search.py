@@ -9,7 +9,7 @@ trained paths with the HSS and a uniformly sampled supernet) and <workdir>/archs
 with configs/nas_retrain.py:<workdir>/archs/s0.json). Sized for 2 CPU cores: the full run takes about
 90 min (docs/reproduction.md §5 has its report and times; `--config.rank_corr.num_paths=0` skips the
 rank correlation and the uniform supernet, ~35 min); quick (~3-4 min) runs the same pipeline on the
-'tiny' space. Every stage resumes from the workdir; `python -m scalenet_jax.reproduce --nas_only
+'tiny' space. Every stage resumes from the workdir; `python -m scalenet_jax.reproduce
 --nas_workdir <workdir>` puts a finished run's report into docs/reproduction.md.
 """
 

@@ -28,7 +28,7 @@ from scalenet_jax.train import optim
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # `config.model` fields that override the registry's architecture (image models; decoders).
-ARCH_FIELDS = ("num_classes", "img_size", "in_chans", *config_lib.LLAMA_ARCH_FIELDS)
+ARCH_FIELDS = (*config_lib.IMAGE_ARCH_FIELDS, *config_lib.LLAMA_ARCH_FIELDS)
 
 
 def expansion_spec(config) -> Optional[ExpansionSpec]:

@@ -29,6 +29,8 @@ from ml_collections import config_dict
 from scalenet_jax.errors import ConfigError
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
+# Fashion-MNIST's `train_minus_minival` (data/sources.py): 60,000 minus the 1,000-image minival (100 per class)
+FASHION_MNIST_TRAIN_IMAGES = 59_000
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -130,15 +132,17 @@ def base_config(**overrides) -> ml_collections.ConfigDict:
 # ----------------------------------------------------------------------------------------------------
 # The image-model trainer (plain training and ScaleNet-grow expansion)
 # ----------------------------------------------------------------------------------------------------
+# Architecture overrides of an image model's registry entry (None = the registry's value); `depth`: a
+# ViT's number of blocks.
+IMAGE_ARCH_FIELDS = ("num_classes", "img_size", "in_chans", "depth")
+
+
 def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
   return override(
       ml_collections.ConfigDict(
           dict(
               name=name,
-              # Architecture overrides of the registry entry (None = the registry's value).
-              num_classes=config_dict.placeholder(int),
-              img_size=config_dict.placeholder(int),
-              in_chans=config_dict.placeholder(int),
+              **{k: config_dict.placeholder(int) for k in IMAGE_ARCH_FIELDS},
               drop_path_rate=0.0,
               dtype="float32",  # compute dtype: 'float32' | 'bfloat16' (params stay float32)
               remat=False,

@@ -1,8 +1,9 @@
 """Generated parts of markdown files, each between `<!-- name:begin -->` and `<!-- name:end -->`.
 
 A document that several commands write marks each command's part, so that one command rewrites its own
-part in place and keeps the others': docs/reproduction.md (`reproduce`; the decoder study `lm_study`;
-the NAS run `nas_run`) and the README's benchmark table (`benchmarks`, from benchmarks/run_all.py).
+part in place and keeps the others': docs/reproduction.md (the NAS run `nas_run`, from `reproduce`; the
+rest, `lm_study` (the earlier decoder comparison) included, kept as written) and the README's benchmark
+table (`benchmarks`, from benchmarks/run_all.py).
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ def metadata(config, workdir, command: str, depths=None) -> dict:
     raise UserError(f"{workdir} has no final evaluation at step {config.steps}: is the training run finished?")
   name = config.model.name
   family = registry.family_of(name)
-  arch = {k: config.model[k] for k in ("num_classes", "img_size", "in_chans") if config.model[k] is not None}
+  arch = {k: config.model[k] for k in config_lib.IMAGE_ARCH_FIELDS if config.model.get(k) is not None}
   if depths is not None:  # the grown depth as timm's kwargs spell it
     arch.update({"depth": sum(depths)} if family == "vit" else {"depths": tuple(depths)})
   return {

@@ -1,8 +1,6 @@
-"""Statistics of the small-scale studies: t-intervals over seeds and paired (same-seed) differences.
-
-A comparison "holds" only when the 95% interval of the paired difference excludes 0; with one seed
-there is no interval and nothing is decided.
-"""
+"""Statistics of the small-scale studies: t-intervals over seeds, paired (same-seed) t-tests and the
+Holm-Bonferroni correction over a family of claims (scalenet_jax.study: a claim holds only when its
+adjusted p is below 0.05; with one seed there is no interval and nothing is decided)."""
 
 from __future__ import annotations
 
@@ -27,13 +25,6 @@ def paired(a, b) -> tuple[float, float]:
   if len(a) != len(b):
     raise ValueError(f"paired samples of different sizes: {len(a)} vs {len(b)}")
   return t_interval(x - y for x, y in zip(a, b))
-
-
-def decide(diff: float, half: float) -> str:
-  """'higher' / 'lower' when the interval excludes 0, 'undecided' when it covers 0, 'one seed' when none."""
-  if math.isnan(half):
-    return "one seed"
-  return "higher" if diff - half > 0 else "lower" if diff + half < 0 else "undecided"
 
 
 def paired_test(a, b) -> tuple[float, float, float]:

@@ -6,8 +6,11 @@ r"""Resumable small-scale studies: a config file's plan of training runs, one re
 The config file defines `get_config(arg)` (one run, of any pipeline `scalenet_jax.main` runs) and
 `study(arg)`, the plan: `metric` (a key of the run's final evaluation, `top1` or `perplexity`;
 `lower_is_better` for the latter), `runs` in order (name, config arg, arm, seed, phase; `needs`: the run whose release it starts
-from; `release`: where this run's final weights are released), `arms` (labels), `claims` (arm a beats
-arm b, in a family) and the `record` / `report` paths, relative to the repository.
+from; `release`: where this run's final weights are released; `same_as`: "record:run", a run of another
+record of the same config file that is this one, taken from there once finished), `arms` (labels), `claims` (arm a beats
+arm b, in a family; none for a one-seed plan such as the demo's), `notes` (lines under the report's
+intro) and the `record` / `report` paths, relative to the repository. `{workdir}` in a path or a run's
+argument stands for the study's workdir (the demo keeps its record, report and base there).
 
 - Every finished run is written to the record at once (one JSON file, replaced atomically), with what it
   measured, its parameter counts, budget and machine. A rerun, on any machine, trains only the runs the
@@ -42,17 +45,18 @@ FLAGS = flags.FLAGS
 ALPHA = 0.05
 COMPILE_AND_EVAL_SEC = 60.0  # per run, on top of the training images (2-core CPU, micro models)
 # What a record entry keeps of a run's result besides the plan's metric.
-KEEP = ("top1", "top5", "loss", "eval_loss", "perplexity", "train_sec", "compile_sec", "sec_per_step")
+KEEP = ("top1", "top5", "loss", "eval_loss", "perplexity", "aacc", "macc", "train_sec", "compile_sec", "sec_per_step")
+WORKDIR = "{workdir}"  # in a plan's paths and run arguments: the study's workdir
 
 
 class Study:
   """A study config file's plan and its record."""
 
-  def __init__(self, config_arg: str):
+  def __init__(self, config_arg: str, workdir: str = ""):
     path, _, arg = config_arg.partition(":")
     self.config_path = path
     self.module = config_lib.load_config_module(path)
-    self.plan = self.module.study(arg) if arg else self.module.study()
+    self.plan = in_workdir(self.module.study(arg) if arg else self.module.study(), os.path.abspath(workdir or "."))
     self.record_path = paths.REPO_ROOT / self.plan["record"]
     self.record = paths.read_json(self.record_path) if self.record_path.exists() else {"runs": {}}
     self.record["title"] = self.plan["title"]
@@ -77,6 +81,16 @@ class Study:
     curves = plot_curves(self.plan, self.record, report.with_name(report.stem + "_curves.png"))
     paths.write_text(report, render(self.plan, self.record, curves))
 
+  def take_same(self, run: dict) -> bool:
+    """Records `run` from the run `run['same_as']` ("record path:run name", a record of the same config file)
+    when that run has finished with the same config: a run is its config, whoever's study it belongs to."""
+    path, _, name = run["same_as"].partition(":")
+    other = paths.read_json(paths.REPO_ROOT / path)["runs"].get(name) if (paths.REPO_ROOT / path).exists() else None
+    if other is None or self.config(run).to_dict() != self.module.get_config(other["arg"]).to_dict():
+      return False
+    self.record["runs"][run["name"]] = dict(other, arm=run["arm"], phase=run["phase"], same_as=run["same_as"])
+    return True
+
   def estimate_sec(self, run: dict, counts: dict) -> float:
     """Seconds `run` should take here: its training images x forward GFLOPs x the median rate measured
     on this CPU model (the plan's first guess before any run finished here), plus compile and eval."""
@@ -88,6 +102,20 @@ class Study:
     ]
     rate = statistics.median(rates) if rates else self.plan["sec_per_image_gflop"]
     return rate * counts["images"] * counts["gflops"] + COMPILE_AND_EVAL_SEC
+
+
+def in_workdir(plan: dict, workdir: str) -> dict:
+  """`plan` with WORKDIR in its paths and runs replaced by `workdir`."""
+  where = lambda v: v.replace(WORKDIR, workdir) if isinstance(v, str) else v
+  local = lambda run: {k: where(v) for k, v in run.items()}
+  make_run = plan["make_run"]
+  return dict(
+      plan,
+      record=where(plan["record"]),
+      report=where(plan["report"]),
+      runs=[local(r) for r in plan["runs"]],
+      make_run=lambda arm, seed: local(make_run(arm, seed)),
+  )
 
 
 def counts_of(config) -> dict:
@@ -172,7 +200,7 @@ def run_study(
   """Trains the plan's missing runs in order (within `max_minutes` when > 0), recording each at once."""
   from scalenet_jax.train import workdir_lock  # pylint: disable=g-import-not-at-top
 
-  study = Study(config_arg)
+  study = Study(config_arg, workdir)
   t_start = time.time()
   os.makedirs(workdir, exist_ok=True)
   with workdir_lock.WorkdirLock(workdir):  # one study process per workdir (each run also locks its own)
@@ -222,6 +250,10 @@ def _run_pending(
       if not is_open:
         print(f"- {run['name']}: waits for the {gate} check ({why}); --ignore_gate runs it anyway", flush=True)
         continue
+    if run.get("same_as") and study.take_same(run):
+      print(f"- {run['name']}: the same run as {run['same_as']} (same config), taken from there", flush=True)
+      study.save()
+      continue
     need = run.get("needs")
     if need and not study.done(need):
       print(f"- {run['name']}: waits for {need}", flush=True)
@@ -349,7 +381,10 @@ def render(plan: dict, record: dict, curves_png: str = "") -> str:
       f"finished). Values: {plan['metric_text']}, mean ± 95% t-interval over seeds; budgets in training "
       f"{plan.get('unit', 'images')} and as a fraction of the base's."
   )
-  base_images = next((r["images"] for r in runs.values() if r["arm"] == "base"), None)
+  if plan.get("notes"):
+    out += ["", *plan["notes"]]
+  # the base's budget: its recorded run's, else the plan's (a plan that grows a released base)
+  base_images = next((r["images"] for r in runs.values() if r["arm"] == "base"), plan.get("base_images"))
   for phase in plan["phases"]:
     out += ["", f"## {phase}", ""]
     out += [
@@ -376,6 +411,8 @@ def render(plan: dict, record: dict, curves_png: str = "") -> str:
       out += ["", f"Go/no-go ({phase} check): {state} ({why})."]
   if curves_png:
     out += ["", f"Evaluations during training (mean over the finished seeds): ![curves]({curves_png})"]
+  if not plan["claims"]:
+    return "\n".join(out + _machines(runs)) + "\n"
   out += [
       "",
       "## Claims",
@@ -393,10 +430,14 @@ def render(plan: dict, record: dict, curves_png: str = "") -> str:
         f"| {r['family']} | {r['text']} | {r['seeds']} | {diff} | {_p(r['p'])} | {_p(r.get('p_holm', math.nan))} | "
         f"{r['verdict']} |"
     )
+  return "\n".join(out + _machines(runs)) + "\n"
+
+
+def _machines(runs: dict) -> list[str]:
   machines = sorted({f"{r['machine']['cpu']} ({r['machine']['cores']} cores)" for r in runs.values()})
-  if machines:
-    out += ["", f"Machines of the runs: {'; '.join(machines)}. No time column: the runs were not one quiet run."]
-  return "\n".join(out) + "\n"
+  if not machines:
+    return []
+  return ["", f"Machines of the runs: {'; '.join(machines)}. No time column: the runs were not one quiet run."]
 
 
 def main(argv):
@@ -404,7 +445,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   try:
     if FLAGS.render_only:
-      study = Study(FLAGS.config)
+      study = Study(FLAGS.config, FLAGS.workdir)
       study.save()
     else:
       study = run_study(FLAGS.config, FLAGS.workdir, FLAGS.max_minutes, FLAGS.phase, FLAGS.ignore_gate)

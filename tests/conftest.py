@@ -3,6 +3,11 @@
 Markers:
   timm  tests that need torch + timm (added automatically to every test using the `timm` fixture);
         deselect with `-m "not timm"`.
+  e2e   end-to-end tests: a subprocess or an in-process run of an entry point (train / resume / eval /
+        export, a NAS search, a benchmark script, a demo or study chunk), or a full-size model. They hold
+        most of the suite's time; `-m "not e2e"` is the fast subset, which still runs every module's unit
+        tests (a few minutes on 2 cores): `bash run.sh test -m "not e2e"`. Marked in each module
+        (`pytestmark` or per test).
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 def pytest_configure(config):
   config.addinivalue_line("markers", "timm: needs torch and timm (pip install -e .[torch])")
+  config.addinivalue_line(
+      "markers", "e2e: end-to-end run (subprocess, entry point, full-size model); the fast subset is -m 'not e2e'"
+  )
 
 
 def pytest_collection_modifyitems(config, items):

@@ -222,10 +222,11 @@ def test_shared_core_gradient_is_sum_over_instances(batch):
 # ----------------------------------------------------------------------------------------------
 # CLI end to end
 # ----------------------------------------------------------------------------------------------
+@pytest.mark.e2e
 def test_cli_end_to_end(tmp_path):
   helpers.fashion_mnist_dir()
-  from scalenet_jax import demo
   from scalenet_jax.analysis import __main__ as cli
+  from scalenet_jax.analysis import demo_config
   from scalenet_jax.analysis import report
 
   out = tmp_path / "analysis"
@@ -264,7 +265,7 @@ def test_cli_end_to_end(tmp_path):
   assert saved["accuracy"]["examples"] == 16
   assert set(saved["accuracy"]["top1"]) == {"pretrained", "scalenet @init", "random @init"}
   run = saved["config"]  # the run's config_lib config, as the trainer read it
-  assert run["model"]["name"] == MODEL and run["init_from"] == str(demo.RELEASED)
+  assert run["model"]["name"] == MODEL and run["init_from"] == str(demo_config.GROW.RELEASED)
   assert run["data"]["mean"] == [0.286] and run["data"]["pad"] == 0 and run["expansion"]["kind"] == "scalenet"
   assert saved["options"]["layers"] == [0, 7, 11] and saved["options"]["batch"] == 8
   assert saved["accuracy"]["top1"]["pretrained"] >= 0.75  # the 90% base (init would give ~10%)
@@ -307,14 +308,16 @@ def test_swin_analysis_builds_the_trained_model(tmp_path):
   """The analyses build every expansion from the run's config, as the trainer does. A Swin ScaleNet run has
   adjustment modules in every block of its grown stage (the family's adjust_scope, 'all'); the analyses'
   former own schema left adjust_scope at 'reused' and analysed a model the run never trained."""
-  from scalenet_jax import builder, config_lib, demo
+  from scalenet_jax import builder, config_lib, study
   from scalenet_jax.analysis import __main__ as cli
   from scalenet_jax.analysis import report
 
-  swin = demo.RELEASED.with_name("swin_micro_patch2_window4_32_fmnist.safetensors")
+  swin = helpers.REPO / "pretrained" / "swin_micro_patch2_window4_32_fmnist.safetensors"
   config, options = cli.parse([f"--config={cli.DEFAULT_CONFIG}:base={swin}", "--out", str(tmp_path)])
-  # The run analysed: the demo's ScaleNet row of the Swin base (stack mapping over the last stage).
-  trained = config_lib.resolve(demo.variant_config("scalenet", demo.released_base(swin), 600, "test", 0))
+  # The run analysed: the demo's ScaleNet row of the Swin base (stack mapping over the last stage), as the
+  # study runner builds it from the demo's plan.
+  demo = study.Study(f"{helpers.REPO / 'configs' / 'grow_study.py'}:demo,base={swin}")
+  trained = config_lib.resolve(demo.config(next(r for r in demo.plan["runs"] if r["arm"] == "scalenet")))
   assert config.model.name == "swin_micro_patch2_window4_32" and config.data.pad == 2  # the base's 32x32 input
   spec = builder.expansion_spec(trained)
   assert spec.adjust_scope == "all"

@@ -2,7 +2,9 @@
 
 Each script runs as a subprocess exactly as a user would (`python benchmarks/<name>.py ... --json`). They
 share a persistent XLA compilation cache in a temp dir, so the identical micro train step of train_step and
-vs_timm compiles once.
+vs_timm compiles once, and compile at XLA's backend level 1 as the rest of the suite (tests/conftest.py:
+compiles are nearly all of these runs; the tests check the scripts' bookkeeping, not the programs' speed).
+Those tests are `e2e`.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ def run(tmp_path_factory):
       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
       JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
   )
-  env.pop("XLA_FLAGS", None)  # one CPU device, as a user's run has
+  # One CPU device, as a user's run has (no other flags of the test session); the suite's quick compiles.
+  env["XLA_FLAGS"] = "--xla_backend_optimization_level=1"
 
   @functools.lru_cache(maxsize=None)
   def go(name):
@@ -88,6 +91,7 @@ def _has_torch_timm() -> bool:
   return True
 
 
+@pytest.mark.e2e
 def test_train_step_reports_mfu_with_stated_convention(run):
   d = run("train_step")
   assert d["model"] == MICRO and d["batch"] == 2 and d["img_size"] == 28
@@ -105,6 +109,7 @@ def test_train_step_reports_mfu_with_stated_convention(run):
     assert m["allocator"].startswith("transparent huge pages"), m["allocator"]
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not _has_torch_timm(), reason="needs torch and timm")
 def test_vs_timm_compares_the_same_model(run):
   (r,) = run("vs_timm")["results"]
@@ -115,6 +120,7 @@ def test_vs_timm_compares_the_same_model(run):
   assert r["torch_compile_s"] is None and "ratio_compile" not in r  # --no-torch-compile
 
 
+@pytest.mark.e2e
 def test_scalenet_step_freezes_the_core_at_equal_depth(run):
   d = run("scalenet_step")
   s, f = d["scalenet"], d["full"]
@@ -128,6 +134,7 @@ def test_scalenet_step_freezes_the_core_at_equal_depth(run):
   assert s["memory"]["argument"] < f["memory"]["argument"]
 
 
+@pytest.mark.e2e
 def test_compile_depth_reports_every_mode(run):
   d = run("compile_depth")
   modes = {(r["mode"], r["depth"]) for r in d["rows"]}
@@ -136,6 +143,7 @@ def test_compile_depth_reports_every_mode(run):
   assert d["ratio_24_12"] == {}  # neither 12 nor 24 was compiled
 
 
+@pytest.mark.e2e
 def test_run_all_renders_every_result(run):
   run_all = _bench_module("run_all")
   assert {"train_step", "vs_timm", "scalenet_step"} <= set(run_all.discover())
@@ -178,6 +186,7 @@ def test_profile_step_counts_dot_flops_from_the_compiled_program():
   assert found == [("batched", 2.0 * 2 * 3 * 5 * 7 * 8), ("linear", 2.0 * 24 * 40 * 16)], table
 
 
+@pytest.mark.e2e
 def test_profile_step_reports_every_op_class(run):
   d = run("profile_step")
   (r,) = d["models"]
@@ -192,6 +201,7 @@ def test_profile_step_reports_every_op_class(run):
   assert 2.0 < step_flops / (2 * r["fwd_macs_per_image"] * r["batch"]) <= 3.0
 
 
+@pytest.mark.e2e
 def test_nas_step_times_the_supernet_and_the_standalone_path(run):
   d = run("nas_step")
   (row,) = d["rows"]

@@ -161,6 +161,7 @@ def image_trainer_reads(tmp_path_factory):
   return reads
 
 
+@pytest.mark.e2e
 def test_every_image_trainer_field_is_read(image_trainer_reads):
   # Fields only the other optimizer reads (SGD here, AdamW in the NAS runs) are checked there.
   sgd_only = {"optim.momentum", "optim.nesterov"}
@@ -168,6 +169,7 @@ def test_every_image_trainer_field_is_read(image_trainer_reads):
   assert not missing, f"declared but never read: {missing}"
 
 
+@pytest.mark.e2e
 def test_every_nas_training_field_is_read(image_trainer_reads, tmp_path):
   helpers.fashion_mnist_dir()
   from scalenet_jax import main

@@ -38,7 +38,17 @@ TRAINER_CONFIGS = [
     *[("llama_fortunes_2x.py", a) for a in (None, "run=pretrain", "run=stack", "run=further", "adjust=lora")],
     *[("llama3_1b_2x.py", a) for a in (None, "run=stack", "run=further", "mapping=stack")],
     ("upernet_swin_tiny_2x.py", None),
-    *[("grow_study.py", a) for a in ("vit,run=scalenet,seed=1", "vit,run=deep,seed=0", "swin,run=stack,seed=0")],
+    *[
+        ("grow_study.py", a)
+        for a in (
+            "vit,run=scalenet,seed=1",
+            "vit,run=deep,seed=0",
+            "swin,run=stack,seed=0",
+            "vit3,run=scalenet,seed=1",
+            "vit3,run=deep,seed=2",
+        )
+    ],
+    *[("seg_fmnist.py", a) for a in (None, "run=plain,seed=1", "run=scalenet,seed=2,steps=10")],
 ]
 
 
@@ -128,6 +138,21 @@ def expected(name: str, arg) -> dict:
         "optim.weight_decay": 0.01,
         "optim.schedule": "poly",
     }
+  if stem == "seg_fmnist":  # the module docstring: 64 px canvases, the released micro Swin, 2x every stage or plain
+    a = dict(x.split("=") for x in (arg or "").split(",") if x)
+    return {
+        "pipeline": "segment",
+        "model.name": "swin_micro_patch2_window4_32",
+        "model.num_classes": 11,
+        "data.name": "fashion_mnist_canvas",
+        "data.crop_size": 64,
+        "init_from": str(CONFIGS.parent / "pretrained" / "swin_micro_patch2_window4_32_fmnist.safetensors"),
+        "expansion.kind": "scalenet" if a.get("run", "scalenet") == "scalenet" else "",
+        "expansion.subset": "",
+        "seed": int(a.get("seed", 0)),
+        "steps": int(a.get("steps", 0)) or 1000,
+        "batch_size": 16,
+    }
   if stem.endswith("_2x") and not stem.startswith("llama"):
     model = next(m for m in GROW if m.startswith(stem[: -len("_2x")] + "_patch"))
     return _grow(model, arg or "scalenet")
@@ -152,18 +177,22 @@ def expected(name: str, arg) -> dict:
     base_steps = 6 * 59_000 // 128
     from_base = run not in ("base", "deep", "scratch")
     out = {
-        "model.name": {"vit": "vit_micro_patch4_28", "swin": "swin_micro_patch2_window4_32"}[family],
+        "model.name": {"vit": "vit_micro_patch4_28", "swin": "swin_micro_patch2_window4_32"}.get(family, ""),
         "seed": int(seed),
         "steps": base_steps if run in ("base", "deep") else base_steps // 3,
         "batch_size": 128,
         "optim.lr": 4e-4 if from_base else 1e-3,
         "expansion.kind": run if run in ("scalenet", "stack", "deep", "scratch") else "",
-        "expansion.rank": {"vit": 5, "swin": 3}[family],
+        "expansion.rank": {"vit": 5, "swin": 3}.get(family, 0),
         "init_from": str(CONFIGS.parent / "pretrained" / "study" / f"{family}_base_s0.safetensors")
         if from_base
         else "",
     }
     out["expansion.kind"] = "scratch" if run == "deep" else out["expansion.kind"]
+    if family == "vit3":  # 3 blocks; its 2x-deep model is the plain 6-block ViT, the vit family's base
+      out.update({"model.name": "vit_micro_patch4_28", "expansion.rank": 5, "model.depth": 3})
+      if run == "deep":
+        out.update({"model.depth": None, "expansion.kind": ""})
     return out
   if stem == "vit_micro_fmnist":
     return {"model.name": "vit_micro_patch4_28", "expansion.kind": "", "init_from": "", "data.name": "fashion_mnist"}

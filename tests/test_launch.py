@@ -372,6 +372,7 @@ print("DIST_OK", pid, sys.argv[1:] == ["--config", "c.py", "--workdir", "/tmp/w"
 """ % TRICKY
 
 
+@pytest.mark.e2e
 def test_two_processes_join_and_reduce(tmp_path):
   script = tmp_path / "check.py"
   script.write_text(textwrap.dedent(CHECK))
@@ -397,6 +398,7 @@ def test_two_processes_join_and_reduce(tmp_path):
   assert time.time() - start < 60
 
 
+@pytest.mark.e2e
 def test_local_launcher_stops_peers_when_one_fails(tmp_path):
   script = tmp_path / "fail.py"
   script.write_text(

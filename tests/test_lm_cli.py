@@ -30,6 +30,8 @@ from scalenet_jax.data import text
 from scalenet_jax.models import llama, registry
 from scalenet_jax.train import checkpoint as ckpt_lib
 
+pytestmark = pytest.mark.e2e  # training runs through the entry points (tests/conftest.py)
+
 
 def config_of(arg: str, workdir_overrides: dict):
   """The resolved config an invocation of CONFIG with `arg` and the MICRO / RUN overrides uses."""

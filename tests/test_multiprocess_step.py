@@ -14,6 +14,7 @@ import pytest
 from mp_launch import start_worker, worker_result
 
 
+@pytest.mark.e2e
 def test_two_processes_match_one_process():
   port = portpicker.pick_unused_port()
   workers = [start_worker("process", pid, port) for pid in (0, 1)]

@@ -6,7 +6,11 @@ then again (resuming), then `--mode eval` and `--mode export`. Overrides shrink 
 steps, evaluation size. The checkpoint is a timm model of the config's architecture with random weights,
 saved as timm's hub file `model.safetensors`.
 
-* The six paper configs (`*_2x.py`) run at full size: 224 px, batch 2.
+* The six paper configs (`*_2x.py`) at full size (224 px, batch 2): the smallest of each family
+  (deit_tiny, swin_tiny) runs the four invocations; deit_base runs them in tests/test_readme.py with the
+  README's command. The others differ from those only in widths, depths and heads, i.e. in shapes: each
+  loads its timm checkpoint into the grown model as a run does and traces its real train and eval steps
+  (no compile).
 * Their baseline kinds (config argument) and every `ablation_grow.py` family run on a small model of the
   same family (`--config.model.name` / `img_size` overrides), so the suite stays fast on 2 cores.
 
@@ -22,10 +26,11 @@ import pytest
 
 import tfds_mock
 from helpers import PAPER_RUN as RUN
-from helpers import check_user_run, run_paper_session as run_session, timm_checkpoint
+from helpers import check_user_run, config_file, run_paper_session as run_session, timm_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
@@ -83,18 +88,59 @@ def train_resume_eval_export(spec, cache_dir, config: str, workdir: Path, ckpt: 
 PAPER = {
     "deit_tiny_2x.py": "deit_tiny_patch16_224",
     "deit_small_2x.py": "deit_small_patch16_224",
-    # deit_base_2x.py: run by tests/test_readme.py with the README's command (same four invocations).
+    "deit_base_2x.py": "deit_base_patch16_224",
     "swin_tiny_2x.py": "swin_tiny_patch4_window7_224",
     "swin_small_2x.py": "swin_small_patch4_window7_224",
     "swin_base_2x.py": "swin_base_patch4_window7_224",
 }
+RUN_AT_FULL_SIZE = ("deit_tiny_2x.py", "swin_tiny_2x.py")  # deit_base_2x.py: tests/test_readme.py
 
 
-@pytest.mark.parametrize("config", sorted(PAPER))
+@pytest.mark.parametrize("config", RUN_AT_FULL_SIZE)
 def test_paper_config_at_full_size(timm, torch, mock_spec, cache_dir, tmp_path_factory, config):
   ckpt = timm_checkpoint(timm, torch, tmp_path_factory.getbasetemp() / "timm", PAPER[config])
   workdir = tmp_path_factory.mktemp(config.replace(".py", ""))
   train_resume_eval_export(mock_spec, cache_dir, str(CONFIGS / config), workdir, ckpt)
+
+
+@pytest.mark.parametrize("config", sorted(set(PAPER) - set(RUN_AT_FULL_SIZE)))
+def test_paper_config_loads_and_traces_at_full_size(timm, torch, tmp_path_factory, config):
+  """What a run of the config builds before its first step, at full size: the grown model's initial
+  params from the config's timm checkpoint (strict conversion, then the expansion), shaped as the state
+  the loop restores them into; its real train and eval steps (`loop.train_step` / `eval_step`, with the
+  config's Mixup/CutMix batch transform and trainable mask) traced on that state, the train step returning
+  a state of the same structure and shapes, and a scalar loss."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from scalenet_jax import tpu_check  # pylint: disable=g-import-not-at-top
+  from scalenet_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from scalenet_jax.train import loop as loop_lib  # pylint: disable=g-import-not-at-top
+  from scalenet_jax.train import sharding as sh  # pylint: disable=g-import-not-at-top
+  from scalenet_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+
+  c = config_file(config)
+  c.init_from = str(timm_checkpoint(timm, torch, tmp_path_factory.getbasetemp() / "timm", PAPER[config]))
+  c.batch_size = c.eval_batch_size = 2
+  cfg, task = tpu_check.loop_config_and_task(c)
+  assert cfg.model.img_size in (None, 224) and task.input_specs(2)[""][0].shape == (2, 224, 224, 3)
+  variables = task.initial_variables()
+  assert ckpt_lib.fingerprint(variables) == ckpt_lib.fingerprint(task.abstract_variables)
+
+  mesh = sh.make_mesh(cfg.mesh_data, cfg.mesh_model)
+  tx, optim_config = loop_lib.make_optimizer(cfg, task)
+  state = step_lib.abstract_train_state(loop_lib.state_init_fn(task), tx, use_ema=task.use_ema)
+  shardings = sh.param_shardings(state, mesh, cfg.sharding)
+  objective = loop_lib.objective_of(cfg, task)
+  inputs = task.input_specs(cfg.batch_size)[""][0]
+  train_step = loop_lib.train_step(cfg, task, tx, optim_config, mesh, shardings)
+  new_state, metrics = train_step.trace(state, objective.batch_spec(inputs)).out_info
+  shapes = lambda tree: jax.tree.map(lambda a: (a.shape, a.dtype), tree)
+  assert jax.tree.structure(new_state) == jax.tree.structure(state)
+  assert shapes(new_state) == shapes(state)
+  assert metrics["loss"].shape == ()
+  eval_step = loop_lib.eval_step(cfg, task, mesh, shardings)
+  sums = eval_step.trace(state, objective.batch_spec(inputs, eval=True)).out_info
+  assert sums and all(a.shape == () for a in jax.tree.leaves(sums))
 
 
 # ----------------------------------------------------------------------------------------------------

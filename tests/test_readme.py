@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import tfds_mock
 from helpers import PAPER_RUN as RUN
@@ -76,6 +77,7 @@ def image_folder(root: Path, classes: int, val_classes: int) -> Path:
   return root
 
 
+@pytest.mark.e2e
 def test_training_commands(timm, torch, tmp_path):
   """The paper run (+ its summary) and the ImageFolder fine-tuning, in one session of `main` invocations."""
   mains = commands_starting("python -m scalenet_jax.main ")

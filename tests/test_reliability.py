@@ -26,6 +26,7 @@ from scalenet_jax import trainer
 
 import tiny_runs
 
+pytestmark = pytest.mark.e2e  # training runs through the entry points (tests/conftest.py)
 REPO = Path(__file__).resolve().parents[1]
 MICRO = str(REPO / "configs" / "vit_micro_fmnist.py")
 STEPS, CKPT_EVERY = 16, 4

@@ -17,7 +17,7 @@ import pytest
 
 import tfds_mock
 from conftest import random_params
-from helpers import CONFIGS, config_file, run_paper_session, timm_checkpoint
+from helpers import CONFIGS, config_file, config_module, fashion_mnist_dir, run_paper_session, timm_checkpoint
 from scalenet_jax import dense, segmenter
 from scalenet_jax.data import segmentation as seg_data
 from scalenet_jax.errors import CheckpointError
@@ -252,6 +252,7 @@ MICRO_TRAINABLE = 210_572
 BUFFERS = (".running_mean", ".running_var", ".num_batches_tracked", ".relative_position_index")
 
 
+@pytest.mark.e2e
 def test_config_end_to_end_on_the_tfds_mock(timm, torch, tmp_path):
   """Train 2 steps from a timm micro Swin (grown 2x, every stage), resume-free eval, export and summary; the
   exported mmseg state dict loads strictly into the plain segmentor of the grown depth (its adapters
@@ -291,3 +292,152 @@ def test_config_end_to_end_on_the_tfds_mock(timm, torch, tmp_path):
   deep = plain.clone(backbone=plain.backbone.with_plain_depths((4, 4, 4)))  # the grown depth, unshared
   variables = dense.load_segmentor({k: v for k, v in exported.items() if k not in adapters}, deep)
   assert np.abs(variables["params"]["decode_head"]["cls"]["conv_seg"]["kernel"]).max() > 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fashion-MNIST canvases (data.name = "fashion_mnist_canvas") and the small study (configs/seg_fmnist.py)
+# ---------------------------------------------------------------------------------------------------------
+def test_canvas_compose_by_hand():
+  """Threshold 16 on a 4 x 4 canvas: A (class 2) at (0, 0), then B (class 7) at (1, 0) over it, then a
+  one-pixel C (class 0) at (3, 3). A's 16 at (1, 0) is foreground but B's 100 covers it; A's 15 and B's 5 at
+  (1, 1) are below the threshold: background, pixel 0."""
+  a = np.array([[20, 0], [16, 15]], np.uint8)
+  b = np.array([[100, 5], [0, 200]], np.uint8)
+  c = np.array([[255]], np.uint8)
+  image, label = seg_data.compose(4, [(a, 2, 0, 0), (b, 7, 1, 0), (c, 0, 3, 3)], threshold=16)
+  assert image.shape == (4, 4, 1) and image.dtype == np.uint8 and label.dtype == np.uint8
+  np.testing.assert_array_equal(image[..., 0], [[20, 0, 0, 0], [100, 0, 0, 0], [0, 200, 0, 0], [0, 0, 0, 255]])
+  np.testing.assert_array_equal(label, [[3, 0, 0, 0], [8, 0, 0, 0], [0, 8, 0, 0], [0, 0, 0, 1]])
+
+
+def canvas_sources():
+  root = fashion_mnist_dir()
+  return (seg_data.FashionMnistCanvasSource("train", root=root), seg_data.FashionMnistCanvasSource("test", root=root))
+
+
+def test_canvas_source_is_deterministic_and_its_labels_follow_the_pixels():
+  """Two openings give the same canvases; labels > 0 exactly where the pixel is >= 16 and the image is 0
+  elsewhere; the top item's foreground pixels are its own, labelled with its class + 1; 2-4 items inside
+  the canvas."""
+  from scalenet_jax.data import sources
+
+  train, test = canvas_sources()
+  assert (len(train), len(test), train.num_classes, train.image_shape) == (59_000, 2_000, 11, (64, 64, 1))
+  again = canvas_sources()[1]
+  items = sources.fashion_mnist("test")
+  for src, i in ((test, 0), (test, 1999), (train, 7), (train, 58_999)):
+    ex = src[i]
+    if src is test:
+      other = again[i]
+      np.testing.assert_array_equal(ex["image"], other["image"])
+      np.testing.assert_array_equal(ex["label"], other["label"])
+    image, label = ex["image"][..., 0], ex["label"]
+    np.testing.assert_array_equal(label > 0, image >= seg_data.CANVAS_THRESHOLD)
+    assert not image[label == 0].any() and label.max() <= 10
+    layout = src.layout(i)
+    assert 2 <= len(layout) <= 4 and all(0 <= t <= 36 and 0 <= l <= 36 for _, t, l in layout)
+    k, t, l = layout[-1]
+    if src is test:  # the top item against the raw Fashion-MNIST test image
+      raw, cls = items[k]["image"][..., 0], items[k]["label"]
+      fg = raw >= seg_data.CANVAS_THRESHOLD
+      np.testing.assert_array_equal(image[t : t + 28, l : l + 28][fg], raw[fg])
+      assert (label[t : t + 28, l : l + 28][fg] == cls + 1).all()
+  assert not np.array_equal(test[0]["label"], test[1]["label"])
+
+
+def test_canvas_classes_and_disjoint_splits():
+  """Every class (background and the 10 items) occurs in the first 100 evaluation canvases; the training
+  canvases' items are `train_minus_minival` images (none of the mini-val split), the evaluation canvases'
+  test images, each at most once over the 2,000 canvases."""
+  from scalenet_jax.data import sources
+
+  train, test = canvas_sources()
+  seen = np.zeros(11, bool)
+  for i in range(100):
+    seen[np.unique(test[i]["label"])] = True
+  assert seen.all()
+  assert train.origin[0] == "train" and test.origin[0] == "test"
+  minival = sources.get_source("fashion_mnist", "minival", root=None)
+  used_train = {int(train.origin[1][k]) for i in range(0, 59_000, 29) for k, _, _ in train.layout(i)}
+  assert not used_train & set(minival.indices.tolist())
+  used_test = [k for i in range(2_000) for k, _, _ in test.layout(i)]
+  assert len(used_test) == len(set(used_test)) > 4_000
+
+
+def test_canvas_loader_and_config():
+  """The config's recipe leaves a canvas as it is (no rescale; the crop is the canvas), normalised with the
+  Fashion-MNIST mean / std; the plan's two arms at equal budgets, every stage grown, `miou` the metric."""
+  c = config_file("seg_fmnist.py", "run=scalenet,seed=1")
+  _, test = canvas_sources()
+  loader = seg_data.SegmentationLoader(test, seg_data.SegmentationRecipe.from_config(c.data), train=False)
+  b = loader(np.arange(3))
+  assert b["image"].shape == (3, 64, 64, 1) and b["label"].shape == (3, 64, 64)
+  np.testing.assert_array_equal(b["label"][2], test[2]["label"])
+  np.testing.assert_allclose(b["image"][2], (test[2]["image"] / 255 - 0.286) / 0.353, atol=1e-5)
+  assert loader.blank(2)["image"].shape == (2, 64, 64, 1)
+  train = seg_data.SegmentationLoader(test, seg_data.SegmentationRecipe.from_config(c.data), train=True)
+  got = train(np.arange(3), seed=0, epoch=0)["label"]
+  for lab, ex in zip(got, (test[i] for i in range(3))):  # as it is or flipped
+    assert np.array_equal(lab, ex["label"]) or np.array_equal(lab, ex["label"][:, ::-1])
+  plain = config_file("seg_fmnist.py", "run=plain")
+  assert (c.seed, c.expansion.kind, c.expansion.rank, plain.expansion.kind, c.model.num_classes) == (
+      1,
+      "scalenet",
+      3,
+      "",
+      11,
+  )
+  assert c.steps == plain.steps and c.batch_size == plain.batch_size and c.init_from.endswith("_fmnist.safetensors")
+  _, grown, spec = segmenter.build(segmenter.resolve(c))
+  assert spec.subset == (0, 1, 2) and grown.backbone.depths == (4, 4, 4)
+  plan = config_module("seg_fmnist.py").study()
+  assert plan["metric"] == "miou" and [r["name"] for r in plan["runs"]] == [
+      f"{a}_s{s}" for s in range(3) for a in ("plain", "scalenet")
+  ]
+  assert [(x["a"], x["b"]) for x in plan["claims"]] == [("scalenet", "plain")]
+  assert not any("release" in r for r in plan["runs"])
+
+
+# The plan of configs/seg_fmnist.py at a few steps: seeds 0 and 1, 16 evaluation canvases, files in tmp.
+SEG_SMALL = """
+from scalenet_jax import config_lib, paths
+
+real = config_lib.load_config_module(paths.REPO_ROOT / "configs" / "seg_fmnist.py")
+TMP = "@TMP@"
+
+def get_config(arg):
+  small = {"batch_size": 4, "eval_batch_size": 8, "log_every": 1, "ckpt_every": 0, "eval_every": 2}
+  small.update({"data.canvas.eval_examples": 16, "optim.warmup_steps": 1, "xla_opt_level": 0})
+  return config_lib.override(real.get_config(arg), small)
+
+def study(arg=""):
+  plan = real.study()
+  shrink = lambda run: dict(run, arg=run["arg"] + ",steps=4")
+  runs = [shrink(r) for r in plan["runs"] if r["seed"] < 2]
+  make_run = lambda arm, seed: shrink(plan["make_run"](arm, seed))
+  return dict(plan, runs=runs, make_run=make_run, max_seeds=2, record=TMP + "/seg.json", report=TMP + "/seg.md")
+"""
+
+
+@pytest.mark.e2e
+def test_seg_study_plan_runs_end_to_end(tmp_path):
+  """configs/seg_fmnist.py's plan through the study runner at 4 steps, seeds 0 and 1: every run recorded
+  with its mIoU and curve, the report's claims row filled in."""
+  from scalenet_jax import study
+
+  fashion_mnist_dir()
+  cfg = tmp_path / "seg_small.py"
+  cfg.write_text(SEG_SMALL.replace("@TMP@", str(tmp_path)))
+  s = study.run_study(f"{cfg}:study", str(tmp_path / "wd"))
+  rec = json.loads((tmp_path / "seg.json").read_text())
+  assert list(rec["runs"]) == ["plain_s0", "scalenet_s0", "plain_s1", "scalenet_s1"] and s.pending() == []
+  for name, r in rec["runs"].items():
+    assert 0.0 <= r["miou"] <= 1.0 and r["steps"] == 4 and r["images"] == 16, name
+    assert [p[0] for p in r["curve"]] == [2, 4] and r["curve"][-1][1] == r["miou"], name
+  assert rec["runs"]["scalenet_s0"]["depths"] == [4, 4, 4] and rec["runs"]["plain_s0"]["depths"] == [2, 2, 2]
+  assert rec["runs"]["plain_s0"]["trainable_params"] == rec["runs"]["plain_s0"]["params"]
+  report = (tmp_path / "seg.md").read_text()
+  assert "4 of 4 runs finished" in report and "Paired (same-seed) differences of miou" in report
+  row = study.claim_rows(s.plan, rec)[0]
+  assert row["seeds"] == 2 and row["verdict"] != "pending"
+  assert "| segmentation | ScaleNet 2x beats the plain backbone | 2 |" in report

@@ -38,6 +38,7 @@ def _test_images(meta) -> tuple[np.ndarray, np.ndarray]:
   return (x - np.asarray(meta["mean"], np.float32)) / np.asarray(meta["std"], np.float32), test.labels
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_shipped_base_scores_its_top1_here_and_in_timm(path, timm, torch):
   import jax
@@ -88,6 +89,7 @@ def test_pretrained_readme_states_each_file_and_its_metadata(path):
 STUDY = sorted((REPO / "pretrained" / "study").glob("*.safetensors"))
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("path", STUDY, ids=[p.name for p in STUDY])
 def test_study_release_scores_what_its_record_says(path, timm, torch):
   """Each arm's released seed-0 weights (scalenet_jax.study) score, on the 10,000 test images, the top-1 its

@@ -28,3 +28,11 @@ def test_paired_test_matches_scipy():
   assert (abs(d) > h) == (p < 0.05)
   assert math.isnan(stats.paired_test([1.0], [0.0])[2])
   assert stats.paired_test([2.0, 3.0], [1.0, 2.0])[2] == 0.0  # identical nonzero differences
+
+
+def test_t_interval_and_paired():
+  m, h = stats.t_interval([1.0, 2.0, 3.0])
+  assert m == 2.0 and h == pytest.approx(scipy_stats.t.ppf(0.975, 2) * 1.0 / 3**0.5)
+  assert math.isnan(stats.t_interval([4.0])[1])
+  # paired: a is exactly 1 below b on every seed -> difference -1 with zero width
+  assert stats.paired([10.0, 11.0, 12.0], [11.0, 12.0, 13.0]) == pytest.approx((-1.0, 0.0))

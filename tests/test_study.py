@@ -54,6 +54,7 @@ def toy(tmp_path):
   return str(cfg), tmp_path
 
 
+@pytest.mark.e2e
 def test_runner_records_each_run_resumes_and_keeps_to_the_time_limit(toy, monkeypatch):
   cfg, tmp = toy
   # A limit no run fits in: nothing starts, the record is consistent and the report marks all pending.
@@ -188,6 +189,55 @@ def test_grow_study_recipe_keeps_the_papers_ratios():
   assert {c["a"] for c in plan["claims"]} | {c["b"] for c in plan["claims"]} <= set(plan["arms"])
 
 
+def test_grow_study_ablations_change_one_setting_each():
+  """Every ablation arm's run is ScaleNet 2x's run of the same seed with exactly the one setting it names
+  changed (doc §5), at the same budget; its claims form their own Holm family; no weights are released."""
+  m = config_lib.load_config_module(GROW)
+  for family, want in (
+      (
+          "vit",
+          {
+              "lora",
+              "mapping_stack",
+              "reuse3",
+              "rank2",
+              "rank15",
+              "drop_path0.1",
+              "drop_path0.2",
+              "subset01",
+              "subset23",
+              "subset45",
+          },
+      ),
+      (
+          "swin",
+          {
+              "lora",
+              "mapping_interpolate",
+              "reuse3",
+              "rank1",
+              "rank9",
+              "drop_path0.1",
+              "drop_path0.2",
+              "subset0",
+              "subset1",
+          },
+      ),
+  ):
+    plan = m.study(family)
+    assert set(m.ablations_of(family)) == want and plan["phases"] == ["headroom", "grow", "ablations"]
+    flat = lambda arm: traverse_util.flatten_dict(m.get_config(f"{family},run={arm},seed=1").to_dict(), sep=".")
+    ref = flat("scalenet")
+    for arm in want:
+      got = flat(arm)
+      changed = {k: got[k] for k in ref if got[k] != ref[k]}
+      ((key, value),) = m.ablations_of(family)[arm][1].items()
+      assert changed == {("model." if key == "drop_path_rate" else "expansion.") + key: value}, arm
+    runs = [r for r in plan["runs"] if r["phase"] == "ablations"]
+    assert len(runs) == 3 * len(want) and not any("release" in r for r in runs)
+    assert {c["b"] for c in plan["claims"] if c["family"] == "ablations"} == want
+
+
 def test_lm_study_plan_keeps_the_ratios_and_matched_arms():
   from scalenet_jax import summary
 
@@ -234,3 +284,94 @@ def test_gate_holds_later_phases_until_its_claims_hold(toy):
   record["runs"]["grown_s1"]["top1"] = 0.70  # differences 10 and -10: not shown, the gate stays closed
   assert not study.gate_open(plan, record)[0]
   assert study.gate_open(dict(plan, gate=None), record) == (True, "")
+
+
+# The LM study's plan (configs/llama_fortunes_2x.py:study) at a few steps: its runs' args shrunk (steps, the
+# release path), the model's context, batch and corpus shrunk by get_config, seeds 0 and 1, files in tmp.
+LM_SMALL = """
+from scalenet_jax import config_lib, paths
+
+real = config_lib.load_config_module(paths.REPO_ROOT / "configs" / "llama_fortunes_2x.py")
+TMP = "@TMP@"
+SHRINK = {
+    f"steps={real.STUDY_BASE_STEPS}": "steps=6",
+    f"steps={real.STUDY_BASE_STEPS // 3}": "steps=2",
+    str(paths.REPO_ROOT / real.study()["runs"][0]["release"]): TMP + "/release",
+}
+
+def shrink(run):
+  for a, b in SHRINK.items():
+    run["arg"] = run["arg"].replace(a, b)
+  if "release" in run:
+    run["release"] = TMP + "/release"
+  return run
+
+def get_config(arg):
+  c = real.get_config(arg)
+  small = {"data.root": TMP + "/corpus", "data.seq_len": 32, "batch_size": 4, "eval_batch_size": 16, "log_every": 1}
+  small.update({"ckpt_every": 0, "optim.warmup_steps": 1, "eval_every": 2 if "run=pretrain" in arg else 0})
+  return config_lib.override(c, small)
+
+def study(arg=""):
+  plan = real.study()
+  make_run = lambda arm, seed: shrink(plan["make_run"](arm, seed))
+  runs = [shrink(r) for r in plan["runs"] if r["seed"] < 2]
+  return dict(plan, runs=runs, make_run=make_run, max_seeds=2, record=TMP + "/lm.json", report=TMP + "/lm.md")
+"""
+
+
+@pytest.mark.e2e
+def test_lm_study_plan_runs_end_to_end(tmp_path):
+  import os
+
+  from helpers import write_fortune_db
+  from scalenet_jax.data import text
+
+  if not os.path.isdir(text.FORTUNES_DIR):
+    pytest.skip("the Debian fortunes package is not installed")
+  (tmp_path / "corpus").mkdir()
+  write_fortune_db(tmp_path / "corpus", "small", text.load_corpus("fortunes")[:600])
+  cfg = tmp_path / "lm_small.py"
+  cfg.write_text(LM_SMALL.replace("@TMP@", str(tmp_path)))
+  s = study.run_study(f"{cfg}:study", str(tmp_path / "wd"))
+  runs = s.plan["runs"]
+  rec = json.loads((tmp_path / "lm.json").read_text())
+  assert list(rec["runs"]) == [r["name"] for r in runs] and len(runs) == 9 and s.pending() == []
+  assert all(math.isfinite(r["perplexity"]) and r["perplexity"] > 1 for r in rec["runs"].values())
+  # The base: trained 3x the arms' steps, its held-out curve recorded, released as a Hugging Face directory
+  # (the files of its export) with its provenance.
+  base, release = rec["runs"]["base_s0"], tmp_path / "release"
+  assert base["release"] == str(release) and base["steps"] == 6
+  assert [p[0] for p in base["curve"]] == [2, 4, 6] and base["curve"][-1][1] == base["perplexity"]
+  export = tmp_path / "wd" / "base_s0" / "export"
+  for f in ("config.json", "model.safetensors", "tokenizer.json"):
+    assert (release / f).read_bytes() == (export / f).read_bytes(), f
+  prov = json.loads((release / "provenance.json").read_text())
+  assert prov["run"] == "base_s0" and prov["record"] == str(tmp_path / "lm.json")
+  assert prov["command"].startswith(f"python -m scalenet_jax.main --config {cfg}:run=pretrain,seed=0,steps=6")
+  # Every arm starts from the release: the controls without new layers start as the base's function.
+  for r in runs[1:]:
+    assert s.config(r).init_from == str(release) and r["needs"] == "base_s0" and rec["runs"][r["name"]]["steps"] == 2
+  for name in ("further_adapters_s0", "further_all_s1"):
+    assert rec["runs"][name]["perplexity_init"] == pytest.approx(base["perplexity"], rel=1e-4), name
+  report = (tmp_path / "lm.md").read_text()
+  assert "9 of 9 runs finished" in report and "![curves](lm_curves.png)" in report
+  assert "Paired (same-seed) differences of perplexity, a minus b (lower is better)" in report
+  for c in s.plan["claims"]:
+    row = next(r for r in study.claim_rows(s.plan, rec) if r["b"] == c["b"])
+    assert row["seeds"] == 2 and row["verdict"] != "pending" and f"| grow | {c['text']} | 2 |" in report
+
+
+def test_same_as_takes_a_finished_run_only_when_its_config_is_identical(toy):
+  """A plan's run may be another record's run (the vit3 family's 2x-deep model is the vit family's
+  base): it is taken from there only when that run finished with exactly this run's config."""
+  cfg, tmp = toy
+  s = study.Study(cfg, str(tmp / "wd"))
+  entry = dict(arm="base", seed=0, phase="p", arg="run=base,seed=0", top1=0.5)
+  (tmp / "other.json").write_text(json.dumps({"runs": {"b0": entry}}))
+  twin = dict(name="twin_s0", arm="grown", seed=0, phase="p", arg="run=base,seed=0", same_as=f"{tmp}/other.json:b0")
+  assert s.take_same(twin)
+  assert s.record["runs"]["twin_s0"] == dict(entry, arm="grown", same_as=twin["same_as"])
+  assert not s.take_same(dict(twin, name="t1", arg="run=base,seed=1")) and "t1" not in s.record["runs"]
+  assert not s.take_same(dict(twin, name="t2", same_as=f"{tmp}/other.json:missing"))
+  assert not s.take_same(dict(twin, name="t3", same_as=f"{tmp}/none.json:b0"))

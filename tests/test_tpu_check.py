@@ -72,6 +72,7 @@ def test_a_missing_or_unknown_topology_is_one_line(args, says):
   assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()] and says in r.stderr
 
 
+@pytest.mark.e2e
 def test_a_step_that_fits_through_main():
   """The CLI compiles train and eval for 4 v5e chips, prints per-device memory and the roofline, and
   ends with the JSON line; the numbers are checked against the hand counts above."""

@@ -110,6 +110,7 @@ def tiny_config(**overrides):
 # ----------------------------------------------------------------------------------------------------------
 # Local workdirs
 # ----------------------------------------------------------------------------------------------------------
+@pytest.mark.e2e
 def test_cli_refuses_a_held_workdir_with_one_line_and_touches_nothing(tmp_path):
   workdir = a_used_workdir(tmp_path / "w")
   holder = hold(workdir)
@@ -213,6 +214,7 @@ def run_job(workdir, tmp_path, name: str) -> list[dict]:
   return out
 
 
+@pytest.mark.e2e
 def test_only_process_0_locks_and_every_process_learns_a_refusal(tmp_path):
   free = run_job(tmp_path, tmp_path, "free")
   assert free == [{"held": True, "counted": True}, {"held": True, "counted": False}]
