@@ -25,9 +25,8 @@ def _fashion_mnist():
 
 
 def test_the_demo_base_is_shipped():
-  from scalenet_jax import demo
-
-  assert demo.RELEASED in SHIPPED
+  demo = config_lib.load_config_module(helpers.CONFIGS / "grow_study.py")  # the demo's plan and its base
+  assert demo.RELEASED in SHIPPED and f"base={demo.RELEASED}" in demo.study("demo")["runs"][0]["arg"]
 
 
 def _test_images(meta) -> tuple[np.ndarray, np.ndarray]:
