@@ -334,7 +334,7 @@ def demo(arg=""):
 
   f = FAMILIES[family]
   runs = [run_of("base", a["seed"])] * a["pretrain"] + [run_of(arm, a["seed"]) for arm in DEMO_ARMS]
-  split_text = "the Fashion-MNIST test set (10,000 images)" if split == "test" else "the 1,000-image minival split"
+  split_text = "the 10,000-image Fashion-MNIST test set" if split == "test" else "the 1,000-image minival split"
   return dict(
       title=f"ScaleNet-grow demo on Fashion-MNIST, {family}{' (--quick smoke run)' if a['quick'] else ''}",
       record=f"{WORKDIR}/record.json",

@@ -237,7 +237,7 @@ def _run_pending(
       entry["release"] = run["release"]
     if "curve" not in entry:
       entry.update(curve_of(wd, study.plan["metric"]))
-  seen = set()
+  seen, gated = set(), []
   while True:  # pending runs are re-read after each run: a finished verdict may add seeds
     todo = [r for r in study.pending() if r["name"] not in seen and (not phase or r["phase"] == phase)]
     if not todo:
@@ -248,7 +248,7 @@ def _run_pending(
     if gate and run["phase"] != gate and not ignore_gate:
       is_open, why = gate_open(study.plan, study.record)
       if not is_open:
-        print(f"- {run['name']}: waits for the {gate} check ({why}); --ignore_gate runs it anyway", flush=True)
+        gated.append(run["name"])
         continue
     if run.get("same_as") and study.take_same(run):
       print(f"- {run['name']}: the same run as {run['same_as']} (same config), taken from there", flush=True)
@@ -267,6 +267,11 @@ def _run_pending(
     print(f"== {run['name']} ({run['arg']}): ~{est / 60:.0f} min; {len(todo) - 1} more to go", flush=True)
     study.record["runs"][run["name"]] = train_one(study, run, workdir, counts)
     study.save()
+  if gated:
+    print(
+        f"- {len(gated)} runs ({gated[0]} ...) wait for the {gate} check ({why}); --ignore_gate runs them anyway",
+        flush=True,
+    )
 
 
 # ------------------------------------------------------------------------------------------------------
