@@ -32,7 +32,6 @@ a short budget, from the 30-epoch released base.
 from scalenet_jax import config_lib, paths, release
 from scalenet_jax.config_lib import FASHION_MNIST_TRAIN_IMAGES as TRAIN_IMAGES
 from scalenet_jax.errors import ConfigError, MissingInputError
-from scalenet_jax.models import registry
 from scalenet_jax.study import WORKDIR  # where a plan keeps what lives in the study's workdir
 
 HERE = paths.REPO_ROOT / "configs"
@@ -43,36 +42,27 @@ RECIPES = {
     "vit": dict(mapping="interpolate", trainable="all"),
     "swin": dict(mapping="stack", trainable="adjust_ln_head"),
 }
+VIT = dict(
+    model="vit",
+    base_epochs=6,
+    rank=5,
+    baseline={"num_new_layers": 1},
+    new="1 new layer",
+    base="6 layers",
+    matched=False,
+)
 FAMILIES = {
     # base recipe (configs/pretrain_fmnist.py:<model>, `depth` blocks if given) trained for `base_epochs`;
     # adapter rank; what the independent-layer baselines add; whether the grown model's trainable set
     # differs from "every parameter" (then the base trained further with that set is a control of its
     # own); `deep`: the run of another family that is this family's 2x-deep model (same config).
-    "vit": dict(
-        model="vit",
-        base_epochs=6,
-        rank=5,
-        baseline={"num_new_layers": 1},
-        new="1 new layer",
-        base="6 layers",
-        matched=False,
-    ),
+    "vit": VIT,
     # The ViT with 3 blocks: the 6-layer base gained only 0.4 points from 12 layers (seeds 0, 1, within
     # their noise), so the headroom check moves to the shallower pair, 3 -> 6 blocks, whose 2x-deep model
     # is the `vit` family's base (its runs are this family's `deep` runs). r = 5: +12.9 % (DeiT-T 2x:
     # +13.06 %); the baselines' one new layer adds +32 % (half a layer, the paper's +16 %, does not exist:
     # the baselines get more parameters than ScaleNet, a handicap for ScaleNet).
-    "vit3": dict(
-        model="vit",
-        depth=3,
-        base_epochs=6,
-        rank=5,
-        baseline={"num_new_layers": 1},
-        new="1 new layer",
-        base="3 layers",
-        matched=False,
-        deep="vit,run=base",
-    ),
+    "vit3": dict(VIT, depth=3, base="3 layers", deep="vit,run=base"),
     # Swin: the paper's recipe grows the last stage (stack mapping; adapters on every block; adapters, norms
     # and head train). r = 3: 10 r C per block over 2+2+4 blocks of widths 32/64/128 plus the new blocks'
     # norms, +3.9 % (Swin-T 2x: +3.8 %). Baselines: one block in the stage before the last (+8.8 %), as
@@ -207,12 +197,13 @@ def get_config(arg="vit"):
   return c
 
 
-def _check_base(path: str, model: str) -> dict:
-  """The release metadata of the base file `path`, which must hold a `model`."""
+def _check_base(path: str, model: str = "", hint: str = "") -> dict:
+  """The release metadata of the base file `path`, which must hold a `model` (any when ''); `hint`: what
+  to do when the file is missing."""
   if not paths.path(path).exists():
-    raise MissingInputError(f"base release file not found: {path}")
+    raise MissingInputError(f"released base not found: {path}{hint}")
   meta = release.metadata_of(path)
-  if meta.get("model") != model:
+  if model and meta.get("model") != model:
     raise ConfigError(f"{path} holds a {meta.get('model')!r} base; this family grows {model}")
   return meta
 
@@ -302,18 +293,14 @@ def demo(arg=""):
     family, base_file = "vit", f"{WORKDIR}/base_s{a['seed']}.safetensors"
     source = f"a base trained here for {DEMO_PRETRAIN_STEPS[a['quick']]} steps (an undertrained smoke-test base)"
   else:
-    if not paths.path(a["base"]).exists():
-      raise MissingInputError(
-          f"released base not found: {a['base']} (pass --base FILE, or --pretrain to train one here)"
-      )
-    meta = release.metadata_of(a["base"])
-    family = registry.family_of(meta.get("model", "")) if meta.get("model") in registry.list_models() else ""
-    if family not in FAMILIES:
-      raise ConfigError(
-          f"{a['base']} holds a {meta.get('model')!r} base; the demo grows {' or '.join(FAMILIES)} models"
-      )
-    base_config = config_lib.load_config_file(HERE / "pretrain_fmnist.py", family)  # the release's recipe
-    _check_base(a["base"], base_config.model.name)
+    meta = _check_base(a["base"], hint=" (pass --base FILE, or --pretrain to train one here)")
+    bases = {k: get_config(f"{k},run=base") for k in FAMILIES}  # each family's base: model and architecture
+    held = (meta.get("model"), meta.get("timm_kwargs"))
+    family = next((k for k, c in bases.items() if (c.model.name, release.timm_kwargs(c)) == held), "")
+    if not family:
+      models = " or ".join(sorted({c.model.name for c in bases.values()}))
+      raise ConfigError(f"{a['base']} holds a {meta.get('model')!r} base of no study family; the demo grows {models}")
+    base_config = bases[family]  # the release's recipe
     base_file, base_images = a["base"], meta["steps"] * base_config.batch_size
     source = (
         f"the released `{paths.path(base_file).name}` (top-1 {meta['top1'] * 100:.2f}% on {meta['eval_split']} after "

@@ -36,6 +36,16 @@ JSON_FIELDS = ("timm_kwargs", "mean", "std", "pad", "top1", "steps", "seed", "de
 INDEPENDENT = ("", "random", "stack", "interpolate", "swa", "scratch")
 
 
+def timm_kwargs(config, depths=None) -> dict:
+  """The timm constructor arguments of `config`'s model, as its release metadata states them (JSON types);
+  `depths`: the blocks per stack of the grown model (an expanded run)."""
+  name = config.model.name
+  arch = {k: config.model[k] for k in config_lib.IMAGE_ARCH_FIELDS if config.model.get(k) is not None}
+  if depths is not None:  # the grown depth as timm's kwargs spell it
+    arch.update({"depth": sum(depths)} if registry.family_of(name) == "vit" else {"depths": tuple(depths)})
+  return json.loads(json.dumps(registry.arch_kwargs(name, **arch)))
+
+
 def metadata(config, workdir, command: str, depths=None) -> dict:
   """The release metadata of the run in `workdir` (its final evaluation from metrics.jsonl); `depths`: the
   blocks per stack of the grown model (an expanded run)."""
@@ -43,14 +53,10 @@ def metadata(config, workdir, command: str, depths=None) -> dict:
   if final is None:
     raise UserError(f"{workdir} has no final evaluation at step {config.steps}: is the training run finished?")
   name = config.model.name
-  family = registry.family_of(name)
-  arch = {k: config.model[k] for k in config_lib.IMAGE_ARCH_FIELDS if config.model.get(k) is not None}
-  if depths is not None:  # the grown depth as timm's kwargs spell it
-    arch.update({"depth": sum(depths)} if family == "vit" else {"depths": tuple(depths)})
   return {
       "model": name,
-      "timm_class": TIMM_CLASS[family],
-      "timm_kwargs": registry.arch_kwargs(name, **arch),
+      "timm_class": TIMM_CLASS[registry.family_of(name)],
+      "timm_kwargs": timm_kwargs(config, depths),
       "mean": list(config.data.mean),
       "std": list(config.data.std),
       "pad": config.data.pad,

@@ -416,9 +416,17 @@ def render(plan: dict, record: dict, curves_png: str = "") -> str:
       out += ["", f"Go/no-go ({phase} check): {state} ({why})."]
   if curves_png:
     out += ["", f"Evaluations during training (mean over the finished seeds): ![curves]({curves_png})"]
-  if not plan["claims"]:
-    return "\n".join(out + _machines(runs)) + "\n"
-  out += [
+  if plan["claims"]:  # a one-seed plan (the demo's) tests none
+    out += _claims_section(plan, record, planned)
+  machines = sorted({f"{r['machine']['cpu']} ({r['machine']['cores']} cores)" for r in runs.values()})
+  if machines:
+    out += ["", f"Machines of the runs: {'; '.join(machines)}. No time column: the runs were not one quiet run."]
+  return "\n".join(out) + "\n"
+
+
+def _claims_section(plan: dict, record: dict, planned: list[dict]) -> list[str]:
+  label, _, sign = metric_of(plan)
+  out = [
       "",
       "## Claims",
       "",
@@ -435,14 +443,7 @@ def render(plan: dict, record: dict, curves_png: str = "") -> str:
         f"| {r['family']} | {r['text']} | {r['seeds']} | {diff} | {_p(r['p'])} | {_p(r.get('p_holm', math.nan))} | "
         f"{r['verdict']} |"
     )
-  return "\n".join(out + _machines(runs)) + "\n"
-
-
-def _machines(runs: dict) -> list[str]:
-  machines = sorted({f"{r['machine']['cpu']} ({r['machine']['cores']} cores)" for r in runs.values()})
-  if not machines:
-    return []
-  return ["", f"Machines of the runs: {'; '.join(machines)}. No time column: the runs were not one quiet run."]
+  return out
 
 
 def main(argv):

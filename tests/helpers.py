@@ -76,6 +76,18 @@ def write_fortune_db(directory, name, records):
   (directory / f"{name}.dat").write_bytes(b"\0" * 24)
 
 
+def small_fortunes(directory, n: int):
+  """`directory` (created) holding the first `n` of Debian's fortunes as one strfile database: a small real
+  corpus for the LM tests (skips the test when the fortunes package is not installed)."""
+  from scalenet_jax.data import text  # pylint: disable=g-import-not-at-top
+
+  if not os.path.isdir(text.FORTUNES_DIR):
+    pytest.skip("the Debian fortunes package is not installed")
+  directory.mkdir(parents=True)
+  write_fortune_db(directory, "small", text.load_corpus("fortunes")[:n])
+  return directory
+
+
 def load_hf(path, model=None):
   """(model, params) of a Hugging Face Llama directory as a run loads `init_from`
   (`builder.load_pretrained`); without `model`, the model its `config.json` describes."""

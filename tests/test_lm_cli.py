@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import cli_session
 from helpers import LM_CONFIG as CONFIG, LM_MICRO as MICRO, LM_RUN as RUN, LM_VOCAB as VOCAB
-from helpers import config_file, env_for, load_hf, snapshot, write_fortune_db
+from helpers import config_file, env_for, load_hf, small_fortunes, snapshot
 
 from scalenet_jax import builder, config_lib
 from scalenet_jax.data import text
@@ -77,12 +77,7 @@ def transformers(torch):
 def flow(transformers, torch, tmp_path_factory):
   root = tmp_path_factory.mktemp("lm")
   cache = tmp_path_factory.getbasetemp() / "jax_cache"
-  docs = text.load_corpus("fortunes")[:600] if os.path.isdir(text.FORTUNES_DIR) else None
-  if docs is None:
-    pytest.skip("the Debian fortunes package is not installed")
-  corpus = root / "corpus"
-  corpus.mkdir()
-  write_fortune_db(corpus, "small", docs)
+  corpus = small_fortunes(root / "corpus", 600)
   train_docs, _ = text.split_documents(text.fortunes(str(corpus)), 0.05, 0)
   hf = hf_base(transformers, torch, root / "hf", train_docs)
   inputs = bad_inputs(root, hf)

@@ -322,15 +322,9 @@ def study(arg=""):
 
 @pytest.mark.e2e
 def test_lm_study_plan_runs_end_to_end(tmp_path):
-  import os
+  from helpers import small_fortunes
 
-  from helpers import write_fortune_db
-  from scalenet_jax.data import text
-
-  if not os.path.isdir(text.FORTUNES_DIR):
-    pytest.skip("the Debian fortunes package is not installed")
-  (tmp_path / "corpus").mkdir()
-  write_fortune_db(tmp_path / "corpus", "small", text.load_corpus("fortunes")[:600])
+  small_fortunes(tmp_path / "corpus", 600)
   cfg = tmp_path / "lm_small.py"
   cfg.write_text(LM_SMALL.replace("@TMP@", str(tmp_path)))
   s = study.run_study(f"{cfg}:study", str(tmp_path / "wd"))

@@ -120,14 +120,10 @@ def test_lm_from_a_bucket_checkpoint_into_a_bucket_workdir(bucket, tmp_path):
   from scalenet_jax import convert
   from scalenet_jax.data import text
   from scalenet_jax.models import llama, registry
-  from helpers import LM_CONFIG as CONFIG, LM_MICRO as MICRO, LM_RUN as RUN, LM_VOCAB as VOCAB, write_fortune_db
+  from helpers import LM_CONFIG as CONFIG, LM_MICRO as MICRO, LM_RUN as RUN, LM_VOCAB as VOCAB, small_fortunes
 
-  if not os.path.isdir(text.FORTUNES_DIR):
-    pytest.skip("the Debian fortunes package is not installed")
+  corpus = small_fortunes(tmp_path / "corpus", 300)
   env, root = bucket
-  corpus = tmp_path / "corpus"
-  corpus.mkdir()
-  write_fortune_db(corpus, "small", text.load_corpus("fortunes")[:300])
   model = registry.create_model("llama_micro", {"vocab_size": VOCAB})
   params = model.init_params(seed=0)
   llama.save_hf("gs://bucket/hf_base", params, model)
