@@ -134,7 +134,7 @@ def base_config(**overrides) -> ml_collections.ConfigDict:
 # ----------------------------------------------------------------------------------------------------
 # Architecture overrides of an image model's registry entry (None = the registry's value); `depth`: a
 # ViT's number of blocks.
-IMAGE_ARCH_FIELDS = ("num_classes", "img_size", "in_chans", "depth")
+IMAGE_ARCH_FIELDS = ("num_classes", "img_size", "in_chans", "depth", "patch_size")
 
 
 def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
