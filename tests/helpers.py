@@ -76,13 +76,21 @@ def write_fortune_db(directory, name, records):
   (directory / f"{name}.dat").write_bytes(b"\0" * 24)
 
 
-def small_fortunes(directory, n: int):
-  """`directory` (created) holding the first `n` of Debian's fortunes as one strfile database: a small real
-  corpus for the LM tests (skips the test when the fortunes package is not installed)."""
+def fortunes_dir() -> str:
+  """Debian's fortunes (the LM corpus); a test that needs it fails without it, as `fashion_mnist_dir`."""
   from scalenet_jax.data import text  # pylint: disable=g-import-not-at-top
 
   if not os.path.isdir(text.FORTUNES_DIR):
-    pytest.skip("the Debian fortunes package is not installed")
+    pytest.fail(f"fortunes not found in {text.FORTUNES_DIR}: apt-get install fortunes (bash run.sh test does)")
+  return text.FORTUNES_DIR
+
+
+def small_fortunes(directory, n: int):
+  """`directory` (created) holding the first `n` of Debian's fortunes as one strfile database: a small real
+  corpus for the LM tests (fails the test when the fortunes package is not installed)."""
+  from scalenet_jax.data import text  # pylint: disable=g-import-not-at-top
+
+  fortunes_dir()
   directory.mkdir(parents=True)
   write_fortune_db(directory, "small", text.load_corpus("fortunes")[:n])
   return directory
@@ -129,9 +137,10 @@ def _with_generation_header(download):
 def gcs_emulator():
   """(endpoint env, epath root) of an in-memory GCS emulator (gcp-storage-emulator) with bucket `bucket`;
   the endpoint env is also set in `os.environ` while it runs (subprocesses get it from the first item).
-  Skips the test when the emulator or gcsfs is not installed."""
-  pytest.importorskip("gcsfs")
-  emulator = pytest.importorskip("gcp_storage_emulator.server")
+  gcsfs and the emulator are in the test extra (setup.py)."""
+  import gcsfs  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  from gcp_storage_emulator import server as emulator  # pylint: disable=g-import-not-at-top
+
   for _, handlers in emulator.HANDLERS:
     for method, fn in list(handlers.items()):
       if getattr(fn, "__name__", "") == "download":

@@ -82,15 +82,6 @@ def _bench_module(name: str):
     sys.path.remove(BENCH)
 
 
-def _has_torch_timm() -> bool:
-  try:
-    import timm  # noqa: F401
-    import torch  # noqa: F401
-  except ImportError:
-    return False
-  return True
-
-
 @pytest.mark.e2e
 def test_train_step_reports_mfu_with_stated_convention(run):
   d = run("train_step")
@@ -110,7 +101,6 @@ def test_train_step_reports_mfu_with_stated_convention(run):
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(not _has_torch_timm(), reason="needs torch and timm")
 def test_vs_timm_compares_the_same_model(run):
   (r,) = run("vs_timm")["results"]
   assert r["model"] == MICRO and r["batch"] == 2

@@ -46,6 +46,9 @@ TRAINER_CONFIGS = [
             "swin,run=stack,seed=0",
             "vit3,run=scalenet,seed=1",
             "vit3,run=deep,seed=2",
+            "vit3_p7,run=base,seed=0",
+            "vit3_p7,run=deep,seed=1",
+            "vit3_p7,run=stack,seed=2",
         )
     ],
     *[("seg_fmnist.py", a) for a in (None, "run=plain,seed=1", "run=scalenet,seed=2,steps=10")],
@@ -174,7 +177,7 @@ def expected(name: str, arg) -> dict:
     return out
   if stem == "grow_study":  # the module docstring: 6 base epochs, one third for the grown arms at 0.4x the lr
     family, run, seed = (v.split("=")[-1] for v in arg.split(","))
-    base_steps = 6 * 59_000 // 128
+    base_steps = (30 if family.endswith("_p7") else 6) * 59_000 // 128
     from_base = run not in ("base", "deep", "scratch")
     out = {
         "model.name": {"vit": "vit_micro_patch4_28", "swin": "swin_micro_patch2_window4_32"}.get(family, ""),
@@ -189,10 +192,12 @@ def expected(name: str, arg) -> dict:
         else "",
     }
     out["expansion.kind"] = "scratch" if run == "deep" else out["expansion.kind"]
-    if family == "vit3":  # 3 blocks; its 2x-deep model is the plain 6-block ViT, the vit family's base
+    if family.startswith("vit3"):  # 3 blocks; its 2x-deep model is the plain 6-block ViT, the vit family's base
       out.update({"model.name": "vit_micro_patch4_28", "expansion.rank": 5, "model.depth": 3})
       if run == "deep":
         out.update({"model.depth": None, "expansion.kind": ""})
+    if family.endswith("_p7"):  # 7x7 patches, 30 base epochs
+      out["model.patch_size"] = 7
     return out
   if stem == "vit_micro_fmnist":
     return {"model.name": "vit_micro_patch4_28", "expansion.kind": "", "init_from": "", "data.name": "fashion_mnist"}

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from helpers import write_fortune_db
+from helpers import fortunes_dir, write_fortune_db
 from scalenet_jax.data import text
 from scalenet_jax.errors import ConfigError, DataError, MissingInputError
 
@@ -30,8 +30,8 @@ def test_fortunes_parser(tmp_path):
     text.load_corpus("wiki")
 
 
-@pytest.mark.skipif(not os.path.isdir(text.FORTUNES_DIR), reason="Debian package fortunes not installed")
 def test_fortunes_corpus_installed():
+  fortunes_dir()
   docs = text.load_corpus("fortunes")
   assert len(docs) > 10_000 and all(d.strip() and "\x08" not in d for d in docs)
   assert not any(line == "%" for d in docs[:2000] for line in d.splitlines())

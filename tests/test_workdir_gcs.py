@@ -18,9 +18,6 @@ import pytest
 
 from helpers import gcs_emulator
 
-pytest.importorskip("gcsfs")
-pytest.importorskip("gcp_storage_emulator.server")
-
 pytestmark = pytest.mark.e2e  # training runs through the entry points (tests/conftest.py)
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
