@@ -49,6 +49,8 @@ TRAINER_CONFIGS = [
             "vit3_p7,run=base,seed=0",
             "vit3_p7,run=deep,seed=1",
             "vit3_p7,run=stack,seed=2",
+            "vit3_p7_crops,run=deep,seed=0",
+            "vit3_p7_crops,run=scalenet,seed=1",
         )
     ],
     *[("seg_fmnist.py", a) for a in (None, "run=plain,seed=1", "run=scalenet,seed=2,steps=10")],
@@ -177,7 +179,7 @@ def expected(name: str, arg) -> dict:
     return out
   if stem == "grow_study":  # the module docstring: 6 base epochs, one third for the grown arms at 0.4x the lr
     family, run, seed = (v.split("=")[-1] for v in arg.split(","))
-    base_steps = (30 if family.endswith("_p7") else 6) * 59_000 // 128
+    base_steps = (30 if "_p7" in family else 6) * 59_000 // 128
     from_base = run not in ("base", "deep", "scratch")
     out = {
         "model.name": {"vit": "vit_micro_patch4_28", "swin": "swin_micro_patch2_window4_32"}.get(family, ""),
@@ -196,8 +198,10 @@ def expected(name: str, arg) -> dict:
       out.update({"model.name": "vit_micro_patch4_28", "expansion.rank": 5, "model.depth": 3})
       if run == "deep":
         out.update({"model.depth": None, "expansion.kind": ""})
-    if family.endswith("_p7"):  # 7x7 patches, 30 base epochs
+    if "_p7" in family:  # 7x7 patches, 30 base epochs
       out["model.patch_size"] = 7
+    if family.startswith("vit"):  # random crops only in the _crops families
+      out["data.crop_padding"] = 2 if family.endswith("_crops") else 0
     return out
   if stem == "vit_micro_fmnist":
     return {"model.name": "vit_micro_patch4_28", "expansion.kind": "", "init_from": "", "data.name": "fashion_mnist"}

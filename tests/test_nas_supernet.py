@@ -281,24 +281,25 @@ def test_depthwise_choice_equals_the_small_kernel(impl, k, stride, h):
 @pytest.mark.parametrize("space_name", ["tiny", "fmnist"])
 def test_conditional_supernet_equals_selecting(space_name):
   """Skipping inactive slots and switching kernels (`conditional`, the default) gives the logits and
-  the gradients of computing every slot at 7×7 and selecting."""
+  the gradients of computing every slot at 7×7 and selecting. The path is an input of the compiled
+  program, as in supernet training: three HSS paths at one resolution share one program per model."""
   space = get_space(space_name)
   on, off = SuperNet(space), SuperNet(space, conditional=False)
   params = _perturbed(init_supernet(on, seed=4))
-  pairs = [sample_path(space, "hss", seed=2, step=i) for i in range(3)]
+  steps = (sample_path(space, "hss", seed=2, step=i) for i in range(100))
+  first = next(steps)
+  pairs = [first, *[p for p in steps if p[1].r == first[1].r][:2]]
   assert {k for a, _ in pairs for ks in a.kernels for k in ks} & {3, 5}  # switched to a smaller kernel
   archs = [apply_scaling(alpha, S, space) for alpha, S in pairs]
   full = supernet_arch(space).stages
   assert any(len(a) < len(b) for arch in archs for a, b in zip(arch.stages, full))  # a skipped slot
+  assert len({tuple(len(a) for a in arch.stages) for arch in archs}) > 1  # paths of different depths
+  loss = lambda model: lambda p, x, path: jnp.sum(jnp.square(model.apply({"params": p}, x, path=path)))
+  grad_on, grad_off = (jax.jit(jax.value_and_grad(loss(m))) for m in (on, off))
   for step, ((alpha, S), arch) in enumerate(zip(pairs, archs)):
     path = path_arrays(arch, space, sample_sides(space, 1, step))
     x = jnp.asarray(np.random.default_rng(step).normal(size=(4, S.r, S.r, space.in_channels)), jnp.float32)
-
-    def loss_and_grad(model):
-      loss = lambda p: jnp.sum(jnp.square(model.apply({"params": p}, x, path=path)))
-      return jax.jit(jax.value_and_grad(loss))(params)
-
-    (l_on, g_on), (l_off, g_off) = loss_and_grad(on), loss_and_grad(off)
+    (l_on, g_on), (l_off, g_off) = grad_on(params, x, path), grad_off(params, x, path)
     np.testing.assert_allclose(l_on, l_off, rtol=1e-5)
     for (name, a), b in zip(_flat(g_on).items(), _flat(g_off).values()):
       np.testing.assert_allclose(a, b, atol=1e-5 * max(1.0, np.abs(b).max()), rtol=1e-4, err_msg=name)
