@@ -313,7 +313,11 @@ def demo(arg=""):
     meta = _check_base(a["base"], hint=" (pass --base FILE, or --pretrain to train one here)")
     bases = {k: get_config(f"{k},run=base") for k in FAMILIES}  # each family's base: model and architecture
     held = (meta.get("model"), meta.get("timm_kwargs"))
-    family = next((k for k, c in bases.items() if (c.model.name, release.timm_kwargs(c)) == held), "")
+    fits = [k for k, c in bases.items() if (c.model.name, release.timm_kwargs(c)) == held]
+    # A study base names its family (families may share an architecture: vit3_p7 and vit3_p7_crops); any
+    # other release grows by the first family of its architecture.
+    own = meta.get("config", "").removeprefix("configs/grow_study.py:").partition(",")[0]
+    family = own if own in fits else next(iter(fits), "")
     if not family:
       models = " or ".join(sorted({c.model.name for c in bases.values()}))
       raise ConfigError(f"{a['base']} holds a {meta.get('model')!r} base of no study family; the demo grows {models}")

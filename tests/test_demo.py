@@ -92,11 +92,17 @@ def test_a_swin_base_grows_by_its_recipe(tmp_path):
 
 def test_a_release_grows_by_the_study_family_of_its_architecture(tmp_path):
   """The family is the one whose base has the release's model and timm arguments (its metadata): the
-  3-block study base grows by the vit3 recipe (3 -> 6 blocks); a 12-block ViT is no family's base and
-  is refused before anything runs."""
+  3-block study base grows by the vit3 recipe (3 -> 6 blocks), a study base by the family that trained it;
+  a 12-block ViT is no family's base and is refused before anything runs."""
   s = study.Study(f"{GROW}:demo,base={helpers.REPO / 'pretrained/study/vit3_base_s0.safetensors'}", str(tmp_path))
   grown = s.config(next(r for r in s.plan["runs"] if r["arm"] == "scalenet"))
   assert grown.model.depth == 3 and study.counts_of(grown)["depths"] == [6]
+  # Two families share the patch-7 3-block architecture; a study base grows by the family that trained it.
+  for family, crops in (("vit3_p7", 0), ("vit3_p7_crops", 2)):
+    base = helpers.REPO / "pretrained" / "study" / f"{family}_base_s0.safetensors"
+    s = study.Study(f"{GROW}:demo,base={base}", str(tmp_path / family))
+    grown = s.config(next(r for r in s.plan["runs"] if r["arm"] == "scalenet"))
+    assert (grown.model.patch_size, grown.data.crop_padding) == (7, crops), family
   deep = helpers.REPO / "pretrained" / "study" / "vit_deep_s0.safetensors"
   with pytest.raises(study.ConfigError, match="holds a 'vit_micro_patch4_28' base of no study family"):
     study.Study(f"{GROW}:demo,base={deep}", str(tmp_path / "w"))
