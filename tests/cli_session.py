@@ -33,17 +33,18 @@ def run(
     launcher: list[str] | None = None,
     keep_going: bool = True,
     timeout: float = 1800,
+    cwd: Path | None = None,
 ) -> tuple[list[int], list[str], list[str]]:
   """Runs the invocations as one session in a subprocess (`launcher`: the interpreter command, e.g.
-  `tfds_mock.command()` to run it under the TFDS mock); returns their exit codes, stdouts and stderrs
-  (as many as ran: all with `keep_going`)."""
+  `tfds_mock.command()` to run it under the TFDS mock; `cwd`: its working directory, default the
+  repository); returns their exit codes, stdouts and stderrs (as many as ran: all with `keep_going`)."""
   import subprocess
 
   session.write_text(json.dumps(invocations))
   cmd = [*(launcher or [sys.executable]), str(Path(__file__).resolve()), str(session)]
   cmd += ["--keep-going"] if keep_going else []
   repo = Path(__file__).resolve().parents[1]
-  proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+  proc = subprocess.run(cmd, cwd=cwd or repo, env=env, capture_output=True, text=True, timeout=timeout, check=False)
   assert proc.returncode == 0, proc.stderr[-4000:]
   codes = json.loads(Path(f"{session}.codes.json").read_text())
   assert len(codes) == len(invocations) or not keep_going

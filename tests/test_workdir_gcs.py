@@ -43,39 +43,50 @@ def bucket():
 # The CLI, started so that Orbax writes its arrays without OCDBT: the emulator answers OCDBT's concurrent
 # conditional manifest writes with object generations tensorstore rejects ("Malformed StorageGeneration").
 # Real GCS does not; everything else (paths, files, tensorstore's gcs driver) is the production path.
-LAUNCH = """
+NO_OCDBT = """
 import functools, runpy, sys
 import orbax.checkpoint as ocp
 ocp.StandardCheckpointHandler.__init__ = functools.partialmethod(ocp.StandardCheckpointHandler.__init__, use_ocdbt=False)
-sys.argv[0] = "scalenet_jax.main"
-runpy.run_module("scalenet_jax.main", run_name="__main__")
 """
+LAUNCH = NO_OCDBT + 'sys.argv[0] = "scalenet_jax.main"\nrunpy.run_module("scalenet_jax.main", run_name="__main__")\n'
+# Several invocations in one process (tests/cli_session.py, whose path follows the code): the imports
+# are paid once.
+SESSION_LAUNCH = NO_OCDBT + 'sys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name="__main__")\n'
+
+
+def env_of(env_extra) -> dict:
+  env = dict(os.environ, **env_extra, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+  return env
 
 
 def run_main(args, env_extra, cwd, config=str(REPO / "configs" / "vit_micro_fmnist.py")):
-  env = dict(os.environ, **env_extra, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
   cmd = [sys.executable, "-c", LAUNCH, "--config", config, *args]
-  return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+  return subprocess.run(cmd, cwd=cwd, env=env_of(env_extra), capture_output=True, text=True, timeout=600)
 
 
 def test_train_resume_eval_export_in_a_bucket(bucket, tmp_path):
+  import cli_session
+
   env, root = bucket
   workdir = "gs://bucket/runs/micro"
-  first = run_main(["--workdir", workdir, *TINY, "--config.steps=2"], env, tmp_path)
-  assert first.returncode == 0, first.stderr[-3000:]
-  again = run_main(["--workdir", workdir, *TINY, "--config.steps=4"], env, tmp_path)  # resumes at step 2
-  assert again.returncode == 0, again.stderr[-3000:]
-  assert "resumed from gs://bucket/runs/micro at step 2" in again.stdout
-  ev = run_main(["--workdir", workdir, *TINY, "--config.steps=4", "--mode=eval"], env, tmp_path)
-  assert ev.returncode == 0, ev.stderr[-3000:]
-  ex = run_main(["--workdir", workdir, *TINY, "--config.steps=4", "--mode=export"], env, tmp_path)
-  assert ex.returncode == 0, ex.stderr[-3000:]
+  base = ["--config", str(REPO / "configs" / "vit_micro_fmnist.py"), "--workdir", workdir, *TINY]
+  invocations = [
+      [*base, "--config.steps=2"],
+      [*base, "--config.steps=4"],  # resumes at step 2
+      [*base, "--config.steps=4", "--mode=eval"],
+      [*base, "--config.steps=4", "--mode=export"],
+  ]
+  launcher = [sys.executable, "-c", SESSION_LAUNCH]
+  session = tmp_path / "session.json"
+  codes, outs, errs = cli_session.run(invocations, session, env_of(env), launcher, keep_going=False, cwd=tmp_path)
+  assert codes == [0, 0, 0, 0], errs[-1][-3000:]
+  assert "resumed from gs://bucket/runs/micro at step 2" in outs[1]
 
   wd = root / "runs" / "micro"
   lines = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
   assert [l["step"] for l in lines if "loss" in l] == [1, 2, 3, 4]  # both runs' lines, in order
-  assert json.loads(ev.stdout.strip().splitlines()[-1])["top1"] == lines[-1]["top1"]  # restored from gs://
+  assert json.loads(outs[2].strip().splitlines()[-1])["top1"] == lines[-1]["top1"]  # restored from gs://
   assert json.loads((wd / "init_eval.json").read_text())["eval_examples"] == 20
   assert any(p.name.startswith("events.out.tfevents") for p in (wd / "tb").iterdir())
   assert {p.name for p in (wd / "checkpoints").iterdir()} >= {"2", "4"}
