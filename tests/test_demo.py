@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import helpers
@@ -90,20 +91,36 @@ def test_a_swin_base_grows_by_its_recipe(tmp_path):
   assert cfg.expansion.mapping == "stack" and cfg.init_from == str(RELEASED_SWIN) and cfg.data.pad == 2
 
 
+def _release_like(path, config: str, **timm_kwargs):
+  """A file with the release metadata of a study base trained by `config` (one dummy tensor: the demo's
+  plan reads only the metadata); the ViT architecture fields as timm spells them."""
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+
+  kwargs = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=12, num_heads=4)
+  meta = dict(model="vit_micro_patch4_28", timm_kwargs={**kwargs, **timm_kwargs}, config=config, steps=100)
+  meta.update(top1=0.5, eval_split="test", mean=[0.286], std=[0.353], pad=0)
+  encoded = {k: json.dumps(v) if k in release.JSON_FIELDS else str(v) for k, v in meta.items()}
+  save_file({"x": np.zeros(1, np.float32)}, path, metadata=encoded)
+  return path
+
+
 def test_a_release_grows_by_the_study_family_of_its_architecture(tmp_path):
-  """The family is the one whose base has the release's model and timm arguments (its metadata): the
-  3-block study base grows by the vit3 recipe (3 -> 6 blocks), a study base by the family that trained it;
+  """The family is the one whose base has the release's model and timm arguments (its metadata): a 3-block
+  patch-4 base grows by the vit3 recipe (3 -> 6 blocks), a study base by the family that trained it;
   a 12-block ViT is no family's base and is refused before anything runs."""
-  s = study.Study(f"{GROW}:demo,base={helpers.REPO / 'pretrained/study/vit3_base_s0.safetensors'}", str(tmp_path))
+  vit3 = _release_like(tmp_path / "vit3.safetensors", "", depth=3)
+  s = study.Study(f"{GROW}:demo,base={vit3}", str(tmp_path / "vit3"))
   grown = s.config(next(r for r in s.plan["runs"] if r["arm"] == "scalenet"))
-  assert grown.model.depth == 3 and study.counts_of(grown)["depths"] == [6]
+  assert (grown.model.depth, grown.model.patch_size) == (3, None)  # None: the registry model's patch 4
+  assert study.counts_of(grown)["depths"] == [6]
   # Two families share the patch-7 3-block architecture; a study base grows by the family that trained it.
   for family, crops in (("vit3_p7", 0), ("vit3_p7_crops", 2)):
-    base = helpers.REPO / "pretrained" / "study" / f"{family}_base_s0.safetensors"
+    trained_by = f"configs/grow_study.py:{family},run=base,seed=0"
+    base = _release_like(tmp_path / f"{family}.safetensors", trained_by, depth=3, patch_size=7)
     s = study.Study(f"{GROW}:demo,base={base}", str(tmp_path / family))
     grown = s.config(next(r for r in s.plan["runs"] if r["arm"] == "scalenet"))
     assert (grown.model.patch_size, grown.data.crop_padding) == (7, crops), family
-  deep = helpers.REPO / "pretrained" / "study" / "vit_deep_s0.safetensors"
+  deep = _release_like(tmp_path / "deep.safetensors", "configs/grow_study.py:vit,run=deep,seed=0")
   with pytest.raises(study.ConfigError, match="holds a 'vit_micro_patch4_28' base of no study family"):
     study.Study(f"{GROW}:demo,base={deep}", str(tmp_path / "w"))
   assert not (tmp_path / "w").exists()
