@@ -51,6 +51,8 @@ TRAINER_CONFIGS = [
             "vit3_p7,run=stack,seed=2",
             "vit3_p7_crops,run=deep,seed=0",
             "vit3_p7_crops,run=scalenet,seed=1",
+            "vit2_p7_crops,run=deep,seed=0",
+            "vit2_p7_crops,run=scalenet,seed=1",
         )
     ],
     *[("seg_fmnist.py", a) for a in (None, "run=plain,seed=1", "run=scalenet,seed=2,steps=10")],
@@ -198,6 +200,8 @@ def expected(name: str, arg) -> dict:
       out.update({"model.name": "vit_micro_patch4_28", "expansion.rank": 5, "model.depth": 3})
       if run == "deep":
         out.update({"model.depth": None, "expansion.kind": ""})
+    if family.startswith("vit2"):  # 2 blocks; its 2x-deep model is the 2x expansion from scratch (4 blocks)
+      out.update({"model.name": "vit_micro_patch4_28", "expansion.rank": 5, "model.depth": 2})
     if "_p7" in family:  # 7x7 patches, 30 base epochs
       out["model.patch_size"] = 7
     if family.startswith("vit"):  # random crops only in the _crops families

@@ -209,6 +209,10 @@ def test_grow_study_ablations_change_one_setting_each():
               "subset45",
           },
       ),
+      (  # a 2-block base: each block alone
+          "vit2_p7_crops",
+          {"lora", "mapping_stack", "reuse3", "rank2", "rank15", "drop_path0.1", "drop_path0.2", "subset0", "subset1"},
+      ),
       (
           "swin",
           {
