@@ -265,6 +265,8 @@ def study(arg="vit"):
       metric_text="top-1 on the Fashion-MNIST test set (10,000 images; at init: the 1,000-image minival split)",
       arms=labels,
       phases=list(phases),
+      # the unique column shows it; half a layer, the paper's proportion, does not exist at this size
+      notes=["The baselines' new layer adds more parameters than ScaleNet's adapters: a handicap for ScaleNet."],
       gate="headroom",  # the later phases start only once the headroom claim holds after correction
       runs=runs,
       make_run=run_of,

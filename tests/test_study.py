@@ -183,6 +183,10 @@ def test_grow_study_recipe_keeps_the_papers_ratios():
   block64 = 2 * 2 * 64 + (64 * 192 + 192) + (64 * 64 + 64) + (64 * 256 + 256) + (256 * 64 + 64) + 7 * 7 * 4
   assert swin("stack") == swin_base + block64
   assert "further_matched" in m.study("swin")["arms"] and "further_matched" not in m.study("vit")["arms"]
+  for family in m.FAMILIES:  # the reports' note: the baselines get more added parameters than ScaleNet
+    unique = lambda run: summary.summarize(m.get_config(f"{family},run={run}"), xla_check=False)["unique_params"]
+    assert unique("stack") > unique("scalenet") > unique("base"), family
+  assert "more parameters than ScaleNet's adapters" in m.study("swin")["notes"][0]
   plan = m.study("vit")
   names = [r["name"] for r in plan["runs"]]
   assert names[:6] == ["base_s0", "deep_s0", "base_s1", "deep_s1", "base_s2", "deep_s2"]  # headroom first
