@@ -1,7 +1,7 @@
 r"""Resumable small-scale studies: a config file's plan of training runs, one record, one report.
 
-  python -m scalenet_jax.study --config configs/grow_study.py:vit --workdir /tmp/study --max_minutes 55
-  python -m scalenet_jax.study --config configs/grow_study.py:vit --render_only
+  python -m scalenet_jax.study --config configs/grow_study.py:vit2_p7_crops --workdir /tmp/study --max_minutes 55
+  python -m scalenet_jax.study --config configs/grow_study.py:vit2_p7_crops --render_only
 
 The config file defines `get_config(arg)` (one run, of any pipeline `scalenet_jax.main` runs) and
 `study(arg)`, the plan: `metric` (a key of the run's final evaluation, `top1` or `perplexity`;
@@ -465,7 +465,7 @@ def main(argv):
 
 
 def define_flags():
-  flags.DEFINE_string("config", "configs/grow_study.py:vit", "Study config file and its argument (path:arg).")
+  flags.DEFINE_string("config", "configs/grow_study.py:vit2_p7_crops", "Study config file and its argument (path:arg).")
   flags.DEFINE_string("workdir", "study_workdir", "Where the runs' checkpoints go (the record is in the repository).")
   flags.DEFINE_float("max_minutes", 0, "Start no run that would not finish within this many minutes (0: no limit).")
   flags.DEFINE_string("phase", "", "Only the runs of this phase of the plan.")
