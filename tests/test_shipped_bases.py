@@ -109,8 +109,9 @@ def test_study_release_scores_what_its_record_says(path, timm, torch):
     model = builder.build_model(config_lib.load_config_file(REPO / config_file, arg))
     params, twin = release.params_of(path), None
   else:
-    grown = {k: meta["timm_kwargs"][k] for k in ("depth", "depths") if k in meta["timm_kwargs"]}
-    model = registry.create_model(meta["model"], grown)
+    # the architecture as the metadata states it (grown depth, patch size, ...) over the registry model's
+    arch = {k: v for k, v in meta["timm_kwargs"].items() if k in (*config_lib.IMAGE_ARCH_FIELDS, "depths")}
+    model = registry.create_model(meta["model"], arch)
     params = convert.timm_to_flax(tensors, model)
     twin = getattr(timm_models, meta["timm_class"])(**meta["timm_kwargs"]).eval()
     twin.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}, strict=True)
