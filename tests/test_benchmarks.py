@@ -138,7 +138,7 @@ def test_run_all_renders_every_result(run):
   run_all = _bench_module("run_all")
   assert {"train_step", "vs_timm", "scalenet_step"} <= set(run_all.discover())
   assert not {"common", "run_all"} & set(run_all.discover())
-  names = ["train_step", "scalenet_step", "compile_depth"] + (["vs_timm"] if _has_torch_timm() else [])
+  names = ["train_step", "scalenet_step", "compile_depth", "vs_timm"]  # torch and timm: test dependencies
   runs = [dict(name=n, cmd=f"{n}.py --quick", status="ok", runtime_s=1.0, output="printed", data=run(n)) for n in names]
   runs.append(dict(name="broken", cmd="broken.py", status="failed (exit 1)", runtime_s=0.5, output="Trace", data=None))
   md = run_all.render(runs, run("train_step")["machine"], quick=True)
