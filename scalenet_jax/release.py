@@ -109,14 +109,18 @@ def write(config, workdir, out, command: str, extra: dict | None = None) -> dict
     meta = {k: v for k, v in meta.items() if not k.startswith("timm_")}
     meta.update(format="flax", expansion=kind, depths=depths)
   meta.update(extra or {})
-  encoded = {k: json.dumps(v) if k in JSON_FIELDS else str(v) for k, v in meta.items()}
   tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
   from safetensors.numpy import save  # pylint: disable=g-import-not-at-top
 
-  paths.write_bytes(out, save(tensors, metadata=encoded))
+  paths.write_bytes(out, save(tensors, metadata=encode_metadata(meta)))
   title = f"{meta['model']} on {meta['dataset']}: final test top-1 {meta['top1'] * 100:.2f}%"
   plot_curve(workdir, str(out).rsplit(".", 1)[0] + ".png", title)
   return meta
+
+
+def encode_metadata(meta: dict) -> dict:
+  """The safetensors metadata (str -> str) of release metadata: JSON_FIELDS as JSON, the rest as text."""
+  return {k: json.dumps(v) if k in JSON_FIELDS else str(v) for k, v in meta.items()}
 
 
 def read(path) -> tuple[dict, dict]:

@@ -64,6 +64,14 @@ def torch(timm):
   return torch
 
 
+@pytest.fixture(scope="session")
+def transformers(torch):
+  """The transformers module (in the test extra, as torch and timm)."""
+  import transformers  # pylint: disable=g-import-not-at-top,redefined-outer-name
+
+  return transformers
+
+
 def random_params(abstract, seed: int = 0):
   """Random numpy params shaped like `abstract` (a tree of ShapeDtypeStructs), without compiling.
 

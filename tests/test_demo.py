@@ -99,8 +99,7 @@ def _release_like(path, config: str, **timm_kwargs):
   kwargs = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=12, num_heads=4)
   meta = dict(model="vit_micro_patch4_28", timm_kwargs={**kwargs, **timm_kwargs}, config=config, steps=100)
   meta.update(top1=0.5, eval_split="test", mean=[0.286], std=[0.353], pad=0)
-  encoded = {k: json.dumps(v) if k in release.JSON_FIELDS else str(v) for k, v in meta.items()}
-  save_file({"x": np.zeros(1, np.float32)}, path, metadata=encoded)
+  save_file({"x": np.zeros(1, np.float32)}, path, metadata=release.encode_metadata(meta))
   return path
 
 

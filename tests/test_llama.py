@@ -60,13 +60,6 @@ LLAMA_3_2_1B_CONFIG = {
 BASE_1B = 1_235_814_400  # transformers' count of LlamaForCausalLM(config above), tied head counted once
 
 
-@pytest.fixture(scope="session")
-def transformers(torch):
-  import transformers  # pylint: disable=g-import-not-at-top,redefined-outer-name
-
-  return transformers
-
-
 def quick_jit(fn, *args, **kwargs):
   """Compile with XLA's backend optimisations off (compiling, not running, is what costs here)."""
   return jax.jit(fn).lower(*args, **kwargs).compile(compiler_options={"xla_backend_optimization_level": 0})

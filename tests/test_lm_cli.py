@@ -69,13 +69,6 @@ def run_session(invocations, session: Path, cache, keep_going=False):
 # Inputs and the two sessions
 # ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def transformers(torch):
-  import transformers  # pylint: disable=g-import-not-at-top,redefined-outer-name
-
-  return transformers
-
-
-@pytest.fixture(scope="module")
 def flow(transformers, torch, tmp_path_factory):
   root = tmp_path_factory.mktemp("lm")
   cache = tmp_path_factory.getbasetemp() / "jax_cache"
