@@ -113,11 +113,7 @@ class StackedModel(nn.Module):
   # -- params -----------------------------------------------------------------------------------------
   def abstract_params(self) -> dict:
     """Param shapes and dtypes (`jax.ShapeDtypeStruct` leaves), without computing anything."""
-    try:
-      shapes = _abstract_params(self)
-    except TypeError:  # a field that cannot be hashed (a list, ...): trace without the memo
-      shapes = _abstract_params.__wrapped__(self)
-    return jax.tree.map(lambda s: s, shapes)  # fresh containers: callers may edit theirs
+    return abstract_variables(self)["params"]
 
   def init_params(self, seed: int) -> dict:
     """Freshly initialised params as host numpy arrays (one cheaply compiled init) from `jax.random.key(seed)`."""
@@ -126,13 +122,29 @@ class StackedModel(nn.Module):
     return jax.tree.map(np.asarray, params)
 
 
+def abstract_variables(model: nn.Module) -> dict:
+  """Shapes and dtypes of every variable collection `model.init` creates on `model.input_spec()`.
+
+  Args:
+    model: an unbound module with an `input_spec()` (the models of this package).
+
+  Returns:
+    A fresh nested dict of `jax.ShapeDtypeStruct` leaves (callers may edit it).
+  """
+  try:
+    shapes = _abstract_variables(model)
+  except TypeError:  # a field that cannot be hashed (a list, ...): trace without the memo
+    shapes = _abstract_variables.__wrapped__(model)
+  return jax.tree.map(lambda s: s, shapes)
+
+
 @functools.lru_cache(maxsize=64)
-def _abstract_params(model: StackedModel) -> dict:
+def _abstract_variables(model: nn.Module) -> dict:
   # Tracing a model's init is the slow part of building a run (0.1-0.5 s for a micro model, seconds at
   # full size), and a run asks for the same model's shapes many times (parameter counts, the matched
   # baselines' search, summaries, the state's shapes). A module is a frozen dataclass whose value is its
   # whole architecture, so the value is the key.
-  return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), model.input_spec())["params"]
+  return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), model.input_spec())
 
 
 def image_input_spec(cfg, batch: int = 1) -> jax.ShapeDtypeStruct:

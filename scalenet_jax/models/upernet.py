@@ -256,7 +256,7 @@ class Segmentor(nn.Module):
 
   def abstract_variables(self) -> dict:
     """Shapes of `params` and `batch_stats`, without computing anything."""
-    return jax.eval_shape(lambda x: self.init(jax.random.key(0), x), self.input_spec())
+    return common.abstract_variables(self)
 
   def abstract_params(self) -> dict:
     """Shapes of `params` (`jax.ShapeDtypeStruct` leaves)."""
