@@ -10,6 +10,7 @@ the train and eval steps hand to XLA. Why each setting, and what it buys: docs/p
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import platform
@@ -167,6 +168,41 @@ def compile_options(opt_level: int = -1) -> dict | None:
   """Per-program XLA options of a train/eval step: `opt_level` >= 0 sets XLA's backend optimisation level
   (1 compiles a CPU step ~3x faster, for short runs), -1 keeps XLA's default (None: no options)."""
   return {"xla_backend_optimization_level": opt_level} if opt_level >= 0 else None
+
+
+@contextlib.contextmanager
+def shared_compiled_programs(directory: str, min_compile_secs: float = 0.5):
+  """Within the block, keeps compiled programs in JAX's persistent compilation cache under `directory`,
+  unless the user configured a cache (`JAX_COMPILATION_CACHE_DIR`), which is used as it is.
+
+  The runs of a study compile the same programs again and again (the seeds of an arm; baselines of one
+  architecture and trainable set), each in a fresh `jax.jit`: with the cache, every later run, in this
+  process or the next chunk's, loads them instead. The key is the program and the compile options, so a
+  loaded program is the one that would have been compiled. The previous settings come back on exit.
+
+  Args:
+    directory: a local directory (created) for the cache.
+    min_compile_secs: programs that compile faster are not kept (loading them would not be faster).
+
+  Yields:
+    Nothing.
+  """
+  from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
+
+  if jax.config.jax_compilation_cache_dir:
+    yield
+    return
+  min_secs = jax.config.jax_persistent_cache_min_compile_time_secs
+  os.makedirs(directory, exist_ok=True)
+  compilation_cache.set_cache_dir(directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_secs)
+  compilation_cache.reset_cache()  # a process that compiled before (without a cache) checks it again
+  try:
+    yield
+  finally:
+    compilation_cache.set_cache_dir(None)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_secs)
+    compilation_cache.reset_cache()
 
 
 def run_once(fn, *args, **jit_kwargs):

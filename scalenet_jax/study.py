@@ -203,7 +203,10 @@ def run_study(
   study = Study(config_arg, workdir)
   t_start = time.time()
   os.makedirs(workdir, exist_ok=True)
-  with workdir_lock.WorkdirLock(workdir):  # one study process per workdir (each run also locks its own)
+  with (
+      workdir_lock.WorkdirLock(workdir),  # one study process per workdir (each run also locks its own)
+      jax_utils.shared_compiled_programs(os.path.join(workdir, "jax_cache")),
+  ):
     _run_pending(study, workdir, max_minutes, phase, t_start, ignore_gate)
   study.save()
   return study

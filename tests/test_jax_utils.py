@@ -73,3 +73,46 @@ def test_huge_pages_rerun_cuts_per_call_page_faults():
   assert out["1"]["info"]["allocator"].startswith("transparent huge pages"), out
   assert out["0"]["faults_per_call"] > 30_000, out  # 4 KiB pages: the whole buffer, every call
   assert out["1"]["faults_per_call"] < 0.1 * out["0"]["faults_per_call"], out
+
+
+@pytest.fixture
+def no_compilation_cache():
+  """The process without the suite's persistent cache (tests/conftest.py), as a user's is by default."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
+
+  before = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
+  compilation_cache.set_cache_dir(None)
+  compilation_cache.reset_cache()
+  yield before[1]
+  compilation_cache.set_cache_dir(before[0])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
+  compilation_cache.reset_cache()
+
+
+def test_shared_compiled_programs_loads_what_an_earlier_jit_compiled(tmp_path, no_compilation_cache):
+  """A fresh `jax.jit` of the same program inside the block is served from the cache directory (no new
+  entry, same result); another program adds one; on exit the process has no cache again, and a cache the
+  user configured is used as it is."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  x = jnp.arange(12.0).reshape(3, 4)
+  program = lambda: jax.jit(lambda x: jnp.tanh(x @ x.T).sum(0))  # a new jit (and trace) per call
+  kept = lambda: sorted(p.name for p in cache.iterdir() if "jit__lambda" in p.name)
+  cache = tmp_path / "cache"
+  with jax_utils.shared_compiled_programs(str(cache), min_compile_secs=0):
+    first = program()(x)
+    (entry,) = kept()
+  with jax_utils.shared_compiled_programs(str(cache), min_compile_secs=0):
+    np.testing.assert_array_equal(program()(x), first)
+    assert kept() == [entry]
+    jax.jit(lambda x: x * 3)(x)
+    assert len(kept()) == 2
+  assert jax.config.jax_compilation_cache_dir is None
+  assert jax.config.jax_persistent_cache_min_compile_time_secs == no_compilation_cache  # restored
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path / "users"))
+  with jax_utils.shared_compiled_programs(str(tmp_path / "ours")):
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "users")
+  assert not (tmp_path / "ours").exists()
