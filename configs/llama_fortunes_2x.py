@@ -139,6 +139,8 @@ def study(arg="study"):
       # Seconds per training sequence per forward GFLOP, until a run of the study here measures it: 30 steps
       # of the base's recipe took 0.63-0.96 s/step (0.29-0.45 s per sequence-GFLOP; its 19 held-out evaluations
       # of ~5.6 s add ~0.035 s/step), the arms 0.20-0.29; Intel Xeon @ 2.80GHz, 2 cores shared with another
-      # training run (load 2-5), 2026-12-07. The base: ~34-50 min, so it has a 55-minute chunk to itself.
+      # training run (load 2-5), 2026-12-07. Measured quiet on an AMD EPYC (2 cores, 2026-12-07): the base's
+      # 3,000 steps took 313 s (0.049 s per sequence-GFLOP); the runner uses a machine's own measured rate
+      # once a run of the study has finished on that CPU model.
       sec_per_image_gflop=0.4,
   )
