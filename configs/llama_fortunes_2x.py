@@ -11,8 +11,8 @@ python -m scalenet_jax.main --config configs/llama_fortunes_2x.py:run=further --
 
 Arguments (`:k=v,k2=v2`): run (pretrain | scalenet | stack | further), base (the pretrained export,
 default /tmp/fortunes/base/export), seed, steps, mapping (interpolate | stack), adjust (adapter | lora |
-none), trainable (adjust_ln | adjust_ln_head | all), reuse (2; 1 with run=scalenet: adapters, no new
-layers). The whole comparison (3 seeds) is the plan `study` below, run by the one study runner:
+none), rank (16), trainable (adjust_ln | adjust_ln_head | all), reuse (2; 1 with run=scalenet: adapters, no
+new layers). The whole comparison (3 seeds) is the plan `study` below, run by the one study runner:
 
 python -m scalenet_jax.study --config configs/llama_fortunes_2x.py:study --workdir /tmp/lm_study --max_minutes 55
 """
@@ -34,6 +34,7 @@ def get_config(arg=None):
       steps=0,  # 0 = the recipe's (PRETRAIN_STEPS / GROW_STEPS)
       mapping="interpolate",
       adjust="adapter",
+      rank=16,
       trainable="adjust_ln",
       reuse=2,  # 1 with run=scalenet: the base with adapters, no new layers (the study's trainable-matched control)
   )
@@ -63,7 +64,7 @@ def get_config(arg=None):
       a["base"],
       mapping=a["mapping"],
       adjust=a["adjust"],
-      rank=16,
+      rank=a["rank"],
       trainable=a["trainable"],
       reuse=a["reuse"],
   )
@@ -93,9 +94,11 @@ STUDY_ARMS = {  # arm -> (label, config argument)
     "base": ("base (llama_tiny, 4 layers, from scratch)", "run=pretrain"),
     "scalenet": ("ScaleNet 2x (8 blocks over 4 shared layers; adapters + norms train)", "run=scalenet"),
     "stack": ("stacked baseline (parameter-matched new layers; they and the norms train)", "run=stack"),
+    # The base's 4 layers carry half of ScaleNet's 8 adapter instances: at twice the rank they train as many
+    # parameters as ScaleNet does (197,760 vs 198,784), so this control differs from it only in depth.
     "further_adapters": (
-        "base + adapters, no new layers (adapters + norms train: trainable-matched)",
-        "run=scalenet,reuse=1",
+        "base + adapters r=32, no new layers (adapters + norms train: trainable-matched)",
+        "run=scalenet,reuse=1,rank=32",
     ),
     "further_all": ("base trained further, every parameter (not trainable-matched)", "run=further"),
 }

@@ -261,10 +261,15 @@ def test_lm_study_plan_keeps_the_ratios_and_matched_arms():
       assert c.init_from.endswith(runs["base_s0"]["release"]) and runs[name]["needs"] == "base_s0"
   count = lambda name: summary.summarize(cfg[name], xla_check=False)
   # The adapters-only control trains the kind of parameters ScaleNet trains (adapters + norms) on the
-  # base's 4 layers: half of ScaleNet's 8 instances' adapters, no new norms; every-parameter control labelled.
+  # base's 4 layers, as many as ScaleNet trains. Hand count, width d = 128, MLP width 3d: per block an
+  # adapter beside each of the 3 MLP linears (in x r down, r x out up: r (d + 3d) each) and 2 norms of d;
+  # plus the final norm. ScaleNet: 8 instances at r = 16; the control: 4 layers at r = 32. The
+  # every-parameter control is labelled as such.
   sn, ad, full = count("scalenet_s0"), count("further_adapters_s0"), count("further_all_s0")
   assert sum(ad["depths"]) == 4 and sum(sn["depths"]) == 8
-  assert ad["unique_params"] - full["unique_params"] < sn["unique_params"] - full["unique_params"]
+  d, blocks = 128, lambda n, r: n * (3 * r * (d + 3 * d) + 2 * d) + d
+  assert sn["trainable_params"] == blocks(8, 16) == 198_784
+  assert ad["trainable_params"] == blocks(4, 32) == 197_760
   assert full["trainable_params"] == full["unique_params"] and "not trainable-matched" in plan["arms"]["further_all"]
   assert plan["lower_is_better"] and plan["metric"] == "perplexity"
 
