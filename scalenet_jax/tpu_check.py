@@ -119,8 +119,12 @@ def topology_devices(chip: Chip, topology: str) -> list:
   ):
     os.environ.setdefault(key, value)
   jax.config.update("jax_platforms", "cpu")
-  # A persistent cache (the tests keep one) cannot load compile-only TPU programs: it would only warn.
+  # A persistent cache (the tests keep one) cannot load compile-only TPU programs: it would only warn. A
+  # process that compiled before has already decided to use it: reset, so the next compile checks again.
+  from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
+
   jax.config.update("jax_enable_compilation_cache", False)
+  compilation_cache.reset_cache()
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
 
   return list(topologies.get_topology_desc(topology, "tpu", **dict(chip.topology_kwargs)).devices)

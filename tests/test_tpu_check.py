@@ -12,11 +12,15 @@ q.k and a.v 2*4*5*5*16, proj 5*64*64, fc1 and fc2 2*5*64*256 = 248,960, six bloc
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import warnings
 
 import jax
+import jax.numpy as jnp
 import pytest
+from jax.experimental.compilation_cache import compilation_cache
 from helpers import REPO
 
 from scalenet_jax import config_lib, tpu_check
@@ -36,6 +40,15 @@ def tiny_config(**overrides):
       node = node[p]
     node[leaf] = value
   return c
+
+
+@pytest.fixture(autouse=True)
+def _suite_cache_back():
+  """A compile check turns the persistent cache off for its process; the tests after it in this worker
+  get the suite's cache (tests/conftest.py) back."""
+  yield
+  jax.config.update("jax_enable_compilation_cache", True)
+  compilation_cache.reset_cache()
 
 
 def main_compile(*args, timeout=600) -> subprocess.CompletedProcess:
@@ -113,6 +126,25 @@ def test_fsdp_in_bf16_splits_the_state_over_the_devices():
     train = r["programs"]["train"]
     assert train["argument_bytes"] >= r["state_bytes_per_device"] + train["batch_bytes"]
   assert fsdp["programs"]["train"]["argument_bytes"] < 0.6 * rep["programs"]["train"]["argument_bytes"]
+
+
+def test_a_check_after_cached_compiles_keeps_tpu_programs_out_of_the_cache(monkeypatch):
+  """A process that has compiled with a persistent cache (the suite's) already decided to use it: a check
+  must still keep its TPU programs out of it, since they cannot be loaded back (jax warned at every later
+  check). Every compile is eligible here (no minimum compile time)."""
+  cache = jax.config.jax_compilation_cache_dir
+  assert cache, "tests/conftest.py sets the suite's cache"
+  jax.jit(lambda x: jnp.sin(x) * 3)(jnp.ones(7))
+  min_secs = jax.config.jax_persistent_cache_min_compile_time_secs
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  try:
+    before = set(os.listdir(cache))
+    with warnings.catch_warnings():
+      warnings.simplefilter("error")
+      tpu_check.check(tiny_config(), "v5e:2x2")
+    assert not [e for e in set(os.listdir(cache)) - before if "_step" in e]
+  finally:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_secs)
 
 
 def test_a_state_larger_than_the_chip_is_refused_with_what_would_fit():
