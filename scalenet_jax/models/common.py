@@ -132,10 +132,10 @@ def abstract_variables(model: nn.Module) -> dict:
     A fresh nested dict of `jax.ShapeDtypeStruct` leaves (callers may edit it).
   """
   try:
-    shapes = _abstract_variables(model)
+    hash(model)
   except TypeError:  # a field that cannot be hashed (a list, ...): trace without the memo
-    shapes = _abstract_variables.__wrapped__(model)
-  return jax.tree.map(lambda s: s, shapes)
+    return _abstract_variables.__wrapped__(model)
+  return jax.tree.map(lambda s: s, _abstract_variables(model))
 
 
 @functools.lru_cache(maxsize=64)
