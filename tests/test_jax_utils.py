@@ -72,7 +72,10 @@ def test_huge_pages_rerun_cuts_per_call_page_faults():
   assert jax_utils.HUGE_PAGES_TUNABLE in out["1"]["tunables"] and not out["0"]["tunables"]  # it re-ran itself
   assert out["1"]["info"]["allocator"].startswith("transparent huge pages"), out
   assert out["0"]["faults_per_call"] > 30_000, out  # 4 KiB pages: the whole buffer, every call
-  assert out["1"]["faults_per_call"] < 0.1 * out["0"]["faults_per_call"], out
+  # How many 2 MiB pages the kernel can hand out depends on the host's fragmentation: ~30x fewer faults
+  # on a quiet 2-core work machine, 9.4x on a CI machine (73,842 -> 7,852). Without the tunable taking
+  # effect the ratio is ~1, so a 4x cut still tells the two apart.
+  assert out["1"]["faults_per_call"] < 0.25 * out["0"]["faults_per_call"], out
 
 
 @pytest.fixture
