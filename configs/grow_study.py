@@ -58,7 +58,8 @@ FAMILIES = {
     # base recipe (configs/pretrain_fmnist.py:<model>, `depth` blocks if given) trained for `base_epochs`;
     # adapter rank; what the independent-layer baselines add; whether the grown model's trainable set
     # differs from "every parameter" (then the base trained further with that set is a control of its
-    # own); `deep`: the run of another family that is this family's 2x-deep model (same config).
+    # own); `deep`: the run of another family that is this family's 2x-deep model (same config);
+    # `released`: the arms whose seed-0 weights go to pretrained/study/ (default: every Table I row).
     "vit": VIT,
     # The ViT with 3 blocks: the 6-layer base gained only 0.4 points from 12 layers (seeds 0, 1, within
     # their noise), so the headroom check moves to the shallower pair, 3 -> 6 blocks, whose 2x-deep model
@@ -102,6 +103,9 @@ FAMILIES = {
         new="1 new block in stage 1",
         base="2+2+2 blocks",
         matched=True,
+        # Only the base's seed-0 weights (2.3 MB, what every grown arm starts from) are released: the
+        # other Table I rows would add ~3-4 MB each (the ViT's are ~0.5 MB).
+        released=("base",),
     ),
 }
 FINETUNE_LR_RATIO = 0.4  # paper: DeiT fine-tunes at 2e-4 after pretraining at 5e-4
@@ -254,8 +258,9 @@ def study(arg="vit"):
     if arm == "deep" and FAMILIES[family].get("deep"):  # another family's run, recorded there
       other, _, other_arm = FAMILIES[family]["deep"].partition(",run=")
       run["same_as"] = f"docs/grow_study_{other}.json:{other_arm}_s{seed}"
-    elif seed == 0 and phase != "ablations":  # every Table I row's seed-0 weights are released (the base's:
-      # what the grown arms start from)
+    elif seed == 0 and phase != "ablations" and arm in FAMILIES[family].get("released", (arm,)):
+      # every Table I row's seed-0 weights are released, unless the family names fewer (the base's: what
+      # the grown arms start from)
       run["release"] = str(release_path(family, arm).relative_to(paths.REPO_ROOT))
     return run
 

@@ -183,6 +183,9 @@ def test_grow_study_recipe_keeps_the_papers_ratios():
   block64 = 2 * 2 * 64 + (64 * 192 + 192) + (64 * 64 + 64) + (64 * 256 + 256) + (256 * 64 + 64) + 7 * 7 * 4
   assert swin("stack") == swin_base + block64
   assert "further_matched" in m.study("swin")["arms"] and "further_matched" not in m.study("vit")["arms"]
+  released = lambda family: {r["name"] for r in m.study(family)["runs"] if r.get("release")}
+  assert released("vit") == {f"{a}_s0" for a in m.phases_of("vit")["headroom"] + m.phases_of("vit")["grow"]}
+  assert released("swin") == {"base_s0"}  # the file every grown arm starts from, 2.3 MB; the others not
   for family in m.FAMILIES:  # the reports' note: the baselines get more added parameters than ScaleNet
     unique = lambda run: summary.summarize(m.get_config(f"{family},run={run}"), xla_check=False)["unique_params"]
     assert unique("stack") > unique("scalenet") > unique("base"), family
