@@ -33,6 +33,20 @@ def config_module(name: str):
   return config_lib.load_config_module(CONFIGS / name)
 
 
+def nas_tiny_config(**overrides):
+  """A supernet run on the 'tiny' search space (batch 8, a 4-step schedule with no warmup, 5 minival images
+  per class; `overrides`: `supernet_config` fields). One config for every NAS test that trains: a step's
+  learning-rate schedule is compiled into its program, so tests with equal settings share the compiled
+  supernet programs through the suite's persistent cache."""
+  from scalenet_jax.nas import train_supernet as ts  # pylint: disable=g-import-not-at-top
+
+  c = ts.supernet_config("tiny", **{"batch_size": 8, "log_every": 2, "ckpt_every": 2, **overrides})
+  c.data.minival_per_class = 5
+  c.optim.warmup_steps = 0  # lr > 0 from step 0
+  c.optim.total_steps = 4  # fixed, so that a 2-step run and a 4-step run share the schedule
+  return c
+
+
 def fashion_mnist_dir() -> str:
   """The real Fashion-MNIST (`sources.fashion_mnist_dir()`); a test that needs it fails without it."""
   root = sources.fashion_mnist_dir()

@@ -177,8 +177,7 @@ def test_every_nas_training_field_is_read(image_trainer_reads, tmp_path):
   from scalenet_jax.nas.sampling import sample_path
   from scalenet_jax.nas.space import apply_scaling, get_space
 
-  c = ts.supernet_config("tiny", steps=2, batch_size=8, log_every=1, ckpt_every=0, eval_batch_size=50)
-  c.data.minival_per_class = 5
+  c = helpers.nas_tiny_config(steps=2, log_every=1, ckpt_every=0, eval_batch_size=50)
   with tracking_reads() as reads:
     main.run(c, str(tmp_path / "supernet"))
     alpha, S = sample_path(get_space("tiny"), "hss", 0, 0)

@@ -37,14 +37,6 @@ def _fashion_mnist():
   helpers.fashion_mnist_dir()  # every test here trains or evaluates on the real Fashion-MNIST
 
 
-def tiny_config(**kw):
-  c = ts.supernet_config("tiny", batch_size=8, log_every=2, ckpt_every=2, **kw)
-  c.data.minival_per_class = 5
-  c.optim.warmup_steps = 0  # lr > 0 from step 0
-  c.optim.total_steps = 4  # fixed, so that a 2-step run and a 4-step run share the schedule
-  return c
-
-
 @pytest.mark.parametrize("k,stride,h", [(3, 1, 8), (5, 2, 9), (7, 2, 8), (7, 2, 5), (3, 2, 7)])
 def test_depthwise_conv_matches_grouped_conv(k, stride, h):
   rng = np.random.default_rng(k)
@@ -62,7 +54,7 @@ def test_supernet_train_step_with_path_in_model_kwargs():
   model = SuperNet(SPACE)
   params = jax.device_get(init_supernet(model, seed=0))  # host copies: the step donates its state
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
-  cfg = tiny_config()
+  cfg = helpers.nas_tiny_config()
   tx = optim.make_optimizer(loop_lib.optimizer_config(cfg), abstract)
   mesh = sh.make_mesh()
   zeros = lambda _: {"params": jax.tree.map(jnp.zeros_like, abstract)}
@@ -105,9 +97,9 @@ def test_supernet_train_step_with_path_in_model_kwargs():
 
 @pytest.mark.e2e
 def test_supernet_resume_is_bit_identical(tmp_path):
-  full = ts.train_supernet(tiny_config(steps=4), str(tmp_path / "full"))
-  ts.train_supernet(tiny_config(steps=2), str(tmp_path / "split"))  # "killed" after the step-2 checkpoint
-  resumed = ts.train_supernet(tiny_config(steps=4), str(tmp_path / "split"))
+  full = ts.train_supernet(helpers.nas_tiny_config(steps=4), str(tmp_path / "full"))
+  ts.train_supernet(helpers.nas_tiny_config(steps=2), str(tmp_path / "split"))  # "killed" after the step-2 checkpoint
+  resumed = ts.train_supernet(helpers.nas_tiny_config(steps=4), str(tmp_path / "split"))
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(full), jax.device_get(resumed))
   lines = [json.loads(l) for l in open(tmp_path / "split" / "metrics.jsonl")]
   assert [l["step"] for l in lines] == [2, 4]
@@ -117,7 +109,7 @@ def test_supernet_resume_is_bit_identical(tmp_path):
 def test_masked_standalone_paths_train_evaluate_and_resume(tmp_path, monkeypatch):
   """`train_paths_masked` on real data: 3 paths in 2 (resolution, bucket) groups, 2 per vmapped call
   (one padded); the record in the workdir makes a second call train nothing."""
-  c = tiny_config(steps=2)
+  c = helpers.nas_tiny_config(steps=2)
   pairs = [sample_path(SPACE, "hss", 1234, i) for i in range(40)]
   by_group = {}
   for a, S in pairs:
@@ -132,7 +124,7 @@ def test_masked_standalone_paths_train_evaluate_and_resume(tmp_path, monkeypatch
   monkeypatch.setattr(ts, "open_split", lambda *a, **k: pytest.fail("resumed call opened the data"))
   assert ts.train_paths_masked(c, str(tmp_path), chosen, SPACE, vmap_size=2) == accs
   with pytest.raises(pytest.fail.Exception, match="opened the data"):
-    ts.train_paths_masked(tiny_config(steps=3), str(tmp_path), chosen, SPACE, vmap_size=2)
+    ts.train_paths_masked(helpers.nas_tiny_config(steps=3), str(tmp_path), chosen, SPACE, vmap_size=2)
 
 
 @pytest.fixture(scope="module")

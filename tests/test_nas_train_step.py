@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import nas_tiny_config
+
 from scalenet_jax.errors import ConfigError
 from scalenet_jax.nas import train_supernet as ts
 from scalenet_jax.nas.sampling import sample_path
@@ -31,13 +33,6 @@ from scalenet_jax.train import step as step_lib
 SPACE = get_space("tiny")
 
 
-def _config(**kw):
-  c = ts.supernet_config("tiny", batch_size=8, **kw)
-  c.optim.warmup_steps = 0  # lr > 0 from step 0
-  c.optim.total_steps = 4
-  return c
-
-
 def _batch(r: int, seed: int = 0, n: int = 8):
   rng = np.random.default_rng(seed)
   return rng.normal(size=(n, r, r, 1)).astype(np.float32), rng.integers(0, 10, size=n).astype(np.int32)
@@ -58,15 +53,15 @@ def test_programs_and_input_specs():
   assert ts.programs(SPACE, "hss") == [(16, 0), (16, 1), (20, 1)]
   assert ts.programs(SPACE, "uniform") == [(16, 0), (16, 1), (20, 0), (20, 1)]
   assert ts.programs(SPACE, "hss", buckets=False) == [(16, None), (20, None)]
-  task = ts.supernet_task(_config(), source=None)
+  task = ts.supernet_task(nas_tiny_config(), source=None)
   specs = task.input_specs(8)
   assert list(specs) == ["@16px/bucket0", "@16px/bucket1", "@20px/bucket1"]
   stem = lambda name: specs[name][1]["path"]["stem"].shape
   assert stem("@16px/bucket0") == (supernet_arch(SPACE, 0).stem_channels,)
   assert stem("@16px/bucket0") < stem("@16px/bucket1")
-  assert list(ts.supernet_task(_config(buckets=False), source=None).input_specs(8)) == ["@16px", "@20px"]
+  assert list(ts.supernet_task(nas_tiny_config(buckets=False), source=None).input_specs(8)) == ["@16px", "@20px"]
   with pytest.raises(ConfigError, match="buckets"):
-    ts.supernet_task(_config(buckets="yes"), source=None)
+    ts.supernet_task(nas_tiny_config(buckets="yes"), source=None)
 
 
 def test_path_bucket_reads_the_array_shapes():
@@ -83,7 +78,7 @@ def test_path_bucket_reads_the_array_shapes():
 def test_bucketed_step_equals_full_width_step():
   """Same sampled path and batch: the step at the path's bucket gives the full-width step's loss,
   gradients (zero on every weight the path does not use) and updated parameters."""
-  cfg = _config()
+  cfg = nas_tiny_config()
   task = ts.supernet_task(cfg, source=None)  # its model reads the bucket from the path arrays
   params = jax.device_get(_perturbed(init_supernet(SuperNet(SPACE), seed=0)))
   plan_b = ts.path_plan(SPACE, "hss", cfg.seed, cfg.eta, buckets=True)
@@ -169,7 +164,7 @@ def test_masked_standalone_path_follows_the_pathnet():
   """Fresh PathNet weights embedded in the supernet tree, trained through the masked program with the
   same recipe and batches: the PathNet's losses and parameters step by step; the zeros around the
   path's weights stay exactly zero. Through `jax.vmap` over two paths as well."""
-  cfg = _config()
+  cfg = nas_tiny_config()
   steps = _bucket0_steps(cfg.seed, 2)
   pairs = [sample_path(SPACE, "hss", cfg.seed, s) for s in steps]
   archs = [apply_scaling(a, S, SPACE) for a, S in pairs]
