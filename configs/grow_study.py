@@ -94,7 +94,9 @@ FAMILIES = {
     # 12 epochs, half the released base's 25 (same recipe, 2-pixel crops): 6 epochs is the budget that
     # left the ViT pairs budget-limited, and 25 would cost ~65 min per headroom seed on 2 cores (2+2+2 at
     # 6.5 steps/s, 2+2+4 at 5.5, batch 128, AMD EPYC); 12 costs ~31 min, so the headroom check fits a
-    # session and the whole family ~7 h.
+    # session and the whole family ~7 h. Result (docs/grow_study_swin.md, 3 seeds): no headroom at 12
+    # epochs, base 88.18 %, 2+2+4 88.28 %, paired +0.10 +- 0.91 (p 0.67; seeds +0.20 / -0.30 / +0.41),
+    # both well below the released base's 90.61 % at 25: budget-limited, as the ViT pairs were at 6.
     "swin": dict(
         model="swin",
         base_epochs=12,
