@@ -179,9 +179,10 @@ def expected(name: str, arg) -> dict:
     if "mapping" in a:
       out["expansion.mapping"] = a["mapping"]
     return out
-  if stem == "grow_study":  # the module docstring: 6 base epochs, one third for the grown arms at 0.4x the lr
+  if stem == "grow_study":  # the module docstring: 6 base epochs (the patch-7 families 30, Swin 12), one
+    # third for the grown arms at 0.4x the lr
     family, run, seed = (v.split("=")[-1] for v in arg.split(","))
-    base_steps = (30 if "_p7" in family else 6) * 59_000 // 128
+    base_steps = (30 if "_p7" in family else 12 if family == "swin" else 6) * 59_000 // 128
     from_base = run not in ("base", "deep", "scratch")
     out = {
         "model.name": {"vit": "vit_micro_patch4_28", "swin": "swin_micro_patch2_window4_32"}.get(family, ""),
