@@ -10,8 +10,9 @@ What the study keeps from the paper (../shared/docs/scalenet_grow.md §8, paper 
 - the base trains to the end of its own schedule (`base_epochs`, the released base's recipe,
   configs/pretrain_fmnist.py: 6 epochs for `vit` / `vit3`, whose 2x-deep seed at the 30 epochs of
   pretrained/ would cost 5 h here; the full 30 epochs for the patch-7 families, whose steps are ~3x
-  cheaper; 12 for `swin`, half its released base's 25), and the headroom check comes first; the grown setting is the one with headroom,
-  `vit2_p7_crops` (2 -> 4 layers, FAMILIES says why the others were left);
+  cheaper; 12 for `swin`, half its released base's 25), and the headroom check comes first; the grown
+  setting is the one with headroom, `vit2_p7_crops` (2 -> 4 layers, FAMILIES says why the others were
+  left);
 - headroom: the 2x-deep model from scratch gets the base's full budget, 3 seeds of each;
 - every grown arm fine-tunes one third of the base's training images (paper: 100 of 300 epochs), at 0.4x
   the base's learning rate (paper: 2e-4 after 5e-4) from the seed-0 base, released under
