@@ -132,9 +132,9 @@ def base_config(**overrides) -> ml_collections.ConfigDict:
 # ----------------------------------------------------------------------------------------------------
 # The image-model trainer (plain training and ScaleNet-grow expansion)
 # ----------------------------------------------------------------------------------------------------
-# Architecture overrides of an image model's registry entry (None = the registry's value); `depth`: a
-# ViT's number of blocks.
-IMAGE_ARCH_FIELDS = ("num_classes", "img_size", "in_chans", "depth", "patch_size")
+# Architecture overrides of an image model's registry entry and their types (None = the registry's value);
+# `depth`: a ViT's number of blocks, `depths`: a Swin's blocks per stage.
+IMAGE_ARCH_FIELDS = dict(num_classes=int, img_size=int, in_chans=int, depth=int, depths=tuple, patch_size=int)
 
 
 def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
@@ -142,7 +142,7 @@ def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
       ml_collections.ConfigDict(
           dict(
               name=name,
-              **{k: config_dict.placeholder(int) for k in IMAGE_ARCH_FIELDS},
+              **{k: config_dict.placeholder(t) for k, t in IMAGE_ARCH_FIELDS.items()},
               drop_path_rate=0.0,
               dtype="float32",  # compute dtype: 'float32' | 'bfloat16' (params stay float32)
               remat=False,

@@ -110,7 +110,7 @@ def test_study_release_scores_what_its_record_says(path, timm, torch):
     params, twin = release.params_of(path), None
   else:
     # the architecture as the metadata states it (grown depth, patch size, ...) over the registry model's
-    arch = {k: v for k, v in meta["timm_kwargs"].items() if k in (*config_lib.IMAGE_ARCH_FIELDS, "depths")}
+    arch = {k: v for k, v in meta["timm_kwargs"].items() if k in config_lib.IMAGE_ARCH_FIELDS}
     model = registry.create_model(meta["model"], arch)
     params = convert.timm_to_flax(tensors, model)
     twin = getattr(timm_models, meta["timm_class"])(**meta["timm_kwargs"]).eval()
