@@ -182,6 +182,16 @@ def test_grow_study_recipe_keeps_the_papers_ratios():
   assert swin("scalenet") == swin_base + 10 * 3 * (2 * 32 + 2 * 64 + 4 * 128) + 2 * 2 * 2 * 128
   block64 = 2 * 2 * 64 + (64 * 192 + 192) + (64 * 64 + 64) + (64 * 256 + 256) + (256 * 64 + 64) + 7 * 7 * 4
   assert swin("stack") == swin_base + block64
+  # swin1: 2+2+1 blocks, grown to 2+2+2 (adapters on 6 blocks, the norms of 1 new block); its 2x-deep model
+  # is the swin family's base, recorded there
+  swin1 = lambda run: summary.summarize(m.get_config(f"swin1,run={run},seed=0"), xla_check=False)["unique_params"]
+  swin1_base = swin1("base")
+  block128 = 2 * 2 * 128 + (128 * 384 + 384) + (128 * 128 + 128) + (128 * 512 + 512) + (512 * 128 + 128) + 7 * 7 * 8
+  assert swin1_base == swin_base - block128
+  assert swin1("scalenet") == swin1_base + 10 * 3 * (2 * 32 + 2 * 64 + 2 * 128) + 1 * 2 * 2 * 128
+  assert swin1("stack") == swin1_base + block64 and swin1("deep") == swin_base
+  deep_s1 = next(r for r in m.study("swin1")["runs"] if r["name"] == "deep_s1")
+  assert deep_s1["same_as"] == "docs/grow_study_swin.json:base_s1" and "release" not in deep_s1
   assert "further_matched" in m.study("swin")["arms"] and "further_matched" not in m.study("vit")["arms"]
   released = lambda family: {r["name"] for r in m.study(family)["runs"] if r.get("release")}
   assert released("vit") == {f"{a}_s0" for a in m.phases_of("vit")["headroom"] + m.phases_of("vit")["grow"]}
