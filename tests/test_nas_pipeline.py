@@ -13,7 +13,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -133,11 +132,10 @@ def quick_run(tmp_path_factory):
   mod = helpers.config_module("nas_fmnist_search.py")
   c = mod.get_config()
   c.quick = True
-  c.supernet.space = ml_collections.ConfigDict({"name": "tiny", "kwargs": {"in_channels": 1}})
-  c.supernet.data.minival_per_class = 5
-  c.quick_overrides.supernet.steps = 6
-  c.quick_overrides.supernet.ckpt_every = 3
-  c.quick_overrides.supernet.log_every = 3
+  # The tests' supernet run (as test_supernet_resume_is_bit_identical's 4 steps): its 3 (resolution, bucket)
+  # programs come from the persistent cache when that test has compiled them, ~40 s each otherwise.
+  c.supernet = helpers.nas_tiny_config(steps=4)
+  c.quick_overrides.supernet = {}
   c.quick_overrides.search = dict(iterations=1, n_base=2, population=3, generations=2)
   c.quick_overrides.rank_corr = dict(num_paths=3, steps=2, batch_size=8)
   return wd, pipeline.run(c, str(wd)), c
