@@ -46,6 +46,8 @@ TRAINER_CONFIGS = [
             "swin,run=stack,seed=0",
             "swin1,run=scalenet,seed=1",
             "swin1,run=deep,seed=2",
+            "swin1_25,run=deep,seed=0",
+            "swin1_25,run=stack,seed=1",
             "vit3,run=scalenet,seed=1",
             "vit3,run=deep,seed=2",
             "vit3_p7,run=base,seed=0",
@@ -181,10 +183,11 @@ def expected(name: str, arg) -> dict:
     if "mapping" in a:
       out["expansion.mapping"] = a["mapping"]
     return out
-  if stem == "grow_study":  # the module docstring: 6 base epochs (the patch-7 families 30, Swin 12), one
+  if stem == "grow_study":  # the module docstring: 6 base epochs (the patch-7 families 30, Swin 12 or 25), one
     # third for the grown arms at 0.4x the lr
     family, run, seed = (v.split("=")[-1] for v in arg.split(","))
-    base_steps = (30 if "_p7" in family else 12 if family.startswith("swin") else 6) * 59_000 // 128
+    base_epochs = 30 if "_p7" in family else 25 if family.endswith("_25") else 12 if family.startswith("swin") else 6
+    base_steps = base_epochs * 59_000 // 128
     from_base = run not in ("base", "deep", "scratch")
     out = {
         "model.name": {"vit": "vit_micro_patch4_28", "swin": "swin_micro_patch2_window4_32"}.get(family[:4], ""),
@@ -203,9 +206,9 @@ def expected(name: str, arg) -> dict:
       out.update({"model.name": "vit_micro_patch4_28", "expansion.rank": 5, "model.depth": 3})
       if run == "deep":
         out.update({"model.depth": None, "expansion.kind": ""})
-    if family == "swin1":  # 2+2+1 blocks; its 2x-deep model is the swin family's base (2+2+2)
+    if family.startswith("swin1"):  # 2+2+1 blocks; the 2x-deep model: swin's base (2+2+2) / the expansion
       out.update({"model.name": "swin_micro_patch2_window4_32", "expansion.rank": 3, "model.depths": (2, 2, 1)})
-      if run == "deep":
+      if run == "deep" and family == "swin1":
         out.update({"model.depths": None, "expansion.kind": ""})
     if family.startswith("vit2"):  # 2 blocks; its 2x-deep model is the 2x expansion from scratch (4 blocks)
       out.update({"model.name": "vit_micro_patch4_28", "expansion.rank": 5, "model.depth": 2})
