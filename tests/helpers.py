@@ -58,9 +58,16 @@ def fashion_mnist_dir() -> str:
   return root
 
 
-def env_for(cache_dir, devices: int = 1) -> dict:
+def suite_cache() -> str:
+  """The suite's persistent XLA compilation cache (tests/conftest.py). Every test compiles into it, in
+  process and in subprocesses: a program compiled once on a machine (keys include the XLA flags and the
+  device count) is read back by later tests and later suite runs instead of being compiled again."""
+  return os.environ["JAX_COMPILATION_CACHE_DIR"]
+
+
+def env_for(devices: int = 1) -> dict:
   """The environment of a `python -m scalenet_jax.main` subprocess: CPU, `devices` host devices, quick
-  compiles and a persistent compilation cache in `cache_dir`.
+  compiles and the suite's persistent compilation cache (`suite_cache`).
 
   Quick compiles: these runs take a few steps, so compiling is most of their time. XLA's backend
   optimisation level 0 compiles in about half the time of the suite's level 1 (a fwd+bwd at 224 px, batch
@@ -73,7 +80,7 @@ def env_for(cache_dir, devices: int = 1) -> dict:
   env.update(
       XLA_FLAGS=" ".join(flags),
       JAX_PLATFORMS="cpu",
-      JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+      JAX_COMPILATION_CACHE_DIR=suite_cache(),
       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
       PYTHONPATH=str(REPO),
   )
@@ -211,13 +218,13 @@ def timm_checkpoint(timm, torch, directory: Path, name: str, **arch) -> Path:
   return path
 
 
-def run_paper_session(spec, cache_dir, invocations: list[list[str]], session: Path):
+def run_paper_session(spec, invocations: list[list[str]], session: Path):
   """The `python -m scalenet_jax.main` invocations one after the other in one process under the TFDS mock
   (tests/cli_session.py, keep going); their exit codes, stdouts, stderrs."""
   import cli_session  # pylint: disable=g-import-not-at-top
   import tfds_mock  # pylint: disable=g-import-not-at-top
 
-  env = tfds_mock.env(spec, base=env_for(cache_dir))
+  env = tfds_mock.env(spec, base=env_for())
   return cli_session.run(invocations, session, env, launcher=tfds_mock.command())
 
 

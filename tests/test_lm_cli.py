@@ -60,8 +60,8 @@ def hf_logits(transformers, torch, directory, x):
     return hf(torch.from_numpy(x.astype(np.int64))).logits.float().numpy(), hf.config.num_hidden_layers
 
 
-def run_session(invocations, session: Path, cache, keep_going=False):
-  codes, outs, errs = cli_session.run(invocations, session, env_for(cache), keep_going=keep_going, timeout=600)
+def run_session(invocations, session: Path, keep_going=False):
+  codes, outs, errs = cli_session.run(invocations, session, env_for(), keep_going=keep_going, timeout=600)
   return codes, list(zip(outs, errs))
 
 
@@ -71,7 +71,6 @@ def run_session(invocations, session: Path, cache, keep_going=False):
 @pytest.fixture(scope="module")
 def flow(transformers, torch, tmp_path_factory):
   root = tmp_path_factory.mktemp("lm")
-  cache = tmp_path_factory.getbasetemp() / "jax_cache"
   corpus = small_fortunes(root / "corpus", 600)
   train_docs, _ = text.split_documents(text.fortunes(str(corpus)), 0.05, 0)
   hf = hf_base(transformers, torch, root / "hf", train_docs)
@@ -104,8 +103,8 @@ def flow(transformers, torch, tmp_path_factory):
     bad[case] = ["--config", f"{CONFIG}:{arg.format(hf=hf, **fmt)}", "--workdir", str(w), *common]
     bad[case] += [e.format(**fmt) for e in extra]
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    f_good = pool.submit(run_session, good, root / "good.json", cache)
-    f_bad = pool.submit(run_session, list(bad.values()), root / "bad.json", cache, True)
+    f_good = pool.submit(run_session, good, root / "good.json")
+    f_bad = pool.submit(run_session, list(bad.values()), root / "bad.json", True)
     good_result, bad_result = f_good.result(), f_bad.result()
   after = {case: snapshot(root / f"wd_{case}") for case in BAD}
   return {

@@ -41,13 +41,13 @@ TINY = [
 ]
 
 
-def run_main(args, cache_dir, devices=1, timeout=300):
+def run_main(args, devices=1, timeout=300):
   t0 = time.time()
   try:
     return subprocess.run(
         [sys.executable, "-m", "scalenet_jax.main", *args],
         cwd=REPO,
-        env=env_for(cache_dir, devices),
+        env=env_for(devices),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -169,7 +169,6 @@ MENTIONS = {
 def bad_runs(tmp_path_factory):
   """Runs every bad invocation (concurrently); returns {id: (CompletedProcess, before, after, paths)}."""
   root = tmp_path_factory.mktemp("cli")
-  cache = tmp_path_factory.getbasetemp() / "jax_cache"
   paths = write_inputs(root)
   jobs = {}
   for case, (extra, devices) in BAD.items():
@@ -194,8 +193,8 @@ def bad_runs(tmp_path_factory):
   # the package for all of them), the multi-device ones in processes of their own alongside.
   session = [case for case in jobs if jobs[case][2] == 1]
   with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-    inline = pool.submit(cli_session.run, [jobs[c][1] for c in session], root / "bad.json", env_for(cache))
-    own = {c: pool.submit(run_main, args, cache, n) for c, (_, args, n, _) in jobs.items() if c not in session}
+    inline = pool.submit(cli_session.run, [jobs[c][1] for c in session], root / "bad.json", env_for())
+    own = {c: pool.submit(run_main, args, n) for c, (_, args, n, _) in jobs.items() if c not in session}
     own = {case: f.result() for case, f in own.items()}
     for case, code, out, err in zip(session, *inline.result()):
       own[case] = subprocess.CompletedProcess(jobs[case][1], code, out, err)
@@ -221,8 +220,8 @@ def test_bad_input_is_one_clear_error_line(bad_runs, case):
 # ----------------------------------------------------------------------------------------------
 # Summary mode
 # ----------------------------------------------------------------------------------------------
-def test_summary_table_and_json_with_xla_check(tmp_path_factory):
-  proc = run_main(["--config", MICRO, "--mode=summary"], tmp_path_factory.getbasetemp() / "jax_cache")
+def test_summary_table_and_json_with_xla_check():
+  proc = run_main(["--config", MICRO, "--mode=summary"])
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = proc.stdout.strip().splitlines()
   table, last = "\n".join(lines[:-1]), json.loads(lines[-1])
@@ -233,7 +232,7 @@ def test_summary_table_and_json_with_xla_check(tmp_path_factory):
   assert 1.0 <= last["xla_ratio"] <= 1.3, last
 
 
-def test_summary_of_expanded_model_without_xla_check(tmp_path_factory):
+def test_summary_of_expanded_model_without_xla_check():
   proc = run_main(
       [
           "--config",
@@ -242,8 +241,7 @@ def test_summary_of_expanded_model_without_xla_check(tmp_path_factory):
           "--noxla_check",
           "--config.expansion.kind=scalenet",
           "--config.expansion.rank=4",
-      ],
-      tmp_path_factory.getbasetemp() / "jax_cache",
+      ]
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   last = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -257,7 +255,7 @@ def test_paper_config_without_imagenet_names_the_manual_files(tmp_path_factory):
   """The design card's own command on a machine without ImageNet: one line saying what to put where."""
   data_dir = tmp_path_factory.mktemp("no_imagenet")
   workdir = tmp_path_factory.mktemp("deit_base_2x")
-  env = env_for(tmp_path_factory.getbasetemp() / "jax_cache")
+  env = env_for()
   env["TFDS_DATA_DIR"] = str(data_dir)
   proc = subprocess.run(
       [

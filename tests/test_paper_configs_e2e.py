@@ -40,11 +40,6 @@ def mock_spec(tmp_path_factory):
   return spec
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-  return tmp_path_factory.getbasetemp() / "e2e_jax_cache"
-
-
 def user_invocations(config: str, workdir: Path, ckpt: Path, *overrides: str) -> list[list[str]]:
   """The four invocations a user makes: train, train further (= resume), eval, export."""
   base = ["--config", config, "--workdir", str(workdir), f"--config.init_from={ckpt}", *RUN, *overrides]
@@ -56,12 +51,12 @@ def user_invocations(config: str, workdir: Path, ckpt: Path, *overrides: str) ->
   ]
 
 
-def run_configs(spec, cache_dir, runs: dict[str, tuple], session: Path) -> dict:
+def run_configs(spec, runs: dict[str, tuple], session: Path) -> dict:
   """Every run of `runs` (name -> user_invocations arguments) in one process, so the ~9 s of imports are
   paid once per group rather than once per config; then checks each run on its own and fails naming
   every run that failed (a failing run does not stop the others)."""
   invocations = [user_invocations(*args) for args in runs.values()]
-  codes, outs, errs = run_session(spec, cache_dir, [i for inv in invocations for i in inv], session)
+  codes, outs, errs = run_session(spec, [i for inv in invocations for i in inv], session)
   failures, results = [], {}
   for k, (name, args) in enumerate(runs.items()):
     span = slice(4 * k, 4 * k + 4)
@@ -76,10 +71,10 @@ def run_configs(spec, cache_dir, runs: dict[str, tuple], session: Path) -> dict:
   return results
 
 
-def train_resume_eval_export(spec, cache_dir, config: str, workdir: Path, ckpt: Path, *overrides: str) -> dict:
+def train_resume_eval_export(spec, config: str, workdir: Path, ckpt: Path, *overrides: str) -> dict:
   """One config's four invocations in a session of its own; returns the eval metrics."""
   session = workdir.parent / f"{workdir.name}.session.json"
-  return run_configs(spec, cache_dir, {config: (config, workdir, ckpt, *overrides)}, session)[config]
+  return run_configs(spec, {config: (config, workdir, ckpt, *overrides)}, session)[config]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -97,10 +92,10 @@ RUN_AT_FULL_SIZE = ("deit_tiny_2x.py", "swin_tiny_2x.py")  # deit_base_2x.py: te
 
 
 @pytest.mark.parametrize("config", RUN_AT_FULL_SIZE)
-def test_paper_config_at_full_size(timm, torch, mock_spec, cache_dir, tmp_path_factory, config):
+def test_paper_config_at_full_size(timm, torch, mock_spec, tmp_path_factory, config):
   ckpt = timm_checkpoint(timm, torch, tmp_path_factory.getbasetemp() / "timm", PAPER[config])
   workdir = tmp_path_factory.mktemp(config.replace(".py", ""))
-  train_resume_eval_export(mock_spec, cache_dir, str(CONFIGS / config), workdir, ckpt)
+  train_resume_eval_export(mock_spec, str(CONFIGS / config), workdir, ckpt)
 
 
 @pytest.mark.parametrize("config", sorted(set(PAPER) - set(RUN_AT_FULL_SIZE)))
@@ -174,7 +169,7 @@ assert {kv.split("=")[0] for args in ABLATIONS.values() for a in args for kv in 
 
 
 @pytest.mark.parametrize("config", ["deit_base_2x.py", "swin_base_2x.py"])
-def test_baseline_kinds(timm, torch, mock_spec, cache_dir, tmp_path_factory, config):
+def test_baseline_kinds(timm, torch, mock_spec, tmp_path_factory, config):
   name, arch, overrides = small_overrides("swin" if config.startswith("swin") else "vit")
   ckpt = timm_checkpoint(timm, torch, tmp_path_factory.getbasetemp() / "timm", name, **arch)
   group = tmp_path_factory.mktemp(f"{config[:-3]}_kinds")
@@ -182,11 +177,11 @@ def test_baseline_kinds(timm, torch, mock_spec, cache_dir, tmp_path_factory, con
   for kind in BASELINE_KINDS:
     extra = ["--config.init_from="] if kind == "scratch" else []  # from scratch: nothing to load
     runs[kind] = (f"{CONFIGS / config}:{kind}", group / kind, ckpt, *overrides, *extra)
-  assert sorted(run_configs(mock_spec, cache_dir, runs, group / "session.json")) == sorted(BASELINE_KINDS)
+  assert sorted(run_configs(mock_spec, runs, group / "session.json")) == sorted(BASELINE_KINDS)
 
 
 @pytest.mark.parametrize("group", sorted(ABLATIONS))
-def test_ablation_families(timm, torch, mock_spec, cache_dir, tmp_path_factory, group):
+def test_ablation_families(timm, torch, mock_spec, tmp_path_factory, group):
   name, arch, overrides = small_overrides("swin" if group == "swin" else "vit")
   ckpt = timm_checkpoint(timm, torch, tmp_path_factory.getbasetemp() / "timm", name, **arch)
   root = tmp_path_factory.mktemp(f"ablation_{group}")
@@ -194,4 +189,4 @@ def test_ablation_families(timm, torch, mock_spec, cache_dir, tmp_path_factory, 
       arg: (f"{CONFIGS / 'ablation_grow.py'}:{arg}", root / arg.replace(",", "_").replace("=", ""), ckpt, *overrides)
       for arg in ABLATIONS[group]
   }
-  assert sorted(run_configs(mock_spec, cache_dir, runs, root / "session.json")) == sorted(ABLATIONS[group])
+  assert sorted(run_configs(mock_spec, runs, root / "session.json")) == sorted(ABLATIONS[group])

@@ -107,7 +107,7 @@ def test_training_commands(timm, torch, tmp_path):
       summary,
       [*finetune, *RUN, "--config.steps=1"],
   ]
-  codes, outs, errs = run_session(spec, tmp_path / "jax_cache", invocations, tmp_path / "readme.session.json")
+  codes, outs, errs = run_session(spec, invocations, tmp_path / "readme.session.json")
   for invocation, code, err in zip(invocations, codes, errs):
     assert code == 0, f"{' '.join(invocation)}\nexit {code}\n{err[-4000:]}"
   check_user_run(spec, tmp_path / "work" / "deit_b_2x", outs[:4])

@@ -24,6 +24,7 @@ import pytest
 from scalenet_jax.train import checkpoint as ckpt_lib
 from scalenet_jax import trainer
 
+import helpers
 import tiny_runs
 
 pytestmark = pytest.mark.e2e  # training runs through the entry points (tests/conftest.py)
@@ -63,7 +64,7 @@ def cli(workdir, devices=1, **overrides):
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache(tmp_path_factory):
   """One persistent XLA cache for this module's in-process runs and its subprocesses."""
-  cache = str(tmp_path_factory.getbasetemp() / "jax_cache_inproc")
+  cache = helpers.suite_cache()
   os.environ["_TEST_JAX_CACHE"] = cache
   with tiny_runs.persistent_compile_cache(cache):
     yield

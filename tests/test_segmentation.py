@@ -264,7 +264,7 @@ def test_config_end_to_end_on_the_tfds_mock(timm, torch, tmp_path):
   run = ["--config", CONFIG, "--workdir", str(wd), f"--config.init_from={ckpt}", *SMALL, "--config.steps=2"]
   run += ["--config.batch_size=2", "--config.eval_batch_size=2", "--config.log_every=1", "--config.xla_opt_level=0"]
   invocations = [run, [*run, "--mode=eval"], [*run, "--mode=export"], [*run, "--mode=summary"]]
-  codes, outs, errs = run_paper_session(spec, tmp_path / "cache", invocations, tmp_path / "session.json")
+  codes, outs, errs = run_paper_session(spec, invocations, tmp_path / "session.json")
   assert codes == [0, 0, 0, 0], "\n".join(e[-3000:] for e in errs)
 
   lines = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]

@@ -18,6 +18,7 @@ from scalenet_jax import builder, convert, trainer
 from scalenet_jax.errors import TrainingDiverged
 from scalenet_jax.train import checkpoint as ckpt_lib
 
+import helpers
 import tiny_runs
 
 TINY = {**tiny_runs.TINY, "steps": 6, "ckpt_every": 3, "optim.warmup_steps": 0}
@@ -33,7 +34,7 @@ def tiny_config(**overrides):
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache(tmp_path_factory):
   """Persistent XLA cache for this module's runs."""
-  with tiny_runs.persistent_compile_cache(str(tmp_path_factory.getbasetemp() / "jax_cache_inproc")):
+  with tiny_runs.persistent_compile_cache(helpers.suite_cache()):
     yield
 
 
