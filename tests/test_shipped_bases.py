@@ -92,8 +92,8 @@ STUDY = sorted((REPO / "pretrained" / "study").glob("*.safetensors"))
 @pytest.mark.parametrize("path", STUDY, ids=[p.name for p in STUDY])
 def test_study_release_scores_what_its_record_says(path, timm, torch):
   """Each arm's released seed-0 weights (scalenet_jax.study) score, on the 10,000 test images, the top-1 its
-  study record reports: a timm state dict in scalenet_jax and in its timm twin, a ScaleNet model (format
-  flax) in the model its config rebuilds."""
+  study record reports: a timm state dict in scalenet_jax (and its timm twin predicts the same classes), a
+  ScaleNet model (format flax) in the model its config rebuilds."""
   import jax
   import timm.models as timm_models
 
@@ -118,12 +118,10 @@ def test_study_release_scores_what_its_record_says(path, timm, torch):
   forward = jax.jit(lambda xb: model.apply({"params": params}, xb).argmax(-1))
   ours = np.concatenate([np.asarray(forward(x[i : i + 1000])) for i in range(0, len(x), 1000)])
   assert abs((ours == labels).mean() - entry["top1"]) <= 5e-4  # float32 reorderings may flip a near-tie
-  if twin is not None:
+  if twin is not None:  # the same function in timm: the first 2,000 predictions (timm's Swin is ~4x
+    # slower than ours on 2 cores; the shipped bases' test above compares all 10,000 in both frameworks)
     with torch.no_grad():
       theirs = np.concatenate(
-          [
-              twin(torch.from_numpy(x[i : i + 1000].transpose(0, 3, 1, 2))).argmax(-1).numpy()
-              for i in range(0, len(x), 1000)
-          ]
+          [twin(torch.from_numpy(x[i : i + 1000].transpose(0, 3, 1, 2))).argmax(-1).numpy() for i in (0, 1000)]
       )
-    assert abs((theirs == labels).mean() - entry["top1"]) <= 5e-4
+    assert (theirs != ours[:2000]).sum() <= 1
