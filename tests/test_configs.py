@@ -207,7 +207,7 @@ def expected(name: str, arg) -> dict:
       if run == "deep":
         out.update({"model.depth": None, "expansion.kind": ""})
     if family.startswith("swin1"):  # 2+2+1 blocks; the 2x-deep model: swin's base (2+2+2) / the expansion
-      out.update({"model.name": "swin_micro_patch2_window4_32", "expansion.rank": 3, "model.depths": (2, 2, 1)})
+      out.update({"expansion.rank": 3, "model.depths": (2, 2, 1)})
       if run == "deep" and family == "swin1":
         out.update({"model.depths": None, "expansion.kind": ""})
     if family.startswith("vit2"):  # 2 blocks; its 2x-deep model is the 2x expansion from scratch (4 blocks)

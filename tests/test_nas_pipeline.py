@@ -132,7 +132,7 @@ def quick_run(tmp_path_factory):
   mod = helpers.config_module("nas_fmnist_search.py")
   c = mod.get_config()
   c.quick = True
-  # The tests' supernet run (as test_supernet_resume_is_bit_identical's 4 steps): its 3 (resolution, bucket)
+  # The tests' supernet run (as test_supernet_resume_is_bit_identical's 4 steps): its 2 (resolution, bucket)
   # programs come from the persistent cache when that test has compiled them, ~40 s each otherwise.
   c.supernet = helpers.nas_tiny_config(steps=4)
   c.quick_overrides.supernet = {}

@@ -45,7 +45,7 @@ def cli(workdir, devices=1, **overrides):
       os.environ,
       JAX_PLATFORMS="cpu",
       PYTHONPATH=str(REPO),
-      JAX_COMPILATION_CACHE_DIR=os.environ["_TEST_JAX_CACHE"],
+      JAX_COMPILATION_CACHE_DIR=helpers.suite_cache(),
       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
   )
   env.pop("XLA_FLAGS", None)
@@ -62,13 +62,11 @@ def cli(workdir, devices=1, **overrides):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-  """One persistent XLA cache for this module's in-process runs and its subprocesses."""
-  cache = helpers.suite_cache()
-  os.environ["_TEST_JAX_CACHE"] = cache
-  with tiny_runs.persistent_compile_cache(cache):
+def compilation_cache():
+  """Every program of this module's in-process runs goes to the suite's cache, which its subprocesses
+  (`cli`) read too."""
+  with tiny_runs.persistent_compile_cache(helpers.suite_cache()):
     yield
-  os.environ.pop("_TEST_JAX_CACHE", None)
 
 
 @pytest.fixture(scope="module")

@@ -32,8 +32,8 @@ def tiny_config(**overrides):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-  """Persistent XLA cache for this module's runs."""
+def compilation_cache():
+  """Every program of this module's runs goes to the suite's persistent cache."""
   with tiny_runs.persistent_compile_cache(helpers.suite_cache()):
     yield
 
