@@ -152,16 +152,25 @@ def machine() -> dict:
   }
 
 
-def cpu_model() -> str:
-  """CPU model name from /proc/cpuinfo (falls back to `platform.processor()`), for run records."""
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+  """CPU model name from `cpuinfo` with its family and model numbers (falls back to
+  `platform.processor()`), for run records. Virtual machines often name only the vendor line ("AMD
+  EPYC"); the numbers tell its generations apart, which run at very different speeds (one 2-core
+  "AMD EPYC" trained a study's Swin at 6.2 steps/s, family 25 model 17 at 3.7)."""
+  fields = {}
   try:
-    with open("/proc/cpuinfo") as f:
+    with open(cpuinfo) as f:
       for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
+        if not line.strip():  # the first processor's block is enough
+          break
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
   except OSError:
     pass
-  return platform.processor() or "unknown"
+  name = fields.get("model name") or platform.processor() or "unknown"
+  if "cpu family" in fields and "model" in fields:
+    name += f" (family {fields['cpu family']}, model {fields['model']})"
+  return name
 
 
 def compile_options(opt_level: int = -1) -> dict | None:

@@ -119,3 +119,13 @@ def test_shared_compiled_programs_loads_what_an_earlier_jit_compiled(tmp_path, n
   with jax_utils.shared_compiled_programs(str(tmp_path / "ours")):
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / "users")
   assert not (tmp_path / "ours").exists()
+
+
+def test_cpu_model_names_the_generation(tmp_path):
+  """Two generations of a VM's "AMD EPYC" are told apart by /proc/cpuinfo's family and model numbers."""
+  info = tmp_path / "cpuinfo"
+  block = "processor\t: {}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n"
+  info.write_text(block.format(0) + "\n" + block.format(1).replace("17", "1"))
+  assert jax_utils.cpu_model(str(info)) == "AMD EPYC (family 25, model 17)"
+  info.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) CPU @ 2.20GHz\n")
+  assert jax_utils.cpu_model(str(info)) == "Intel(R) Xeon(R) CPU @ 2.20GHz"

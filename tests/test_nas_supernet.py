@@ -6,6 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import perturbed_supernet
+
 from scalenet_jax.nas.sampling import sample_path, sample_sides
 from scalenet_jax.nas.space import Scaling, apply_scaling, get_space, largest_alpha, left_sides, smallest_alpha
 from scalenet_jax.nas.supernet import (
@@ -25,11 +27,6 @@ from scalenet_jax.nas.supernet import (
 SPACE = get_space("tiny")
 
 
-def _perturbed(params):
-  # Nonzero BN/SE biases: masked channels would leak (and wrong slices show) if masks were wrong.
-  return jax.tree_util.tree_map_with_path(lambda k, v: v + 0.3 if "bias" in jax.tree_util.keystr(k) else v, params)
-
-
 def _forward(model):
   traces = []
 
@@ -43,7 +40,7 @@ def _forward(model):
 @pytest.fixture(scope="module")
 def sup():
   model = SuperNet(SPACE)
-  params = _perturbed(init_supernet(model, seed=0))
+  params = perturbed_supernet(init_supernet(model, seed=0))
   fwd, traces = _forward(model)
   return model, params, fwd, traces
 
@@ -94,7 +91,7 @@ def test_masked_path_equals_standalone_fmnist():
   """The Fashion-MNIST space at 32 px: one HSS path, both slice sets of a step and an async step."""
   space = get_space("fmnist")
   model = SuperNet(space)
-  params = _perturbed(init_supernet(model, seed=1))
+  params = perturbed_supernet(init_supernet(model, seed=1))
   fwd, _ = _forward(model)
   alpha, S = next(p for p in (sample_path(space, "hss", seed=0, step=i) for i in range(50)) if p[1].r == 32)
   assert S.w > 1 and max(alpha.depths[1:3]) > 1  # a scaled, multi-layer path
@@ -109,7 +106,7 @@ def test_left_coupling_buffers_and_equivalence():
   model = SuperNet(space)
   fwd, _ = _forward(model)
   alpha, S = _paths()[0]
-  _check_equal(space, fwd, _perturbed(init_supernet(model, seed=0)), alpha, S, None, seed=0)
+  _check_equal(space, fwd, perturbed_supernet(init_supernet(model, seed=0)), alpha, S, None, seed=0)
   with pytest.raises(ValueError, match="coupling 'left'"):
     path_arrays(apply_scaling(alpha, S, space), space, _sides(SPACE, "right"))
 
@@ -285,7 +282,7 @@ def test_conditional_supernet_equals_selecting(space_name):
   program, as in supernet training: three HSS paths at one resolution share one program per model."""
   space = get_space(space_name)
   on, off = SuperNet(space), SuperNet(space, conditional=False)
-  params = _perturbed(init_supernet(on, seed=4))
+  params = perturbed_supernet(init_supernet(on, seed=4))
   steps = (sample_path(space, "hss", seed=2, step=i) for i in range(100))
   first = next(steps)
   pairs = [first, *[p for p in steps if p[1].r == first[1].r][:2]]

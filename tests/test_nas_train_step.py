@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import nas_tiny_config
+from helpers import nas_tiny_config, perturbed_supernet
 
 from scalenet_jax.errors import ConfigError
 from scalenet_jax.nas import train_supernet as ts
@@ -36,11 +36,6 @@ SPACE = get_space("tiny")
 def _batch(r: int, seed: int = 0, n: int = 8):
   rng = np.random.default_rng(seed)
   return rng.normal(size=(n, r, r, 1)).astype(np.float32), rng.integers(0, 10, size=n).astype(np.int32)
-
-
-def _perturbed(params):
-  # Nonzero BN/SE biases: a wrong slice or a leaking masked channel shows in the logits.
-  return jax.tree_util.tree_map_with_path(lambda k, v: v + 0.3 if "bias" in jax.tree_util.keystr(k) else v, params)
 
 
 def _bucket0_steps(plan_seed: int, n: int) -> list[int]:
@@ -80,7 +75,7 @@ def test_bucketed_step_equals_full_width_step():
   gradients (zero on every weight the path does not use) and updated parameters."""
   cfg = nas_tiny_config()
   task = ts.supernet_task(cfg, source=None)  # its model reads the bucket from the path arrays
-  params = jax.device_get(_perturbed(init_supernet(SuperNet(SPACE), seed=0)))
+  params = jax.device_get(perturbed_supernet(init_supernet(SuperNet(SPACE), seed=0)))
   plan_b = ts.path_plan(SPACE, "hss", cfg.seed, cfg.eta, buckets=True)
   plan_f = ts.path_plan(SPACE, "hss", cfg.seed, cfg.eta, buckets=False)
   objective = step_lib.Classification(cfg.label_smoothing)
