@@ -16,8 +16,9 @@ argument stands for the study's workdir (the demo keeps its record, report and b
   measured, its parameter counts, budget and machine. A rerun, on any machine, trains only the runs the
   record lacks, so a study continues from the committed record on a fresh clone.
 - `--max_minutes N` starts no run whose estimated time would pass N minutes from the start (estimate:
-  training images x forward GFLOPs x the median rate measured so far on this CPU model, else the plan's
-  first guess, plus a minute of compile and evaluation).
+  the run's arm's measured time on this CPU model, or on other machines scaled by this CPU's measured
+  slowdown; else training images x forward GFLOPs x this CPU's rate, else the plan's first guess; plus a
+  minute of compile and evaluation).
 - A plan's `gate` (the grow study's headroom check) holds back every run of the later phases until the
   gate's claims hold after correction (`--ignore_gate` runs them anyway).
 - The report is rendered from the record after every run, pending runs marked: per phase a table of the
@@ -92,16 +93,30 @@ class Study:
     return True
 
   def estimate_sec(self, run: dict, counts: dict) -> float:
-    """Seconds `run` should take here: its training images x forward GFLOPs x the median rate measured
-    on this CPU model (the plan's first guess before any run finished here), plus compile and eval."""
+    """Seconds `run` should take here, compile and eval included. Training time follows images x forward
+    GFLOPs only roughly (the swin1_25 study's 2x-deep arm: 1.18x its base's GFLOPs, 1.02x its time), so
+    measured times of the run's own arm come first: on this CPU model, else on other machines scaled by
+    how much slower this CPU trained the arms both have run. Then the median time per image-GFLOP on this
+    CPU; then the plan's first guess."""
     cpu = jax_utils.cpu_model()
-    rates = [
-        r["train_sec"] / (r["images"] * r["gflops"])
-        for r in self.record["runs"].values()
-        if r.get("machine", {}).get("cpu") == cpu and r.get("train_sec")
-    ]
-    rate = statistics.median(rates) if rates else self.plan["sec_per_image_gflop"]
-    return rate * counts["images"] * counts["gflops"] + COMPILE_AND_EVAL_SEC
+    timed = [r for r in self.record["runs"].values() if r.get("train_sec") and r.get("images")]
+    here = [r for r in timed if r.get("machine", {}).get("cpu") == cpu]
+    there = [r for r in timed if r.get("machine", {}).get("cpu") != cpu]
+
+    def per_image(runs, arm):  # median training seconds per image of `arm`'s runs (None: no such run)
+      times = [r["train_sec"] / r["images"] for r in runs if r.get("arm") == arm]
+      return statistics.median(times) if times else None
+
+    sec = per_image(here, run["arm"])
+    if sec is None and per_image(there, run["arm"]) is not None:
+      shared = {r.get("arm") for r in here if per_image(there, r.get("arm")) is not None}
+      if shared:
+        slower = statistics.median(per_image(here, a) / per_image(there, a) for a in shared)
+        sec = slower * per_image(there, run["arm"])
+    if sec is None:
+      rates = [r["train_sec"] / (r["images"] * r["gflops"]) for r in here if r.get("gflops")]
+      sec = (statistics.median(rates) if rates else self.plan["sec_per_image_gflop"]) * counts["gflops"]
+    return sec * counts["images"] + COMPILE_AND_EVAL_SEC
 
 
 def in_workdir(plan: dict, workdir: str) -> dict:

@@ -298,6 +298,24 @@ def test_save_keeps_runs_another_chunk_recorded(toy):
   assert set(json.loads((tmp / "rec.json").read_text())["runs"]) == {"base_s0", "base_s1"}
 
 
+def test_estimates_come_from_the_arms_measured_times(toy, monkeypatch):
+  """A run's estimate: its arm's time on this CPU; else its arm's time elsewhere x how much slower this CPU
+  trained the arms both ran; else images x GFLOPs x this CPU's rate; else the plan's guess (1e-3 s)."""
+  cfg, _ = toy
+  s = study.Study(cfg)
+  monkeypatch.setattr(study.jax_utils, "cpu_model", lambda: "new")
+  counts = dict(images=10, gflops=2.0)
+  est = lambda name: s.estimate_sec(dict(s.plan["make_run"](*name.split("_s"))), counts) - study.COMPILE_AND_EVAL_SEC
+  assert est("grown_s1") == pytest.approx(1e-3 * 2.0 * 10)  # nothing measured yet
+  run = lambda arm, cpu, sec, gflops: dict(arm=arm, train_sec=sec, images=100, gflops=gflops, machine=dict(cpu=cpu))
+  s.record["runs"] = dict(base_s0=run("base", "old", 100, 1.0), grown_s0=run("grown", "old", 120, 4.0))
+  s.record["runs"]["base_s1"] = run("base", "new", 170, 1.0)  # this CPU is 1.7x slower
+  assert est("base_s2") == pytest.approx(1.7 * 10)
+  assert est("grown_s1") == pytest.approx(1.7 * 1.2 * 10)  # not 1.7 x 4 GFLOPs / 1 GFLOP x 10
+  del s.record["runs"]["grown_s0"]  # no grown run anywhere: this CPU's rate per image-GFLOP
+  assert est("grown_s1") == pytest.approx(1.7 / 1.0 * 2.0 * 10)
+
+
 def test_gate_holds_later_phases_until_its_claims_hold(toy):
   cfg, _ = toy
   plan = dict(study.Study(cfg).plan, gate="f", max_seeds=2)
