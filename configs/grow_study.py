@@ -119,9 +119,9 @@ FAMILIES = {
     # +0.06 +- 0.48 (p 0.66; seeds +0.27 / +0.01 / -0.11). 5, 6 and 8 blocks score alike at 12 epochs:
     # the budget, not the depth, limits them.
     # So the pair gets the released base's full 25 epochs: 2+2+1 -> 2+2+2, whose 2x-deep model is the released
-    # base's recipe (pretrained/swin_micro_patch2_window4_32_fmnist.safetensors, 90.61 %). ~31 min per run
-    # on 2 cores, ~1 h per headroom seed. Seed 0 (docs/grow_study_swin1_25.md): base 90.03 %, 2x deep
-    # 90.90 % (+0.87); seeds 1 and 2 decide the gate.
+    # base's recipe (pretrained/swin_micro_patch2_window4_32_fmnist.safetensors, 90.61 %). 31-59 min per run
+    # on 2 cores (by machine), 1-2 h per headroom seed. Seeds 0 and 1 (docs/grow_study_swin1_25.md): base
+    # 90.03 / 90.26 %, 2x deep 90.90 / 90.68 % (+0.87 / +0.42); seed 2 decides the gate.
     "swin1_25": dict(SWIN, depths=(2, 2, 1), base_epochs=25, base="2+2+1 blocks"),
 }
 FINETUNE_LR_RATIO = 0.4  # paper: DeiT fine-tunes at 2e-4 after pretraining at 5e-4
