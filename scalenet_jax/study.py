@@ -29,6 +29,7 @@ argument stands for the study's workdir (the demo keeps its record, report and b
 
 from __future__ import annotations
 
+import collections
 import datetime
 import math
 import os
@@ -103,16 +104,17 @@ class Study:
     here = [r for r in timed if r.get("machine", {}).get("cpu") == cpu]
     there = [r for r in timed if r.get("machine", {}).get("cpu") != cpu]
 
-    def per_image(runs, arm):  # median training seconds per image of `arm`'s runs (None: no such run)
-      times = [r["train_sec"] / r["images"] for r in runs if r.get("arm") == arm]
-      return statistics.median(times) if times else None
+    def per_image(runs) -> dict:  # arm -> median training seconds per image of its runs
+      times = collections.defaultdict(list)
+      for r in runs:
+        times[r.get("arm")].append(r["train_sec"] / r["images"])
+      return {arm: statistics.median(t) for arm, t in times.items()}
 
-    sec = per_image(here, run["arm"])
-    if sec is None and per_image(there, run["arm"]) is not None:
-      shared = {r.get("arm") for r in here if per_image(there, r.get("arm")) is not None}
-      if shared:
-        slower = statistics.median(per_image(here, a) / per_image(there, a) for a in shared)
-        sec = slower * per_image(there, run["arm"])
+    arms_here, arms_there = per_image(here), per_image(there)
+    shared = arms_here.keys() & arms_there.keys()
+    sec = arms_here.get(run["arm"])
+    if sec is None and run["arm"] in arms_there and shared:
+      sec = statistics.median(arms_here[a] / arms_there[a] for a in shared) * arms_there[run["arm"]]
     if sec is None:
       rates = [r["train_sec"] / (r["images"] * r["gflops"]) for r in here if r.get("gflops")]
       sec = (statistics.median(rates) if rates else self.plan["sec_per_image_gflop"]) * counts["gflops"]
